@@ -1,0 +1,194 @@
+//! The in-memory engine: one process, no dependencies. The default.
+//!
+//! Ids are `START_MS-SEQ`: the process start time and a process-wide counter,
+//! so ids never repeat within a run and every id of an earlier run sorts
+//! before this run's ids (resuming from one is reported as a gap).
+//!
+//! Per channel, one mutex orders everything: taking the id, appending to
+//! history and handing the message to the hub happen under it, so every
+//! subscriber sees a channel's messages in id order.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use super::{now_ms, ChannelStats, Engine, EngineError, Published};
+use crate::channel::ChannelName;
+use crate::disconnect::CHANNEL_DELETED;
+use crate::history::{unknown_channel_page, History, HistoryPage};
+use crate::hub::Hub;
+use crate::id::{MessageId, Since};
+use crate::message::{Message, Payload};
+use crate::namespace::Namespaces;
+
+const SHARDS: usize = 64;
+
+#[derive(Default)]
+struct Channel {
+    history: History,
+    /// Set when the entry was taken out of the map; a publisher holding a
+    /// stale `Arc` must look the channel up again.
+    removed: bool,
+}
+
+type Shard = Mutex<HashMap<ChannelName, Arc<Mutex<Channel>>>>;
+
+pub struct MemoryEngine {
+    hub: Arc<Hub>,
+    namespaces: Arc<Namespaces>,
+    epoch_ms: u64,
+    seq: AtomicU64,
+    shards: Box<[Shard]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl MemoryEngine {
+    pub fn new(hub: Arc<Hub>, namespaces: Arc<Namespaces>) -> Self {
+        Self {
+            hub,
+            namespaces,
+            epoch_ms: now_ms(),
+            seq: AtomicU64::new(1),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    fn shard(&self, channel: &ChannelName) -> &Shard {
+        let mut h = self.hasher.build_hasher();
+        channel.hash(&mut h);
+        let i = usize::try_from(h.finish() % SHARDS as u64).unwrap_or(0);
+        &self.shards[i]
+    }
+
+    fn get(&self, channel: &ChannelName) -> Option<Arc<Mutex<Channel>>> {
+        self.shard(channel).lock().get(channel).cloned()
+    }
+
+    /// Channels that hold history.
+    pub fn channel_count(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    fn publish_now(&self, channel: &ChannelName, payload: Payload) -> Published {
+        let options = self.namespaces.options(channel.as_str());
+        loop {
+            let entry = Arc::clone(self.shard(channel).lock().entry(channel.clone()).or_default());
+            let mut ch = entry.lock();
+            if ch.removed {
+                continue;
+            }
+            let id = MessageId::new(self.epoch_ms, self.seq.fetch_add(1, Ordering::Relaxed));
+            let now = now_ms();
+            let message = Arc::new(Message::new(channel.clone(), id, payload, now));
+            ch.history.push(
+                Arc::clone(&message),
+                options.history_size,
+                options.history_ttl_ms(),
+                now,
+            );
+            // Still under the channel lock: deliveries leave in id order.
+            let subscribers = self.hub.deliver(&message);
+            let empty = ch.history.is_empty();
+            drop(ch);
+            if empty {
+                self.free_if_empty(channel, &entry);
+            }
+            return Published {
+                message,
+                subscribers,
+            };
+        }
+    }
+
+    /// Takes a channel without history out of the map.
+    fn free_if_empty(&self, channel: &ChannelName, entry: &Arc<Mutex<Channel>>) {
+        let mut shard = self.shard(channel).lock();
+        if !shard.get(channel).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            return;
+        }
+        let mut ch = entry.lock();
+        if ch.history.is_empty() {
+            ch.removed = true;
+            drop(ch);
+            shard.remove(channel);
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for MemoryEngine {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn publish(
+        &self,
+        channel: &ChannelName,
+        payload: Payload,
+    ) -> Result<Published, EngineError> {
+        Ok(self.publish_now(channel, payload))
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        since: Since,
+    ) -> Result<HistoryPage, EngineError> {
+        let Some(entry) = self.get(channel) else {
+            return Ok(unknown_channel_page(since));
+        };
+        let options = self.namespaces.options(channel.as_str());
+        let mut ch = entry.lock();
+        ch.history
+            .trim(options.history_size, options.history_ttl_ms(), now_ms());
+        Ok(ch.history.after(since))
+    }
+
+    async fn stats(&self, channel: &ChannelName) -> Result<ChannelStats, EngineError> {
+        let Some(entry) = self.get(channel) else {
+            return Ok(ChannelStats::default());
+        };
+        let ch = entry.lock();
+        Ok(ChannelStats {
+            messages: ch.history.len(),
+            last_id: ch.history.last_id(),
+        })
+    }
+
+    async fn remove(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        if let Some(entry) = self.shard(channel).lock().remove(channel) {
+            entry.lock().removed = true;
+        }
+        self.hub.close_channel(channel, CHANNEL_DELETED);
+        Ok(())
+    }
+
+    async fn follow(&self, _channel: &ChannelName) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    fn unfollow(&self, _channel: &ChannelName) {}
+
+    fn sweep(&self, now_ms: u64) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            shard.retain(|name, entry| {
+                let options = self.namespaces.options(name.as_str());
+                let mut ch = entry.lock();
+                ch.history
+                    .trim(options.history_size, options.history_ttl_ms(), now_ms);
+                if ch.history.is_empty() {
+                    ch.removed = true;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+    }
+}

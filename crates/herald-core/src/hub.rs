@@ -1,0 +1,304 @@
+//! The hub: which local connections follow which channel, and fan-out to them.
+//!
+//! No I/O happens here. Each connection owns one bounded queue (an
+//! [`Outbox`]); the hub only `try_send`s into it, so a publisher never waits
+//! for a subscriber. When a queue is full the connection is marked as
+//! overflowed and dropped from every channel it follows in the hub: its
+//! transport then closes it with [`crate::disconnect::SLOW_CONSUMER`] and the
+//! client resumes from history. Memory per connection is therefore bounded by
+//! the queue capacity.
+//!
+//! The channel map is sharded so that subscribes and publishes on different
+//! channels rarely touch the same lock.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::mpsc;
+
+use crate::channel::ChannelName;
+use crate::disconnect::Disconnect;
+use crate::message::Message;
+
+const SHARDS: usize = 64;
+
+/// What the hub puts into a connection's queue.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A published message on a channel the connection follows.
+    Message(Arc<Message>),
+    /// The channel ended for this connection (e.g. deleted); it is unsubscribed.
+    ChannelClosed(ChannelName, Disconnect),
+    /// The whole connection must close.
+    Disconnect(Disconnect),
+}
+
+/// The sending side of one connection's queue, shared by every channel the
+/// connection follows.
+#[derive(Debug)]
+pub struct Outbox {
+    id: u64,
+    tx: mpsc::Sender<Event>,
+    /// Set (once) by a publisher that found the queue full. The connection's
+    /// transport checks it before each write and closes.
+    overflowed: AtomicBool,
+}
+
+impl Outbox {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
+    }
+
+    /// Queues an event. Returns false when the connection is gone or full
+    /// (in which case it is marked as overflowed).
+    pub fn push(&self, event: Event) -> bool {
+        match self.tx.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflowed.store(true, Ordering::Release);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// One channel's local subscribers.
+#[derive(Default)]
+struct Subscribers {
+    by_conn: HashMap<u64, Arc<Outbox>>,
+}
+
+type Shard = Mutex<HashMap<ChannelName, Arc<RwLock<Subscribers>>>>;
+
+/// Local subscriptions for one node.
+pub struct Hub {
+    shards: Box<[Shard]>,
+    hasher: std::collections::hash_map::RandomState,
+    next_conn: AtomicU64,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    fn shard(&self, channel: &ChannelName) -> &Shard {
+        let mut h = self.hasher.build_hasher();
+        channel.hash(&mut h);
+        let i = usize::try_from(h.finish() % SHARDS as u64).unwrap_or(0);
+        &self.shards[i]
+    }
+
+    /// A new connection's queue, holding at most `capacity` events.
+    pub fn outbox(&self, capacity: usize) -> (Arc<Outbox>, mpsc::Receiver<Event>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let outbox = Outbox {
+            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+            tx,
+            overflowed: AtomicBool::new(false),
+        };
+        (Arc::new(outbox), rx)
+    }
+
+    /// Adds a connection to a channel. Returns true if it was not there yet.
+    pub fn add(&self, channel: &ChannelName, outbox: &Arc<Outbox>) -> bool {
+        // Shard lock, then channel lock: the same order as `remove`, so an
+        // entry cannot be freed while we insert into it.
+        let mut shard = self.shard(channel).lock();
+        let subs = shard.entry(channel.clone()).or_default();
+        let added = subs
+            .write()
+            .by_conn
+            .insert(outbox.id, Arc::clone(outbox))
+            .is_none();
+        added
+    }
+
+    /// Removes a connection from a channel; frees the channel's entry when it
+    /// was the last one. Returns true if the channel has no local subscriber left.
+    pub fn remove(&self, channel: &ChannelName, conn: u64) -> bool {
+        let mut shard = self.shard(channel).lock();
+        let Some(subs) = shard.get(channel) else {
+            return true;
+        };
+        let mut guard = subs.write();
+        guard.by_conn.remove(&conn);
+        let empty = guard.by_conn.is_empty();
+        drop(guard);
+        if empty {
+            shard.remove(channel);
+        }
+        empty
+    }
+
+    /// Local subscribers of a channel.
+    pub fn count(&self, channel: &ChannelName) -> usize {
+        let subs = self.shard(channel).lock().get(channel).cloned();
+        subs.map_or(0, |s| s.read().by_conn.len())
+    }
+
+    /// Channels with at least one local subscriber.
+    pub fn channel_count(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// Gives a message to every local subscriber of its channel. Returns how
+    /// many took it. Subscribers whose queue is full or closed are dropped
+    /// from the channel (and, when full, marked overflowed).
+    pub fn deliver(&self, message: &Arc<Message>) -> usize {
+        let Some(subs) = self.shard(&message.channel).lock().get(&message.channel).cloned() else {
+            return 0;
+        };
+        let mut dead = Vec::new();
+        let mut delivered = 0;
+        {
+            // Read lock only: concurrent deliveries to one channel are
+            // ordered by the engine, which calls us in id order.
+            let guard = subs.read();
+            for outbox in guard.by_conn.values() {
+                if outbox.push(Event::Message(Arc::clone(message))) {
+                    delivered += 1;
+                } else {
+                    dead.push(outbox.id);
+                }
+            }
+        }
+        for conn in dead {
+            self.remove(&message.channel, conn);
+        }
+        delivered
+    }
+
+    /// Names of the channels with at least one local subscriber (for an
+    /// engine that must re-follow them after reconnecting to its storage).
+    pub fn channels(&self) -> Vec<ChannelName> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.lock().keys().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Tells every local subscriber of every channel to close (e.g. the
+    /// engine lost its storage and live delivery can no longer be trusted).
+    /// Returns how many connections were told.
+    pub fn disconnect_all(&self, why: Disconnect) -> usize {
+        let mut told = std::collections::HashSet::new();
+        for shard in self.shards.iter() {
+            let subs: Vec<_> = shard.lock().values().cloned().collect();
+            for s in subs {
+                for outbox in s.read().by_conn.values() {
+                    if told.insert(outbox.id) {
+                        outbox.push(Event::Disconnect(why));
+                    }
+                }
+            }
+        }
+        told.len()
+    }
+
+    /// Ends a channel for every local subscriber: each gets `why` and is removed.
+    pub fn close_channel(&self, channel: &ChannelName, why: Disconnect) -> usize {
+        let Some(subs) = self.shard(channel).lock().remove(channel) else {
+            return 0;
+        };
+        let guard = subs.read();
+        for outbox in guard.by_conn.values() {
+            outbox.push(Event::ChannelClosed(channel.clone(), why));
+        }
+        guard.by_conn.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::MessageId;
+    use crate::message::Payload;
+    use bytes::Bytes;
+
+    fn msg(channel: &ChannelName, seq: u64) -> Arc<Message> {
+        Arc::new(Message::new(
+            channel.clone(),
+            MessageId::new(1, seq),
+            Payload::from_bytes(Bytes::from_static(b"x")),
+            0,
+        ))
+    }
+
+    #[test]
+    fn fan_out_and_cleanup() {
+        let hub = Hub::new();
+        let ch = ChannelName::new("news").expect("valid");
+        let (a, mut ra) = hub.outbox(8);
+        let (b, mut rb) = hub.outbox(8);
+        assert!(hub.add(&ch, &a));
+        assert!(!hub.add(&ch, &a), "adding twice is idempotent");
+        hub.add(&ch, &b);
+        assert_eq!(hub.count(&ch), 2);
+        assert_eq!(hub.deliver(&msg(&ch, 1)), 2);
+        assert!(matches!(ra.try_recv(), Ok(Event::Message(m)) if m.id.seq == 1));
+        assert!(matches!(rb.try_recv(), Ok(Event::Message(_))));
+        assert!(!hub.remove(&ch, a.id()));
+        assert!(hub.remove(&ch, b.id()));
+        assert_eq!(hub.channel_count(), 0, "an empty channel costs nothing");
+    }
+
+    #[test]
+    fn full_queue_marks_overflow_and_drops_the_subscriber() {
+        let hub = Hub::new();
+        let ch = ChannelName::new("news").expect("valid");
+        let (slow, _keep_rx) = hub.outbox(2);
+        let (fast, mut fast_rx) = hub.outbox(64);
+        hub.add(&ch, &slow);
+        hub.add(&ch, &fast);
+        for seq in 1..=3 {
+            hub.deliver(&msg(&ch, seq));
+            while fast_rx.try_recv().is_ok() {}
+        }
+        assert!(slow.overflowed());
+        assert!(!fast.overflowed());
+        assert_eq!(hub.count(&ch), 1, "the slow one is out, the fast one stays");
+        assert_eq!(hub.deliver(&msg(&ch, 4)), 1);
+    }
+
+    #[test]
+    fn closed_receiver_is_dropped() {
+        let hub = Hub::new();
+        let ch = ChannelName::new("news").expect("valid");
+        let (gone, rx) = hub.outbox(2);
+        hub.add(&ch, &gone);
+        drop(rx);
+        assert_eq!(hub.deliver(&msg(&ch, 1)), 0);
+        assert_eq!(hub.channel_count(), 0);
+        assert!(!gone.overflowed());
+    }
+
+    #[test]
+    fn close_channel_tells_everyone() {
+        let hub = Hub::new();
+        let ch = ChannelName::new("news").expect("valid");
+        let (a, mut ra) = hub.outbox(2);
+        hub.add(&ch, &a);
+        assert_eq!(hub.close_channel(&ch, crate::disconnect::CHANNEL_DELETED), 1);
+        assert!(matches!(ra.try_recv(), Ok(Event::ChannelClosed(c, _)) if c == ch));
+        assert_eq!(hub.count(&ch), 0);
+    }
+}

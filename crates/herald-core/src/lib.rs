@@ -1,0 +1,29 @@
+//! Herald's core: channels, message ids, history, subscriptions and the
+//! engine seam. No sockets and no HTTP live here; the server crate adapts
+//! connections to [`node::Subscriber`].
+//!
+//! Layout:
+//! - [`channel`]: what a channel name may be.
+//! - [`id`]: message ids and resume points.
+//! - [`message`]: payloads and their wire forms, encoded once per message.
+//! - [`history`]: bounded history and the gap rule.
+//! - [`hub`]: local fan-out into bounded per-connection queues.
+//! - [`engine`]: the storage/fan-out seam; [`engine::MemoryEngine`] is the default.
+//! - [`node`]: the subscription API transports use.
+//! - [`namespace`]: settings per channel-name prefix.
+//! - [`disconnect`]: the table of close codes.
+
+pub mod channel;
+pub mod disconnect;
+pub mod engine;
+pub mod history;
+pub mod hub;
+pub mod id;
+pub mod message;
+pub mod namespace;
+pub mod node;
+
+pub use channel::ChannelName;
+pub use id::{MessageId, Since};
+pub use message::{Message, Payload, PayloadKind};
+pub use node::{Item, Node, Subscribed, Subscriber};

@@ -1,0 +1,80 @@
+//! Settings per channel-name prefix.
+//!
+//! A channel takes the options of the longest configured prefix its name
+//! starts with, or the defaults.
+
+use std::time::Duration;
+
+/// Options that apply to every channel under one prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelOptions {
+    /// Messages retained per channel.
+    pub history_size: usize,
+    /// How long a message is retained.
+    pub history_ttl: Duration,
+    /// Whether connected clients (not only the backend) may publish.
+    pub client_publish: bool,
+}
+
+/// Retained messages per channel unless configured otherwise.
+pub const DEFAULT_HISTORY_SIZE: usize = 100;
+/// How long messages are retained unless configured otherwise.
+pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(600);
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        Self {
+            history_size: DEFAULT_HISTORY_SIZE,
+            history_ttl: DEFAULT_HISTORY_TTL,
+            client_publish: false,
+        }
+    }
+}
+
+impl ChannelOptions {
+    pub fn history_ttl_ms(&self) -> u64 {
+        u64::try_from(self.history_ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The options table: defaults plus prefixes.
+#[derive(Clone, Debug, Default)]
+pub struct Namespaces {
+    default: ChannelOptions,
+    /// Sorted longest prefix first, so the first match is the best.
+    prefixes: Vec<(String, ChannelOptions)>,
+}
+
+impl Namespaces {
+    pub fn new(default: ChannelOptions, mut prefixes: Vec<(String, ChannelOptions)>) -> Self {
+        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        Self { default, prefixes }
+    }
+
+    pub fn options(&self, channel: &str) -> &ChannelOptions {
+        self.prefixes
+            .iter()
+            .find(|(p, _)| channel.starts_with(p.as_str()))
+            .map_or(&self.default, |(_, o)| o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_prefix_wins() {
+        let small = |n| ChannelOptions {
+            history_size: n,
+            ..ChannelOptions::default()
+        };
+        let ns = Namespaces::new(
+            ChannelOptions::default(),
+            vec![("chat:".into(), small(5)), ("chat:vip:".into(), small(50))],
+        );
+        assert_eq!(ns.options("chat:vip:1").history_size, 50);
+        assert_eq!(ns.options("chat:x").history_size, 5);
+        assert_eq!(ns.options("news").history_size, DEFAULT_HISTORY_SIZE);
+    }
+}

@@ -1,0 +1,264 @@
+//! The node: the one subscription API every transport uses.
+//!
+//! A transport makes one [`Subscriber`] per connection, subscribes it to
+//! channels (with a resume point) and then just writes out whatever
+//! [`Subscriber::next`] yields. Resume, gaps, ordering and de-duplication are
+//! decided here, once, for every transport:
+//!
+//! 1. the connection is added to the hub first, so live messages start
+//!    queuing;
+//! 2. the engine is told to follow the channel, then asked for history after
+//!    the resume point;
+//! 3. the gap notice (if any) and the history are yielded first, then the
+//!    queue, skipping anything at or before the last id already yielded for
+//!    that channel. Ids grow per channel, so nothing is lost or repeated at
+//!    the seam between history and live messages.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::channel::ChannelName;
+use crate::disconnect::{Disconnect, SLOW_CONSUMER};
+use crate::engine::{Engine, EngineError};
+use crate::hub::{Event, Hub, Outbox};
+use crate::id::{MessageId, Since};
+use crate::message::Message;
+use crate::namespace::Namespaces;
+
+/// The pieces shared by every connection of one server process.
+#[derive(Clone)]
+pub struct Node {
+    pub hub: Arc<Hub>,
+    pub engine: Arc<dyn Engine>,
+    pub namespaces: Arc<Namespaces>,
+}
+
+impl Node {
+    pub fn new(hub: Arc<Hub>, engine: Arc<dyn Engine>, namespaces: Arc<Namespaces>) -> Self {
+        Self {
+            hub,
+            engine,
+            namespaces,
+        }
+    }
+
+    /// An in-memory node: the embedded default.
+    pub fn memory(namespaces: Namespaces) -> Self {
+        let hub = Arc::new(Hub::new());
+        let namespaces = Arc::new(namespaces);
+        let engine = Arc::new(crate::engine::MemoryEngine::new(
+            Arc::clone(&hub),
+            Arc::clone(&namespaces),
+        ));
+        Self::new(hub, engine, namespaces)
+    }
+
+    /// A connection's subscription state with a queue of `queue_capacity` events.
+    pub fn subscriber(&self, queue_capacity: usize) -> Subscriber {
+        let (outbox, rx) = self.hub.outbox(queue_capacity);
+        Subscriber {
+            node: self.clone(),
+            outbox,
+            rx,
+            channels: HashMap::new(),
+            pending: VecDeque::new(),
+        }
+    }
+}
+
+/// What a subscriber is given to send to its client.
+#[derive(Debug, Clone)]
+pub enum Item {
+    Message(Arc<Message>),
+    /// Messages may be missing before the next message of this channel.
+    Gap(ChannelName),
+    /// The channel ended for this connection (it is no longer subscribed).
+    Closed(ChannelName, Disconnect),
+    /// The connection must close.
+    Disconnect(Disconnect),
+}
+
+/// The outcome of a subscribe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscribed {
+    /// Whether the resume point could not be honoured without loss.
+    pub gap: bool,
+    /// History messages queued for delivery.
+    pub replayed: usize,
+    /// The subscription's position: the last id it has yielded or skipped.
+    /// A client that resumes from here later loses nothing.
+    pub position: Option<MessageId>,
+}
+
+/// Why a subscribe failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("already subscribed to {0}")]
+    AlreadySubscribed(ChannelName),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// One connection's subscriptions and queue.
+pub struct Subscriber {
+    node: Node,
+    outbox: Arc<Outbox>,
+    rx: mpsc::Receiver<Event>,
+    /// Per channel, the newest id yielded (or skipped as already seen).
+    channels: HashMap<ChannelName, Option<MessageId>>,
+    /// Gap notices and history waiting to be yielded before the queue.
+    pending: VecDeque<Item>,
+}
+
+impl Subscriber {
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    pub fn is_subscribed(&self, channel: &ChannelName) -> bool {
+        self.channels.contains_key(channel)
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Follows `channel` from `since`. See the module docs for the order.
+    pub async fn subscribe(
+        &mut self,
+        channel: ChannelName,
+        since: Since,
+    ) -> Result<Subscribed, SubscribeError> {
+        if self.channels.contains_key(&channel) {
+            return Err(SubscribeError::AlreadySubscribed(channel));
+        }
+        self.node.hub.add(&channel, &self.outbox);
+        let page = match self.follow_and_read(&channel, since).await {
+            Ok(page) => page,
+            Err(e) => {
+                self.leave_hub(&channel);
+                return Err(e.into());
+            }
+        };
+        let mut position = match since {
+            Since::After(id) => Some(id),
+            Since::Earliest => None,
+            Since::Live => page.last_id,
+        };
+        if page.gap {
+            self.pending.push_back(Item::Gap(channel.clone()));
+        }
+        let replayed = page.messages.len();
+        for message in page.messages {
+            position = Some(message.id);
+            self.pending.push_back(Item::Message(message));
+        }
+        // Messages queued meanwhile at or before `position` are skipped.
+        if position.is_none() && since == Since::Earliest {
+            position = page.last_id;
+        }
+        self.channels.insert(channel, position);
+        Ok(Subscribed {
+            gap: page.gap,
+            replayed,
+            position,
+        })
+    }
+
+    async fn follow_and_read(
+        &self,
+        channel: &ChannelName,
+        since: Since,
+    ) -> Result<crate::history::HistoryPage, EngineError> {
+        self.node.engine.follow(channel).await?;
+        self.node.engine.history(channel, since).await
+    }
+
+    /// Stops following `channel`. Returns false if it was not followed.
+    pub fn unsubscribe(&mut self, channel: &ChannelName) -> bool {
+        if self.channels.remove(channel).is_none() {
+            return false;
+        }
+        self.pending.retain(|item| match item {
+            Item::Message(m) => &m.channel != channel,
+            Item::Gap(c) | Item::Closed(c, _) => c != channel,
+            Item::Disconnect(_) => true,
+        });
+        self.leave_hub(channel);
+        true
+    }
+
+    fn leave_hub(&self, channel: &ChannelName) {
+        if self.node.hub.remove(channel, self.outbox.id()) {
+            self.node.engine.unfollow(channel);
+        }
+    }
+
+    /// The next thing to send. Cancel-safe (for `select!`). Never ends on its
+    /// own: a connection with nothing to send waits.
+    pub async fn next(&mut self) -> Item {
+        loop {
+            if let Some(item) = self.take_ready() {
+                return item;
+            }
+            match self.rx.recv().await {
+                Some(event) => {
+                    if let Some(item) = self.accept(event) {
+                        return item;
+                    }
+                }
+                // We hold a sender in `outbox`, so the queue cannot close.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// The next thing to send if one is ready now (to batch writes).
+    pub fn try_next(&mut self) -> Option<Item> {
+        loop {
+            if let Some(item) = self.take_ready() {
+                return Some(item);
+            }
+            let event = self.rx.try_recv().ok()?;
+            if let Some(item) = self.accept(event) {
+                return Some(item);
+            }
+        }
+    }
+
+    fn take_ready(&mut self) -> Option<Item> {
+        if self.outbox.overflowed() {
+            return Some(Item::Disconnect(SLOW_CONSUMER));
+        }
+        self.pending.pop_front()
+    }
+
+    /// Turns a queued event into an item, or drops it (stale or duplicate).
+    fn accept(&mut self, event: Event) -> Option<Item> {
+        match event {
+            Event::Message(message) => {
+                let position = self.channels.get_mut(&message.channel)?;
+                if position.is_some_and(|p| message.id <= p) {
+                    return None;
+                }
+                *position = Some(message.id);
+                Some(Item::Message(message))
+            }
+            Event::ChannelClosed(channel, why) => {
+                self.channels.remove(&channel)?;
+                Some(Item::Closed(channel, why))
+            }
+            Event::Disconnect(why) => Some(Item::Disconnect(why)),
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        for channel in self.channels.keys() {
+            self.leave_hub(channel);
+        }
+    }
+}
