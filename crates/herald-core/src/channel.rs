@@ -63,7 +63,13 @@ mod tests {
 
     #[test]
     fn accepts_usual_names() {
-        for ok in ["news", "chat:lobby", "user:42", "a.b-c_d@e=f", &"x".repeat(128)] {
+        for ok in [
+            "news",
+            "chat:lobby",
+            "user:42",
+            "a.b-c_d@e=f",
+            &"x".repeat(128),
+        ] {
             assert!(ChannelName::new(ok).is_ok(), "{ok}");
         }
     }
@@ -75,10 +81,7 @@ mod tests {
             ChannelName::new(&"x".repeat(129)),
             Err(InvalidChannel::TooLong)
         );
-        assert_eq!(
-            ChannelName::new("a b"),
-            Err(InvalidChannel::BadChar(' '))
-        );
+        assert_eq!(ChannelName::new("a b"), Err(InvalidChannel::BadChar(' ')));
         assert!(ChannelName::new("a/b").is_err());
         assert!(ChannelName::new("é").is_err());
     }

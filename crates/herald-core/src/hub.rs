@@ -12,18 +12,16 @@
 //! channels rarely touch the same lock.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use tokio::sync::mpsc;
 
 use crate::channel::ChannelName;
 use crate::disconnect::Disconnect;
 use crate::message::Message;
-
-const SHARDS: usize = 64;
+use crate::sharded::{Shard, Sharded};
 
 /// What the hub puts into a connection's queue.
 #[derive(Debug, Clone)]
@@ -76,12 +74,11 @@ struct Subscribers {
     by_conn: HashMap<u64, Arc<Outbox>>,
 }
 
-type Shard = Mutex<HashMap<ChannelName, Arc<RwLock<Subscribers>>>>;
+type Entry = Arc<RwLock<Subscribers>>;
 
 /// Local subscriptions for one node.
 pub struct Hub {
-    shards: Box<[Shard]>,
-    hasher: std::collections::hash_map::RandomState,
+    channels: Sharded<Entry>,
     next_conn: AtomicU64,
 }
 
@@ -94,17 +91,13 @@ impl Default for Hub {
 impl Hub {
     pub fn new() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
+            channels: Sharded::new(),
             next_conn: AtomicU64::new(1),
         }
     }
 
-    fn shard(&self, channel: &ChannelName) -> &Shard {
-        let mut h = self.hasher.build_hasher();
-        channel.hash(&mut h);
-        let i = usize::try_from(h.finish() % SHARDS as u64).unwrap_or(0);
-        &self.shards[i]
+    fn shard(&self, channel: &ChannelName) -> &Shard<Entry> {
+        self.channels.shard(channel)
     }
 
     /// A new connection's queue, holding at most `capacity` events.
@@ -157,14 +150,19 @@ impl Hub {
 
     /// Channels with at least one local subscriber.
     pub fn channel_count(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        self.channels.len()
     }
 
     /// Gives a message to every local subscriber of its channel. Returns how
     /// many took it. Subscribers whose queue is full or closed are dropped
     /// from the channel (and, when full, marked overflowed).
     pub fn deliver(&self, message: &Arc<Message>) -> usize {
-        let Some(subs) = self.shard(&message.channel).lock().get(&message.channel).cloned() else {
+        let Some(subs) = self
+            .shard(&message.channel)
+            .lock()
+            .get(&message.channel)
+            .cloned()
+        else {
             return 0;
         };
         let mut dead = Vec::new();
@@ -190,8 +188,8 @@ impl Hub {
     /// Names of the channels with at least one local subscriber (for an
     /// engine that must re-follow them after reconnecting to its storage).
     pub fn channels(&self) -> Vec<ChannelName> {
-        self.shards
-            .iter()
+        self.channels
+            .shards()
             .flat_map(|s| s.lock().keys().cloned().collect::<Vec<_>>())
             .collect()
     }
@@ -201,7 +199,7 @@ impl Hub {
     /// Returns how many connections were told.
     pub fn disconnect_all(&self, why: Disconnect) -> usize {
         let mut told = std::collections::HashSet::new();
-        for shard in self.shards.iter() {
+        for shard in self.channels.shards() {
             let subs: Vec<_> = shard.lock().values().cloned().collect();
             for s in subs {
                 for outbox in s.read().by_conn.values() {
@@ -297,7 +295,10 @@ mod tests {
         let ch = ChannelName::new("news").expect("valid");
         let (a, mut ra) = hub.outbox(2);
         hub.add(&ch, &a);
-        assert_eq!(hub.close_channel(&ch, crate::disconnect::CHANNEL_DELETED), 1);
+        assert_eq!(
+            hub.close_channel(&ch, crate::disconnect::CHANNEL_DELETED),
+            1
+        );
         assert!(matches!(ra.try_recv(), Ok(Event::ChannelClosed(c, _)) if c == ch));
         assert_eq!(hub.count(&ch), 0);
     }

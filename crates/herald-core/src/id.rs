@@ -33,7 +33,9 @@ impl fmt::Display for MessageId {
 
 /// Why a text is not a message id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not a message id: expected two decimal numbers joined by '-', at most {MAX_ID_LEN} characters")]
+#[error(
+    "not a message id: expected two decimal numbers joined by '-', at most {MAX_ID_LEN} characters"
+)]
 pub struct InvalidId;
 
 impl FromStr for MessageId {
@@ -109,10 +111,7 @@ mod tests {
     #[test]
     fn since_keywords() {
         assert_eq!(Since::parse("earliest"), Ok(Since::Earliest));
-        assert_eq!(
-            Since::parse("3-4"),
-            Ok(Since::After(MessageId::new(3, 4)))
-        );
+        assert_eq!(Since::parse("3-4"), Ok(Since::After(MessageId::new(3, 4))));
         assert!(Since::parse("latest").is_err());
     }
 }

@@ -22,6 +22,7 @@ pub mod id;
 pub mod message;
 pub mod namespace;
 pub mod node;
+mod sharded;
 
 pub use channel::ChannelName;
 pub use id::{MessageId, Since};

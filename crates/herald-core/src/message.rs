@@ -175,6 +175,7 @@ pub struct Message {
     envelope: OnceLock<Bytes>,
     sse: OnceLock<Bytes>,
     script: OnceLock<Bytes>,
+    line: OnceLock<Bytes>,
 }
 
 impl Message {
@@ -187,6 +188,7 @@ impl Message {
             envelope: OnceLock::new(),
             sse: OnceLock::new(),
             script: OnceLock::new(),
+            line: OnceLock::new(),
         }
     }
 
@@ -205,6 +207,17 @@ impl Message {
             }
             out.push(b'}');
             Bytes::from(out)
+        })
+    }
+
+    /// The envelope and a newline: one NDJSON line. Built once.
+    pub fn envelope_line(&self) -> &Bytes {
+        self.line.get_or_init(|| {
+            let envelope = self.envelope();
+            let mut out = BytesMut::with_capacity(envelope.len() + 1);
+            out.put_slice(envelope);
+            out.put_u8(b'\n');
+            out.freeze()
         })
     }
 
@@ -282,7 +295,9 @@ mod tests {
 
     #[test]
     fn json_payload_is_compacted_into_the_envelope() {
-        let m = msg(Payload::json(Bytes::from_static(b"{ \"a\" :\n [1, \"x y\\\" z\"] }")).expect("json"));
+        let m = msg(
+            Payload::json(Bytes::from_static(b"{ \"a\" :\n [1, \"x y\\\" z\"] }")).expect("json"),
+        );
         assert_eq!(
             &m.envelope()[..],
             br#"{"channel":"news","id":"1-2","data":{"a":[1,"x y\" z"]}}"#
@@ -299,7 +314,9 @@ mod tests {
 
     #[test]
     fn text_and_binary() {
-        let t = msg(Payload::from_bytes(Bytes::from_static("héllo\n\"w\"".as_bytes())));
+        let t = msg(Payload::from_bytes(Bytes::from_static(
+            "héllo\n\"w\"".as_bytes(),
+        )));
         assert_eq!(t.payload.kind(), PayloadKind::Text);
         assert_eq!(
             &t.envelope()[..],

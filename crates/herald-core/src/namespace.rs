@@ -47,7 +47,7 @@ pub struct Namespaces {
 
 impl Namespaces {
     pub fn new(default: ChannelOptions, mut prefixes: Vec<(String, ChannelOptions)>) -> Self {
-        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         Self { default, prefixes }
     }
 

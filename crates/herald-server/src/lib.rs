@@ -1,1 +1,134 @@
+//! Herald's server: the HTTP surface, the transports, config and shutdown.
+//!
+//! Layout:
+//! - [`config`]: settings, validated before anything binds.
+//! - [`api`]: the backend's endpoints (`/pub/{channel}`, `/api/publish`).
+//! - [`subscribe`]: `GET /sub/{channel}`, choosing a transport per request.
+//! - [`transport`]: one thin adapter per transport over `herald_core::Subscriber`.
+//! - [`error`]: the one API error type (status + JSON body).
+//! - [`run`]: serve a bound listener until a shutdown future resolves.
 
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod state;
+pub mod subscribe;
+pub mod transport;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::Router;
+use herald_core::engine::now_ms;
+use herald_core::Node;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+use error::ApiError;
+use state::AppState;
+
+/// The routes, for a given state.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/pub/{channel}",
+            post(api::publish)
+                .get(api::channel_info)
+                .delete(api::delete_channel),
+        )
+        .route("/api/publish", post(api::api_publish))
+        .route("/sub/{channel}", get(subscribe::subscribe))
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .with_state(state)
+}
+
+/// A node for the configured engine. The memory engine needs nothing; other
+/// engines are built by the caller and passed to [`run_with_node`].
+pub fn memory_node(config: &Config) -> Node {
+    Node::memory(config.namespaces.clone())
+}
+
+/// Serves on `listener` with an in-memory node until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let node = memory_node(&config);
+    run_with_node(listener, config, node, shutdown).await
+}
+
+/// Serves on `listener` until `shutdown` resolves, then: stops accepting,
+/// tells every connection to reconnect, and waits up to the grace period
+/// for them to finish.
+pub async fn run_with_node(
+    listener: TcpListener,
+    config: Config,
+    node: Node,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let token = CancellationToken::new();
+    let grace = config.shutdown_grace;
+    let state = AppState::new(node.clone(), config, token.clone());
+
+    // Housekeeping: expire history about once a second.
+    let sweeper = {
+        let engine = Arc::clone(&node.engine);
+        let token = token.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    _ = tick.tick() => engine.sweep(now_ms()),
+                }
+            }
+        })
+    };
+
+    let signal = {
+        let token = token.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: telling connections to reconnect");
+            token.cancel();
+        }
+    };
+    tokio::spawn(signal);
+
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
+    let serving = tokio::spawn(async move { server.await });
+
+    token.cancelled().await;
+    // Connections were told (each watches the token). Give them the grace
+    // period to flush their last frame, then stop regardless.
+    state.connections.close();
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    let mut serving = serving;
+    tokio::select! {
+        _ = &mut serving => {}
+        () = &mut deadline => {
+            tracing::warn!("HTTP connections still open after the grace period; closing them");
+            serving.abort();
+        }
+    }
+    tokio::select! {
+        () = state.connections.wait() => {}
+        () = &mut deadline => {
+            tracing::warn!(
+                open = state.connections.len(),
+                "websocket connections still open after the grace period"
+            );
+        }
+    }
+    sweeper.abort();
+    Ok(())
+}

@@ -1,1 +1,124 @@
-fn main(){}
+//! The `herald` binary: command line, logging, config, signals. Wiring only.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use herald_server::config::{Config, Overrides};
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "A real-time push server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Address to listen on (default 127.0.0.1:7070; port 0 picks a free one).
+        #[arg(long, env = "HERALD_LISTEN")]
+        listen: Option<String>,
+        /// API key the backend must send as `Authorization: Bearer KEY`.
+        #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// TOML config file (see docs/configuration.md).
+        #[arg(long, env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+        /// `memory` (default) or `redis://host:port/db`.
+        #[arg(long, env = "HERALD_ENGINE")]
+        engine: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            listen,
+            api_key,
+            config,
+            engine,
+        } => {
+            let overrides = Overrides {
+                listen,
+                api_key,
+                engine,
+            };
+            let config = match Config::load(config.as_deref(), overrides) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("herald: configuration error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("herald: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        if config.api_keys.is_empty() {
+            tracing::warn!(
+                "no API key configured: only loopback clients may publish (set --api-key or HERALD_API_KEY)"
+            );
+        }
+        let node = herald_server::memory_node(&config);
+        tracing::info!(%addr, engine = node.engine.name(), "herald listening");
+        // Scripts and tests read this line to learn the port.
+        println!("herald listening on http://{addr}");
+        herald_server::run_with_node(listener, config, node, shutdown_signal())
+            .await
+            .context("serving")?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

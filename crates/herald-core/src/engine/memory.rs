@@ -8,8 +8,6 @@
 //! history and handing the message to the hub happen under it, so every
 //! subscriber sees a channel's messages in id order.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -24,8 +22,7 @@ use crate::hub::Hub;
 use crate::id::{MessageId, Since};
 use crate::message::{Message, Payload};
 use crate::namespace::Namespaces;
-
-const SHARDS: usize = 64;
+use crate::sharded::{Shard, Sharded};
 
 #[derive(Default)]
 struct Channel {
@@ -35,15 +32,14 @@ struct Channel {
     removed: bool,
 }
 
-type Shard = Mutex<HashMap<ChannelName, Arc<Mutex<Channel>>>>;
+type Entry = Arc<Mutex<Channel>>;
 
 pub struct MemoryEngine {
     hub: Arc<Hub>,
     namespaces: Arc<Namespaces>,
     epoch_ms: u64,
     seq: AtomicU64,
-    shards: Box<[Shard]>,
-    hasher: std::collections::hash_map::RandomState,
+    channels: Sharded<Entry>,
 }
 
 impl MemoryEngine {
@@ -53,16 +49,12 @@ impl MemoryEngine {
             namespaces,
             epoch_ms: now_ms(),
             seq: AtomicU64::new(1),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
+            channels: Sharded::new(),
         }
     }
 
-    fn shard(&self, channel: &ChannelName) -> &Shard {
-        let mut h = self.hasher.build_hasher();
-        channel.hash(&mut h);
-        let i = usize::try_from(h.finish() % SHARDS as u64).unwrap_or(0);
-        &self.shards[i]
+    fn shard(&self, channel: &ChannelName) -> &Shard<Entry> {
+        self.channels.shard(channel)
     }
 
     fn get(&self, channel: &ChannelName) -> Option<Arc<Mutex<Channel>>> {
@@ -71,13 +63,18 @@ impl MemoryEngine {
 
     /// Channels that hold history.
     pub fn channel_count(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        self.channels.len()
     }
 
     fn publish_now(&self, channel: &ChannelName, payload: Payload) -> Published {
         let options = self.namespaces.options(channel.as_str());
         loop {
-            let entry = Arc::clone(self.shard(channel).lock().entry(channel.clone()).or_default());
+            let entry = Arc::clone(
+                self.shard(channel)
+                    .lock()
+                    .entry(channel.clone())
+                    .or_default(),
+            );
             let mut ch = entry.lock();
             if ch.removed {
                 continue;
@@ -175,7 +172,7 @@ impl Engine for MemoryEngine {
     fn unfollow(&self, _channel: &ChannelName) {}
 
     fn sweep(&self, now_ms: u64) {
-        for shard in self.shards.iter() {
+        for shard in self.channels.shards() {
             let mut shard = shard.lock();
             shard.retain(|name, entry| {
                 let options = self.namespaces.options(name.as_str());

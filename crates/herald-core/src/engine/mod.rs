@@ -56,12 +56,18 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Stores a message and delivers it to every node's subscribers. Answers
     /// only once the message is stored.
-    async fn publish(&self, channel: &ChannelName, payload: Payload)
-        -> Result<Published, EngineError>;
+    async fn publish(
+        &self,
+        channel: &ChannelName,
+        payload: Payload,
+    ) -> Result<Published, EngineError>;
 
     /// Retained messages after `since`, with the gap flag (see [`crate::history`]).
-    async fn history(&self, channel: &ChannelName, since: Since)
-        -> Result<HistoryPage, EngineError>;
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        since: Since,
+    ) -> Result<HistoryPage, EngineError>;
 
     async fn stats(&self, channel: &ChannelName) -> Result<ChannelStats, EngineError>;
 

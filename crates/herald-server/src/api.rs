@@ -1,0 +1,186 @@
+//! The backend's side: publish, inspect and delete channels.
+
+use std::net::SocketAddr;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herald_core::engine::Published;
+use herald_core::{ChannelName, Payload};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use serde_json::{json, value::RawValue};
+
+use crate::auth::check_backend;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Extra room in `/api/publish` bodies beyond the payload limit, for the
+/// channel list and the JSON around `data`.
+const API_BODY_SLACK: usize = 16 * 1024;
+
+/// A channel name from the path, or a 400.
+pub fn channel_from_path(
+    path: Result<Path<String>, PathRejection>,
+) -> Result<ChannelName, ApiError> {
+    let Path(name) = path.map_err(|e| ApiError::bad_request("invalid_channel", e.body_text()))?;
+    Ok(ChannelName::new(&name)?)
+}
+
+/// Reads a whole body, refusing it past `limit` bytes (the limit is inclusive).
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::payload_too_large(limit))
+        }
+        Err(_) => Err(ApiError::bad_request(
+            "invalid_request",
+            "the request body could not be read",
+        )),
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn published_json(p: &Published) -> serde_json::Value {
+    json!({
+        "channel": p.message.channel.as_str(),
+        "id": p.message.id.to_string(),
+        "subscribers": p.subscribers,
+    })
+}
+
+/// `POST /pub/{channel}`: the body is the message.
+pub async fn publish(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_backend(&state.config.api_keys, &headers, peer)?;
+    let channel = channel_from_path(path)?;
+    let raw = read_body(body, state.config.max_payload).await?;
+    let payload = if is_json(&headers) {
+        Payload::json(raw).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
+    } else {
+        Payload::from_bytes(raw)
+    };
+    let published = state.node.engine.publish(&channel, payload).await?;
+    Ok((StatusCode::CREATED, Json(published_json(&published))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    channel: Option<String>,
+    channels: Option<Vec<String>>,
+    data: Box<RawValue>,
+}
+
+/// `POST /api/publish`: `{"channel": c, "data": …}` or `{"channels": […], "data": …}`.
+pub async fn api_publish(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_backend(&state.config.api_keys, &headers, peer)?;
+    let limit = state.config.max_payload;
+    let raw = read_body(body, limit + API_BODY_SLACK).await?;
+    let request: PublishRequest = serde_json::from_slice(&raw).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
+        } else {
+            ApiError::bad_request(
+                "invalid_request",
+                format!("expected {{\"channel\" or \"channels\", \"data\"}}: {e}"),
+            )
+        }
+    })?;
+    let data = request.data.get();
+    if data.len() > limit {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let payload = Payload::json(Bytes::copy_from_slice(data.as_bytes()))
+        .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+    match (request.channel, request.channels) {
+        (Some(name), None) => {
+            let channel = ChannelName::new(&name)?;
+            let published = state.node.engine.publish(&channel, payload).await?;
+            Ok((StatusCode::CREATED, Json(published_json(&published))).into_response())
+        }
+        (None, Some(names)) if !names.is_empty() => {
+            if names.len() > MAX_CHANNELS_PER_PUBLISH {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!("at most {MAX_CHANNELS_PER_PUBLISH} channels per publish"),
+                ));
+            }
+            // Validate all first: a bad name publishes nothing.
+            let channels = names
+                .iter()
+                .map(|n| ChannelName::new(n))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut results = Vec::with_capacity(channels.len());
+            for channel in &channels {
+                let published = state.node.engine.publish(channel, payload.clone()).await?;
+                results.push(published_json(&published));
+            }
+            Ok((StatusCode::CREATED, Json(json!({ "results": results }))).into_response())
+        }
+        _ => Err(ApiError::bad_request(
+            "invalid_request",
+            "give exactly one of \"channel\" or a non-empty \"channels\"",
+        )),
+    }
+}
+
+/// Most channels one `/api/publish` may name.
+pub const MAX_CHANNELS_PER_PUBLISH: usize = 100;
+
+/// `GET /pub/{channel}`.
+pub async fn channel_info(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_backend(&state.config.api_keys, &headers, peer)?;
+    let channel = channel_from_path(path)?;
+    let stats = state.node.engine.stats(&channel).await?;
+    Ok(Json(json!({
+        "channel": channel.as_str(),
+        "subscribers": state.node.hub.count(&channel),
+        "messages": stats.messages,
+        "last_id": stats.last_id.map(|id| id.to_string()),
+    }))
+    .into_response())
+}
+
+/// `DELETE /pub/{channel}`: drops history and closes subscribers.
+pub async fn delete_channel(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_backend(&state.config.api_keys, &headers, peer)?;
+    let channel = channel_from_path(path)?;
+    let subscribers = state.node.hub.count(&channel);
+    state.node.engine.remove(&channel).await?;
+    Ok(
+        Json(json!({"channel": channel.as_str(), "deleted": true, "subscribers": subscribers}))
+            .into_response(),
+    )
+}

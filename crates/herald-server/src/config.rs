@@ -1,0 +1,281 @@
+//! Server settings: read from a TOML file, overridden by the command line,
+//! validated as a whole before anything binds. An unknown key is an error
+//! that names it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use herald_core::namespace::{ChannelOptions, Namespaces};
+use serde::Deserialize;
+
+/// Where the server listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Heartbeat interval on streaming transports.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+/// Events a connection may have queued before it counts as a slow consumer.
+pub const DEFAULT_QUEUE_SIZE: usize = 256;
+/// Largest payload, inclusive.
+pub const DEFAULT_MAX_PAYLOAD: usize = 65_536;
+/// How long one socket write may take before the connection is dropped.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for connections to close after telling them.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Long-poll wait when the request names none.
+pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest long-poll wait a request may ask for (longer asks are clamped).
+pub const DEFAULT_POLL_TIMEOUT_MAX: Duration = Duration::from_secs(120);
+
+/// The file's shape. Every section refuses unknown keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub api_key: Option<String>,
+    pub engine: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat: Option<Duration>,
+    pub queue_size: Option<usize>,
+    pub max_payload: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub write_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_grace: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub poll_timeout_max: Option<Duration>,
+    #[serde(default)]
+    pub history: HistorySection,
+    #[serde(default)]
+    pub namespace: Vec<NamespaceSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySection {
+    pub size: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceSection {
+    pub prefix: String,
+    pub history_size: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub history_ttl: Option<Duration>,
+    pub client_publish: Option<bool>,
+}
+
+/// Settings given on the command line (or their environment variables);
+/// each wins over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub api_key: Option<String>,
+    pub engine: Option<String>,
+}
+
+/// The validated settings the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Keys accepted on `/pub` and `/api`; empty means "loopback peers only".
+    pub api_keys: Vec<String>,
+    /// `memory` or a `redis://` URL.
+    pub engine: String,
+    pub heartbeat: Duration,
+    pub queue_size: usize,
+    pub max_payload: usize,
+    pub write_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub poll_timeout_max: Duration,
+    pub namespaces: Namespaces,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::resolve(FileConfig::default(), Overrides::default())
+            .unwrap_or_else(|_| unreachable_default())
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_default() -> Config {
+    panic!("the built-in defaults are valid")
+}
+
+/// A setting that cannot be used, named.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("listen: {0:?} is not an address like 127.0.0.1:7070")]
+    Listen(String),
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+    #[error("engine: {0:?} is neither \"memory\" nor a redis:// URL")]
+    Engine(String),
+    #[error("api_key must not be empty")]
+    EmptyKey,
+    #[error("namespace prefix {0:?} is not a valid channel-name prefix")]
+    Prefix(String),
+    #[error("namespace prefix {0:?} is configured twice")]
+    DuplicatePrefix(String),
+}
+
+impl Config {
+    /// Reads the file (if any) and applies the overrides.
+    pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
+        let file = match path {
+            None => FileConfig::default(),
+            Some(path) => {
+                let shown = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: shown.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: shown,
+                    message: e.message().to_string(),
+                })?
+            }
+        };
+        Self::resolve(file, overrides)
+    }
+
+    pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Self, ConfigError> {
+        let listen_text = overrides
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen = listen_text
+            .parse()
+            .map_err(|_| ConfigError::Listen(listen_text.clone()))?;
+        let api_keys = match overrides.api_key.or(file.api_key) {
+            Some(key) if key.is_empty() => return Err(ConfigError::EmptyKey),
+            Some(key) => vec![key],
+            None => Vec::new(),
+        };
+        let engine = overrides
+            .engine
+            .or(file.engine)
+            .unwrap_or_else(|| "memory".to_string());
+        if engine != "memory" && !engine.starts_with("redis://") && !engine.starts_with("rediss://")
+        {
+            return Err(ConfigError::Engine(engine));
+        }
+        let positive = |name, value: usize| {
+            if value == 0 {
+                Err(ConfigError::Zero(name))
+            } else {
+                Ok(value)
+            }
+        };
+        let positive_time = |name, value: Duration| {
+            if value.is_zero() {
+                Err(ConfigError::Zero(name))
+            } else {
+                Ok(value)
+            }
+        };
+        let defaults = ChannelOptions {
+            history_size: file
+                .history
+                .size
+                .unwrap_or(herald_core::namespace::DEFAULT_HISTORY_SIZE),
+            history_ttl: file
+                .history
+                .ttl
+                .unwrap_or(herald_core::namespace::DEFAULT_HISTORY_TTL),
+            client_publish: false,
+        };
+        let mut prefixes = Vec::new();
+        for ns in file.namespace {
+            let valid = ns.prefix.is_empty() || herald_core::ChannelName::new(&ns.prefix).is_ok();
+            if !valid {
+                return Err(ConfigError::Prefix(ns.prefix));
+            }
+            if prefixes.iter().any(|(p, _)| p == &ns.prefix) {
+                return Err(ConfigError::DuplicatePrefix(ns.prefix));
+            }
+            let options = ChannelOptions {
+                history_size: ns.history_size.unwrap_or(defaults.history_size),
+                history_ttl: ns.history_ttl.unwrap_or(defaults.history_ttl),
+                client_publish: ns.client_publish.unwrap_or(false),
+            };
+            prefixes.push((ns.prefix, options));
+        }
+        Ok(Self {
+            listen,
+            api_keys,
+            engine,
+            heartbeat: positive_time("heartbeat", file.heartbeat.unwrap_or(DEFAULT_HEARTBEAT))?,
+            queue_size: positive("queue_size", file.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE))?,
+            max_payload: positive(
+                "max_payload",
+                file.max_payload.unwrap_or(DEFAULT_MAX_PAYLOAD),
+            )?,
+            write_timeout: positive_time(
+                "write_timeout",
+                file.write_timeout.unwrap_or(DEFAULT_WRITE_TIMEOUT),
+            )?,
+            shutdown_grace: file.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+            poll_timeout_max: file.poll_timeout_max.unwrap_or(DEFAULT_POLL_TIMEOUT_MAX),
+            namespaces: Namespaces::new(defaults, prefixes),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        Config::resolve(file, Overrides::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert!(c.api_keys.is_empty());
+        assert_eq!(c.max_payload, 65_536);
+        assert_eq!(c.namespaces.options("x").history_size, 100);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse("listn = \"1.2.3.4:5\"").expect_err("unknown key");
+        assert!(err.contains("listn"), "{err}");
+        let err = parse("[[namespace]]\nprefix = \"a:\"\nprivat = true").expect_err("unknown");
+        assert!(err.contains("privat"), "{err}");
+    }
+
+    #[test]
+    fn namespaces_and_durations() {
+        let c = parse(
+            "heartbeat = \"2s\"\n[history]\nsize = 7\n[[namespace]]\nprefix = \"chat:\"\nhistory_ttl = \"1m\"\nclient_publish = true",
+        )
+        .expect("valid");
+        assert_eq!(c.heartbeat, Duration::from_secs(2));
+        let chat = c.namespaces.options("chat:lobby");
+        assert_eq!(chat.history_size, 7);
+        assert_eq!(chat.history_ttl, Duration::from_secs(60));
+        assert!(chat.client_publish);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse("queue_size = 0").is_err());
+        assert!(parse("listen = \"nowhere\"").is_err());
+        assert!(parse("engine = \"mysql://x\"").is_err());
+        assert!(parse("[[namespace]]\nprefix = \"a b\"").is_err());
+    }
+}

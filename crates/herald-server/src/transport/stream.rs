@@ -1,0 +1,144 @@
+//! The streaming HTTP transports (SSE, NDJSON, forever-iframe) share one
+//! driver; each only says how to frame things.
+//!
+//! The body starts with bytes at once (so a client can tell a live stream
+//! from one a proxy buffers), sends a heartbeat every interval, and ends with
+//! a final frame saying why (shutdown, slow consumer, channel deleted).
+//! Ready items are batched into one write.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use herald_core::disconnect::{Disconnect, SHUTDOWN};
+use herald_core::{ChannelName, Item, Message, Subscriber};
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::subscribe::{no_buffering, SubRequest};
+
+/// Most items gathered into one write.
+const BATCH: usize = 64;
+
+/// How one streaming transport writes each kind of thing.
+pub trait Framing: Send + 'static {
+    fn content_type(&self) -> &'static str;
+    fn open(&self, out: &mut VecDeque<Bytes>);
+    fn message(&self, message: &Message, out: &mut VecDeque<Bytes>);
+    fn gap(&self, channel: &ChannelName, out: &mut VecDeque<Bytes>);
+    fn heartbeat(&self, channel: &ChannelName, out: &mut VecDeque<Bytes>);
+    fn close(&self, channel: &ChannelName, why: Disconnect, out: &mut VecDeque<Bytes>);
+}
+
+struct Driver<F> {
+    sub: Subscriber,
+    channel: ChannelName,
+    framing: F,
+    heartbeat: Interval,
+    shutdown: CancellationToken,
+    out: VecDeque<Bytes>,
+    done: bool,
+}
+
+impl<F: Framing> Driver<F> {
+    /// Frames one item; returns false when the stream must end after it.
+    fn frame(&mut self, item: Item) -> bool {
+        match item {
+            Item::Message(m) => {
+                self.framing.message(&m, &mut self.out);
+                true
+            }
+            Item::Gap(channel) => {
+                self.framing.gap(&channel, &mut self.out);
+                true
+            }
+            Item::Closed(channel, why) => {
+                self.framing.close(&channel, why, &mut self.out);
+                false
+            }
+            Item::Disconnect(why) => {
+                self.framing.close(&self.channel, why, &mut self.out);
+                false
+            }
+        }
+    }
+
+    async fn fill(&mut self) {
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => {
+                self.framing.close(&self.channel, SHUTDOWN, &mut self.out);
+                self.done = true;
+            }
+            item = self.sub.next() => {
+                let mut more = self.frame(item);
+                let mut taken = 1;
+                while more && taken < BATCH {
+                    let Some(item) = self.sub.try_next() else { break };
+                    more = self.frame(item);
+                    taken += 1;
+                }
+                self.done = !more;
+            }
+            _ = self.heartbeat.tick() => {
+                self.framing.heartbeat(&self.channel, &mut self.out);
+            }
+        }
+    }
+}
+
+/// Subscribes and answers with the stream (or an error status).
+pub async fn serve<F: Framing>(
+    state: &AppState,
+    request: SubRequest,
+    framing: F,
+) -> Result<Response, ApiError> {
+    let mut sub = state.node.subscriber(state.config.queue_size);
+    sub.subscribe(request.channel.clone(), request.since)
+        .await
+        .map_err(|e| match e {
+            herald_core::node::SubscribeError::Engine(e) => ApiError::from(e),
+            other => ApiError::bad_request("invalid_request", other.to_string()),
+        })?;
+    let mut out = VecDeque::new();
+    framing.open(&mut out);
+    let content_type = framing.content_type();
+    let driver = Driver {
+        sub,
+        channel: request.channel,
+        framing,
+        heartbeat: heartbeat_interval(state.config.heartbeat),
+        shutdown: state.shutdown.clone(),
+        out,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(driver, |mut d| async move {
+        while d.out.is_empty() {
+            if d.done {
+                return None;
+            }
+            d.fill().await;
+        }
+        let chunk = d.out.pop_front()?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), d))
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    *response.status_mut() = StatusCode::OK;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    no_buffering(&mut response);
+    Ok(response)
+}
+
+/// An interval whose first tick is one period from now.
+pub fn heartbeat_interval(period: Duration) -> Interval {
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    interval
+}

@@ -1,0 +1,156 @@
+//! WebSocket on a channel URL: one envelope per text frame, push only.
+//!
+//! The server pings every heartbeat interval and closes a connection that
+//! has not answered by the next one (`4003`). Data frames from the client are
+//! ignored. Every close carries a code and reason from
+//! [`herald_core::disconnect`].
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::SinkExt;
+use herald_core::disconnect::{
+    Disconnect, ENGINE_UNAVAILABLE, HEARTBEAT_TIMEOUT, SHUTDOWN, WRITE_TIMEOUT,
+};
+use herald_core::{Item, Subscriber};
+
+use super::gap_json;
+use super::stream::heartbeat_interval;
+use crate::state::AppState;
+use crate::subscribe::SubRequest;
+
+/// Initial read buffer per connection (grows only if a client sends more).
+pub const READ_BUFFER: usize = 1024;
+/// Frames are gathered up to this many bytes before a write.
+pub const WRITE_BUFFER: usize = 16 * 1024;
+/// The largest frame a push-only client may send us.
+pub const MAX_INCOMING: usize = 16 * 1024;
+/// Most items written in one batch.
+const BATCH: usize = 64;
+
+pub fn upgrade(state: AppState, upgrade: WebSocketUpgrade, request: SubRequest) -> Response {
+    let token = state.connections.token();
+    upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(MAX_INCOMING)
+        .max_frame_size(MAX_INCOMING)
+        .on_upgrade(move |socket| async move {
+            run(&state, socket, request).await;
+            drop(token);
+        })
+}
+
+fn text(bytes: Bytes) -> Option<WsMessage> {
+    Utf8Bytes::try_from(bytes).ok().map(WsMessage::Text)
+}
+
+/// What to do after writing a batch.
+enum Next {
+    Continue,
+    Close(Disconnect),
+}
+
+async fn run(state: &AppState, mut socket: WebSocket, request: SubRequest) {
+    let mut sub = state.node.subscriber(state.config.queue_size);
+    if let Err(e) = sub.subscribe(request.channel.clone(), request.since).await {
+        tracing::warn!(error = %e, "websocket subscribe failed");
+        close(state, &mut socket, ENGINE_UNAVAILABLE).await;
+        return;
+    }
+    let mut heartbeat = heartbeat_interval(state.config.heartbeat);
+    let mut awaiting_pong = false;
+    loop {
+        tokio::select! {
+            biased;
+            () = state.shutdown.cancelled() => {
+                close(state, &mut socket, SHUTDOWN).await;
+                return;
+            }
+            incoming = socket.recv() => match incoming {
+                None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return,
+                Some(Ok(WsMessage::Ping(_))) => {
+                    awaiting_pong = false;
+                    // tungstenite queued the pong; send it now.
+                    if write_timed(state, socket.flush()).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => awaiting_pong = false,
+            },
+            item = sub.next() => {
+                match write_batch(state, &mut socket, &mut sub, item).await {
+                    Ok(Next::Continue) => {}
+                    Ok(Next::Close(why)) => {
+                        close(state, &mut socket, why).await;
+                        return;
+                    }
+                    Err(why) => {
+                        tracing::debug!(reason = why.reason, "websocket write failed");
+                        return;
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                if awaiting_pong {
+                    close(state, &mut socket, HEARTBEAT_TIMEOUT).await;
+                    return;
+                }
+                awaiting_pong = true;
+                if write_timed(state, socket.send(WsMessage::Ping(Bytes::new()))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Writes `first` and whatever else is ready, with one flush.
+async fn write_batch(
+    state: &AppState,
+    socket: &mut WebSocket,
+    sub: &mut Subscriber,
+    first: Item,
+) -> Result<Next, Disconnect> {
+    let mut item = Some(first);
+    let mut count = 0;
+    while let Some(current) = item.take() {
+        let frame = match current {
+            Item::Message(m) => text(m.envelope().clone()),
+            Item::Gap(channel) => text(gap_json(&channel)),
+            Item::Closed(_, why) | Item::Disconnect(why) => {
+                write_timed(state, socket.flush()).await?;
+                return Ok(Next::Close(why));
+            }
+        };
+        if let Some(frame) = frame {
+            write_timed(state, socket.feed(frame)).await?;
+        }
+        count += 1;
+        if count < BATCH {
+            item = sub.try_next();
+        }
+    }
+    write_timed(state, socket.flush()).await?;
+    Ok(Next::Continue)
+}
+
+async fn write_timed<F, E>(state: &AppState, write: F) -> Result<(), Disconnect>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    match tokio::time::timeout(state.config.write_timeout, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(WRITE_TIMEOUT),
+        Err(_) => Err(WRITE_TIMEOUT),
+    }
+}
+
+/// Sends a close frame with the code and reason, within the write timeout.
+async fn close(state: &AppState, socket: &mut WebSocket, why: Disconnect) {
+    let frame = CloseFrame {
+        code: why.code,
+        reason: Utf8Bytes::from_static(why.reason),
+    };
+    let _ = write_timed(state, socket.send(WsMessage::Close(Some(frame)))).await;
+}
