@@ -67,6 +67,18 @@ pub struct NamespaceSection {
     pub client_publish: Option<bool>,
 }
 
+/// With no `[[namespace]]` in the file: a `chat:` prefix where connected
+/// clients may publish, so the demo chat works out of the box. A file that
+/// lists its own namespaces replaces this.
+fn default_namespaces() -> Vec<NamespaceSection> {
+    vec![NamespaceSection {
+        prefix: "chat:".into(),
+        history_size: None,
+        history_ttl: None,
+        client_publish: Some(true),
+    }]
+}
+
 /// Settings given on the command line (or their environment variables);
 /// each wins over the file.
 #[derive(Debug, Default, Clone)]
@@ -196,7 +208,12 @@ impl Config {
             client_publish: false,
         };
         let mut prefixes = Vec::new();
-        for ns in file.namespace {
+        let namespaces = if file.namespace.is_empty() {
+            default_namespaces()
+        } else {
+            file.namespace
+        };
+        for ns in namespaces {
             let valid = ns.prefix.is_empty() || herald_core::ChannelName::new(&ns.prefix).is_ok();
             if !valid {
                 return Err(ConfigError::Prefix(ns.prefix));

@@ -12,7 +12,9 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod session;
 pub mod state;
+pub mod statics;
 pub mod subscribe;
 pub mod transport;
 
@@ -43,9 +45,33 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/publish", post(api::api_publish))
         .route("/sub/{channel}", get(subscribe::subscribe))
+        .route("/connection/websocket", get(session_websocket))
+        .route("/connection/sse", get(session::http::sse))
+        .route("/connection/stream", get(session::http::stream))
+        .route("/connection/iframe", get(session::http::iframe))
+        .route("/connection/longpoll", post(session::http::longpoll_open))
+        .route(
+            "/connection/longpoll/{id}",
+            get(session::http::longpoll_poll),
+        )
+        .route("/connection/{id}", post(session::http::send))
+        .route("/", get(statics::demo))
+        .route("/herald.js", get(statics::client))
+        .route("/herald.d.ts", get(statics::types))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state)
+}
+
+async fn session_websocket(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    upgrade: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Result<axum::response::Response, ApiError> {
+    let upgrade = upgrade.map_err(|e| ApiError::bad_request("invalid_upgrade", e.body_text()))?;
+    Ok(session::ws::upgrade(state, upgrade))
 }
 
 /// A node for the configured engine. The memory engine needs nothing; other

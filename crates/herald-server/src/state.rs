@@ -20,6 +20,8 @@ pub struct Inner {
     /// Upgraded (WebSocket) connections, which the HTTP server no longer
     /// tracks: shutdown waits on these for the grace period.
     pub connections: TaskTracker,
+    /// HTTP sessions (streams and long-polls) by their secret id.
+    pub sessions: crate::session::http::Registry,
 }
 
 impl AppState {
@@ -29,6 +31,7 @@ impl AppState {
             config,
             shutdown,
             connections: TaskTracker::new(),
+            sessions: crate::session::http::Registry::default(),
         }))
     }
 }

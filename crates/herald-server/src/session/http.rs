@@ -1,0 +1,481 @@
+//! The session over plain HTTP: a downstream (SSE, NDJSON, forever-iframe,
+//! or long-poll) plus short POSTs carrying commands upstream.
+//!
+//! Each HTTP session is a task that owns its [`Session`]; the registry maps
+//! the session's secret id to the task's command queue. The task ends when
+//! its stream is dropped (the client went away), when a long-poll client
+//! stops polling, on a slow consumer, or at shutdown; its registry entry
+//! goes with it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::{BufMut, Bytes, BytesMut};
+use herald_core::disconnect::{Disconnect, SHUTDOWN, SLOW_CONSUMER, WRITE_TIMEOUT};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::{json, value::RawValue};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+use super::{disconnect_frame, random_id, Push, Session, PING};
+use crate::api::read_body;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::subscribe::{no_buffering, valid_callback};
+use crate::transport::stream::heartbeat_interval;
+
+/// Commands waiting for a session task; more are refused with 429.
+const COMMAND_QUEUE: usize = 64;
+/// Body chunks waiting for the client to read them.
+const STREAM_QUEUE: usize = 64;
+/// Most items handled per wake-up.
+const BATCH: usize = 64;
+
+/// Live HTTP sessions by id.
+#[derive(Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<String, Handle>>,
+}
+
+#[derive(Clone)]
+struct Handle {
+    commands: mpsc::Sender<Bytes>,
+    poll: Option<Arc<PollBox>>,
+}
+
+impl Registry {
+    fn get(&self, id: &str) -> Option<Handle> {
+        self.sessions.lock().get(id).cloned()
+    }
+
+    fn insert(&self, id: String, handle: Handle) {
+        self.sessions.lock().insert(id, handle);
+    }
+
+    fn remove(&self, id: &str) {
+        self.sessions.lock().remove(id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Frames waiting for the next long-poll.
+struct PollBox {
+    frames: Mutex<VecDeque<Bytes>>,
+    notify: Notify,
+    ended: AtomicBool,
+    last_poll: Mutex<Instant>,
+}
+
+/// How a stream session writes frames.
+#[derive(Clone)]
+enum Framing {
+    Sse,
+    Ndjson,
+    Iframe(Bytes),
+}
+
+impl Framing {
+    fn content_type(&self) -> &'static str {
+        match self {
+            Self::Sse => "text/event-stream; charset=utf-8",
+            Self::Ndjson => "application/x-ndjson",
+            Self::Iframe(_) => "text/html; charset=utf-8",
+        }
+    }
+
+    fn open(&self) -> Option<Bytes> {
+        match self {
+            Self::Sse => Some(Bytes::from_static(b"retry: 2000\n\n")),
+            Self::Ndjson => None,
+            Self::Iframe(_) => {
+                let mut head = String::from(
+                    "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>herald</title></head><body>\n<!--",
+                );
+                head.push_str(&" ".repeat(crate::transport::iframe::PADDING));
+                head.push_str("-->\n");
+                Some(Bytes::from(head))
+            }
+        }
+    }
+
+    /// One frame as body chunks. `script_safe` is the frame already escaped
+    /// for a script context, when the caller has it (shared envelopes).
+    fn frame(&self, json: Bytes, script_safe: Option<Bytes>) -> Vec<Bytes> {
+        match self {
+            Self::Sse => vec![
+                Bytes::from_static(b"data: "),
+                json,
+                Bytes::from_static(b"\n\n"),
+            ],
+            Self::Ndjson => vec![json, Bytes::from_static(b"\n")],
+            Self::Iframe(call) => vec![
+                call.clone(),
+                script_safe.unwrap_or_else(|| herald_core::message::script_safe(&json)),
+                Bytes::from_static(b");</script>\n"),
+            ],
+        }
+    }
+}
+
+/// Where a session task writes.
+enum Down {
+    Stream(mpsc::Sender<Bytes>, Framing),
+    Poll(Arc<PollBox>, usize),
+}
+
+impl Down {
+    async fn send(
+        &mut self,
+        state: &AppState,
+        json: Bytes,
+        script_safe: Option<Bytes>,
+    ) -> Result<(), Disconnect> {
+        match self {
+            Self::Stream(tx, framing) => {
+                for chunk in framing.frame(json, script_safe) {
+                    match tokio::time::timeout(state.config.write_timeout, tx.send(chunk)).await {
+                        Ok(Ok(())) => {}
+                        _ => return Err(WRITE_TIMEOUT),
+                    }
+                }
+                Ok(())
+            }
+            Self::Poll(pollbox, cap) => {
+                let mut frames = pollbox.frames.lock();
+                if frames.len() >= *cap {
+                    return Err(SLOW_CONSUMER);
+                }
+                frames.push_back(json);
+                drop(frames);
+                pollbox.notify.notify_one();
+                Ok(())
+            }
+        }
+    }
+
+    /// Resolves when the client is gone (stream dropped).
+    async fn closed(&self) {
+        match self {
+            Self::Stream(tx, _) => tx.closed().await,
+            Self::Poll(..) => std::future::pending().await,
+        }
+    }
+
+    /// A long-poll client that has not polled for this long is gone.
+    fn idle(&self, limit: Duration) -> bool {
+        match self {
+            Self::Stream(..) => false,
+            Self::Poll(pollbox, _) => pollbox.last_poll.lock().elapsed() > limit,
+        }
+    }
+}
+
+async fn drive(
+    state: AppState,
+    id: String,
+    mut session: Session,
+    mut commands: mpsc::Receiver<Bytes>,
+    mut down: Down,
+) {
+    let idle_limit = state.config.poll_timeout_max * 2 + Duration::from_secs(10);
+    let mut heartbeat = heartbeat_interval(state.config.heartbeat);
+    let end: Option<Disconnect> = loop {
+        tokio::select! {
+            biased;
+            () = state.shutdown.cancelled() => break Some(SHUTDOWN),
+            () = down.closed() => break None,
+            Some(command) = commands.recv() => {
+                if let Some(reply) = session.handle(&command).await {
+                    if let Err(why) = down.send(&state, reply, None).await {
+                        break Some(why);
+                    }
+                }
+            }
+            item = session.subscriber().next() => {
+                let mut item = Some(item);
+                let mut count = 0;
+                let mut ended = None;
+                while let Some(current) = item.take() {
+                    let sent = match Session::push(current) {
+                        Push::Message(m) => down.send(&state, m.envelope().clone(), Some(m.script_envelope().clone())).await,
+                        Push::Frame(f) => down.send(&state, f, None).await,
+                        Push::End(why) => Err(why),
+                    };
+                    if let Err(why) = sent {
+                        ended = Some(why);
+                        break;
+                    }
+                    count += 1;
+                    if count < BATCH {
+                        item = session.subscriber().try_next();
+                    }
+                }
+                if ended.is_some() {
+                    break ended;
+                }
+            }
+            _ = heartbeat.tick() => {
+                if down.idle(idle_limit) {
+                    break None;
+                }
+                if let Err(why) = down.send(&state, PING, None).await {
+                    break Some(why);
+                }
+            }
+        }
+    };
+    match (&down, end) {
+        (Down::Poll(pollbox, _), end) => {
+            if let Some(why) = end {
+                pollbox.frames.lock().push_back(disconnect_frame(why));
+            }
+            pollbox.ended.store(true, Ordering::Release);
+            pollbox.notify.notify_one();
+            // The entry stays until the client's next poll takes the last
+            // frames, unless the client is already gone.
+            if end.is_none() || down.idle(idle_limit) {
+                state.sessions.remove(&id);
+            }
+        }
+        (Down::Stream(..), Some(why)) => {
+            let _ = down.send(&state, disconnect_frame(why), None).await;
+            state.sessions.remove(&id);
+        }
+        (Down::Stream(..), None) => state.sessions.remove(&id),
+    }
+}
+
+fn session_frame(id: &str, state: &AppState) -> Bytes {
+    Bytes::from(
+        json!({"session": {"id": id, "ping": state.config.heartbeat.as_secs()}}).to_string(),
+    )
+}
+
+#[derive(Deserialize)]
+pub struct IframeQuery {
+    callback: Option<String>,
+}
+
+/// `GET /connection/sse`, `/connection/stream`, `/connection/iframe`.
+async fn open_stream(state: AppState, framing: Framing) -> Response {
+    let id = random_id();
+    let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (body_tx, body_rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+    state.sessions.insert(
+        id.clone(),
+        Handle {
+            commands: commands_tx,
+            poll: None,
+        },
+    );
+    // The first chunks fit in the fresh queue, so these never wait.
+    if let Some(open) = framing.open() {
+        let _ = body_tx.try_send(open);
+    }
+    for chunk in framing.frame(session_frame(&id, &state), None) {
+        let _ = body_tx.try_send(chunk);
+    }
+    let content_type = framing.content_type();
+    let session = Session::new(state.clone(), id.clone());
+    tokio::spawn(drive(
+        state,
+        id,
+        session,
+        commands_rx,
+        Down::Stream(body_tx, framing),
+    ));
+    let stream = futures_util::stream::unfold(body_rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx))
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    no_buffering(&mut response);
+    response
+}
+
+pub async fn sse(State(state): State<AppState>) -> Response {
+    open_stream(state, Framing::Sse).await
+}
+
+pub async fn stream(State(state): State<AppState>) -> Response {
+    open_stream(state, Framing::Ndjson).await
+}
+
+pub async fn iframe(
+    State(state): State<AppState>,
+    query: Query<IframeQuery>,
+) -> Result<Response, ApiError> {
+    match query.0.callback {
+        Some(name) if valid_callback(&name) => {
+            let call = Bytes::from(format!("<script>parent.{name}("));
+            Ok(open_stream(state, Framing::Iframe(call)).await)
+        }
+        _ => Err(ApiError::bad_request(
+            "invalid_callback",
+            "?callback= must be a JavaScript identifier (dotted paths allowed)",
+        )),
+    }
+}
+
+/// `POST /connection/longpoll`: a new long-poll session.
+pub async fn longpoll_open(State(state): State<AppState>) -> Response {
+    let id = random_id();
+    let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+    let pollbox = Arc::new(PollBox {
+        frames: Mutex::new(VecDeque::new()),
+        notify: Notify::new(),
+        ended: AtomicBool::new(false),
+        last_poll: Mutex::new(Instant::now()),
+    });
+    state.sessions.insert(
+        id.clone(),
+        Handle {
+            commands: commands_tx,
+            poll: Some(Arc::clone(&pollbox)),
+        },
+    );
+    let session = Session::new(state.clone(), id.clone());
+    let cap = state.config.queue_size;
+    let reply = session_frame(&id, &state);
+    tokio::spawn(drive(
+        state,
+        id,
+        session,
+        commands_rx,
+        Down::Poll(pollbox, cap),
+    ));
+    json_response(StatusCode::CREATED, reply)
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    no_buffering(&mut response);
+    response
+}
+
+fn session_not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "session_not_found",
+        "no such session (it ended or never existed); open a new one",
+    )
+}
+
+#[derive(Deserialize)]
+pub struct PollQuery {
+    timeout: Option<String>,
+}
+
+/// `GET /connection/longpoll/{id}?timeout=N`: waiting frames, or none after the timeout.
+pub async fn longpoll_poll(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Query<PollQuery>,
+) -> Result<Response, ApiError> {
+    let Ok(Path(id)) = path else {
+        return Err(session_not_found());
+    };
+    let wait = crate::transport::poll::timeout(query.0.timeout.as_deref(), &state.config)?;
+    let pollbox = state
+        .sessions
+        .get(&id)
+        .and_then(|h| h.poll)
+        .ok_or_else(session_not_found)?;
+    *pollbox.last_poll.lock() = Instant::now();
+    let deadline = Instant::now() + wait;
+    loop {
+        let notified = pollbox.notify.notified();
+        let taken: Vec<Bytes> = pollbox.frames.lock().drain(..).collect();
+        let ended = pollbox.ended.load(Ordering::Acquire);
+        if !taken.is_empty() || ended || Instant::now() >= deadline {
+            if ended {
+                state.sessions.remove(&id);
+                if taken.is_empty() {
+                    return Err(session_not_found());
+                }
+            }
+            *pollbox.last_poll.lock() = Instant::now();
+            let mut body = BytesMut::from(&b"{\"frames\":["[..]);
+            for (i, frame) in taken.iter().enumerate() {
+                if i > 0 {
+                    body.put_u8(b',');
+                }
+                body.put_slice(frame);
+            }
+            body.put_slice(b"]}");
+            return Ok(json_response(StatusCode::OK, body.freeze()));
+        }
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            () = state.shutdown.cancelled(), if !state.shutdown.is_cancelled() => {}
+        }
+    }
+}
+
+/// `POST /connection/{id}`: one command or an array of commands.
+pub async fn send(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Ok(Path(id)) = path else {
+        return Err(session_not_found());
+    };
+    let handle = state.sessions.get(&id).ok_or_else(session_not_found)?;
+    let limit = super::ws::max_frame(&state);
+    let raw = read_body(body, limit * 4).await?;
+    let frames: Vec<Bytes> = if raw.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        let list: Vec<Box<RawValue>> = serde_json::from_slice(&raw).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_command",
+                format!("not a JSON array of commands: {e}"),
+            )
+        })?;
+        list.iter()
+            .map(|v| Bytes::copy_from_slice(v.get().as_bytes()))
+            .collect()
+    } else {
+        vec![raw]
+    };
+    if frames.iter().any(|f| f.len() > limit) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let count = frames.len();
+    for frame in frames {
+        handle.commands.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "limit_exceeded",
+                "too many commands waiting for this session; send fewer at once",
+            ),
+            mpsc::error::TrySendError::Closed(_) => session_not_found(),
+        })?;
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": count }))).into_response())
+}

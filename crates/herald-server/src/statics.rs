@@ -1,0 +1,36 @@
+//! The files Herald serves itself: the demo page and the JavaScript client,
+//! compiled into the binary so one file is all an operator deploys.
+
+use axum::http::header;
+use axum::response::IntoResponse;
+
+const DEMO: &str = include_str!("../../../clients/js/demo/index.html");
+const CLIENT: &str = include_str!("../../../clients/js/herald.js");
+const TYPES: &str = include_str!("../../../clients/js/herald.d.ts");
+
+pub async fn demo() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], DEMO)
+}
+
+pub async fn client() -> impl IntoResponse {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        CLIENT,
+    )
+}
+
+pub async fn types() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/typescript; charset=utf-8",
+        )],
+        TYPES,
+    )
+}
