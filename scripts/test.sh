@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need
+# (Debian's redis-server and chromium, the JS client's npm packages), then
+# runs the Rust unit and integration tests (against the memory engine and
+# against a real Redis), and the JavaScript client's unit and browser tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+say() { printf '\n==> %s\n' "$*"; }
+
+# --- what the tests need -----------------------------------------------------
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+if ((${#need_apt[@]})); then
+  say "installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if [[ -f clients/js/package.json ]]; then
+  say "installing the JS client's test packages"
+  (cd clients/js && { npm ci --no-audit --no-fund --loglevel=error || npm install --no-audit --no-fund --loglevel=error; })
+fi
+
+# --- Rust: lint, build once, unit + integration tests (memory engine) --------
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+say "build"
+cargo build --workspace --all-targets
+say "tests (memory engine)"
+cargo test --workspace
+
+# --- the same integration suite against a real Redis -------------------------
+redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+redis_dir=$(mktemp -d)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$redis_dir" --daemonize no >"$redis_dir/log" 2>&1 &
+redis_pid=$!
+cleanup() { kill "$redis_pid" 2>/dev/null || true; rm -rf "$redis_dir"; }
+trap cleanup EXIT
+for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+say "integration tests (redis engine at 127.0.0.1:$redis_port)"
+HERALD_TEST_ENGINE="redis://127.0.0.1:$redis_port/0" cargo test -p herald --tests
+
+# --- JavaScript client: unit tests and real-browser end-to-end tests ----------
+if [[ -x clients/js/test/run.sh ]]; then
+  say "JavaScript client tests"
+  HERALD_BIN="$root/target/debug/herald" clients/js/test/run.sh
+fi
+say "all tests passed"
