@@ -87,7 +87,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 "no API key configured: only loopback clients may publish (set --api-key or HERALD_API_KEY)"
             );
         }
-        let node = herald_server::memory_node(&config);
+        let node = build_node(&config).await?;
         tracing::info!(%addr, engine = node.engine.name(), "herald listening");
         // Scripts and tests read this line to learn the port.
         println!("herald listening on http://{addr}");
@@ -97,6 +97,20 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// The node for the configured engine.
+async fn build_node(config: &Config) -> anyhow::Result<herald_core::Node> {
+    if config.engine == "memory" {
+        return Ok(herald_server::memory_node(config));
+    }
+    let hub = std::sync::Arc::new(herald_core::hub::Hub::new());
+    let namespaces = std::sync::Arc::new(config.namespaces.clone());
+    let engine =
+        herald_redis::RedisEngine::connect(&config.engine, hub.clone(), namespaces.clone())
+            .await
+            .with_context(|| format!("cannot use the engine at {}", config.engine))?;
+    Ok(herald_core::Node::new(hub, engine, namespaces))
 }
 
 /// Resolves on SIGINT or SIGTERM.

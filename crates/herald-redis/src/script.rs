@@ -1,0 +1,347 @@
+//! The Lua scripts that do all of a channel's Redis work in one atomic step,
+//! and the decoding of their replies.
+//!
+//! - **publish**: `XADD` (Redis assigns the id `ms-seq`, which *is* the Herald
+//!   message id), trim, `PEXPIRE`, then `PUBLISH` the frame. Because Redis runs
+//!   a script alone, the order in which frames reach the nodes is the order of
+//!   the stream ids, however many nodes publish to the channel; a subscriber
+//!   therefore never sees a smaller id after a larger one (it would drop it as
+//!   a duplicate).
+//! - **read**: trim by age, then answer history and stats in one round trip:
+//!   the newest id, the newest id trimmed away, whether the resume id is still
+//!   retained, the length, and the entries after the resume id.
+//! - **remove**: `DEL` the stream and `PUBLISH` the removal frame, so the
+//!   removal reaches every node after the messages published before it.
+//!
+//! Trimming deletes entries with `XDEL` rather than `XTRIM`: only `XDEL`
+//! updates the stream's `max-deleted-entry-id` (Redis 7.0+), which is exactly
+//! the "last id trimmed away" of the gap rule ([`herald_core::history`]). The
+//! stream keeps its `last-generated-id` when it is empty, so with a history
+//! size of 0 the newest id is still known and resuming from it is no gap. The
+//! whole state of a channel is thus one key, and losing that key (expiry,
+//! `FLUSHALL`, a restart without persistence) makes every resume from an id a
+//! gap, never silence.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_core::engine::EngineError;
+use herald_core::{ChannelName, Message, MessageId, Payload, PayloadKind};
+use redis::{Script, Value};
+
+/// Shared by the scripts that trim. `min_ms <= 0` means no age limit.
+const TRIM_LUA: &str = r"
+local function delete(key, entries)
+  for i = 1, #entries, 500 do
+    local ids = {}
+    for j = i, math.min(i + 499, #entries) do ids[#ids + 1] = entries[j][1] end
+    redis.call('XDEL', key, unpack(ids))
+  end
+end
+local function trim(key, maxlen, min_ms)
+  local over = redis.call('XLEN', key) - maxlen
+  if over > 0 then
+    delete(key, redis.call('XRANGE', key, '-', '+', 'COUNT', over))
+  end
+  if min_ms > 0 then
+    delete(key, redis.call('XRANGE', key, '-', '(' .. string.format('%.0f', min_ms) .. '-0'))
+  end
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+";
+
+/// KEYS: stream. ARGV: live channel, channel name, kind, payload, max length,
+/// ttl ms, key expiry ms. Returns `{id, time_ms, receivers}`.
+const PUBLISH_LUA: &str = r"
+local key = KEYS[1]
+local now = now_ms()
+local time = string.format('%.0f', now)
+local id = redis.call('XADD', key, '*', 'k', ARGV[3], 't', time, 'd', ARGV[4])
+trim(key, tonumber(ARGV[5]), now - tonumber(ARGV[6]))
+redis.call('PEXPIRE', key, ARGV[7])
+local frame = 'h1 m ' .. ARGV[2] .. ' ' .. id .. ' ' .. ARGV[3] .. ' ' .. time .. '\n' .. ARGV[4]
+return {id, time, redis.call('PUBLISH', ARGV[1], frame)}
+";
+
+/// KEYS: stream. ARGV: mode (`live`, `earliest`, `after`), resume id, max
+/// length, ttl ms. Returns `{0}` for an unknown channel, else
+/// `{1, last_id, max_deleted_id, retained, length, entries}`.
+const READ_LUA: &str = r"
+local key = KEYS[1]
+if redis.call('EXISTS', key) == 0 then return {0} end
+trim(key, tonumber(ARGV[3]), now_ms() - tonumber(ARGV[4]))
+local info = redis.call('XINFO', 'STREAM', key)
+local last, deleted = '', ''
+for i = 1, #info - 1, 2 do
+  if info[i] == 'last-generated-id' then last = info[i + 1]
+  elseif info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
+end
+local retained, entries = 0, {}
+if ARGV[1] == 'earliest' then
+  entries = redis.call('XRANGE', key, '-', '+')
+elseif ARGV[1] == 'after' then
+  if #redis.call('XRANGE', key, ARGV[2], ARGV[2]) > 0 then retained = 1 end
+  local r = redis.pcall('XRANGE', key, '(' .. ARGV[2], '+')
+  if r.err == nil then entries = r end
+end
+return {1, last, deleted, retained, redis.call('XLEN', key), entries}
+";
+
+/// KEYS: stream. ARGV: live channel, removal frame. Returns the receivers.
+const REMOVE_LUA: &str = r"
+redis.call('DEL', KEYS[1])
+return redis.call('PUBLISH', ARGV[1], ARGV[2])
+";
+
+/// The scripts, hashed once; `redis::Script` runs `EVALSHA` and falls back
+/// to loading the script when Redis does not know it (after a restart).
+pub struct Scripts {
+    pub publish: Script,
+    pub read: Script,
+    pub remove: Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self {
+            publish: Script::new(&format!("{TRIM_LUA}{PUBLISH_LUA}")),
+            read: Script::new(&format!("{TRIM_LUA}{READ_LUA}")),
+            remove: Script::new(REMOVE_LUA),
+        }
+    }
+}
+
+/// What the publish script answered.
+#[derive(Debug)]
+pub struct PublishReply {
+    pub id: MessageId,
+    pub time_ms: u64,
+    /// Pub/sub connections (nodes) that received the frame.
+    pub receivers: usize,
+}
+
+/// What the read script answered.
+#[derive(Debug)]
+pub enum ReadReply {
+    /// No such stream: never published, expired, removed or lost.
+    Unknown,
+    Known {
+        last_id: Option<MessageId>,
+        /// The newest id trimmed away, if any.
+        trimmed_through: Option<MessageId>,
+        /// Whether the resume id is still in the stream.
+        retained: bool,
+        len: usize,
+        /// Entries after the resume id (all of them for `earliest`).
+        messages: Vec<Arc<Message>>,
+    },
+}
+
+fn corrupt(what: &str) -> EngineError {
+    EngineError::Corrupt(format!("unexpected reply from redis: {what}"))
+}
+
+fn bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn text(v: &Value) -> Option<&str> {
+    bytes(v).and_then(|b| std::str::from_utf8(b).ok())
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        other => text(other).and_then(|s| s.parse().ok()),
+    }
+}
+
+/// A stream id; `0-0` (Redis' "none") and the empty text are `None`.
+fn optional_id(v: &Value) -> Result<Option<MessageId>, EngineError> {
+    let s = text(v).ok_or_else(|| corrupt("id is not text"))?;
+    if s.is_empty() || s == "0-0" {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| corrupt("not a stream id"))
+}
+
+fn array(v: Value) -> Option<Vec<Value>> {
+    match v {
+        Value::Array(items) => Some(items),
+        _ => None,
+    }
+}
+
+pub fn parse_publish(reply: Value) -> Result<PublishReply, EngineError> {
+    let items = array(reply).ok_or_else(|| corrupt("publish reply is not an array"))?;
+    let [id, time, receivers] = items.as_slice() else {
+        return Err(corrupt("publish reply has the wrong length"));
+    };
+    Ok(PublishReply {
+        id: optional_id(id)?.ok_or_else(|| corrupt("publish reply has no id"))?,
+        time_ms: int(time)
+            .and_then(|t| u64::try_from(t).ok())
+            .ok_or_else(|| corrupt("publish reply has no time"))?,
+        receivers: int(receivers)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| corrupt("publish reply has no receiver count"))?,
+    })
+}
+
+pub fn parse_read(reply: Value, channel: &ChannelName) -> Result<ReadReply, EngineError> {
+    let mut items = array(reply)
+        .ok_or_else(|| corrupt("read reply is not an array"))?
+        .into_iter();
+    match items.next().as_ref().and_then(int) {
+        Some(0) => return Ok(ReadReply::Unknown),
+        Some(1) => {}
+        _ => return Err(corrupt("read reply has no status")),
+    }
+    let mut next = || {
+        items
+            .next()
+            .ok_or_else(|| corrupt("read reply is too short"))
+    };
+    let last_id = optional_id(&next()?)?;
+    let trimmed_through = optional_id(&next()?)?;
+    let retained = int(&next()?) == Some(1);
+    let len = int(&next()?)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| corrupt("read reply has no length"))?;
+    let entries = array(next()?).ok_or_else(|| corrupt("entries are not an array"))?;
+    let messages = entries
+        .into_iter()
+        .map(|e| parse_entry(e, channel).map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    Ok(ReadReply::Known {
+        last_id,
+        trimmed_through,
+        retained,
+        len,
+        messages,
+    })
+}
+
+/// One stream entry: `[id, [field, value, ...]]` with fields `k`, `t`, `d`.
+fn parse_entry(entry: Value, channel: &ChannelName) -> Result<Message, EngineError> {
+    let mut parts = array(entry)
+        .ok_or_else(|| corrupt("entry is not an array"))?
+        .into_iter();
+    let id = parts
+        .next()
+        .as_ref()
+        .map(optional_id)
+        .transpose()?
+        .flatten()
+        .ok_or_else(|| corrupt("entry has no id"))?;
+    let fields = parts
+        .next()
+        .and_then(array)
+        .ok_or_else(|| corrupt("entry has no fields"))?;
+    let (mut kind, mut time, mut data) = (None, None, None);
+    let mut fields = fields.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        match bytes(&name) {
+            Some(b"k") => kind = text(&value).and_then(PayloadKind::parse),
+            Some(b"t") => time = int(&value).and_then(|t| u64::try_from(t).ok()),
+            Some(b"d") => {
+                data = match value {
+                    Value::BulkString(b) => Some(Bytes::from(b)),
+                    _ => None,
+                }
+            }
+            _ => {}
+        }
+    }
+    let (Some(kind), Some(time), Some(data)) = (kind, time, data) else {
+        return Err(EngineError::Corrupt(format!(
+            "stream entry {id} of {channel} lacks a field"
+        )));
+    };
+    let payload = Payload::from_stored(kind, data)
+        .map_err(|e| EngineError::Corrupt(format!("stream entry {id} of {channel}: {e}")))?;
+    Ok(Message::new(channel.clone(), id, payload, time))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &[u8]) -> Value {
+        Value::BulkString(s.to_vec())
+    }
+
+    #[test]
+    fn publish_reply() {
+        let r = parse_publish(Value::Array(vec![bulk(b"5-1"), bulk(b"5"), Value::Int(2)]))
+            .expect("valid");
+        assert_eq!((r.id, r.time_ms, r.receivers), (MessageId::new(5, 1), 5, 2));
+        assert!(parse_publish(Value::Array(vec![bulk(b"x"), bulk(b"5"), Value::Int(2)])).is_err());
+        assert!(parse_publish(Value::Nil).is_err());
+    }
+
+    #[test]
+    fn read_reply() {
+        let c = ChannelName::new("c").expect("valid");
+        assert!(matches!(
+            parse_read(Value::Array(vec![Value::Int(0)]), &c),
+            Ok(ReadReply::Unknown)
+        ));
+        let entry = Value::Array(vec![
+            bulk(b"7-0"),
+            Value::Array(vec![
+                bulk(b"k"),
+                bulk(b"binary"),
+                bulk(b"t"),
+                bulk(b"7"),
+                bulk(b"d"),
+                bulk(&[0xff, 0]),
+            ]),
+        ]);
+        let reply = Value::Array(vec![
+            Value::Int(1),
+            bulk(b"7-0"),
+            bulk(b"0-0"),
+            Value::Int(0),
+            Value::Int(1),
+            Value::Array(vec![entry]),
+        ]);
+        let Ok(ReadReply::Known {
+            last_id,
+            trimmed_through,
+            retained,
+            len,
+            messages,
+        }) = parse_read(reply, &c)
+        else {
+            panic!("expected a known channel");
+        };
+        assert_eq!(last_id, Some(MessageId::new(7, 0)));
+        assert_eq!(trimmed_through, None);
+        assert!(!retained);
+        assert_eq!(len, 1);
+        assert_eq!(&messages[0].payload.raw()[..], &[0xff, 0]);
+        assert_eq!(messages[0].time_ms, 7);
+
+        let bad_entry = Value::Array(vec![bulk(b"7-0"), Value::Array(vec![bulk(b"k")])]);
+        let reply = Value::Array(vec![
+            Value::Int(1),
+            bulk(b"7-0"),
+            bulk(b"0-0"),
+            Value::Int(0),
+            Value::Int(1),
+            Value::Array(vec![bad_entry]),
+        ]);
+        assert!(matches!(
+            parse_read(reply, &c),
+            Err(EngineError::Corrupt(_))
+        ));
+    }
+}
