@@ -39,6 +39,13 @@ pub const BAD_REQUEST: Disconnect = d(4400, "bad request", false);
 /// The backend or an administrator closed the connection.
 pub const FORCED: Disconnect = d(4006, "disconnected by the server", false);
 
+/// The connection's token expired and was not refreshed.
+pub const TOKEN_EXPIRED: Disconnect = d(4007, "token expired", true);
+/// A limit was exceeded (e.g. too many connections); see the reason.
+pub const LIMIT_EXCEEDED: Disconnect = d(4008, "limit exceeded", false);
+/// A command frame was larger than allowed.
+pub const MESSAGE_TOO_BIG: Disconnect = d(1009, "message too big", false);
+
 /// Every code, for docs and tests.
 pub const ALL: &[Disconnect] = &[
     SHUTDOWN,
@@ -49,6 +56,9 @@ pub const ALL: &[Disconnect] = &[
     ENGINE_UNAVAILABLE,
     BAD_REQUEST,
     FORCED,
+    TOKEN_EXPIRED,
+    LIMIT_EXCEEDED,
+    MESSAGE_TOO_BIG,
 ];
 
 #[cfg(test)]

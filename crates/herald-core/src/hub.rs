@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use crate::channel::ChannelName;
 use crate::disconnect::Disconnect;
 use crate::message::Message;
+use crate::presence::Notice;
 use crate::sharded::{Shard, Sharded};
 
 /// What the hub puts into a connection's queue.
@@ -32,6 +33,8 @@ pub enum Event {
     ChannelClosed(ChannelName, Disconnect),
     /// The whole connection must close.
     Disconnect(Disconnect),
+    /// A join or leave on a channel the connection follows.
+    Notice(Arc<Notice>),
 }
 
 /// The sending side of one connection's queue, shared by every channel the
@@ -39,6 +42,8 @@ pub enum Event {
 #[derive(Debug)]
 pub struct Outbox {
     id: u64,
+    /// The personal channel of the connection's user, if it has one.
+    user: Option<ChannelName>,
     tx: mpsc::Sender<Event>,
     /// Set (once) by a publisher that found the queue full. The connection's
     /// transport checks it before each write and closes.
@@ -48,6 +53,10 @@ pub struct Outbox {
 impl Outbox {
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    pub fn user(&self) -> Option<&ChannelName> {
+        self.user.as_ref()
     }
 
     pub fn overflowed(&self) -> bool {
@@ -79,6 +88,8 @@ type Entry = Arc<RwLock<Subscribers>>;
 /// Local subscriptions for one node.
 pub struct Hub {
     channels: Sharded<Entry>,
+    /// Connections by their user's personal channel, to close them all.
+    users: Sharded<HashMap<u64, Arc<Outbox>>>,
     next_conn: AtomicU64,
 }
 
@@ -92,6 +103,7 @@ impl Hub {
     pub fn new() -> Self {
         Self {
             channels: Sharded::new(),
+            users: Sharded::new(),
             next_conn: AtomicU64::new(1),
         }
     }
@@ -102,13 +114,86 @@ impl Hub {
 
     /// A new connection's queue, holding at most `capacity` events.
     pub fn outbox(&self, capacity: usize) -> (Arc<Outbox>, mpsc::Receiver<Event>) {
+        self.user_outbox(capacity, None)
+    }
+
+    /// A new connection's queue for a user (`user` is the personal channel);
+    /// call [`Hub::forget`] when the connection ends.
+    pub fn user_outbox(
+        &self,
+        capacity: usize,
+        user: Option<ChannelName>,
+    ) -> (Arc<Outbox>, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let outbox = Outbox {
+        let outbox = Arc::new(Outbox {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+            user,
             tx,
             overflowed: AtomicBool::new(false),
+        });
+        if let Some(user) = &outbox.user {
+            self.users
+                .shard(user)
+                .lock()
+                .entry(user.clone())
+                .or_default()
+                .insert(outbox.id, Arc::clone(&outbox));
+        }
+        (outbox, rx)
+    }
+
+    /// Drops a connection from the user index.
+    pub fn forget(&self, outbox: &Outbox) {
+        let Some(user) = &outbox.user else { return };
+        let mut shard = self.users.shard(user).lock();
+        if let Some(conns) = shard.get_mut(user) {
+            conns.remove(&outbox.id);
+            if conns.is_empty() {
+                shard.remove(user);
+            }
+        }
+    }
+
+    /// Connections of a user on this node.
+    pub fn user_connections(&self, user: &ChannelName) -> usize {
+        self.users
+            .shard(user)
+            .lock()
+            .get(user)
+            .map_or(0, HashMap::len)
+    }
+
+    /// Tells every connection of a user to close.
+    pub fn disconnect_user(&self, user: &ChannelName, why: Disconnect) -> usize {
+        let conns: Vec<Arc<Outbox>> = self
+            .users
+            .shard(user)
+            .lock()
+            .get(user)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        for outbox in &conns {
+            outbox.push(Event::Disconnect(why));
+        }
+        conns.len()
+    }
+
+    /// Gives a join/leave notice to every local subscriber of its channel.
+    pub fn deliver_notice(&self, notice: &Arc<Notice>) -> usize {
+        let Some(subs) = self
+            .shard(&notice.channel)
+            .lock()
+            .get(&notice.channel)
+            .cloned()
+        else {
+            return 0;
         };
-        (Arc::new(outbox), rx)
+        let guard = subs.read();
+        guard
+            .by_conn
+            .values()
+            .filter(|o| o.push(Event::Notice(Arc::clone(notice))))
+            .count()
     }
 
     /// Adds a connection to a channel. Returns true if it was not there yet.

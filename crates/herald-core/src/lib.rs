@@ -12,6 +12,8 @@
 //! - [`node`]: the subscription API transports use.
 //! - [`namespace`]: settings per channel-name prefix.
 //! - [`disconnect`]: the table of close codes.
+//! - [`presence`]: who follows a channel; join/leave notices.
+//! - [`user`]: personal channels and offline queues.
 
 pub mod channel;
 pub mod disconnect;
@@ -22,7 +24,9 @@ pub mod id;
 pub mod message;
 pub mod namespace;
 pub mod node;
+pub mod presence;
 mod sharded;
+pub mod user;
 
 pub use channel::ChannelName;
 pub use id::{MessageId, Since};

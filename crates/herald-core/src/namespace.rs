@@ -14,6 +14,14 @@ pub struct ChannelOptions {
     pub history_ttl: Duration,
     /// Whether connected clients (not only the backend) may publish.
     pub client_publish: bool,
+    /// Subscribing needs a token granting the channel.
+    pub private: bool,
+    /// Presence is kept (who is subscribed).
+    pub presence: bool,
+    /// Subscribers get join and leave notices (needs `presence`).
+    pub join_leave: bool,
+    /// Most subscribers at once (0: no limit).
+    pub max_subscribers: usize,
 }
 
 /// Retained messages per channel unless configured otherwise.
@@ -27,6 +35,10 @@ impl Default for ChannelOptions {
             history_size: DEFAULT_HISTORY_SIZE,
             history_ttl: DEFAULT_HISTORY_TTL,
             client_publish: false,
+            private: false,
+            presence: false,
+            join_leave: false,
+            max_subscribers: 0,
         }
     }
 }

@@ -20,12 +20,14 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::channel::ChannelName;
-use crate::disconnect::{Disconnect, SLOW_CONSUMER};
+use crate::disconnect::{Disconnect, SLOW_CONSUMER, TOKEN_EXPIRED};
 use crate::engine::{Engine, EngineError};
 use crate::hub::{Event, Hub, Outbox};
 use crate::id::{MessageId, Since};
 use crate::message::Message;
 use crate::namespace::Namespaces;
+use crate::presence::{ClientInfo, Notice};
+use crate::user::{channel_user, user_channel};
 
 /// The pieces shared by every connection of one server process.
 #[derive(Clone)]
@@ -55,15 +57,32 @@ impl Node {
         Self::new(hub, engine, namespaces)
     }
 
-    /// A connection's subscription state with a queue of `queue_capacity` events.
+    /// An anonymous connection's subscription state with a queue of
+    /// `queue_capacity` events.
     pub fn subscriber(&self, queue_capacity: usize) -> Subscriber {
-        let (outbox, rx) = self.hub.outbox(queue_capacity);
+        self.subscriber_for(queue_capacity, ClientInfo::default())
+    }
+
+    /// A connection's subscription state, for a known client.
+    pub fn subscriber_for(&self, queue_capacity: usize, client: ClientInfo) -> Subscriber {
+        let user = client.user.as_deref().and_then(|u| user_channel(u).ok());
+        let (outbox, rx) = self.hub.user_outbox(queue_capacity, user);
+        let client = if client.client.is_empty() {
+            ClientInfo {
+                client: Arc::from(format!("c{}", outbox.id())),
+                ..client
+            }
+        } else {
+            client
+        };
         Subscriber {
             node: self.clone(),
             outbox,
             rx,
+            client,
             channels: HashMap::new(),
             pending: VecDeque::new(),
+            deadline: None,
         }
     }
 }
@@ -78,6 +97,8 @@ pub enum Item {
     Closed(ChannelName, Disconnect),
     /// The connection must close.
     Disconnect(Disconnect),
+    /// Someone joined or left a channel the connection follows.
+    Notice(Arc<Notice>),
 }
 
 /// The outcome of a subscribe.
@@ -110,11 +131,38 @@ pub struct Subscriber {
     channels: HashMap<ChannelName, Option<MessageId>>,
     /// Gap notices and history waiting to be yielded before the queue.
     pending: VecDeque<Item>,
+    client: ClientInfo,
+    /// When the connection's token expires; `next` yields
+    /// [`TOKEN_EXPIRED`] then.
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl Subscriber {
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    pub fn client(&self) -> &ClientInfo {
+        &self.client
+    }
+
+    /// Changes who the connection is (a refreshed token). The user must stay
+    /// the same; the caller checks.
+    pub fn set_client(&mut self, client: ClientInfo) {
+        let id = Arc::clone(&self.client.client);
+        self.client = ClientInfo {
+            client: id,
+            ..client
+        };
+    }
+
+    /// Ends the connection with [`TOKEN_EXPIRED`] at `deadline` (None: never).
+    pub fn set_deadline(&mut self, deadline: Option<tokio::time::Instant>) {
+        self.deadline = deadline;
+    }
+
+    pub fn channels(&self) -> impl Iterator<Item = &ChannelName> {
+        self.channels.keys()
     }
 
     pub fn is_subscribed(&self, channel: &ChannelName) -> bool {
@@ -142,6 +190,32 @@ impl Subscriber {
                 return Err(e.into());
             }
         };
+        // A personal channel hands over what was queued while the user was
+        // away. Those messages are in history too, so a resume from an id
+        // covers them; the queue is emptied either way.
+        let queued = if channel_user(&channel).is_some() {
+            match self.node.engine.take_user_queue(&channel).await {
+                Ok(queued) => queued,
+                Err(e) => {
+                    self.leave_hub(&channel);
+                    return Err(e.into());
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let options = self.node.namespaces.options(channel.as_str()).clone();
+        if options.presence {
+            if let Err(e) = self
+                .node
+                .engine
+                .presence_join(&channel, &self.client, options.join_leave)
+                .await
+            {
+                self.leave_hub(&channel);
+                return Err(e.into());
+            }
+        }
         let mut position = match since {
             Since::After(id) => Some(id),
             Since::Earliest => None,
@@ -150,8 +224,12 @@ impl Subscriber {
         if page.gap {
             self.pending.push_back(Item::Gap(channel.clone()));
         }
-        let replayed = page.messages.len();
-        for message in page.messages {
+        let mut replay = page.messages;
+        if since == Since::Live {
+            replay = queued;
+        }
+        let replayed = replay.len();
+        for message in replay {
             position = Some(message.id);
             self.pending.push_back(Item::Message(message));
         }
@@ -184,10 +262,21 @@ impl Subscriber {
         self.pending.retain(|item| match item {
             Item::Message(m) => &m.channel != channel,
             Item::Gap(c) | Item::Closed(c, _) => c != channel,
+            Item::Notice(n) => &n.channel != channel,
             Item::Disconnect(_) => true,
         });
         self.leave_hub(channel);
+        self.leave_presence(channel);
         true
+    }
+
+    fn leave_presence(&self, channel: &ChannelName) {
+        let options = self.node.namespaces.options(channel.as_str());
+        if options.presence {
+            self.node
+                .engine
+                .presence_leave(channel, &self.client, options.join_leave);
+        }
     }
 
     fn leave_hub(&self, channel: &ChannelName) {
@@ -203,7 +292,17 @@ impl Subscriber {
             if let Some(item) = self.take_ready() {
                 return item;
             }
-            match self.rx.recv().await {
+            let event = match self.deadline {
+                None => self.rx.recv().await,
+                Some(deadline) => tokio::select! {
+                    event = self.rx.recv() => event,
+                    () = tokio::time::sleep_until(deadline) => {
+                        self.deadline = None;
+                        return Item::Disconnect(TOKEN_EXPIRED);
+                    }
+                },
+            };
+            match event {
                 Some(event) => {
                     if let Some(item) = self.accept(event) {
                         return item;
@@ -251,6 +350,10 @@ impl Subscriber {
                 Some(Item::Closed(channel, why))
             }
             Event::Disconnect(why) => Some(Item::Disconnect(why)),
+            Event::Notice(notice) => self
+                .channels
+                .contains_key(&notice.channel)
+                .then_some(Item::Notice(notice)),
         }
     }
 }
@@ -259,6 +362,8 @@ impl Drop for Subscriber {
     fn drop(&mut self) {
         for channel in self.channels.keys() {
             self.leave_hub(channel);
+            self.leave_presence(channel);
         }
+        self.node.hub.forget(&self.outbox);
     }
 }

@@ -18,6 +18,12 @@ pub(crate) struct Sharded<V> {
     hasher: RandomState,
 }
 
+impl<V> Default for Sharded<V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<V> Sharded<V> {
     pub(crate) fn new() -> Self {
         Self {

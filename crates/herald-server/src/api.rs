@@ -184,3 +184,179 @@ pub async fn delete_channel(
             .into_response(),
     )
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    user: Option<String>,
+    #[serde(default)]
+    channels: Vec<String>,
+    ttl: Option<u64>,
+    info: Option<serde_json::Value>,
+}
+
+/// Token lifetime when `/api/tokens` is asked for none.
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
+
+/// `POST /api/tokens`: a connection token signed by Herald, for backends
+/// without a JWT library.
+pub async fn create_token(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_backend(&state.config.api_keys, &headers, peer)?;
+    let raw = read_body(body, state.config.max_payload).await?;
+    let request: TokenRequest = serde_json::from_slice(&raw).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("expected {{\"user\", \"channels\", \"ttl\"}}: {e}"),
+        )
+    })?;
+    let ttl = request.ttl.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
+    let max = state.config.max_token_ttl.as_secs();
+    if ttl == 0 || ttl > max {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("ttl must be between 1 and {max} seconds"),
+        ));
+    }
+    if let Some(user) = &request.user {
+        herald_core::user::user_channel(user)
+            .map_err(|e| ApiError::bad_request("invalid_user", format!("user id: {e}")))?;
+    }
+    let now = herald_core::engine::now_ms() / 1000;
+    let claims = crate::token::Claims {
+        sub: request.user,
+        exp: now + ttl,
+        iat: Some(now),
+        channels: request.channels,
+        info: request.info,
+        ..crate::token::Claims::default()
+    };
+    let token = state.tokens.sign(&claims);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"token": token, "expires_at": claims.exp})),
+    )
+        .into_response())
+}
+
+/// `POST /auth/ticket`: a client trades its token (Bearer or cookie) for a
+/// short-lived single-use ticket to put in a URL (`?ticket=`), where
+/// headers cannot go (EventSource, iframes) and a long-lived token must not
+/// (URLs end up in logs).
+pub async fn create_ticket(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let identity = crate::access::identify(&state, &headers, None).await?;
+    if identity.is_anonymous() {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_required",
+            "send the token as Authorization: Bearer or in the herald_token cookie",
+        ));
+    }
+    let (ticket, expires_at) = state.tokens.ticket(&identity);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"ticket": ticket, "expires_at": expires_at})),
+    )
+        .into_response())
+}
+
+fn user_channel_from_path(
+    path: Result<Path<String>, PathRejection>,
+) -> Result<(String, ChannelName), ApiError> {
+    let Path(user) = path.map_err(|e| ApiError::bad_request("invalid_user", e.body_text()))?;
+    let channel = herald_core::user::user_channel(&user)
+        .map_err(|e| ApiError::bad_request("invalid_user", format!("user id: {e}")))?;
+    Ok((user, channel))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserPublishRequest {
+    data: Box<RawValue>,
+}
+
+/// `POST /api/users/{id}/publish`: to every connection of the user now, or
+/// queued until the user is back.
+pub async fn user_publish(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_backend(&state.config.api_keys, &headers, peer)?;
+    let (user, channel) = user_channel_from_path(path)?;
+    let limit = state.config.max_payload;
+    let raw = read_body(body, limit + API_BODY_SLACK).await?;
+    let request: UserPublishRequest = serde_json::from_slice(&raw).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("expected {{\"data\": ...}}: {e}"),
+        )
+    })?;
+    let data = request.data.get();
+    if data.len() > limit {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let payload = Payload::json(Bytes::copy_from_slice(data.as_bytes()))
+        .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+    let result = state.node.engine.publish_to_user(&channel, payload).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "user": user,
+            "channel": channel.as_str(),
+            "id": result.published.message.id.to_string(),
+            "subscribers": result.published.subscribers,
+            "queued": result.queued,
+        })),
+    )
+        .into_response())
+}
+
+/// `POST /api/users/{id}/disconnect`: closes every connection of the user
+/// (code 4006, no reconnect).
+pub async fn user_disconnect(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_backend(&state.config.api_keys, &headers, peer)?;
+    let (user, channel) = user_channel_from_path(path)?;
+    state
+        .node
+        .engine
+        .disconnect_user(&channel, herald_core::disconnect::FORCED)
+        .await?;
+    Ok(Json(json!({"user": user, "disconnected": true})).into_response())
+}
+
+/// `GET /api/presence/{channel}`: who is subscribed, grouped by user.
+pub async fn presence(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_backend(&state.config.api_keys, &headers, peer)?;
+    let channel = channel_from_path(path)?;
+    let enabled = state.node.namespaces.options(channel.as_str()).presence;
+    let entries = state.node.engine.presence(&channel).await?;
+    let summary = herald_core::presence::PresenceSummary::from_entries(&entries);
+    Ok(Json(json!({
+        "channel": channel.as_str(),
+        "enabled": enabled,
+        "connections": summary.connections,
+        "anonymous": summary.anonymous,
+        "users": summary.users,
+    }))
+    .into_response())
+}

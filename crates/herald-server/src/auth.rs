@@ -30,14 +30,16 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
+/// Checks a backend request. Returns the name of the key used (`loopback`
+/// when no key is configured).
 pub fn check_backend(
-    keys: &[String],
+    keys: &[(String, String)],
     headers: &HeaderMap,
     peer: SocketAddr,
-) -> Result<(), ApiError> {
+) -> Result<String, ApiError> {
     if keys.is_empty() {
         if peer.ip().is_loopback() {
-            return Ok(());
+            return Ok("loopback".to_string());
         }
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -53,18 +55,19 @@ pub fn check_backend(
         ));
     };
     // Check every key (no early exit) so timing does not tell which matched.
-    let ok = keys.iter().fold(false, |ok, key| {
-        constant_time_eq(given.as_bytes(), key.as_bytes()) | ok
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::new(
+    let mut matched = None;
+    for (name, key) in keys {
+        if constant_time_eq(given.as_bytes(), key.as_bytes()) {
+            matched = Some(name.clone());
+        }
+    }
+    matched.ok_or_else(|| {
+        ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "the API key is not valid",
-        ))
-    }
+        )
+    })
 }
 
 #[cfg(test)]

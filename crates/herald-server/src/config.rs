@@ -43,10 +43,56 @@ pub struct FileConfig {
     pub shutdown_grace: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub poll_timeout_max: Option<Duration>,
+    /// Named API keys, in addition to `api_key`.
+    #[serde(default)]
+    pub api_keys: std::collections::BTreeMap<String, String>,
+    /// Origins browsers may connect from; empty = same origin only; "*" = any.
+    pub allowed_origins: Option<Vec<String>>,
     #[serde(default)]
     pub history: HistorySection,
     #[serde(default)]
     pub namespace: Vec<NamespaceSection>,
+    #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    pub hooks: Option<HooksSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    pub hmac_secret: Option<String>,
+    #[serde(default)]
+    pub public_keys: Vec<std::path::PathBuf>,
+    pub jwks_file: Option<std::path::PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub leeway: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub ticket_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_token_ttl: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub max_subscriptions: Option<usize>,
+    pub client_publish_rate: Option<u32>,
+    pub client_publish_burst: Option<u32>,
+    pub max_command_size: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksSection {
+    pub url: String,
+    pub events: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    pub on_error: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -65,6 +111,10 @@ pub struct NamespaceSection {
     #[serde(default, with = "humantime_serde")]
     pub history_ttl: Option<Duration>,
     pub client_publish: Option<bool>,
+    pub private: Option<bool>,
+    pub presence: Option<bool>,
+    pub join_leave: Option<bool>,
+    pub max_subscribers: Option<usize>,
 }
 
 /// With no `[[namespace]]` in the file: a `chat:` prefix where connected
@@ -76,6 +126,10 @@ fn default_namespaces() -> Vec<NamespaceSection> {
         history_size: None,
         history_ttl: None,
         client_publish: Some(true),
+        private: None,
+        presence: Some(true),
+        join_leave: Some(true),
+        max_subscribers: None,
     }]
 }
 
@@ -92,8 +146,16 @@ pub struct Overrides {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    /// Keys accepted on `/pub` and `/api`; empty means "loopback peers only".
-    pub api_keys: Vec<String>,
+    /// Keys accepted on `/pub` and `/api` (name, key); empty means
+    /// "loopback peers only".
+    pub api_keys: Vec<(String, String)>,
+    /// Browser origins allowed; empty = same origin only; `*` = any.
+    pub allowed_origins: Vec<String>,
+    pub tokens: crate::token::TokenSettings,
+    /// Longest TTL `/api/tokens` will sign.
+    pub max_token_ttl: Duration,
+    pub limits: Limits,
+    pub hooks: Option<crate::hook::HookSettings>,
     /// `memory` or a `redis://` URL.
     pub engine: String,
     pub heartbeat: Duration,
@@ -139,7 +201,43 @@ pub enum ConfigError {
     Prefix(String),
     #[error("namespace prefix {0:?} is configured twice")]
     DuplicatePrefix(String),
+    #[error("auth.hmac_secret must be at least 32 bytes")]
+    ShortSecret,
+    #[error("hooks.{0}")]
+    Hooks(String),
+    #[error("auth: {0}")]
+    Keys(String),
 }
+
+/// Protection limits; each violation has its own error or close code.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_subscriptions: usize,
+    /// Client publishes per second per connection (0: unlimited).
+    pub client_publish_rate: u32,
+    pub client_publish_burst: u32,
+    pub max_command_size: usize,
+}
+
+/// Connections the whole server accepts at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1_000_000;
+/// Connections one client IP may hold at once.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 10_000;
+/// Channels one session may follow.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 256;
+/// Client publishes per second per connection, and the burst above it.
+pub const DEFAULT_CLIENT_PUBLISH_RATE: u32 = 10;
+pub const DEFAULT_CLIENT_PUBLISH_BURST: u32 = 20;
+/// Largest session command frame (a payload plus room for the command).
+pub const DEFAULT_MAX_COMMAND_SIZE: usize = DEFAULT_MAX_PAYLOAD + 16 * 1024;
+/// Clock skew tolerated on token times.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
+/// How long a URL ticket lives.
+pub const DEFAULT_TICKET_TTL: Duration = Duration::from_secs(30);
+/// Longest token `/api/tokens` signs.
+pub const DEFAULT_MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl Config {
     /// Reads the file (if any) and applies the overrides.
@@ -158,7 +256,10 @@ impl Config {
                 })?
             }
         };
-        Self::resolve(file, overrides)
+        let config = Self::resolve(file, overrides)?;
+        // Read the key files now, so a bad one stops the start before binding.
+        crate::token::Tokens::new(&config.tokens).map_err(|e| ConfigError::Keys(e.to_string()))?;
+        Ok(config)
     }
 
     pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Self, ConfigError> {
@@ -169,19 +270,6 @@ impl Config {
         let listen = listen_text
             .parse()
             .map_err(|_| ConfigError::Listen(listen_text.clone()))?;
-        let api_keys = match overrides.api_key.or(file.api_key) {
-            Some(key) if key.is_empty() => return Err(ConfigError::EmptyKey),
-            Some(key) => vec![key],
-            None => Vec::new(),
-        };
-        let engine = overrides
-            .engine
-            .or(file.engine)
-            .unwrap_or_else(|| "memory".to_string());
-        if engine != "memory" && !engine.starts_with("redis://") && !engine.starts_with("rediss://")
-        {
-            return Err(ConfigError::Engine(engine));
-        }
         let positive = |name, value: usize| {
             if value == 0 {
                 Err(ConfigError::Zero(name))
@@ -196,6 +284,73 @@ impl Config {
                 Ok(value)
             }
         };
+        let mut api_keys = match overrides.api_key.or(file.api_key) {
+            Some(key) if key.is_empty() => return Err(ConfigError::EmptyKey),
+            Some(key) => vec![("default".to_string(), key)],
+            None => Vec::new(),
+        };
+        for (name, key) in file.api_keys {
+            if key.is_empty() {
+                return Err(ConfigError::EmptyKey);
+            }
+            api_keys.push((name, key));
+        }
+        let limits = Limits {
+            max_connections: positive(
+                "limits.max_connections",
+                file.limits
+                    .max_connections
+                    .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            )?,
+            max_connections_per_ip: positive(
+                "limits.max_connections_per_ip",
+                file.limits
+                    .max_connections_per_ip
+                    .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP),
+            )?,
+            max_subscriptions: positive(
+                "limits.max_subscriptions",
+                file.limits
+                    .max_subscriptions
+                    .unwrap_or(DEFAULT_MAX_SUBSCRIPTIONS),
+            )?,
+            client_publish_rate: file
+                .limits
+                .client_publish_rate
+                .unwrap_or(DEFAULT_CLIENT_PUBLISH_RATE),
+            client_publish_burst: file
+                .limits
+                .client_publish_burst
+                .unwrap_or(DEFAULT_CLIENT_PUBLISH_BURST),
+            max_command_size: positive(
+                "limits.max_command_size",
+                file.limits
+                    .max_command_size
+                    .unwrap_or(DEFAULT_MAX_COMMAND_SIZE),
+            )?,
+        };
+        let hooks = match file.hooks {
+            None => None,
+            Some(h) => Some(crate::hook::HookSettings::parse(h)?),
+        };
+        let tokens = crate::token::TokenSettings {
+            hmac_secret: file.auth.hmac_secret,
+            public_keys: file.auth.public_keys,
+            jwks_file: file.auth.jwks_file,
+            leeway: file.auth.leeway.unwrap_or(DEFAULT_LEEWAY),
+            ticket_ttl: file.auth.ticket_ttl.unwrap_or(DEFAULT_TICKET_TTL),
+        };
+        if tokens.hmac_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            return Err(ConfigError::ShortSecret);
+        }
+        let engine = overrides
+            .engine
+            .or(file.engine)
+            .unwrap_or_else(|| "memory".to_string());
+        if engine != "memory" && !engine.starts_with("redis://") && !engine.starts_with("rediss://")
+        {
+            return Err(ConfigError::Engine(engine));
+        }
         let defaults = ChannelOptions {
             history_size: file
                 .history
@@ -205,7 +360,7 @@ impl Config {
                 .history
                 .ttl
                 .unwrap_or(herald_core::namespace::DEFAULT_HISTORY_TTL),
-            client_publish: false,
+            ..ChannelOptions::default()
         };
         let mut prefixes = Vec::new();
         let namespaces = if file.namespace.is_empty() {
@@ -225,12 +380,21 @@ impl Config {
                 history_size: ns.history_size.unwrap_or(defaults.history_size),
                 history_ttl: ns.history_ttl.unwrap_or(defaults.history_ttl),
                 client_publish: ns.client_publish.unwrap_or(false),
+                private: ns.private.unwrap_or(false),
+                presence: ns.presence.unwrap_or(false) || ns.join_leave.unwrap_or(false),
+                join_leave: ns.join_leave.unwrap_or(false),
+                max_subscribers: ns.max_subscribers.unwrap_or(0),
             };
             prefixes.push((ns.prefix, options));
         }
         Ok(Self {
             listen,
             api_keys,
+            allowed_origins: file.allowed_origins.unwrap_or_default(),
+            tokens,
+            max_token_ttl: file.auth.max_token_ttl.unwrap_or(DEFAULT_MAX_TOKEN_TTL),
+            limits,
+            hooks,
             engine,
             heartbeat: positive_time("heartbeat", file.heartbeat.unwrap_or(DEFAULT_HEARTBEAT))?,
             queue_size: positive("queue_size", file.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE))?,

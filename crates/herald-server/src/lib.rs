@@ -8,14 +8,19 @@
 //! - [`error`]: the one API error type (status + JSON body).
 //! - [`run`]: serve a bound listener until a shutdown future resolves.
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod hook;
+pub mod limits;
+pub mod origin;
 pub mod session;
 pub mod state;
 pub mod statics;
 pub mod subscribe;
+pub mod token;
 pub mod transport;
 
 use std::future::Future;
@@ -44,6 +49,11 @@ pub fn router(state: AppState) -> Router {
                 .delete(api::delete_channel),
         )
         .route("/api/publish", post(api::api_publish))
+        .route("/api/tokens", post(api::create_token))
+        .route("/api/users/{id}/publish", post(api::user_publish))
+        .route("/api/users/{id}/disconnect", post(api::user_disconnect))
+        .route("/api/presence/{channel}", get(api::presence))
+        .route("/auth/ticket", post(api::create_ticket))
         .route("/sub/{channel}", get(subscribe::subscribe))
         .route("/connection/websocket", get(session_websocket))
         .route("/connection/sse", get(session::http::sse))
@@ -60,18 +70,32 @@ pub fn router(state: AppState) -> Router {
         .route("/herald.d.ts", get(statics::types))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            origin::guard,
+        ))
         .with_state(state)
+}
+
+#[derive(serde::Deserialize)]
+struct TicketQuery {
+    ticket: Option<String>,
 }
 
 async fn session_websocket(
     axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<TicketQuery>,
     upgrade: Result<
         axum::extract::ws::WebSocketUpgrade,
         axum::extract::ws::rejection::WebSocketUpgradeRejection,
     >,
 ) -> Result<axum::response::Response, ApiError> {
     let upgrade = upgrade.map_err(|e| ApiError::bad_request("invalid_upgrade", e.body_text()))?;
-    Ok(session::ws::upgrade(state, upgrade))
+    let slot = state.admit(peer)?;
+    let identity = access::identify(&state, &headers, query.ticket.as_deref()).await?;
+    Ok(session::ws::upgrade(state, upgrade, identity, slot))
 }
 
 /// A node for the configured engine. The memory engine needs nothing; other
@@ -101,7 +125,8 @@ pub async fn run_with_node(
 ) -> std::io::Result<()> {
     let token = CancellationToken::new();
     let grace = config.shutdown_grace;
-    let state = AppState::new(node.clone(), config, token.clone());
+    let state = AppState::new(node.clone(), config, token.clone())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
 
     // Housekeeping: expire history about once a second.
     let sweeper = {

@@ -22,17 +22,44 @@ pub struct Inner {
     pub connections: TaskTracker,
     /// HTTP sessions (streams and long-polls) by their secret id.
     pub sessions: crate::session::http::Registry,
+    pub tokens: crate::token::Tokens,
+    pub hooks: Option<Arc<crate::hook::Hooks>>,
+    pub limiter: Arc<crate::limits::ConnectionLimiter>,
 }
 
 impl AppState {
-    pub fn new(node: Node, config: Config, shutdown: CancellationToken) -> Self {
-        Self(Arc::new(Inner {
+    pub fn new(
+        node: Node,
+        config: Config,
+        shutdown: CancellationToken,
+    ) -> Result<Self, crate::token::KeyError> {
+        let tokens = crate::token::Tokens::new(&config.tokens)?;
+        let hooks = config
+            .hooks
+            .clone()
+            .map(|h| Arc::new(crate::hook::Hooks::new(h)));
+        Ok(Self(Arc::new(Inner {
             node,
             config,
             shutdown,
             connections: TaskTracker::new(),
             sessions: crate::session::http::Registry::default(),
-        }))
+            tokens,
+            hooks,
+            limiter: Arc::new(crate::limits::ConnectionLimiter::default()),
+        })))
+    }
+
+    /// A slot for a new connection from `peer`, or the limit it hits.
+    pub fn admit(
+        &self,
+        peer: std::net::SocketAddr,
+    ) -> Result<crate::limits::ConnectionGuard, crate::error::ApiError> {
+        self.limiter.acquire(
+            peer.ip(),
+            self.config.limits.max_connections,
+            self.config.limits.max_connections_per_ip,
+        )
     }
 }
 

@@ -7,10 +7,11 @@
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::{header, HeaderMap, Request};
 use axum::response::Response;
-use herald_core::{ChannelName, Since};
+use herald_core::node::{SubscribeError, Subscribed};
+use herald_core::{ChannelName, Since, Subscriber};
 use serde::Deserialize;
 
 use crate::api::channel_from_path;
@@ -28,6 +29,71 @@ pub struct SubQuery {
     pub timeout: Option<String>,
     pub callback: Option<String>,
     pub transport: Option<String>,
+    pub ticket: Option<String>,
+}
+
+/// An admitted, authorized and subscribed connection, ready for a
+/// transport to write out. Dropping it frees its connection slot and tells
+/// the backend (disconnect hook).
+pub struct Connection {
+    pub sub: Subscriber,
+    pub subscribed: Subscribed,
+    pub channel: ChannelName,
+    _slot: crate::limits::ConnectionGuard,
+    _hook: DisconnectHook,
+}
+
+struct DisconnectHook {
+    state: AppState,
+    user: Option<std::sync::Arc<str>>,
+    client: String,
+}
+
+impl Drop for DisconnectHook {
+    fn drop(&mut self) {
+        crate::access::disconnected(&self.state, self.user.as_deref(), &self.client);
+    }
+}
+
+/// Everything every transport does before its first byte: the connection
+/// limit, the credentials, the connect and subscribe rules, the subscribe
+/// itself (with resume).
+pub async fn open(
+    state: &AppState,
+    peer: std::net::SocketAddr,
+    headers: &HeaderMap,
+    ticket: Option<&str>,
+    request: SubRequest,
+    transport: &str,
+) -> Result<Connection, ApiError> {
+    let slot = state.admit(peer)?;
+    let identity = crate::access::identify(state, headers, ticket).await?;
+    let client = crate::session::random_id();
+    crate::access::may_connect(state, &identity, &client, transport).await?;
+    crate::access::may_subscribe(state, &identity, &client, &request.channel).await?;
+    let mut sub = state.node.subscriber_for(
+        state.config.queue_size,
+        crate::access::client_info(&identity, &client),
+    );
+    sub.set_deadline(crate::access::deadline(&identity));
+    let subscribed = sub
+        .subscribe(request.channel.clone(), request.since)
+        .await
+        .map_err(|e| match e {
+            SubscribeError::Engine(e) => ApiError::from(e),
+            other => ApiError::bad_request("invalid_request", other.to_string()),
+        })?;
+    Ok(Connection {
+        sub,
+        subscribed,
+        channel: request.channel,
+        _slot: slot,
+        _hook: DisconnectHook {
+            state: state.clone(),
+            user: identity.user.clone(),
+            client,
+        },
+    })
 }
 
 /// What a subscribe request asked for, validated.
@@ -96,6 +162,7 @@ fn is_websocket(headers: &HeaderMap) -> bool {
 
 pub async fn subscribe(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     path: Result<Path<String>, PathRejection>,
     request: Request<Body>,
 ) -> Result<Response, ApiError> {
@@ -109,43 +176,57 @@ pub async fn subscribe(
     let sub = SubRequest { channel, since };
     let callback = callback(&query)?;
 
-    if is_websocket(&parts.headers) {
+    let ticket = query.ticket.as_deref();
+    let headers = &parts.headers;
+    if is_websocket(headers) {
         let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &state)
             .await
             .map_err(|e| ApiError::bad_request("invalid_upgrade", e.body_text()))?;
-        return Ok(transport::ws::upgrade(state, upgrade, sub));
+        let conn = open(&state, peer, &parts.headers, ticket, sub, "websocket").await?;
+        return Ok(transport::ws::upgrade(state, upgrade, conn));
     }
     let forced = query.transport.as_deref();
-    match forced {
-        Some("iframe") => {
-            let Some(callback) = callback else {
-                return Err(ApiError::bad_request(
-                    "invalid_callback",
-                    "transport=iframe needs ?callback=NAME",
-                ));
-            };
-            transport::stream::serve(&state, sub, transport::iframe::Iframe::new(&callback)).await
+    let chosen = match forced {
+        Some("iframe") => "iframe",
+        Some("sse") => "sse",
+        Some("stream") | Some("ndjson") => "stream",
+        Some("longpoll") | Some("poll") => "longpoll",
+        None if callback.is_some() => "longpoll",
+        None if accepts(headers, "text/event-stream") => "sse",
+        None if accepts(headers, "application/x-ndjson") => "stream",
+        None => "longpoll",
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_transport",
+                format!("unknown transport {other:?}: use sse, stream, longpoll or iframe (WebSocket is chosen by the Upgrade header)"),
+            ))
         }
-        Some("sse") => transport::stream::serve(&state, sub, transport::sse::Sse).await,
-        Some("stream") | Some("ndjson") => {
-            transport::stream::serve(&state, sub, transport::ndjson::Ndjson).await
-        }
-        Some("longpoll") | Some("poll") | None => {
-            if forced.is_none() && callback.is_none() {
-                if accepts(&parts.headers, "text/event-stream") {
-                    return transport::stream::serve(&state, sub, transport::sse::Sse).await;
-                }
-                if accepts(&parts.headers, "application/x-ndjson") {
-                    return transport::stream::serve(&state, sub, transport::ndjson::Ndjson).await;
-                }
-            }
-            let timeout = transport::poll::timeout(query.timeout.as_deref(), &state.config)?;
-            transport::poll::serve(&state, sub, timeout, callback).await
-        }
-        Some(other) => Err(ApiError::bad_request(
-            "invalid_transport",
-            format!("unknown transport {other:?}: use sse, stream, longpoll or iframe (WebSocket is chosen by the Upgrade header)"),
+    };
+    if chosen == "iframe" && callback.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_callback",
+            "transport=iframe needs ?callback=NAME",
+        ));
+    }
+    let timeout = if chosen == "longpoll" {
+        transport::poll::timeout(query.timeout.as_deref(), &state.config)?
+    } else {
+        std::time::Duration::ZERO
+    };
+    let conn = open(&state, peer, headers, ticket, sub, chosen).await?;
+    match (chosen, callback) {
+        ("iframe", Some(name)) => Ok(transport::stream::serve(
+            &state,
+            conn,
+            transport::iframe::Iframe::new(&name),
         )),
+        ("sse", _) => Ok(transport::stream::serve(&state, conn, transport::sse::Sse)),
+        ("stream", _) => Ok(transport::stream::serve(
+            &state,
+            conn,
+            transport::ndjson::Ndjson,
+        )),
+        (_, callback) => Ok(transport::poll::serve(&state, conn, timeout, callback).await),
     }
 }
 

@@ -14,15 +14,19 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
+use super::UserPublished;
 use super::{now_ms, ChannelStats, Engine, EngineError, Published};
 use crate::channel::ChannelName;
+use crate::disconnect::Disconnect;
 use crate::disconnect::CHANNEL_DELETED;
 use crate::history::{unknown_channel_page, History, HistoryPage};
 use crate::hub::Hub;
 use crate::id::{MessageId, Since};
 use crate::message::{Message, Payload};
 use crate::namespace::Namespaces;
+use crate::presence::{LocalPresence, Notice, NoticeKind, PresenceEntry};
 use crate::sharded::{Shard, Sharded};
+use crate::user::{LocalQueues, QueueLimits};
 
 #[derive(Default)]
 struct Channel {
@@ -40,6 +44,10 @@ pub struct MemoryEngine {
     epoch_ms: u64,
     seq: AtomicU64,
     channels: Sharded<Entry>,
+    presence: LocalPresence,
+    queues: LocalQueues,
+    /// Used single-use keys and when they may be forgotten (ms).
+    claims: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl MemoryEngine {
@@ -50,6 +58,9 @@ impl MemoryEngine {
             epoch_ms: now_ms(),
             seq: AtomicU64::new(1),
             channels: Sharded::new(),
+            presence: LocalPresence::default(),
+            queues: LocalQueues::default(),
+            claims: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -99,6 +110,14 @@ impl MemoryEngine {
                 message,
                 subscribers,
             };
+        }
+    }
+
+    fn queue_limits(&self, channel: &ChannelName) -> QueueLimits {
+        let options = self.namespaces.options(channel.as_str());
+        QueueLimits {
+            size: options.history_size,
+            ttl_ms: options.history_ttl_ms(),
         }
     }
 
@@ -171,7 +190,97 @@ impl Engine for MemoryEngine {
 
     fn unfollow(&self, _channel: &ChannelName) {}
 
+    async fn subscriber_count(&self, channel: &ChannelName) -> Result<usize, EngineError> {
+        Ok(self.hub.count(channel))
+    }
+
+    async fn presence_join(
+        &self,
+        channel: &ChannelName,
+        entry: &PresenceEntry,
+        notify: bool,
+    ) -> Result<(), EngineError> {
+        if self.presence.join(channel, entry) && notify {
+            self.hub
+                .deliver_notice(&Arc::new(Notice::new(channel, NoticeKind::Join, entry)));
+        }
+        Ok(())
+    }
+
+    fn presence_leave(&self, channel: &ChannelName, entry: &PresenceEntry, notify: bool) {
+        if self.presence.leave(channel, &entry.client) && notify {
+            self.hub
+                .deliver_notice(&Arc::new(Notice::new(channel, NoticeKind::Leave, entry)));
+        }
+    }
+
+    async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, EngineError> {
+        Ok(self.presence.entries(channel))
+    }
+
+    async fn publish_to_user(
+        &self,
+        channel: &ChannelName,
+        payload: Payload,
+    ) -> Result<UserPublished, EngineError> {
+        let published = self.publish_now(channel, payload);
+        let queued = published.subscribers == 0;
+        if queued {
+            self.queues.push(
+                channel,
+                Arc::clone(&published.message),
+                self.queue_limits(channel),
+                now_ms(),
+            );
+        }
+        Ok(UserPublished { published, queued })
+    }
+
+    async fn take_user_queue(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Vec<Arc<Message>>, EngineError> {
+        Ok(self
+            .queues
+            .take(channel, self.queue_limits(channel), now_ms()))
+    }
+
+    async fn disconnect_user(
+        &self,
+        channel: &ChannelName,
+        why: Disconnect,
+    ) -> Result<(), EngineError> {
+        self.hub.disconnect_user(channel, why);
+        Ok(())
+    }
+
+    async fn claim_once(&self, key: &str, ttl_ms: u64) -> Result<bool, EngineError> {
+        let now = now_ms();
+        let mut claims = self.claims.lock();
+        if claims.len() > 10_000 {
+            claims.retain(|_, until| *until > now);
+        }
+        match claims.get(key) {
+            Some(until) if *until > now => Ok(false),
+            _ => {
+                claims.insert(key.to_string(), now.saturating_add(ttl_ms));
+                Ok(true)
+            }
+        }
+    }
+
     fn sweep(&self, now_ms: u64) {
+        self.queues.sweep(
+            QueueLimits {
+                size: usize::MAX,
+                ttl_ms: self
+                    .namespaces
+                    .options(crate::user::USER_PREFIX)
+                    .history_ttl_ms(),
+            },
+            now_ms,
+        );
+        self.claims.lock().retain(|_, until| *until > now_ms);
         for shard in self.channels.shards() {
             let mut shard = shard.lock();
             shard.retain(|name, entry| {

@@ -15,9 +15,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::channel::ChannelName;
+use crate::disconnect::Disconnect;
 use crate::history::HistoryPage;
 use crate::id::{MessageId, Since};
 use crate::message::{Message, Payload};
+use crate::presence::PresenceEntry;
 
 pub use memory::MemoryEngine;
 
@@ -83,6 +85,60 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Housekeeping (expiring history), called about once a second.
     fn sweep(&self, _now_ms: u64) {}
+
+    /// Subscribers of `channel` on every node (for `max_subscribers`).
+    async fn subscriber_count(&self, channel: &ChannelName) -> Result<usize, EngineError>;
+
+    /// Records a connection's presence on `channel`; with `notify`, every
+    /// subscriber of the channel (on every node) gets a join notice.
+    async fn presence_join(
+        &self,
+        channel: &ChannelName,
+        entry: &PresenceEntry,
+        notify: bool,
+    ) -> Result<(), EngineError>;
+
+    /// Removes it (called when a connection ends, so it must not block;
+    /// engines that need I/O do it in the background). An engine must also
+    /// drop the entries of a node that died, within a bounded time.
+    fn presence_leave(&self, channel: &ChannelName, entry: &PresenceEntry, notify: bool);
+
+    /// Everyone present on `channel`, on every node.
+    async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, EngineError>;
+
+    /// Publishes on a user's personal channel; when no connection of the
+    /// user follows it anywhere, the message is also queued (bounded by the
+    /// channel's history limits) for the user's next subscribe.
+    async fn publish_to_user(
+        &self,
+        channel: &ChannelName,
+        payload: Payload,
+    ) -> Result<UserPublished, EngineError>;
+
+    /// Takes (and empties) a user's offline queue, oldest first.
+    async fn take_user_queue(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Vec<Arc<Message>>, EngineError>;
+
+    /// Closes every connection of a user (by personal channel) on every node.
+    async fn disconnect_user(
+        &self,
+        channel: &ChannelName,
+        why: Disconnect,
+    ) -> Result<(), EngineError>;
+
+    /// Marks `key` as used for `ttl_ms`; false if it already was (single-use
+    /// tickets), on every node.
+    async fn claim_once(&self, key: &str, ttl_ms: u64) -> Result<bool, EngineError>;
+}
+
+/// The result of [`Engine::publish_to_user`].
+#[derive(Debug, Clone)]
+pub struct UserPublished {
+    pub published: Published,
+    /// True when the user had no connection and the message was queued.
+    pub queued: bool,
 }
 
 /// Wall-clock milliseconds since the Unix epoch.

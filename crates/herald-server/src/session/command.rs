@@ -36,6 +36,16 @@ pub enum Command {
         since: Option<String>,
     },
     Ping,
+    Refresh {
+        token: String,
+    },
+    Presence {
+        channel: String,
+    },
+    Rpc {
+        method: String,
+        params: Option<Box<RawValue>>,
+    },
 }
 
 /// Why a frame is not a command. `id` is set when the frame had a usable one.
@@ -77,6 +87,19 @@ struct Empty {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RefreshBody {
+    token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RpcBody {
+    method: String,
+    params: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawFrame {
     id: Option<serde_json::Value>,
     connect: Option<ConnectBody>,
@@ -86,6 +109,9 @@ struct RawFrame {
     history: Option<ChannelSince>,
     ping: Option<Empty>,
     pong: Option<Empty>,
+    refresh: Option<RefreshBody>,
+    presence: Option<ChannelOnly>,
+    rpc: Option<RpcBody>,
 }
 
 /// Reads the `id` alone, so that even a malformed command can be answered
@@ -137,6 +163,18 @@ pub fn parse(text: &[u8]) -> Result<Frame, Invalid> {
     }
     if raw.ping.is_some() {
         found.push(Command::Ping);
+    }
+    if let Some(b) = raw.refresh {
+        found.push(Command::Refresh { token: b.token });
+    }
+    if let Some(b) = raw.presence {
+        found.push(Command::Presence { channel: b.channel });
+    }
+    if let Some(b) = raw.rpc {
+        found.push(Command::Rpc {
+            method: b.method,
+            params: b.params,
+        });
     }
     let pong = raw.pong.is_some();
     match (found.len(), pong, id) {

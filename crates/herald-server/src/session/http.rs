@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -23,6 +24,7 @@ use herald_core::disconnect::{Disconnect, SHUTDOWN, SLOW_CONSUMER, WRITE_TIMEOUT
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{json, value::RawValue};
+use std::net::SocketAddr;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
@@ -192,7 +194,20 @@ async fn drive(
     mut session: Session,
     mut commands: mpsc::Receiver<Bytes>,
     mut down: Down,
+    slot: crate::limits::ConnectionGuard,
 ) {
+    let end = drive_loop(&state, &mut session, &mut commands, &mut down).await;
+    finish(&state, &id, &down, end).await;
+    session.ended();
+    drop(slot);
+}
+
+async fn drive_loop(
+    state: &AppState,
+    session: &mut Session,
+    commands: &mut mpsc::Receiver<Bytes>,
+    down: &mut Down,
+) -> Option<Disconnect> {
     let idle_limit = state.config.poll_timeout_max * 2 + Duration::from_secs(10);
     let mut heartbeat = heartbeat_interval(state.config.heartbeat);
     let end: Option<Disconnect> = loop {
@@ -202,9 +217,12 @@ async fn drive(
             () = down.closed() => break None,
             Some(command) = commands.recv() => {
                 if let Some(reply) = session.handle(&command).await {
-                    if let Err(why) = down.send(&state, reply, None).await {
+                    if let Err(why) = down.send(state, reply, None).await {
                         break Some(why);
                     }
+                }
+                if let Some(why) = session.closing() {
+                    break Some(why);
                 }
             }
             item = session.subscriber().next() => {
@@ -213,8 +231,8 @@ async fn drive(
                 let mut ended = None;
                 while let Some(current) = item.take() {
                     let sent = match Session::push(current) {
-                        Push::Message(m) => down.send(&state, m.envelope().clone(), Some(m.script_envelope().clone())).await,
-                        Push::Frame(f) => down.send(&state, f, None).await,
+                        Push::Message(m) => down.send(state, m.envelope().clone(), Some(m.script_envelope().clone())).await,
+                        Push::Frame(f) => down.send(state, f, None).await,
                         Push::End(why) => Err(why),
                     };
                     if let Err(why) = sent {
@@ -234,13 +252,18 @@ async fn drive(
                 if down.idle(idle_limit) {
                     break None;
                 }
-                if let Err(why) = down.send(&state, PING, None).await {
+                if let Err(why) = down.send(state, PING, None).await {
                     break Some(why);
                 }
             }
         }
     };
-    match (&down, end) {
+    end
+}
+
+async fn finish(state: &AppState, id: &str, down: &Down, end: Option<Disconnect>) {
+    let idle_limit = state.config.poll_timeout_max * 2 + Duration::from_secs(10);
+    match (down, end) {
         (Down::Poll(pollbox, _), end) => {
             if let Some(why) = end {
                 pollbox.frames.lock().push_back(disconnect_frame(why));
@@ -250,14 +273,16 @@ async fn drive(
             // The entry stays until the client's next poll takes the last
             // frames, unless the client is already gone.
             if end.is_none() || down.idle(idle_limit) {
-                state.sessions.remove(&id);
+                state.sessions.remove(id);
             }
         }
-        (Down::Stream(..), Some(why)) => {
-            let _ = down.send(&state, disconnect_frame(why), None).await;
-            state.sessions.remove(&id);
+        (Down::Stream(tx, framing), Some(why)) => {
+            for chunk in framing.frame(disconnect_frame(why), None) {
+                let _ = tokio::time::timeout(state.config.write_timeout, tx.send(chunk)).await;
+            }
+            state.sessions.remove(id);
         }
-        (Down::Stream(..), None) => state.sessions.remove(&id),
+        (Down::Stream(..), None) => state.sessions.remove(id),
     }
 }
 
@@ -268,12 +293,30 @@ fn session_frame(id: &str, state: &AppState) -> Bytes {
 }
 
 #[derive(Deserialize)]
-pub struct IframeQuery {
+pub struct OpenQuery {
     callback: Option<String>,
+    ticket: Option<String>,
+}
+
+/// Admission and credentials for a new HTTP session.
+async fn admit(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    ticket: Option<&str>,
+) -> Result<(crate::limits::ConnectionGuard, crate::token::Identity), ApiError> {
+    let slot = state.admit(peer)?;
+    let identity = crate::access::identify(state, headers, ticket).await?;
+    Ok((slot, identity))
 }
 
 /// `GET /connection/sse`, `/connection/stream`, `/connection/iframe`.
-async fn open_stream(state: AppState, framing: Framing) -> Response {
+async fn open_stream(
+    state: AppState,
+    framing: Framing,
+    slot: crate::limits::ConnectionGuard,
+    identity: crate::token::Identity,
+) -> Response {
     let id = random_id();
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (body_tx, body_rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
@@ -292,13 +335,14 @@ async fn open_stream(state: AppState, framing: Framing) -> Response {
         let _ = body_tx.try_send(chunk);
     }
     let content_type = framing.content_type();
-    let session = Session::new(state.clone(), id.clone());
+    let session = Session::new(state.clone(), id.clone(), identity);
     tokio::spawn(drive(
         state,
         id,
         session,
         commands_rx,
         Down::Stream(body_tx, framing),
+        slot,
     ));
     let stream = futures_util::stream::unfold(body_rx, |mut rx| async move {
         rx.recv()
@@ -313,32 +357,53 @@ async fn open_stream(state: AppState, framing: Framing) -> Response {
     response
 }
 
-pub async fn sse(State(state): State<AppState>) -> Response {
-    open_stream(state, Framing::Sse).await
+pub async fn sse(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<OpenQuery>,
+) -> Result<Response, ApiError> {
+    let (slot, identity) = admit(&state, peer, &headers, query.ticket.as_deref()).await?;
+    Ok(open_stream(state, Framing::Sse, slot, identity).await)
 }
 
-pub async fn stream(State(state): State<AppState>) -> Response {
-    open_stream(state, Framing::Ndjson).await
+pub async fn stream(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<OpenQuery>,
+) -> Result<Response, ApiError> {
+    let (slot, identity) = admit(&state, peer, &headers, query.ticket.as_deref()).await?;
+    Ok(open_stream(state, Framing::Ndjson, slot, identity).await)
 }
 
 pub async fn iframe(
     State(state): State<AppState>,
-    query: Query<IframeQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<OpenQuery>,
 ) -> Result<Response, ApiError> {
-    match query.0.callback {
-        Some(name) if valid_callback(&name) => {
-            let call = Bytes::from(format!("<script>parent.{name}("));
-            Ok(open_stream(state, Framing::Iframe(call)).await)
+    let call = match &query.callback {
+        Some(name) if valid_callback(name) => Bytes::from(format!("<script>parent.{name}(")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_callback",
+                "?callback= must be a JavaScript identifier (dotted paths allowed)",
+            ))
         }
-        _ => Err(ApiError::bad_request(
-            "invalid_callback",
-            "?callback= must be a JavaScript identifier (dotted paths allowed)",
-        )),
-    }
+    };
+    let (slot, identity) = admit(&state, peer, &headers, query.ticket.as_deref()).await?;
+    Ok(open_stream(state, Framing::Iframe(call), slot, identity).await)
 }
 
 /// `POST /connection/longpoll`: a new long-poll session.
-pub async fn longpoll_open(State(state): State<AppState>) -> Response {
+pub async fn longpoll_open(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<OpenQuery>,
+) -> Result<Response, ApiError> {
+    let (slot, identity) = admit(&state, peer, &headers, query.ticket.as_deref()).await?;
     let id = random_id();
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let pollbox = Arc::new(PollBox {
@@ -354,7 +419,7 @@ pub async fn longpoll_open(State(state): State<AppState>) -> Response {
             poll: Some(Arc::clone(&pollbox)),
         },
     );
-    let session = Session::new(state.clone(), id.clone());
+    let session = Session::new(state.clone(), id.clone(), identity);
     let cap = state.config.queue_size;
     let reply = session_frame(&id, &state);
     tokio::spawn(drive(
@@ -363,8 +428,9 @@ pub async fn longpoll_open(State(state): State<AppState>) -> Response {
         session,
         commands_rx,
         Down::Poll(pollbox, cap),
+        slot,
     ));
-    json_response(StatusCode::CREATED, reply)
+    Ok(json_response(StatusCode::CREATED, reply))
 }
 
 fn json_response(status: StatusCode, body: Bytes) -> Response {

@@ -1,26 +1,30 @@
 //! The session protocol: one connection, many channels, the same JSON frames
 //! on every transport (see docs/session-protocol.md).
 //!
-//! [`Session`] holds one connection's state (its [`Subscriber`]) and turns
-//! commands into replies and queue items into pushes. It does no I/O: the
-//! WebSocket loop ([`ws`]) and the HTTP loops ([`http`]) feed it frames and
-//! write out what it returns.
+//! [`Session`] holds one connection's state (who it is, its
+//! [`Subscriber`], its publish rate) and turns commands into replies and
+//! queue items into pushes. It does no I/O: the WebSocket loop ([`ws`]) and
+//! the HTTP loops ([`http`]) feed it frames and write out what it returns.
+//! Every rule (tokens, private channels, limits, hooks) is applied through
+//! [`crate::access`], the same functions the per-channel transports use.
 
 pub mod command;
 pub mod http;
 pub mod ws;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use herald_core::disconnect::Disconnect;
+use herald_core::disconnect::{Disconnect, FORCED};
 use herald_core::node::SubscribeError;
 use herald_core::{ChannelName, Item, Payload, Since, Subscriber};
 use serde_json::json;
 
+use crate::access;
+use crate::error::ApiError;
+use crate::hook::HookEvent;
+use crate::limits::RateLimit;
 use crate::state::AppState;
+use crate::token::Identity;
 use command::{Command, Frame};
-
-/// Subscriptions one session may hold.
-pub const MAX_SUBSCRIPTIONS: usize = 256;
 
 /// `{"ping":{}}`, sent every heartbeat.
 pub const PING: Bytes = Bytes::from_static(b"{\"ping\":{}}");
@@ -29,6 +33,12 @@ pub struct Session {
     state: AppState,
     sub: Subscriber,
     client: String,
+    identity: Identity,
+    /// Whether the connect step (hook) has run.
+    connected: bool,
+    publish_rate: RateLimit,
+    /// Set when a command ends the session (e.g. the connect hook refused).
+    closing: Option<Disconnect>,
 }
 
 /// A random 128-bit id, hex-encoded.
@@ -68,10 +78,43 @@ pub enum Push {
     End(Disconnect),
 }
 
+type Refusal = (&'static str, String);
+
+fn refusal(e: ApiError) -> Refusal {
+    (e.code, e.message)
+}
+
+fn engine_down() -> Refusal {
+    (
+        "engine_unavailable",
+        "the message store is unavailable; retry later".to_string(),
+    )
+}
+
 impl Session {
-    pub fn new(state: AppState, client: String) -> Self {
-        let sub = state.node.subscriber(state.config.queue_size);
-        Self { state, sub, client }
+    /// A session for a client whose opening request carried `identity`.
+    pub fn new(state: AppState, client: String, identity: Identity) -> Self {
+        let sub = Self::subscriber_for(&state, &client, &identity);
+        let limits = &state.config.limits;
+        let publish_rate = RateLimit::new(limits.client_publish_rate, limits.client_publish_burst);
+        Self {
+            state,
+            sub,
+            client,
+            identity,
+            connected: false,
+            publish_rate,
+            closing: None,
+        }
+    }
+
+    fn subscriber_for(state: &AppState, client: &str, identity: &Identity) -> Subscriber {
+        let mut sub = state.node.subscriber_for(
+            state.config.queue_size,
+            access::client_info(identity, client),
+        );
+        sub.set_deadline(access::deadline(identity));
+        sub
     }
 
     pub fn client(&self) -> &str {
@@ -82,6 +125,11 @@ impl Session {
         &mut self.sub
     }
 
+    /// Set when the session must end after its last reply.
+    pub fn closing(&self) -> Option<Disconnect> {
+        self.closing
+    }
+
     /// The wire form of a queue item.
     pub fn push(item: Item) -> Push {
         match item {
@@ -90,12 +138,23 @@ impl Session {
             Item::Closed(channel, why) => Push::Frame(Bytes::from(
                 json!({"channel": channel.as_str(), "unsubscribed": why}).to_string(),
             )),
+            Item::Notice(notice) => Push::Frame(notice.json.clone()),
             Item::Disconnect(why) => Push::End(why),
         }
     }
 
     /// Handles one frame from the client; returns the reply, if any.
     pub async fn handle(&mut self, text: &[u8]) -> Option<Bytes> {
+        if text.len() > self.state.config.limits.max_command_size {
+            return Some(error_frame(
+                None,
+                "limit_exceeded",
+                &format!(
+                    "command frame larger than {} bytes",
+                    self.state.config.limits.max_command_size
+                ),
+            ));
+        }
         match command::parse(text) {
             Ok(Frame::Pong) => None,
             Ok(Frame::Command { id, command }) => Some(match self.execute(id, command).await {
@@ -106,37 +165,100 @@ impl Session {
         }
     }
 
-    async fn execute(
-        &mut self,
-        id: u64,
-        command: Command,
-    ) -> Result<Bytes, (&'static str, String)> {
+    /// Runs the connect step once: the connect hook for this identity.
+    async fn ensure_connected(&mut self) -> Result<(), Refusal> {
+        if self.connected {
+            return Ok(());
+        }
+        if let Err(e) =
+            access::may_connect(&self.state, &self.identity, &self.client, "session").await
+        {
+            if e.code == "denied" {
+                self.closing = Some(FORCED);
+            }
+            return Err(refusal(e));
+        }
+        self.connected = true;
+        Ok(())
+    }
+
+    fn verify(&self, token: &str) -> Result<Identity, Refusal> {
+        self.state
+            .tokens
+            .verify(token)
+            .map_err(|e| (e.code(), e.to_string()))
+    }
+
+    async fn execute(&mut self, id: u64, command: Command) -> Result<Bytes, Refusal> {
         let channel_name =
             |name: &str| ChannelName::new(name).map_err(|e| ("invalid_channel", e.to_string()));
         let since = |text: Option<String>, default: Since| match text {
             None => Ok(default),
             Some(t) => Since::parse(&t).map_err(|e| ("invalid_since", e.to_string())),
         };
+        if !matches!(command, Command::Connect { .. } | Command::Ping) {
+            self.ensure_connected().await?;
+        }
         match command {
-            Command::Connect { token: _ } => Ok(reply(
-                id,
-                "connect",
-                json!({
-                    "client": self.client,
-                    "ping": self.state.config.heartbeat.as_secs(),
-                    "version": env!("CARGO_PKG_VERSION"),
-                }),
-            )),
+            Command::Connect { token } => {
+                if self.connected {
+                    return Err((
+                        "invalid_command",
+                        "connect must be the first command of a session".into(),
+                    ));
+                }
+                if let Some(token) = token {
+                    self.identity = self.verify(&token)?;
+                    self.sub = Self::subscriber_for(&self.state, &self.client, &self.identity);
+                }
+                self.ensure_connected().await?;
+                Ok(reply(
+                    id,
+                    "connect",
+                    json!({
+                        "client": self.client,
+                        "user": self.identity.user.as_deref(),
+                        "expires_at": self.identity.expires_at_ms.map(|ms| ms / 1000),
+                        "ping": self.state.config.heartbeat.as_secs(),
+                        "version": env!("CARGO_PKG_VERSION"),
+                    }),
+                ))
+            }
+            Command::Refresh { token } => {
+                let fresh = self.verify(&token)?;
+                if fresh.user != self.identity.user {
+                    return Err((
+                        "forbidden",
+                        "a refreshed token must be for the same user".into(),
+                    ));
+                }
+                self.sub
+                    .set_client(access::client_info(&fresh, &self.client));
+                self.sub.set_deadline(access::deadline(&fresh));
+                let expires_at = fresh.expires_at_ms.map(|ms| ms / 1000);
+                self.identity = fresh;
+                Ok(reply(id, "refresh", json!({ "expires_at": expires_at })))
+            }
             Command::Ping => Ok(reply(id, "pong", json!({}))),
             Command::Subscribe { channel, since: s } => {
                 let channel = channel_name(&channel)?;
                 let since = since(s, Since::Live)?;
-                if self.sub.channel_count() >= MAX_SUBSCRIPTIONS {
+                let max = self.state.config.limits.max_subscriptions;
+                if self.sub.channel_count() >= max {
                     return Err((
                         "limit_exceeded",
-                        format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"),
+                        format!("at most {max} subscriptions per connection"),
                     ));
                 }
+                if self.sub.is_subscribed(&channel) {
+                    return Err((
+                        "already_subscribed",
+                        format!("already subscribed to {channel}"),
+                    ));
+                }
+                access::may_subscribe(&self.state, &self.identity, &self.client, &channel)
+                    .await
+                    .map_err(refusal)?;
                 let done =
                     self.sub
                         .subscribe(channel.clone(), since)
@@ -145,10 +267,7 @@ impl Session {
                             SubscribeError::AlreadySubscribed(_) => {
                                 ("already_subscribed", e.to_string())
                             }
-                            SubscribeError::Engine(_) => (
-                                "engine_unavailable",
-                                "the message store is unavailable; retry later".to_string(),
-                            ),
+                            SubscribeError::Engine(_) => engine_down(),
                         })?;
                 Ok(reply(
                     id,
@@ -174,60 +293,19 @@ impl Session {
             }
             Command::Publish { channel, data } => {
                 let channel = channel_name(&channel)?;
-                if !self
-                    .state
-                    .node
-                    .namespaces
-                    .options(channel.as_str())
-                    .client_publish
-                {
-                    return Err(("forbidden", format!("clients may not publish to {channel}")));
-                }
-                let raw = data.get();
-                if raw.len() > self.state.config.max_payload {
-                    return Err((
-                        "payload_too_large",
-                        format!(
-                            "payload is larger than {} bytes",
-                            self.state.config.max_payload
-                        ),
-                    ));
-                }
-                let payload = Payload::json(Bytes::copy_from_slice(raw.as_bytes()))
-                    .map_err(|e| ("invalid_command", e.to_string()))?;
-                let published = self
-                    .state
-                    .node
-                    .engine
-                    .publish(&channel, payload)
-                    .await
-                    .map_err(|_| {
-                        (
-                            "engine_unavailable",
-                            "the message store is unavailable; retry later".to_string(),
-                        )
-                    })?;
-                Ok(reply(
-                    id,
-                    "publish",
-                    json!({"channel": channel.as_str(), "id": published.message.id.to_string()}),
-                ))
+                self.publish(id, channel, data).await
             }
             Command::History { channel, since: s } => {
                 let channel = channel_name(&channel)?;
                 let since = since(s, Since::Earliest)?;
+                access::may_read(&self.state, &self.identity, &channel).map_err(refusal)?;
                 let page = self
                     .state
                     .node
                     .engine
                     .history(&channel, since)
                     .await
-                    .map_err(|_| {
-                        (
-                            "engine_unavailable",
-                            "the message store is unavailable; retry later".to_string(),
-                        )
-                    })?;
+                    .map_err(|_| engine_down())?;
                 // Envelopes are spliced in as they are (already JSON).
                 let mut out = BytesMut::new();
                 out.put_slice(format!("{{\"id\":{id},\"history\":{{\"channel\":").as_bytes());
@@ -249,7 +327,150 @@ impl Session {
                 out.put_slice(b"}}");
                 Ok(out.freeze())
             }
+            Command::Presence { channel } => {
+                let channel = channel_name(&channel)?;
+                access::may_read(&self.state, &self.identity, &channel).map_err(refusal)?;
+                if !self
+                    .state
+                    .node
+                    .namespaces
+                    .options(channel.as_str())
+                    .presence
+                {
+                    return Err((
+                        "not_available",
+                        format!("presence is not enabled for {channel}"),
+                    ));
+                }
+                let entries = self
+                    .state
+                    .node
+                    .engine
+                    .presence(&channel)
+                    .await
+                    .map_err(|_| engine_down())?;
+                let summary = herald_core::presence::PresenceSummary::from_entries(&entries);
+                Ok(reply(
+                    id,
+                    "presence",
+                    json!({
+                        "channel": channel.as_str(),
+                        "connections": summary.connections,
+                        "anonymous": summary.anonymous,
+                        "users": summary.users,
+                    }),
+                ))
+            }
+            Command::Rpc { method, params } => self.rpc(id, method, params).await,
         }
+    }
+
+    async fn publish(
+        &mut self,
+        id: u64,
+        channel: ChannelName,
+        data: Box<serde_json::value::RawValue>,
+    ) -> Result<Bytes, Refusal> {
+        if !self
+            .state
+            .node
+            .namespaces
+            .options(channel.as_str())
+            .client_publish
+        {
+            return Err(("forbidden", format!("clients may not publish to {channel}")));
+        }
+        access::may_read(&self.state, &self.identity, &channel).map_err(refusal)?;
+        let max = self.state.config.max_payload;
+        if data.get().len() > max {
+            return Err((
+                "payload_too_large",
+                format!("payload is larger than {max} bytes"),
+            ));
+        }
+        if !self.publish_rate.try_take() {
+            return Err((
+                "rate_limited",
+                format!(
+                    "at most {} publishes per second per connection",
+                    self.state.config.limits.client_publish_rate
+                ),
+            ));
+        }
+        let mut data = data;
+        if let Some(hooks) = &self.state.hooks {
+            let body = json!({
+                "event": "publish",
+                "client": self.client,
+                "user": self.identity.user.as_deref(),
+                "channel": channel.as_str(),
+                "data": &data,
+            });
+            if let Some(rewritten) =
+                access::hook_verdict(hooks.decide(HookEvent::Publish, &body).await)
+                    .map_err(refusal)?
+            {
+                data = rewritten;
+            }
+        }
+        let payload = Payload::json(Bytes::copy_from_slice(data.get().as_bytes()))
+            .map_err(|e| ("invalid_command", e.to_string()))?;
+        let published = self
+            .state
+            .node
+            .engine
+            .publish(&channel, payload)
+            .await
+            .map_err(|_| engine_down())?;
+        Ok(reply(
+            id,
+            "publish",
+            json!({"channel": channel.as_str(), "id": published.message.id.to_string()}),
+        ))
+    }
+
+    async fn rpc(
+        &mut self,
+        id: u64,
+        method: String,
+        params: Option<Box<serde_json::value::RawValue>>,
+    ) -> Result<Bytes, Refusal> {
+        let Some(hooks) = self.state.hooks.clone().filter(|h| h.wants(HookEvent::Rpc)) else {
+            return Err(("not_available", "no rpc backend is configured".into()));
+        };
+        let body = json!({
+            "event": "rpc",
+            "client": self.client,
+            "user": self.identity.user.as_deref(),
+            "method": method,
+            "params": params,
+        });
+        let Some(answer) = hooks.call(HookEvent::Rpc, &body).await else {
+            return Err((
+                "hook_unavailable",
+                "the application backend did not answer; retry later".into(),
+            ));
+        };
+        if let Some(error) = answer.error {
+            return Err((
+                "rpc_error",
+                format!(
+                    "{}: {}",
+                    error.code.unwrap_or_else(|| "error".into()),
+                    error.message.unwrap_or_default()
+                ),
+            ));
+        }
+        let result: serde_json::Value = answer
+            .result
+            .and_then(|r| serde_json::from_str(r.get()).ok())
+            .unwrap_or(serde_json::Value::Null);
+        Ok(reply(id, "rpc", json!({ "result": result })))
+    }
+
+    /// Tells the backend the session ended.
+    pub fn ended(&self) {
+        access::disconnected(&self.state, self.identity.user.as_deref(), &self.client);
     }
 }
 
@@ -262,10 +483,8 @@ mod tests {
     fn session() -> Session {
         let config = Config::default();
         let node = crate::memory_node(&config);
-        Session::new(
-            AppState::new(node, config, CancellationToken::new()),
-            "t".into(),
-        )
+        let state = AppState::new(node, config, CancellationToken::new()).expect("state");
+        Session::new(state, "t".into(), Identity::default())
     }
 
     async fn ask(s: &mut Session, frame: &str) -> serde_json::Value {
@@ -286,12 +505,21 @@ mod tests {
         .await;
         assert_eq!(r["id"], 2);
         let id = r["publish"]["id"].as_str().expect("id").to_string();
-        match Session::push(s.subscriber().next().await) {
-            Push::Message(m) => assert_eq!(m.id.to_string(), id),
-            _ => panic!("expected the message"),
+        // The demo namespace has join/leave on: our own join comes first.
+        loop {
+            match Session::push(s.subscriber().next().await) {
+                Push::Message(m) => {
+                    assert_eq!(m.id.to_string(), id);
+                    break;
+                }
+                Push::Frame(_) => continue,
+                Push::End(_) => panic!("expected the message"),
+            }
         }
         let r = ask(&mut s, r#"{"id":3,"history":{"channel":"chat:x"}}"#).await;
         assert_eq!(r["history"]["messages"][0]["data"]["t"], "hi");
+        let r = ask(&mut s, r#"{"id":4,"presence":{"channel":"chat:x"}}"#).await;
+        assert_eq!(r["presence"]["connections"], 1);
     }
 
     #[tokio::test]
@@ -314,6 +542,35 @@ mod tests {
         assert_eq!(r["error"]["code"], "not_subscribed");
         let r = ask(&mut s, "{oops").await;
         assert_eq!(r["error"]["code"], "invalid_command");
+        let r = ask(&mut s, r#"{"id":7,"subscribe":{"channel":"user:someone"}}"#).await;
+        assert_eq!(r["error"]["code"], "forbidden");
+        let r = ask(&mut s, r#"{"id":8,"rpc":{"method":"x"}}"#).await;
+        assert_eq!(r["error"]["code"], "not_available");
+        let r = ask(&mut s, r#"{"id":9,"connect":{"token":"nope"}}"#).await;
+        assert_eq!(
+            r["error"]["code"], "invalid_command",
+            "connect after other commands"
+        );
         assert!(s.handle(br#"{"pong":{}}"#).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn publish_rate_is_limited() {
+        let mut s = session();
+        let mut limited = 0;
+        for i in 1..=40 {
+            let r = ask(
+                &mut s,
+                &format!(r#"{{"id":{i},"publish":{{"channel":"chat:r","data":{i}}}}}"#),
+            )
+            .await;
+            if r["error"]["code"] == "rate_limited" {
+                limited += 1;
+            }
+        }
+        assert!(
+            limited >= 15,
+            "burst 20 of 40 quick publishes: {limited} limited"
+        );
     }
 }

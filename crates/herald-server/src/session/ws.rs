@@ -5,7 +5,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::SinkExt;
 use herald_core::disconnect::{
-    Disconnect, BAD_REQUEST, HEARTBEAT_TIMEOUT, SHUTDOWN, WRITE_TIMEOUT,
+    Disconnect, BAD_REQUEST, HEARTBEAT_TIMEOUT, MESSAGE_TOO_BIG, SHUTDOWN, WRITE_TIMEOUT,
 };
 
 use super::{disconnect_frame, random_id, Push, Session, PING};
@@ -20,10 +20,15 @@ const BATCH: usize = 64;
 
 /// Largest command frame a client may send.
 pub fn max_frame(state: &AppState) -> usize {
-    state.config.max_payload + 16 * 1024
+    state.config.limits.max_command_size
 }
 
-pub fn upgrade(state: AppState, upgrade: WebSocketUpgrade) -> Response {
+pub fn upgrade(
+    state: AppState,
+    upgrade: WebSocketUpgrade,
+    identity: crate::token::Identity,
+    slot: crate::limits::ConnectionGuard,
+) -> Response {
     let token = state.connections.token();
     let limit = max_frame(&state);
     upgrade
@@ -32,7 +37,8 @@ pub fn upgrade(state: AppState, upgrade: WebSocketUpgrade) -> Response {
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| async move {
-            run(state, socket).await;
+            run(state, socket, identity).await;
+            drop(slot);
             drop(token);
         })
 }
@@ -62,8 +68,13 @@ async fn close(state: &AppState, socket: &mut WebSocket, why: Disconnect) {
     let _ = timed(state, socket.send(WsMessage::Close(Some(frame)))).await;
 }
 
-async fn run(state: AppState, mut socket: WebSocket) {
-    let mut session = Session::new(state.clone(), random_id());
+async fn run(state: AppState, mut socket: WebSocket, identity: crate::token::Identity) {
+    let mut session = Session::new(state.clone(), random_id(), identity);
+    serve(&state, &mut socket, &mut session).await;
+    session.ended();
+}
+
+async fn serve(state: &AppState, socket: &mut WebSocket, session: &mut Session) {
     let mut heartbeat = heartbeat_interval(state.config.heartbeat);
     // Ticks since the client last sent anything; two silent intervals end it.
     let mut silent_ticks = 0u8;
@@ -71,27 +82,36 @@ async fn run(state: AppState, mut socket: WebSocket) {
         tokio::select! {
             biased;
             () = state.shutdown.cancelled() => {
-                close(&state, &mut socket, SHUTDOWN).await;
+                close(state, socket, SHUTDOWN).await;
                 return;
             }
             incoming = socket.recv() => {
                 silent_ticks = 0;
                 let reply = match incoming {
-                    None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return,
+                    None | Some(Ok(WsMessage::Close(_))) => return,
+                    // Most often a frame over the size limit.
+                    Some(Err(_)) => {
+                        close(state, socket, MESSAGE_TOO_BIG).await;
+                        return;
+                    }
                     Some(Ok(WsMessage::Text(t))) => session.handle(t.as_bytes()).await,
                     Some(Ok(WsMessage::Binary(_))) => {
-                        close(&state, &mut socket, BAD_REQUEST).await;
+                        close(state, socket, BAD_REQUEST).await;
                         return;
                     }
                     // tungstenite queued a pong for a ping; the flush below sends it.
                     Some(Ok(_)) => None,
                 };
                 if let Some(frame) = reply.and_then(text) {
-                    if timed(&state, socket.feed(frame)).await.is_err() {
+                    if timed(state, socket.feed(frame)).await.is_err() {
                         return;
                     }
                 }
-                if timed(&state, socket.flush()).await.is_err() {
+                if let Some(why) = session.closing() {
+                    close(state, socket, why).await;
+                    return;
+                }
+                if timed(state, socket.flush()).await.is_err() {
                     return;
                 }
             }
@@ -103,12 +123,12 @@ async fn run(state: AppState, mut socket: WebSocket) {
                         Push::Message(m) => text(m.envelope().clone()),
                         Push::Frame(f) => text(f),
                         Push::End(why) => {
-                            close(&state, &mut socket, why).await;
+                            close(state, socket, why).await;
                             return;
                         }
                     };
                     if let Some(frame) = frame {
-                        if timed(&state, socket.feed(frame)).await.is_err() {
+                        if timed(state, socket.feed(frame)).await.is_err() {
                             return;
                         }
                     }
@@ -117,18 +137,18 @@ async fn run(state: AppState, mut socket: WebSocket) {
                         item = session.subscriber().try_next();
                     }
                 }
-                if timed(&state, socket.flush()).await.is_err() {
+                if timed(state, socket.flush()).await.is_err() {
                     return;
                 }
             }
             _ = heartbeat.tick() => {
                 silent_ticks += 1;
                 if silent_ticks > 2 {
-                    close(&state, &mut socket, HEARTBEAT_TIMEOUT).await;
+                    close(state, socket, HEARTBEAT_TIMEOUT).await;
                     return;
                 }
                 if let Some(ping) = text(PING) {
-                    if timed(&state, socket.send(ping)).await.is_err() {
+                    if timed(state, socket.send(ping)).await.is_err() {
                         return;
                     }
                 }

@@ -71,4 +71,8 @@ impl Framing for Iframe {
         self.call(script_safe(&disconnect_json(channel, why)), out);
         out.push_back(Bytes::from_static(b"</body></html>\n"));
     }
+
+    fn notice(&self, notice: &herald_core::presence::Notice, out: &mut VecDeque<Bytes>) {
+        self.call(script_safe(&notice.json), out);
+    }
 }

@@ -40,4 +40,9 @@ impl Framing for Ndjson {
         out.push_back(disconnect_json(channel, why));
         out.push_back(NEWLINE);
     }
+
+    fn notice(&self, notice: &herald_core::presence::Notice, out: &mut VecDeque<Bytes>) {
+        out.push_back(notice.json.clone());
+        out.push_back(NEWLINE);
+    }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::config::{Config, DEFAULT_POLL_TIMEOUT};
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::subscribe::{no_buffering, SubRequest};
+use crate::subscribe::{no_buffering, Connection};
 
 /// Parses `?timeout=` (whole seconds); longer than the configured maximum is clamped.
 pub fn timeout(text: Option<&str>, config: &Config) -> Result<Duration, ApiError> {
@@ -49,6 +49,8 @@ impl Answer {
                 self.ended = Some(why);
                 return false;
             }
+            // Join/leave notices are for streams; a poll answer lists messages.
+            Item::Notice(_) => {}
         }
         true
     }
@@ -64,32 +66,27 @@ impl Answer {
 
 pub async fn serve(
     state: &AppState,
-    request: SubRequest,
+    mut conn: Connection,
     wait: Duration,
     callback: Option<String>,
-) -> Result<Response, ApiError> {
-    let mut sub = state.node.subscriber(state.config.queue_size);
-    let subscribed = sub
-        .subscribe(request.channel.clone(), request.since)
-        .await
-        .map_err(|e| match e {
-            herald_core::node::SubscribeError::Engine(e) => ApiError::from(e),
-            other => ApiError::bad_request("invalid_request", other.to_string()),
-        })?;
+) -> Response {
+    let sub = &mut conn.sub;
+    let subscribed = conn.subscribed;
     let mut answer = Answer::default();
-    answer.drain(&mut sub);
+    answer.drain(sub);
     if answer.messages.is_empty() && !answer.gap && answer.ended.is_none() && !wait.is_zero() {
         tokio::select! {
             () = state.shutdown.cancelled() => answer.ended = Some(SHUTDOWN),
             () = tokio::time::sleep(wait) => {}
             item = sub.next() => {
                 if answer.take(item) {
-                    answer.drain(&mut sub);
+                    answer.drain(sub);
                 }
             }
         }
     }
-    drop(sub);
+    let channel = conn.channel.clone();
+    drop(conn);
     let last_id = answer.messages.last().map(|m| m.id).or(subscribed.position);
 
     let jsonp = callback.is_some();
@@ -100,7 +97,7 @@ pub async fn serve(
     }
     body.put_slice(b"{\"channel\":");
     let mut name = Vec::new();
-    herald_core::message::write_json_string(&mut name, request.channel.as_str());
+    herald_core::message::write_json_string(&mut name, channel.as_str());
     body.put_slice(&name);
     body.put_slice(b",\"messages\":[");
     for (i, m) in answer.messages.iter().enumerate() {
@@ -142,5 +139,5 @@ pub async fn serve(
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     no_buffering(&mut response);
-    Ok(response)
+    response
 }

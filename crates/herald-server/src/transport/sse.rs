@@ -58,4 +58,9 @@ impl Framing for Sse {
         });
         out.push_back(event("disconnect", &data.to_string()));
     }
+
+    fn notice(&self, notice: &herald_core::presence::Notice, out: &mut VecDeque<Bytes>) {
+        let data = std::str::from_utf8(&notice.json).unwrap_or("{}");
+        out.push_back(event(notice.kind.as_str(), data));
+    }
 }

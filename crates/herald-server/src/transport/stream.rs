@@ -14,13 +14,13 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use herald_core::disconnect::{Disconnect, SHUTDOWN};
-use herald_core::{ChannelName, Item, Message, Subscriber};
+use herald_core::presence::Notice;
+use herald_core::{ChannelName, Item, Message};
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::ApiError;
 use crate::state::AppState;
-use crate::subscribe::{no_buffering, SubRequest};
+use crate::subscribe::{no_buffering, Connection};
 
 /// Most items gathered into one write.
 const BATCH: usize = 64;
@@ -33,10 +33,12 @@ pub trait Framing: Send + 'static {
     fn gap(&self, channel: &ChannelName, out: &mut VecDeque<Bytes>);
     fn heartbeat(&self, channel: &ChannelName, out: &mut VecDeque<Bytes>);
     fn close(&self, channel: &ChannelName, why: Disconnect, out: &mut VecDeque<Bytes>);
+    /// A join/leave notice (JSON object) on the channel.
+    fn notice(&self, notice: &Notice, out: &mut VecDeque<Bytes>);
 }
 
 struct Driver<F> {
-    sub: Subscriber,
+    conn: Connection,
     channel: ChannelName,
     framing: F,
     heartbeat: Interval,
@@ -65,6 +67,10 @@ impl<F: Framing> Driver<F> {
                 self.framing.close(&self.channel, why, &mut self.out);
                 false
             }
+            Item::Notice(notice) => {
+                self.framing.notice(&notice, &mut self.out);
+                true
+            }
         }
     }
 
@@ -75,11 +81,11 @@ impl<F: Framing> Driver<F> {
                 self.framing.close(&self.channel, SHUTDOWN, &mut self.out);
                 self.done = true;
             }
-            item = self.sub.next() => {
+            item = self.conn.sub.next() => {
                 let mut more = self.frame(item);
                 let mut taken = 1;
                 while more && taken < BATCH {
-                    let Some(item) = self.sub.try_next() else { break };
+                    let Some(item) = self.conn.sub.try_next() else { break };
                     more = self.frame(item);
                     taken += 1;
                 }
@@ -92,25 +98,14 @@ impl<F: Framing> Driver<F> {
     }
 }
 
-/// Subscribes and answers with the stream (or an error status).
-pub async fn serve<F: Framing>(
-    state: &AppState,
-    request: SubRequest,
-    framing: F,
-) -> Result<Response, ApiError> {
-    let mut sub = state.node.subscriber(state.config.queue_size);
-    sub.subscribe(request.channel.clone(), request.since)
-        .await
-        .map_err(|e| match e {
-            herald_core::node::SubscribeError::Engine(e) => ApiError::from(e),
-            other => ApiError::bad_request("invalid_request", other.to_string()),
-        })?;
+/// Answers with the stream for a subscribed connection.
+pub fn serve<F: Framing>(state: &AppState, conn: Connection, framing: F) -> Response {
     let mut out = VecDeque::new();
     framing.open(&mut out);
     let content_type = framing.content_type();
     let driver = Driver {
-        sub,
-        channel: request.channel,
+        channel: conn.channel.clone(),
+        conn,
         framing,
         heartbeat: heartbeat_interval(state.config.heartbeat),
         shutdown: state.shutdown.clone(),
@@ -133,7 +128,7 @@ pub async fn serve<F: Framing>(
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     no_buffering(&mut response);
-    Ok(response)
+    response
 }
 
 /// An interval whose first tick is one period from now.

@@ -9,15 +9,13 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, 
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::SinkExt;
-use herald_core::disconnect::{
-    Disconnect, ENGINE_UNAVAILABLE, HEARTBEAT_TIMEOUT, SHUTDOWN, WRITE_TIMEOUT,
-};
+use herald_core::disconnect::{Disconnect, HEARTBEAT_TIMEOUT, SHUTDOWN, WRITE_TIMEOUT};
 use herald_core::{Item, Subscriber};
 
 use super::gap_json;
 use super::stream::heartbeat_interval;
 use crate::state::AppState;
-use crate::subscribe::SubRequest;
+use crate::subscribe::Connection;
 
 /// Initial read buffer per connection (grows only if a client sends more).
 pub const READ_BUFFER: usize = 1024;
@@ -28,7 +26,7 @@ pub const MAX_INCOMING: usize = 16 * 1024;
 /// Most items written in one batch.
 const BATCH: usize = 64;
 
-pub fn upgrade(state: AppState, upgrade: WebSocketUpgrade, request: SubRequest) -> Response {
+pub fn upgrade(state: AppState, upgrade: WebSocketUpgrade, conn: Connection) -> Response {
     let token = state.connections.token();
     upgrade
         .read_buffer_size(READ_BUFFER)
@@ -36,7 +34,7 @@ pub fn upgrade(state: AppState, upgrade: WebSocketUpgrade, request: SubRequest) 
         .max_message_size(MAX_INCOMING)
         .max_frame_size(MAX_INCOMING)
         .on_upgrade(move |socket| async move {
-            run(&state, socket, request).await;
+            run(&state, socket, conn).await;
             drop(token);
         })
 }
@@ -51,13 +49,8 @@ enum Next {
     Close(Disconnect),
 }
 
-async fn run(state: &AppState, mut socket: WebSocket, request: SubRequest) {
-    let mut sub = state.node.subscriber(state.config.queue_size);
-    if let Err(e) = sub.subscribe(request.channel.clone(), request.since).await {
-        tracing::warn!(error = %e, "websocket subscribe failed");
-        close(state, &mut socket, ENGINE_UNAVAILABLE).await;
-        return;
-    }
+async fn run(state: &AppState, mut socket: WebSocket, mut conn: Connection) {
+    let sub = &mut conn.sub;
     let mut heartbeat = heartbeat_interval(state.config.heartbeat);
     let mut awaiting_pong = false;
     loop {
@@ -79,7 +72,7 @@ async fn run(state: &AppState, mut socket: WebSocket, request: SubRequest) {
                 Some(Ok(_)) => awaiting_pong = false,
             },
             item = sub.next() => {
-                match write_batch(state, &mut socket, &mut sub, item).await {
+                match write_batch(state, &mut socket, sub, item).await {
                     Ok(Next::Continue) => {}
                     Ok(Next::Close(why)) => {
                         close(state, &mut socket, why).await;
@@ -118,6 +111,7 @@ async fn write_batch(
         let frame = match current {
             Item::Message(m) => text(m.envelope().clone()),
             Item::Gap(channel) => text(gap_json(&channel)),
+            Item::Notice(notice) => text(notice.json.clone()),
             Item::Closed(_, why) | Item::Disconnect(why) => {
                 write_timed(state, socket.flush()).await?;
                 return Ok(Next::Close(why));
