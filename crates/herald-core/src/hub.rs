@@ -30,9 +30,11 @@ pub enum Event {
     /// A published message on a channel the connection follows.
     Message(Arc<Message>),
     /// The channel ended for this connection (e.g. deleted); it is unsubscribed.
-    ChannelClosed(ChannelName, Disconnect),
+    /// (Boxed, like `Disconnect`: rare events stay out of the way of the
+    /// queue's slot size, which every idle connection pays for.)
+    ChannelClosed(Box<(ChannelName, Disconnect)>),
     /// The whole connection must close.
-    Disconnect(Disconnect),
+    Disconnect(Box<Disconnect>),
     /// A join or leave on a channel the connection follows.
     Notice(Arc<Notice>),
 }
@@ -173,7 +175,7 @@ impl Hub {
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default();
         for outbox in &conns {
-            outbox.push(Event::Disconnect(why));
+            outbox.push(Event::Disconnect(Box::new(why)));
         }
         conns.len()
     }
@@ -289,7 +291,7 @@ impl Hub {
             for s in subs {
                 for outbox in s.read().by_conn.values() {
                     if told.insert(outbox.id) {
-                        outbox.push(Event::Disconnect(why));
+                        outbox.push(Event::Disconnect(Box::new(why)));
                     }
                 }
             }
@@ -304,7 +306,7 @@ impl Hub {
         };
         let guard = subs.read();
         for outbox in guard.by_conn.values() {
-            outbox.push(Event::ChannelClosed(channel.clone(), why));
+            outbox.push(Event::ChannelClosed(Box::new((channel.clone(), why))));
         }
         guard.by_conn.len()
     }
@@ -384,7 +386,17 @@ mod tests {
             hub.close_channel(&ch, crate::disconnect::CHANNEL_DELETED),
             1
         );
-        assert!(matches!(ra.try_recv(), Ok(Event::ChannelClosed(c, _)) if c == ch));
+        assert!(matches!(ra.try_recv(), Ok(Event::ChannelClosed(b)) if b.0 == ch));
         assert_eq!(hub.count(&ch), 0);
+    }
+}
+
+#[cfg(test)]
+mod size {
+    /// Every idle connection's queue holds a block of 32 slots: keep an
+    /// event two words wide.
+    #[test]
+    fn event_is_two_words() {
+        assert!(std::mem::size_of::<super::Event>() <= 16);
     }
 }

@@ -345,11 +345,12 @@ impl Subscriber {
                 *position = Some(message.id);
                 Some(Item::Message(message))
             }
-            Event::ChannelClosed(channel, why) => {
+            Event::ChannelClosed(closed) => {
+                let (channel, why) = *closed;
                 self.channels.remove(&channel)?;
                 Some(Item::Closed(channel, why))
             }
-            Event::Disconnect(why) => Some(Item::Disconnect(why)),
+            Event::Disconnect(why) => Some(Item::Disconnect(*why)),
             Event::Notice(notice) => self
                 .channels
                 .contains_key(&notice.channel)
