@@ -348,6 +348,7 @@ impl Subscriber {
             Event::ChannelClosed(closed) => {
                 let (channel, why) = *closed;
                 self.channels.remove(&channel)?;
+                self.leave_presence(&channel);
                 Some(Item::Closed(channel, why))
             }
             Event::Disconnect(why) => Some(Item::Disconnect(*why)),

@@ -6,18 +6,25 @@
 //! bounded by [`RedisOptions::timeout`]. Live messages arrive over the node's
 //! own pub/sub connection (the `pubsub` module). A publish is never delivered
 //! to the local hub directly: it reaches every node, this one included,
-//! through pub/sub, in stream-id order.
+//! through pub/sub, in stream-id order. The same holds for presence notices
+//! and user disconnects.
+//!
+//! Work that must not block its caller (presence leaves) and the periodic
+//! rewrites of this node's presence entries and subscriber counts run in the
+//! `upkeep` task, fed by a bounded queue.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use herald_core::engine::{ChannelStats, Engine, EngineError, Published};
+use herald_core::disconnect::Disconnect;
+use herald_core::engine::{ChannelStats, Engine, EngineError, Published, UserPublished};
 use herald_core::history::{unknown_channel_page, HistoryPage};
 use herald_core::hub::Hub;
 use herald_core::namespace::{ChannelOptions, Namespaces};
+use herald_core::presence::{Notice, NoticeKind, PresenceEntry};
 use herald_core::{ChannelName, Message, Payload, Since};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError, RedisResult, Value};
@@ -27,8 +34,13 @@ use tokio::time::timeout;
 use crate::frame;
 use crate::keys::Keys;
 use crate::options::RedisOptions;
+use crate::presence::{self, LocalPresence};
 use crate::pubsub::{Command, State, Task};
-use crate::script::{parse_publish, parse_read, ReadReply, Scripts};
+use crate::script::{
+    parse_count, parse_publish, parse_read, parse_take, parse_values, PublishReply, ReadReply,
+    Scripts,
+};
+use crate::upkeep::{millis, Job, Leave, Upkeep, UPKEEP_QUEUE};
 
 /// The oldest Redis this engine works with: it needs `XINFO STREAM`'s
 /// `max-deleted-entry-id` and exclusive `XRANGE` bounds.
@@ -37,7 +49,7 @@ pub const MIN_REDIS_MAJOR: u32 = 7;
 const COMMAND_QUEUE: usize = 4_096;
 /// Ages and lengths beyond this are treated as "no limit": Lua numbers are
 /// doubles, exact only up to 2^53, and Redis expiries must not overflow.
-const UNLIMITED: u64 = 1 << 50;
+pub(crate) const UNLIMITED: u64 = 1 << 50;
 /// A channel's key never expires sooner than this after its last publish, so
 /// that its newest id outlives a history TTL of zero.
 const MIN_KEY_EXPIRY_MS: u64 = 1_000;
@@ -52,11 +64,17 @@ pub struct RedisEngine {
     options: RedisOptions,
     /// Cheap to clone; clones share one multiplexed connection.
     conn: ConnectionManager,
-    scripts: Scripts,
+    scripts: Arc<Scripts>,
     pubsub: Arc<State>,
     commands: mpsc::Sender<Command>,
     sweeps: AtomicU64,
     task: tokio::task::AbortHandle,
+    /// This node's presence entries (also held by the upkeep and pub/sub tasks).
+    presence: Arc<LocalPresence>,
+    /// Feeds the upkeep task; dropping the engine closes it.
+    upkeep: mpsc::Sender<Job>,
+    /// Set while a sweep job waits in the upkeep queue (cleared by the task).
+    sweep_queued: Arc<AtomicBool>,
 }
 
 impl Drop for RedisEngine {
@@ -90,6 +108,8 @@ impl RedisEngine {
         options.timeout = options.timeout.max(floor);
         options.ping_interval = options.ping_interval.max(floor);
         options.max_backoff = options.max_backoff.max(floor);
+        options.refresh_interval = options.refresh_interval.max(floor);
+        options.node_ttl = options.node_ttl.max(floor);
         let t = options.timeout;
 
         let client = Client::open(url)
@@ -114,14 +134,18 @@ impl RedisEngine {
             )
             .await?,
         )?;
-        let first = bounded(t, client.get_async_pubsub()).await?;
+        let keys = Keys::new(&options.prefix);
+        let mut first = bounded(t, client.get_async_pubsub()).await?;
+        // Control frames (user disconnects) reach this node from the moment
+        // `connect` returns; each later session subscribes again.
+        bounded(t, first.subscribe(keys.control())).await?;
 
-        let pubsub = Arc::new(State::new(Arc::clone(&hub)));
+        let presence = Arc::new(LocalPresence::new(presence::node_id()));
+        let pubsub = Arc::new(State::new(Arc::clone(&hub), Arc::clone(&presence)));
         // The connection is up: follows may queue now; the task applies them
         // once it has subscribed again to what the hub already holds.
         pubsub.up.store(true, Ordering::Release);
         let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
-        let keys = Keys::new(&options.prefix);
         let task = Task {
             client,
             conn: conn.clone(),
@@ -131,17 +155,36 @@ impl RedisEngine {
             commands: commands.downgrade(),
         };
         let task = tokio::spawn(task.run(Some(first), queue)).abort_handle();
+
+        let scripts = Arc::new(Scripts::default());
+        let sweep_queued = Arc::new(AtomicBool::new(false));
+        let (upkeep, jobs) = mpsc::channel(UPKEEP_QUEUE);
+        let worker = Upkeep {
+            conn: conn.clone(),
+            keys: keys.clone(),
+            scripts: Arc::clone(&scripts),
+            hub: Arc::clone(&hub),
+            namespaces: Arc::clone(&namespaces),
+            presence: Arc::clone(&presence),
+            options: options.clone(),
+            sweep_queued: Arc::clone(&sweep_queued),
+        };
+        // Not aborted on drop: it ends by itself once it drained the queue.
+        tokio::spawn(worker.run(jobs));
         Ok(Arc::new(Self {
             hub,
             namespaces,
             keys,
             options,
             conn,
-            scripts: Scripts::default(),
+            scripts,
             pubsub,
             commands,
             sweeps: AtomicU64::new(0),
             task,
+            presence,
+            upkeep,
+            sweep_queued,
         }))
     }
 
@@ -164,6 +207,55 @@ impl RedisEngine {
             Err(EngineError::Corrupt(_)) => {}
         }
         result
+    }
+
+    /// This node's id in Redis (the field of its subscriber counts and the
+    /// prefix of its presence fields); random per run.
+    pub fn node_id(&self) -> &str {
+        self.presence.node()
+    }
+
+    /// Runs the publish script, or with `user_queue` the variant that also
+    /// queues for an absent user.
+    async fn publish_as(
+        &self,
+        channel: &ChannelName,
+        payload: &Payload,
+        user_queue: bool,
+    ) -> Result<PublishReply, EngineError> {
+        let limits = Limits::of(self.namespaces.options(channel.as_str()));
+        let expiry_ms = limits.ttl_ms.max(MIN_KEY_EXPIRY_MS);
+        let mut conn = self.conn.clone();
+        let script = if user_queue {
+            &self.scripts.publish_user
+        } else {
+            &self.scripts.publish
+        };
+        let mut invocation = script.prepare_invoke();
+        invocation.key(self.keys.stream(channel));
+        if user_queue {
+            invocation.key(self.keys.queue(channel));
+        }
+        invocation
+            .arg(self.keys.live(channel))
+            .arg(channel.as_str())
+            .arg(payload.kind().as_str())
+            .arg(&payload.raw()[..])
+            .arg(limits.max_len)
+            .arg(limits.ttl_ms)
+            .arg(expiry_ms);
+        let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
+        parse_publish(reply)
+    }
+
+    /// Queues a job for the upkeep task without waiting. False when full.
+    fn queue_job(&self, job: Job) -> bool {
+        match self.upkeep.try_send(job) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => false,
+            // Only while the runtime shuts down: nothing left to do.
+            Err(mpsc::error::TrySendError::Closed(_)) => true,
+        }
     }
 
     /// Runs the read script: trims by age and answers in one round trip.
@@ -209,7 +301,7 @@ impl Limits {
 }
 
 /// Awaits a Redis future within `t`.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     t: Duration,
     fut: impl Future<Output = RedisResult<T>>,
 ) -> Result<T, EngineError> {
@@ -269,21 +361,7 @@ impl Engine for RedisEngine {
         channel: &ChannelName,
         payload: Payload,
     ) -> Result<Published, EngineError> {
-        let limits = Limits::of(self.namespaces.options(channel.as_str()));
-        let expiry_ms = limits.ttl_ms.max(MIN_KEY_EXPIRY_MS);
-        let mut conn = self.conn.clone();
-        let mut invocation = self.scripts.publish.prepare_invoke();
-        invocation
-            .key(self.keys.stream(channel))
-            .arg(self.keys.live(channel))
-            .arg(channel.as_str())
-            .arg(payload.kind().as_str())
-            .arg(&payload.raw()[..])
-            .arg(limits.max_len)
-            .arg(limits.ttl_ms)
-            .arg(expiry_ms);
-        let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
-        let reply = parse_publish(reply)?;
+        let reply = self.publish_as(channel, &payload, false).await?;
         Ok(Published {
             message: Arc::new(Message::new(
                 channel.clone(),
@@ -336,13 +414,16 @@ impl Engine for RedisEngine {
         })
     }
 
-    /// Deletes the stream and tells every node following the channel (this
-    /// one included) to close its subscribers with `CHANNEL_DELETED`.
+    /// Deletes the stream, queue and presence and tells every node
+    /// following the channel (this one included) to close its subscribers
+    /// with `CHANNEL_DELETED` and forget their presence there.
     async fn remove(&self, channel: &ChannelName) -> Result<(), EngineError> {
         let mut conn = self.conn.clone();
         let mut invocation = self.scripts.remove.prepare_invoke();
         invocation
             .key(self.keys.stream(channel))
+            .key(self.keys.queue(channel))
+            .key(self.keys.presence(channel))
             .arg(self.keys.live(channel))
             .arg(frame::removed(channel));
         let _: Value = self.call(invocation.invoke_async(&mut conn)).await?;
@@ -388,11 +469,184 @@ impl Engine for RedisEngine {
     }
 
     /// Redis expires history by itself (trimming on publish and read, key
-    /// expiry); the sweep only reconciles pub/sub subscriptions now and then.
-    fn sweep(&self, _now_ms: u64) {
+    /// expiry); the sweep reconciles pub/sub subscriptions now and then and
+    /// has the upkeep task rewrite this node's changed subscriber counts and,
+    /// every `refresh_interval`, its presence entries.
+    fn sweep(&self, now_ms: u64) {
         if self.sweeps.fetch_add(1, Ordering::Relaxed) % RECONCILE_EVERY == RECONCILE_EVERY - 1 {
             let _ = self.commands.try_send(Command::Reconcile);
         }
+        if !self.sweep_queued.swap(true, Ordering::AcqRel) && !self.queue_job(Job::Sweep { now_ms })
+        {
+            self.sweep_queued.store(false, Ordering::Release);
+            tracing::warn!("upkeep queue full; skipping this sweep's refresh");
+        }
+    }
+
+    /// The other nodes' counts as they last wrote them (at most one sweep,
+    /// about a second, old; a dead node's drop out within `node_ttl`) plus
+    /// this node's live count. Nodes write counts only for channels whose
+    /// namespace sets `max_subscribers`; for other channels this is this
+    /// node's count alone.
+    async fn subscriber_count(&self, channel: &ChannelName) -> Result<usize, EngineError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.subs_read.prepare_invoke();
+        invocation.key(self.keys.subs(channel)).arg(self.node_id());
+        let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
+        Ok(parse_count(&reply)?.saturating_add(self.hub.count(channel)))
+    }
+
+    /// Writes the entry (expiring `node_ttl` from now unless refreshed) and,
+    /// with `notify`, publishes the join notice in the same script. A
+    /// connection already present is not written again.
+    async fn presence_join(
+        &self,
+        channel: &ChannelName,
+        entry: &PresenceEntry,
+        notify: bool,
+    ) -> Result<(), EngineError> {
+        if self.presence.contains(channel, &entry.client) {
+            return Ok(());
+        }
+        let stored = self.presence.prepare(entry);
+        let notice = if notify {
+            frame::notice(&Notice::new(channel, NoticeKind::Join, entry))
+        } else {
+            Vec::new()
+        };
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.presence_join.prepare_invoke();
+        invocation
+            .key(self.keys.presence(channel))
+            .arg(&stored.field)
+            .arg(&stored.tail)
+            .arg(millis(self.options.node_ttl))
+            .arg(self.keys.live(channel))
+            .arg(notice);
+        let _: Value = self.call(invocation.invoke_async(&mut conn)).await?;
+        // Only now: a join cancelled or failed above is never refreshed, so
+        // whatever it wrote expires.
+        if let Some(lost) = self.presence.insert(channel, &entry.client, stored) {
+            // A concurrent join of the same connection won; drop ours quietly.
+            self.queue_job(Job::Leave(Leave {
+                channel: channel.clone(),
+                field: lost.field,
+                notice: None,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Forgets the entry locally at once (so it is no longer refreshed) and
+    /// queues the `HDEL` and leave notice for the upkeep task. If the queue
+    /// is full the entry still expires within `node_ttl`, without a notice.
+    fn presence_leave(&self, channel: &ChannelName, entry: &PresenceEntry, notify: bool) {
+        let Some(stored) = self.presence.remove(channel, &entry.client) else {
+            return;
+        };
+        let notice = notify.then(|| frame::notice(&Notice::new(channel, NoticeKind::Leave, entry)));
+        let job = Job::Leave(Leave {
+            channel: channel.clone(),
+            field: stored.field,
+            notice,
+        });
+        if !self.queue_job(job) {
+            tracing::warn!(
+                %channel,
+                "upkeep queue full; presence entry left to expire, without a leave notice"
+            );
+        }
+    }
+
+    /// Every node's entries that have not expired (expired ones are deleted
+    /// on the way). Entries this node cannot read are skipped with a warning.
+    async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, EngineError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.presence_read.prepare_invoke();
+        invocation.key(self.keys.presence(channel));
+        let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
+        Ok(parse_values(reply)?
+            .iter()
+            .filter_map(|value| match presence::decode(value) {
+                Ok(entry) => Some(entry),
+                Err(e) => {
+                    tracing::warn!(error = %e, %channel, "skipping an unreadable presence entry");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// Publishes as [`Engine::publish`]; in the same script, when no node
+    /// received the frame, it is appended to the channel's queue (the newest
+    /// `history_size` kept, the key expiring with the history TTL). A node
+    /// still subscribed for a moment after its last local subscriber left
+    /// counts as a receiver; the message is then in history only.
+    async fn publish_to_user(
+        &self,
+        channel: &ChannelName,
+        payload: Payload,
+    ) -> Result<UserPublished, EngineError> {
+        let reply = self.publish_as(channel, &payload, true).await?;
+        let message = Arc::new(Message::new(
+            channel.clone(),
+            reply.id,
+            payload,
+            reply.time_ms,
+        ));
+        Ok(UserPublished {
+            published: Published {
+                message,
+                subscribers: reply.receivers,
+            },
+            queued: reply.queued,
+        })
+    }
+
+    /// Reads and deletes the queue in one script, oldest first, dropping
+    /// messages older than the channel's history TTL (by Redis' clock).
+    async fn take_user_queue(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Vec<Arc<Message>>, EngineError> {
+        let limits = Limits::of(self.namespaces.options(channel.as_str()));
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.take_queue.prepare_invoke();
+        invocation.key(self.keys.queue(channel));
+        let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
+        let (now_ms, mut messages) = parse_take(reply, channel)?;
+        let oldest = now_ms.saturating_sub(limits.ttl_ms);
+        messages.retain(|m| m.time_ms >= oldest);
+        Ok(messages)
+    }
+
+    /// Publishes a control frame that every node (this one included, over
+    /// its own pub/sub connection) turns into [`Hub::disconnect_user`].
+    async fn disconnect_user(
+        &self,
+        channel: &ChannelName,
+        why: Disconnect,
+    ) -> Result<(), EngineError> {
+        let mut conn = self.conn.clone();
+        let mut publish = redis::cmd("PUBLISH");
+        publish
+            .arg(self.keys.control())
+            .arg(frame::disconnect_user(channel, why));
+        self.call(publish.query_async::<Value>(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// `SET <prefix>:claim:<key> 1 NX PX <ttl>`: one winner across all nodes.
+    async fn claim_once(&self, key: &str, ttl_ms: u64) -> Result<bool, EngineError> {
+        let mut conn = self.conn.clone();
+        let mut set = redis::cmd("SET");
+        set.arg(self.keys.claim(key))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms.clamp(1, UNLIMITED));
+        let reply = self.call(set.query_async::<Value>(&mut conn)).await?;
+        Ok(!matches!(reply, Value::Nil))
     }
 }
 
@@ -413,7 +667,7 @@ mod tests {
         let o = ChannelOptions {
             history_size: usize::MAX,
             history_ttl: Duration::MAX,
-            client_publish: false,
+            ..ChannelOptions::default()
         };
         let l = Limits::of(&o);
         assert_eq!((l.max_len, l.ttl_ms), (UNLIMITED, UNLIMITED));

@@ -6,18 +6,32 @@
 //! ```text
 //! h1 m <channel> <id> <kind> <time_ms>\n<payload bytes>
 //! h1 x <channel>\n
+//! h1 j <channel>\n<notice JSON>
+//! h1 l <channel>\n<notice JSON>
+//! h1 d <personal channel> <code>\n
 //! ```
 //!
-//! `m` is a published message, `x` says the channel was removed. Channel
-//! names, ids, kinds and times never contain a space or a newline (see
-//! [`herald_core::channel`]), so the header needs no escaping and the payload
-//! needs no encoding at all. The publish script (`crate::script`) builds `m`
-//! frames inside Redis; this module builds `x` frames and decodes both. Bytes
-//! from Redis are untrusted here: anything malformed is an error, never a panic.
+//! `m` is a published message, `x` says the channel was removed, `j` and `l`
+//! carry a presence join or leave notice exactly as subscribers receive it
+//! ([`Notice::json`], encoded once by the node where it happened). These go
+//! out on the channel's `live` pub/sub channel, so they reach the nodes that
+//! follow it, in the order Redis ran the scripts. `d` goes out on the
+//! node-wide control channel: every node closes the user's connections with
+//! the disconnect code (a code this node does not know, from a newer node,
+//! closes with [`FORCED`]).
+//!
+//! Channel names, ids, kinds, times and codes never contain a space or a
+//! newline (see [`herald_core::channel`]), so the header needs no escaping
+//! and the payload needs no encoding at all. The publish script
+//! (`crate::script`) builds `m` frames inside Redis; this module builds the
+//! others and decodes them all. Bytes from Redis are untrusted here: anything
+//! malformed is an error, never a panic.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use herald_core::disconnect::{Disconnect, ALL, FORCED};
+use herald_core::presence::{Notice, NoticeKind};
 use herald_core::{ChannelName, Message, MessageId, Payload, PayloadKind};
 
 /// The first field of every frame; a later format would use another.
@@ -30,6 +44,10 @@ pub enum Frame {
     Message(Arc<Message>),
     /// The channel was removed: close its local subscribers.
     Removed(ChannelName),
+    /// A join or leave, for the channel's local subscribers.
+    Notice(Arc<Notice>),
+    /// Close every local connection of the user whose personal channel this is.
+    DisconnectUser(ChannelName, Disconnect),
 }
 
 /// Why bytes are not a frame.
@@ -49,11 +67,29 @@ pub enum FrameError {
     Field(&'static str),
     #[error("frame payload does not match its kind")]
     Payload,
+    #[error("frame notice is not JSON")]
+    Notice,
 }
 
 /// The frame announcing that `channel` was removed.
 pub fn removed(channel: &ChannelName) -> Vec<u8> {
     format!("{VERSION} x {channel}\n").into_bytes()
+}
+
+/// The frame carrying a join or leave notice to the channel's nodes.
+pub fn notice(notice: &Notice) -> Vec<u8> {
+    let kind = match notice.kind {
+        NoticeKind::Join => "j",
+        NoticeKind::Leave => "l",
+    };
+    let mut frame = format!("{VERSION} {kind} {}\n", notice.channel).into_bytes();
+    frame.extend_from_slice(&notice.json);
+    frame
+}
+
+/// The control frame telling every node to close a user's connections.
+pub fn disconnect_user(user: &ChannelName, why: Disconnect) -> Vec<u8> {
+    format!("{VERSION} d {user} {}\n", why.code).into_bytes()
 }
 
 /// Decodes a frame. The payload is copied once into its own [`Bytes`], which
@@ -102,6 +138,39 @@ pub fn decode(frame: &[u8]) -> Result<Frame, FrameError> {
                 return Err(FrameError::Fields);
             }
             Ok(Frame::Removed(channel))
+        }
+        "j" | "l" => {
+            if fields.next().is_some() {
+                return Err(FrameError::Fields);
+            }
+            // The JSON goes to clients verbatim: it must at least be JSON.
+            serde_json::from_slice::<serde::de::IgnoredAny>(body)
+                .map_err(|_| FrameError::Notice)?;
+            let kind = if kind == "j" {
+                NoticeKind::Join
+            } else {
+                NoticeKind::Leave
+            };
+            Ok(Frame::Notice(Arc::new(Notice {
+                channel,
+                kind,
+                json: Bytes::copy_from_slice(body),
+            })))
+        }
+        "d" => {
+            let code: u16 = fields
+                .next()
+                .and_then(|s| s.parse().ok())
+                .ok_or(FrameError::Field("code"))?;
+            if fields.next().is_some() || !body.is_empty() {
+                return Err(FrameError::Fields);
+            }
+            let why = ALL
+                .iter()
+                .find(|d| d.code == code)
+                .copied()
+                .unwrap_or(FORCED);
+            Ok(Frame::DisconnectUser(channel, why))
         }
         _ => Err(FrameError::UnknownType),
     }
@@ -153,6 +222,39 @@ mod tests {
     }
 
     #[test]
+    fn notice_round_trip_keeps_the_json() {
+        let c = ChannelName::new("room").expect("valid");
+        let entry = herald_core::presence::PresenceEntry {
+            client: "c1".into(),
+            user: Some("ann".into()),
+            info: Some(Arc::new(serde_json::json!({"n": 12345678901234567_u64}))),
+        };
+        for kind in [NoticeKind::Join, NoticeKind::Leave] {
+            let sent = Notice::new(&c, kind, &entry);
+            let Ok(Frame::Notice(got)) = decode(&notice(&sent)) else {
+                panic!("expected a notice");
+            };
+            assert_eq!((&got.channel, got.kind), (&c, kind));
+            assert_eq!(got.json, sent.json, "the JSON travels byte for byte");
+        }
+    }
+
+    #[test]
+    fn disconnect_user_round_trip() {
+        let user = ChannelName::new("user:7").expect("valid");
+        for why in ALL {
+            let Ok(Frame::DisconnectUser(got, code)) = decode(&disconnect_user(&user, *why)) else {
+                panic!("expected a disconnect");
+            };
+            assert_eq!((got, code), (user.clone(), *why));
+        }
+        assert!(matches!(
+            decode(b"h1 d user:7 4999\n"),
+            Ok(Frame::DisconnectUser(_, d)) if d == FORCED
+        ));
+    }
+
+    #[test]
     fn malformed_frames_are_errors() {
         let cases: &[(&[u8], FrameError)] = &[
             (b"", FrameError::NoHeader),
@@ -169,6 +271,12 @@ mod tests {
             (b"h1 m c 1-0 text 5\n\xff", FrameError::Payload),
             (b"h1 x c\nbody", FrameError::Fields),
             (b"h1 \xff\n", FrameError::NotText),
+            (b"h1 j c\n{nope", FrameError::Notice),
+            (b"h1 l c x\n{}", FrameError::Fields),
+            (b"h1 d user:1\n", FrameError::Field("code")),
+            (b"h1 d user:1 99999\n", FrameError::Field("code")),
+            (b"h1 d user:1 4006 x\n", FrameError::Fields),
+            (b"h1 d user:1 4006\nbody", FrameError::Fields),
         ];
         for (bytes, want) in cases {
             match decode(bytes) {

@@ -5,7 +5,17 @@
 //! | name                | type            | holds                                   |
 //! |---------------------|-----------------|-----------------------------------------|
 //! | `herald:{C}:stream` | stream          | history; the entry id is the message id |
-//! | `herald:{C}:live`   | pub/sub channel | one frame per publish ([`crate::frame`]) |
+//! | `herald:{C}:live`   | pub/sub channel | one frame per publish, removal or presence notice ([`crate::frame`]) |
+//! | `herald:{C}:presence` | hash          | field `<node>/<seq>` per joined connection, value JSON `{"expires_ms":…,"client":…,"user":…,"info":…,"node":…}` |
+//! | `herald:{C}:subs`   | hash            | field `<node>`, value `<local subscribers>:<expires_ms>` |
+//! | `herald:{C}:queue`  | list            | a personal channel's offline queue: `h1 m` frames, oldest first |
+//!
+//! and once per deployment:
+//!
+//! | name                | type            | holds                                   |
+//! |---------------------|-----------------|-----------------------------------------|
+//! | `herald:control`    | pub/sub channel | node-wide commands (`h1 d` disconnect a user), every node subscribes |
+//! | `herald:claim:<key>` | string         | a used single-use key, until its expiry  |
 //!
 //! The `{C}` hash tag puts everything of one channel in one Redis Cluster
 //! slot, so each script touches a single slot. Channel names cannot contain
@@ -39,6 +49,31 @@ impl Keys {
     pub fn live(&self, channel: &ChannelName) -> String {
         format!("{}:{{{channel}}}:live", self.prefix)
     }
+
+    /// The hash of the channel's presence entries, from every node.
+    pub fn presence(&self, channel: &ChannelName) -> String {
+        format!("{}:{{{channel}}}:presence", self.prefix)
+    }
+
+    /// The hash of each node's local subscriber count of the channel.
+    pub fn subs(&self, channel: &ChannelName) -> String {
+        format!("{}:{{{channel}}}:subs", self.prefix)
+    }
+
+    /// The offline queue of a personal channel.
+    pub fn queue(&self, channel: &ChannelName) -> String {
+        format!("{}:{{{channel}}}:queue", self.prefix)
+    }
+
+    /// The pub/sub channel every node subscribes to for node-wide commands.
+    pub fn control(&self) -> String {
+        format!("{}:control", self.prefix)
+    }
+
+    /// The marker of a used single-use key.
+    pub fn claim(&self, key: &str) -> String {
+        format!("{}:claim:{key}", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -51,5 +86,10 @@ mod tests {
         let c = ChannelName::new("chat:lobby").expect("valid");
         assert_eq!(keys.stream(&c), "herald:{chat:lobby}:stream");
         assert_eq!(keys.live(&c), "herald:{chat:lobby}:live");
+        assert_eq!(keys.presence(&c), "herald:{chat:lobby}:presence");
+        assert_eq!(keys.subs(&c), "herald:{chat:lobby}:subs");
+        assert_eq!(keys.queue(&c), "herald:{chat:lobby}:queue");
+        assert_eq!(keys.control(), "herald:control");
+        assert_eq!(keys.claim("t1"), "herald:claim:t1");
     }
 }

@@ -17,16 +17,53 @@
 //!   the node reconnects in the background. If Redis lost its data, a resume
 //!   from an old id is reported as a gap.
 //!
+//! What else is cluster-wide, and how fresh it is (defaults in brackets,
+//! see [`RedisOptions`]):
+//!
+//! - **Presence** is exact for live nodes: a join is written (and its notice
+//!   published) before `subscribe` answers; a leave is queued and reaches
+//!   Redis within one round trip unless the node's bounded upkeep queue is
+//!   full. Join and leave notices travel as `h1 j`/`h1 l` frames on the
+//!   channel's pub/sub channel, so they reach the subscribers of every node,
+//!   ordered with the messages. Each node rewrites its entries every
+//!   `refresh_interval` (5 s, rounded up to the next sweep); each entry
+//!   expires `node_ttl` (15 s) after its last write. A node that dies or is
+//!   cut off from Redis thus drops out of presence within `node_ttl` (15 s),
+//!   without leave notices.
+//! - **Subscriber counts** (for `max_subscribers`): each node writes its
+//!   local count of every channel whose namespace sets a limit at each sweep
+//!   where it changed (and every `refresh_interval` regardless); a reader
+//!   adds the others' counts to its own live one. Other nodes' counts are
+//!   therefore up to one sweep (about 1 s) old, so concurrent subscribes on
+//!   several nodes can overshoot a limit briefly; a dead node's count expires
+//!   within `node_ttl`, and a node that shuts down withdraws its counts.
+//! - **User queues**: a message for a personal channel that no node follows
+//!   is queued in the same script that stores and publishes it, bounded by
+//!   the channel's `history_size` and `history_ttl`; taking the queue reads
+//!   and deletes it at once, on any node.
+//! - **User disconnects** go out as `h1 d` frames on the node-wide control
+//!   channel, which every node subscribes to before `connect` returns.
+//! - **Single-use claims** are one `SET NX PX` each: exactly one winner.
+//!
+//! All expiries are computed from Redis' clock (`TIME`), so node clocks may
+//! disagree.
+//!
 //! Redis layout (prefix `herald` by default, see [`keys`]):
 //!
-//! | name                | type            | holds                                    |
-//! |---------------------|-----------------|------------------------------------------|
-//! | `herald:{C}:stream` | stream          | entries `k` (kind), `t` (time ms), `d` (payload bytes) |
-//! | `herald:{C}:live`   | pub/sub channel | `h1 m …` message and `h1 x …` removal frames ([`frame`]) |
+//! | name                  | type            | holds                                    |
+//! |-----------------------|-----------------|------------------------------------------|
+//! | `herald:{C}:stream`   | stream          | entries `k` (kind), `t` (time ms), `d` (payload bytes) |
+//! | `herald:{C}:live`     | pub/sub channel | `h1 m` message, `h1 x` removal, `h1 j`/`h1 l` notice frames ([`frame`]) |
+//! | `herald:{C}:presence` | hash            | field `<node>/<seq>` → `{"expires_ms":…,"client":…,"user":…,"info":…,"node":…}` |
+//! | `herald:{C}:subs`     | hash            | field `<node>` → `<local count>:<expires_ms>` |
+//! | `herald:{C}:queue`    | list            | a personal channel's offline queue of `h1 m` frames |
+//! | `herald:control`      | pub/sub channel | `h1 d` user disconnect frames            |
+//! | `herald:claim:<key>`  | string          | a used single-use key, until it expires  |
 //!
 //! Requirements: Redis 7.0 or newer (or a compatible server reporting
-//! `redis_version` 7+), scripting enabled, and the `TIME`, `X*`, `PEXPIRE`,
-//! `PUBLISH` and `SUBSCRIBE` commands allowed for the configured user.
+//! `redis_version` 7+), scripting enabled, and the `TIME`, `X*`, `H*`, `L*`,
+//! `RPUSH`, `DEL`, `SET`, `PEXPIRE`, `PTTL`, `PUBLISH` and `SUBSCRIBE`
+//! commands allowed for the configured user.
 //!
 //! **Redis Cluster is not supported.** The key layout is ready for it: each
 //! channel's keys share the `{C}` hash tag, so every script touches one slot.
@@ -40,8 +77,10 @@
 //!
 //! Layout of this crate:
 //! - [`engine`]: [`RedisEngine`], the [`Engine`] implementation.
-//! - `script`: the Lua scripts (publish, read, remove) and their replies.
+//! - `script`: every Lua script and the decoding of its reply.
 //! - `pubsub`: the per-node pub/sub connection, follow set and reconnects.
+//! - `presence`: this node's presence entries and how they are stored.
+//! - `upkeep`: the bounded background queue: leaves and refreshes.
 //! - [`frame`]: the pub/sub frame format.
 //! - [`keys`]: Redis key and channel names.
 //! - [`options`]: timeouts and prefix.
@@ -54,8 +93,10 @@ pub mod engine;
 pub mod frame;
 pub mod keys;
 pub mod options;
+mod presence;
 mod pubsub;
 mod script;
+mod upkeep;
 
 pub use engine::RedisEngine;
 pub use options::RedisOptions;

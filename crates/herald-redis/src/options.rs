@@ -10,6 +10,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
 /// The longest wait between two pub/sub reconnect attempts unless configured.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often a node rewrites its presence entries unless configured.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a node's presence entries and subscriber counts outlive its last
+/// refresh unless configured.
+pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
@@ -23,6 +28,16 @@ pub struct RedisOptions {
     pub ping_interval: Duration,
     /// The longest wait between two reconnect attempts.
     pub max_backoff: Duration,
+    /// How often this node rewrites its presence entries (and subscriber
+    /// counts that did not change) in Redis. The node's sweep triggers the
+    /// rewrite, so the real period is this rounded up to the next sweep.
+    pub refresh_interval: Duration,
+    /// How long a node's presence entries and subscriber counts count without
+    /// a rewrite: a node that dies drops out of presence and counts within
+    /// this. Keep it well above `refresh_interval` plus one sweep plus
+    /// `timeout` (the defaults: 5 s, 1 s, 2 s against 15 s), or live entries
+    /// flicker out when Redis is slow.
+    pub node_ttl: Duration,
 }
 
 impl Default for RedisOptions {
@@ -32,6 +47,8 @@ impl Default for RedisOptions {
             timeout: DEFAULT_TIMEOUT,
             ping_interval: DEFAULT_PING_INTERVAL,
             max_backoff: DEFAULT_MAX_BACKOFF,
+            refresh_interval: DEFAULT_REFRESH_INTERVAL,
+            node_ttl: DEFAULT_NODE_TTL,
         }
     }
 }

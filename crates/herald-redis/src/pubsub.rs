@@ -4,9 +4,12 @@
 //! One task owns the connection. Within it, two futures run side by side:
 //! the *reader* decodes each frame once and hands the shared message to
 //! [`Hub::deliver`] (one Redis message per node per publish, however many
-//! local subscribers), and the *writer* applies follow/unfollow commands in
-//! batches (one `SUBSCRIBE` or `UNSUBSCRIBE` for everything queued) and pings
-//! the connection so that a silent drop is noticed.
+//! local subscribers), presence notices to [`Hub::deliver_notice`] and user
+//! disconnects to [`Hub::disconnect_user`]; the *writer* applies
+//! follow/unfollow commands in batches (one `SUBSCRIBE` or `UNSUBSCRIBE` for
+//! everything queued) and pings the connection so that a silent drop is
+//! noticed. Besides the followed channels, every session subscribes to the
+//! node-wide control channel.
 //!
 //! When the connection is lost, every local subscriber is told
 //! [`ENGINE_UNAVAILABLE`]: messages published while the connection is down
@@ -39,6 +42,7 @@ use tokio::time::{timeout, Instant};
 use crate::frame::{self, Frame};
 use crate::keys::Keys;
 use crate::options::RedisOptions;
+use crate::presence::LocalPresence;
 
 /// Commands queued for the pub/sub task.
 pub enum Command {
@@ -60,6 +64,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// State shared between the engine and its pub/sub task.
 pub struct State {
     pub hub: Arc<Hub>,
+    /// This node's presence entries, forgotten when their channel is removed
+    /// (its subscribers are closed without leaving presence one by one).
+    pub presence: Arc<LocalPresence>,
     /// Channels the current pub/sub connection has a confirmed subscription
     /// for. `follow` answers at once for these. The lock is held only for set
     /// operations and `Hub::count` (lock order: this set, then a hub shard),
@@ -74,9 +81,10 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(hub: Arc<Hub>) -> Self {
+    pub fn new(hub: Arc<Hub>, presence: Arc<LocalPresence>) -> Self {
         Self {
             hub,
+            presence,
             followed: Mutex::new(HashSet::new()),
             up: AtomicBool::new(false),
             commands_ok: AtomicBool::new(true),
@@ -151,6 +159,11 @@ impl Task {
     /// then read and write until something fails.
     async fn session(&self, pubsub: PubSub, queue: &mut mpsc::Receiver<Command>) -> End {
         let (mut sink, stream) = pubsub.split();
+        match timeout(self.options.timeout, sink.subscribe(self.keys.control())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return End::Lost(format!("subscribe to control failed: {e}")),
+            Err(_) => return End::Lost("subscribe to control timed out".to_owned()),
+        }
         let channels = self.state.hub.channels();
         if let Err(why) = self.subscribe(&mut sink, &channels).await {
             return End::Lost(why);
@@ -172,7 +185,14 @@ impl Task {
                 Ok(Frame::Message(message)) => {
                     self.state.hub.deliver(&message);
                 }
+                Ok(Frame::Notice(notice)) => {
+                    self.state.hub.deliver_notice(&notice);
+                }
+                Ok(Frame::DisconnectUser(user, why)) => {
+                    self.state.hub.disconnect_user(&user, why);
+                }
                 Ok(Frame::Removed(channel)) => {
+                    self.state.presence.remove_channel(&channel);
                     self.state.hub.close_channel(&channel, CHANNEL_DELETED);
                     if let Some(tx) = self.commands.upgrade() {
                         // Full queue: the next reconcile unsubscribes instead.

@@ -10,8 +10,23 @@
 //! - **read**: trim by age, then answer history and stats in one round trip:
 //!   the newest id, the newest id trimmed away, whether the resume id is still
 //!   retained, the length, and the entries after the resume id.
-//! - **remove**: `DEL` the stream and `PUBLISH` the removal frame, so the
-//!   removal reaches every node after the messages published before it.
+//! - **publish_user**: publish, and when no node received the frame (no
+//!   connection of the user follows the personal channel anywhere), append
+//!   the same frame to the channel's bounded queue, in the same step: a
+//!   message is queued exactly when nobody could have got it live.
+//! - **take_queue**: read and delete the queue at once, so two nodes taking
+//!   it together never both get a message.
+//! - **remove**: `DEL` the stream, queue and presence and `PUBLISH` the
+//!   removal frame, so the removal reaches every node after the messages
+//!   published before it.
+//! - **presence_join / presence_leave**: write or delete one presence entry
+//!   and `PUBLISH` its notice frame in the same step, so a leave notice
+//!   goes out only for an entry that was there.
+//! - **presence_refresh / presence_read, subs_write / subs_read**: the
+//!   per-node state that expires unless its node rewrites it (see the
+//!   `presence` module); readers skip and delete what expired.
+//!
+//! Every expiry is computed from Redis' `TIME`, never from a node's clock.
 //!
 //! Trimming deletes entries with `XDEL` rather than `XTRIM`: only `XDEL`
 //! updates the stream's `max-deleted-entry-id` (Redis 7.0+), which is exactly
@@ -28,6 +43,25 @@ use bytes::Bytes;
 use herald_core::engine::EngineError;
 use herald_core::{ChannelName, Message, MessageId, Payload, PayloadKind};
 use redis::{Script, Value};
+
+use crate::frame::{self, Frame};
+
+/// Redis' clock, shared by every script: all expiries compare against the
+/// one Redis clock, never a node's, so node clock skew does not matter.
+const CLOCK_LUA: &str = r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function extend(key, ttl)
+  if redis.call('PTTL', key) < tonumber(ttl) then redis.call('PEXPIRE', key, ttl) end
+end
+local function delete_fields(key, fields)
+  for i = 1, #fields, 500 do
+    redis.call('HDEL', key, unpack(fields, i, math.min(i + 499, #fields)))
+  end
+end
+";
 
 /// Shared by the scripts that trim. `min_ms <= 0` means no age limit.
 const TRIM_LUA: &str = r"
@@ -47,23 +81,50 @@ local function trim(key, maxlen, min_ms)
     delete(key, redis.call('XRANGE', key, '-', '(' .. string.format('%.0f', min_ms) .. '-0'))
   end
 end
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
+
+/// KEYS[1]: stream. ARGV: live channel, channel name, kind, payload, max
+/// length, ttl ms, key expiry ms. Returns id, time, frame and receivers.
+const PUBLISH_FN_LUA: &str = r"
+local function publish()
+  local key = KEYS[1]
+  local now = now_ms()
+  local time = string.format('%.0f', now)
+  local id = redis.call('XADD', key, '*', 'k', ARGV[3], 't', time, 'd', ARGV[4])
+  trim(key, tonumber(ARGV[5]), now - tonumber(ARGV[6]))
+  redis.call('PEXPIRE', key, ARGV[7])
+  local frame = 'h1 m ' .. ARGV[2] .. ' ' .. id .. ' ' .. ARGV[3] .. ' ' .. time .. '\n' .. ARGV[4]
+  return id, time, frame, redis.call('PUBLISH', ARGV[1], frame)
 end
 ";
 
-/// KEYS: stream. ARGV: live channel, channel name, kind, payload, max length,
-/// ttl ms, key expiry ms. Returns `{id, time_ms, receivers}`.
+/// See `PUBLISH_FN_LUA`. Returns `{id, time_ms, receivers}`.
 const PUBLISH_LUA: &str = r"
-local key = KEYS[1]
-local now = now_ms()
-local time = string.format('%.0f', now)
-local id = redis.call('XADD', key, '*', 'k', ARGV[3], 't', time, 'd', ARGV[4])
-trim(key, tonumber(ARGV[5]), now - tonumber(ARGV[6]))
-redis.call('PEXPIRE', key, ARGV[7])
-local frame = 'h1 m ' .. ARGV[2] .. ' ' .. id .. ' ' .. ARGV[3] .. ' ' .. time .. '\n' .. ARGV[4]
-return {id, time, redis.call('PUBLISH', ARGV[1], frame)}
+local id, time, _, receivers = publish()
+return {id, time, receivers}
+";
+
+/// As `PUBLISH_LUA`, with KEYS[2] the personal channel's queue: when no node
+/// received the frame, it is also appended there, keeping the newest `max
+/// length` frames; the queue key expires with the stream. Returns `{id,
+/// time_ms, receivers, queued}`.
+const PUBLISH_USER_LUA: &str = r"
+local id, time, frame, receivers = publish()
+local queued = 0
+if receivers == 0 and tonumber(ARGV[5]) > 0 then
+  redis.call('RPUSH', KEYS[2], frame)
+  redis.call('LTRIM', KEYS[2], '-' .. ARGV[5], '-1')
+  redis.call('PEXPIRE', KEYS[2], ARGV[7])
+  queued = 1
+end
+return {id, time, receivers, queued}
+";
+
+/// KEYS: queue. Returns `{now_ms, frames}` and deletes the queue.
+const TAKE_QUEUE_LUA: &str = r"
+local frames = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return {string.format('%.0f', now_ms()), frames}
 ";
 
 /// KEYS: stream. ARGV: mode (`live`, `earliest`, `after`), resume id, max
@@ -90,26 +151,125 @@ end
 return {1, last, deleted, retained, redis.call('XLEN', key), entries}
 ";
 
-/// KEYS: stream. ARGV: live channel, removal frame. Returns the receivers.
+/// KEYS: stream, queue, presence. ARGV: live channel, removal frame.
+/// Returns the receivers.
 const REMOVE_LUA: &str = r"
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 return redis.call('PUBLISH', ARGV[1], ARGV[2])
+";
+
+/// KEYS: presence. ARGV: field, entry JSON after its `expires_ms` member,
+/// ttl ms, live channel, notice frame (empty: no notice). The value is
+/// `{"expires_ms":<Redis time + ttl>,` followed by the rest, so that the
+/// expiry can be read without a JSON parser and the rest stays byte-exact.
+const PRESENCE_JOIN_LUA: &str = r#"
+local expires = string.format('%.0f', now_ms() + tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], ARGV[1], '{"expires_ms":' .. expires .. ',' .. ARGV[2])
+extend(KEYS[1], ARGV[3])
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+return 1
+"#;
+
+/// KEYS: presence. ARGV: field, live channel, notice frame (empty: none).
+/// The notice goes out only when the entry was still there. Returns 1 if so.
+const PRESENCE_LEAVE_LUA: &str = r"
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+if removed == 1 and ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return removed
+";
+
+/// KEYS: presence. ARGV: ttl ms, then pairs of field and entry JSON after
+/// its `expires_ms` member (as in `PRESENCE_JOIN_LUA`). Rewrites them all
+/// with a new expiry.
+const PRESENCE_REFRESH_LUA: &str = r#"
+local head = '{"expires_ms":' .. string.format('%.0f', now_ms() + tonumber(ARGV[1])) .. ','
+local args = {}
+for i = 2, #ARGV - 1, 2 do
+  args[#args + 1] = ARGV[i]
+  args[#args + 1] = head .. ARGV[i + 1]
+end
+if #args > 0 then redis.call('HSET', KEYS[1], unpack(args)) end
+extend(KEYS[1], ARGV[1])
+return 1
+"#;
+
+/// KEYS: presence. Deletes expired entries and returns the others' values
+/// (values it cannot read too: the caller decides).
+const PRESENCE_READ_LUA: &str = r#"
+local now = now_ms()
+local all = redis.call('HGETALL', KEYS[1])
+local live, dead = {}, {}
+for i = 1, #all - 1, 2 do
+  local expires = tonumber(string.match(all[i + 1], '^{"expires_ms":(%d+),'))
+  if expires ~= nil and expires <= now then
+    dead[#dead + 1] = all[i]
+  else
+    live[#live + 1] = all[i + 1]
+  end
+end
+delete_fields(KEYS[1], dead)
+return live
+"#;
+
+/// KEYS: subs. ARGV: node, local subscriber count, ttl ms. A count of zero
+/// deletes the node's field.
+const SUBS_WRITE_LUA: &str = r"
+if tonumber(ARGV[2]) == 0 then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+local expires = string.format('%.0f', now_ms() + tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. expires)
+extend(KEYS[1], ARGV[3])
+return 1
+";
+
+/// KEYS: subs. ARGV: this node. Returns the sum of the other nodes' counts
+/// that have not expired, deleting the expired ones.
+const SUBS_READ_LUA: &str = r"
+local now = now_ms()
+local all = redis.call('HGETALL', KEYS[1])
+local sum, dead = 0, {}
+for i = 1, #all - 1, 2 do
+  if all[i] ~= ARGV[1] then
+    local n, expires = string.match(all[i + 1], '^(%d+):(%d+)$')
+    if n == nil then
+    elseif tonumber(expires) > now then sum = sum + tonumber(n)
+    else dead[#dead + 1] = all[i] end
+  end
+end
+delete_fields(KEYS[1], dead)
+return sum
 ";
 
 /// The scripts, hashed once; `redis::Script` runs `EVALSHA` and falls back
 /// to loading the script when Redis does not know it (after a restart).
 pub struct Scripts {
     pub publish: Script,
+    pub publish_user: Script,
+    pub take_queue: Script,
     pub read: Script,
     pub remove: Script,
+    pub presence_join: Script,
+    pub presence_leave: Script,
+    pub presence_refresh: Script,
+    pub presence_read: Script,
+    pub subs_write: Script,
+    pub subs_read: Script,
 }
 
 impl Default for Scripts {
     fn default() -> Self {
+        let with_clock = |body: &str| Script::new(&format!("{CLOCK_LUA}{body}"));
         Self {
-            publish: Script::new(&format!("{TRIM_LUA}{PUBLISH_LUA}")),
-            read: Script::new(&format!("{TRIM_LUA}{READ_LUA}")),
+            publish: with_clock(&format!("{TRIM_LUA}{PUBLISH_FN_LUA}{PUBLISH_LUA}")),
+            publish_user: with_clock(&format!("{TRIM_LUA}{PUBLISH_FN_LUA}{PUBLISH_USER_LUA}")),
+            take_queue: with_clock(TAKE_QUEUE_LUA),
+            read: with_clock(&format!("{TRIM_LUA}{READ_LUA}")),
             remove: Script::new(REMOVE_LUA),
+            presence_join: with_clock(PRESENCE_JOIN_LUA),
+            presence_leave: Script::new(PRESENCE_LEAVE_LUA),
+            presence_refresh: with_clock(PRESENCE_REFRESH_LUA),
+            presence_read: with_clock(PRESENCE_READ_LUA),
+            subs_write: with_clock(SUBS_WRITE_LUA),
+            subs_read: with_clock(SUBS_READ_LUA),
         }
     }
 }
@@ -121,6 +281,8 @@ pub struct PublishReply {
     pub time_ms: u64,
     /// Pub/sub connections (nodes) that received the frame.
     pub receivers: usize,
+    /// Whether the frame went into a personal channel's queue.
+    pub queued: bool,
 }
 
 /// What the read script answered.
@@ -181,8 +343,10 @@ fn array(v: Value) -> Option<Vec<Value>> {
 
 pub fn parse_publish(reply: Value) -> Result<PublishReply, EngineError> {
     let items = array(reply).ok_or_else(|| corrupt("publish reply is not an array"))?;
-    let [id, time, receivers] = items.as_slice() else {
-        return Err(corrupt("publish reply has the wrong length"));
+    let (id, time, receivers, queued) = match items.as_slice() {
+        [id, time, receivers] => (id, time, receivers, false),
+        [id, time, receivers, queued] => (id, time, receivers, int(queued) == Some(1)),
+        _ => return Err(corrupt("publish reply has the wrong length")),
     };
     Ok(PublishReply {
         id: optional_id(id)?.ok_or_else(|| corrupt("publish reply has no id"))?,
@@ -192,7 +356,59 @@ pub fn parse_publish(reply: Value) -> Result<PublishReply, EngineError> {
         receivers: int(receivers)
             .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| corrupt("publish reply has no receiver count"))?,
+        queued,
     })
+}
+
+/// The take script's answer: Redis' time and the queued frames, decoded and
+/// checked to belong to `channel`, oldest first.
+pub fn parse_take(
+    reply: Value,
+    channel: &ChannelName,
+) -> Result<(u64, Vec<Arc<Message>>), EngineError> {
+    let items = array(reply).ok_or_else(|| corrupt("take reply is not an array"))?;
+    let [now, frames] = items.as_slice() else {
+        return Err(corrupt("take reply has the wrong length"));
+    };
+    let now = int(now)
+        .and_then(|t| u64::try_from(t).ok())
+        .ok_or_else(|| corrupt("take reply has no time"))?;
+    let Value::Array(frames) = frames else {
+        return Err(corrupt("queued frames are not an array"));
+    };
+    let messages = frames
+        .iter()
+        .map(|f| {
+            let bytes = bytes(f).ok_or_else(|| corrupt("queued frame is not bytes"))?;
+            match frame::decode(bytes) {
+                Ok(Frame::Message(m)) if &m.channel == channel => Ok(m),
+                Ok(_) => Err(EngineError::Corrupt(format!(
+                    "queue of {channel} holds a frame of another kind or channel"
+                ))),
+                Err(e) => Err(EngineError::Corrupt(format!("queue of {channel}: {e}"))),
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((now, messages))
+}
+
+/// Bulk strings of an array reply.
+pub fn parse_values(reply: Value) -> Result<Vec<Vec<u8>>, EngineError> {
+    array(reply)
+        .ok_or_else(|| corrupt("reply is not an array"))?
+        .into_iter()
+        .map(|v| match v {
+            Value::BulkString(b) => Ok(b),
+            _ => Err(corrupt("array item is not a string")),
+        })
+        .collect()
+}
+
+/// An integer reply that fits a `usize`.
+pub fn parse_count(reply: &Value) -> Result<usize, EngineError> {
+    int(reply)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| corrupt("count is not a non-negative integer"))
 }
 
 pub fn parse_read(reply: Value, channel: &ChannelName) -> Result<ReadReply, EngineError> {
@@ -283,6 +499,15 @@ mod tests {
         let r = parse_publish(Value::Array(vec![bulk(b"5-1"), bulk(b"5"), Value::Int(2)]))
             .expect("valid");
         assert_eq!((r.id, r.time_ms, r.receivers), (MessageId::new(5, 1), 5, 2));
+        assert!(!r.queued);
+        let r = parse_publish(Value::Array(vec![
+            bulk(b"5-1"),
+            bulk(b"5"),
+            Value::Int(0),
+            Value::Int(1),
+        ]))
+        .expect("valid");
+        assert!(r.queued);
         assert!(parse_publish(Value::Array(vec![bulk(b"x"), bulk(b"5"), Value::Int(2)])).is_err());
         assert!(parse_publish(Value::Nil).is_err());
     }

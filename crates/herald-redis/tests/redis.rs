@@ -10,10 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::disconnect::{CHANNEL_DELETED, ENGINE_UNAVAILABLE};
-use herald_core::engine::{Engine, EngineError};
+use herald_core::disconnect::{CHANNEL_DELETED, ENGINE_UNAVAILABLE, FORCED, TOKEN_EXPIRED};
+use herald_core::engine::{now_ms, Engine, EngineError};
 use herald_core::hub::Hub;
 use herald_core::namespace::{ChannelOptions, Namespaces};
+use herald_core::presence::{ClientInfo, NoticeKind, PresenceEntry};
+use herald_core::user::user_channel;
 use herald_core::{ChannelName, Item, MessageId, Node, Payload, PayloadKind, Since, Subscriber};
 use herald_redis::{RedisEngine, RedisOptions};
 use tokio::time::{sleep, timeout, Instant};
@@ -116,13 +118,21 @@ struct TestNode {
 }
 
 async fn node_with(redis: &RedisServer, namespaces: Namespaces) -> TestNode {
+    node_with_options(redis, namespaces, options()).await
+}
+
+async fn node_with_options(
+    redis: &RedisServer,
+    namespaces: Namespaces,
+    options: RedisOptions,
+) -> TestNode {
     let hub = Arc::new(Hub::new());
     let namespaces = Arc::new(namespaces);
     let engine = RedisEngine::connect_with(
         &redis.url(),
         Arc::clone(&hub),
         Arc::clone(&namespaces),
-        options(),
+        options,
     )
     .await
     .expect("connect to the test redis");
@@ -139,7 +149,7 @@ fn sized(history_size: usize, ttl: Duration) -> Namespaces {
         ChannelOptions {
             history_size,
             history_ttl: ttl,
-            client_publish: false,
+            ..ChannelOptions::default()
         },
         Vec::new(),
     )
@@ -632,8 +642,13 @@ async fn outage_disconnects_then_nodes_recover() {
         "live delivery recovered"
     );
     // A subscriber that stayed in the hub through the outage (its transport
-    // would have closed it) was subscribed again by the reconnect.
-    assert_eq!(next_message(&mut sub).await.id, live);
+    // would have closed it) was subscribed again by the reconnect. Whether
+    // that happened before or after the first publish that worked is a race.
+    let mut got = next_message(&mut sub).await.id;
+    if got == after.message.id {
+        got = next_message(&mut sub).await.id;
+    }
+    assert_eq!(got, live);
     let page = b
         .engine
         .history(&c, Since::After(before))
@@ -720,4 +735,508 @@ async fn sweep_reconciles_subscriptions_the_hub_no_longer_needs() {
         (redis.followers("orphan").await == 0).then_some(())
     })
     .await;
+}
+
+// Cluster-wide state: presence, subscriber counts, user queues and
+// disconnects, single-use claims.
+
+/// Refreshes every 100 ms, expires after 600 ms: a node stops counting
+/// within 600 ms of its last refresh.
+const TEST_NODE_TTL: Duration = Duration::from_millis(600);
+
+fn fast_refresh() -> RedisOptions {
+    RedisOptions {
+        refresh_interval: Duration::from_millis(100),
+        node_ttl: TEST_NODE_TTL,
+        ..options()
+    }
+}
+
+/// Presence with join/leave notices everywhere, and a subscriber limit.
+fn cluster_namespaces() -> Namespaces {
+    Namespaces::new(
+        ChannelOptions {
+            presence: true,
+            join_leave: true,
+            max_subscribers: 100,
+            ..ChannelOptions::default()
+        },
+        Vec::new(),
+    )
+}
+
+/// Calls `sweep` every 50 ms, as a server does every second, until aborted
+/// (which is how a test "kills" a node: it stops refreshing).
+fn sweeping(engine: &Arc<RedisEngine>) -> tokio::task::JoinHandle<()> {
+    let engine = Arc::clone(engine);
+    tokio::spawn(async move {
+        loop {
+            engine.sweep(now_ms());
+            sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+fn client(user: &str, info: Option<serde_json::Value>) -> ClientInfo {
+    ClientInfo {
+        client: Arc::from(""),
+        user: Some(Arc::from(user)),
+        info: info.map(Arc::new),
+    }
+}
+
+fn users(entries: &[PresenceEntry]) -> Vec<String> {
+    let mut users: Vec<String> = entries
+        .iter()
+        .map(|e| e.user.as_deref().unwrap_or("-").to_owned())
+        .collect();
+    users.sort();
+    users
+}
+
+async fn presence_users(node: &TestNode, channel: &ChannelName) -> Vec<String> {
+    users(&node.engine.presence(channel).await.expect("presence"))
+}
+
+/// The next item, which must be a notice of `kind` about `user`.
+async fn expect_notice(sub: &mut Subscriber, kind: NoticeKind, user: &str) {
+    match next(sub).await {
+        Item::Notice(n) => {
+            assert_eq!(n.kind, kind);
+            let v: serde_json::Value = serde_json::from_slice(&n.json).expect("notice json");
+            assert_eq!(v[kind.as_str()]["user"], user, "{v}");
+        }
+        other => panic!("expected a {} notice, got {other:?}", kind.as_str()),
+    }
+}
+
+#[tokio::test]
+async fn presence_and_notices_span_nodes() {
+    let redis = RedisServer::start();
+    let a = node_with(&redis, cluster_namespaces()).await;
+    let b = node_with(&redis, cluster_namespaces()).await;
+    let room = ch("room:1");
+
+    let mut bob = b.node.subscriber_for(64, client("bob", None));
+    bob.subscribe(room.clone(), Since::Live)
+        .await
+        .expect("subscribe on b");
+    expect_notice(&mut bob, NoticeKind::Join, "bob").await;
+
+    let info = serde_json::json!({"name": "Ann", "id": 12345678901234567_u64});
+    let mut ann = a.node.subscriber_for(64, client("ann", Some(info.clone())));
+    ann.subscribe(room.clone(), Since::Live)
+        .await
+        .expect("subscribe on a");
+    expect_notice(&mut bob, NoticeKind::Join, "ann").await;
+    expect_notice(&mut ann, NoticeKind::Join, "ann").await;
+
+    // Both nodes see both connections, with what their tokens carried.
+    for node in [&a, &b] {
+        let entries = node.engine.presence(&room).await.expect("presence");
+        assert_eq!(users(&entries), ["ann", "bob"]);
+        let ann_entry = entries
+            .iter()
+            .find(|e| e.user.as_deref() == Some("ann"))
+            .expect("ann is present");
+        assert_eq!(ann_entry.info.as_deref(), Some(&info));
+        assert_eq!(ann_entry.client, ann.client().client);
+    }
+
+    // Connection ids are unique per node only (both are `c1`), yet each
+    // connection has its own entry.
+    assert_eq!(bob.client().client, ann.client().client);
+    let mut other = b.node.subscriber_for(64, client("cy", None));
+    other
+        .subscribe(room.clone(), Since::Live)
+        .await
+        .expect("subscribe");
+    expect_notice(&mut bob, NoticeKind::Join, "cy").await;
+    assert_eq!(presence_users(&a, &room).await, ["ann", "bob", "cy"]);
+    drop(other);
+    expect_notice(&mut bob, NoticeKind::Leave, "cy").await;
+
+    drop(ann);
+    expect_notice(&mut bob, NoticeKind::Leave, "ann").await;
+    eventually("ann to leave presence", || async {
+        (presence_users(&a, &room).await == ["bob"]).then_some(())
+    })
+    .await;
+
+    // A channel without presence keeps none and sends no notices.
+    let quiet = Namespaces::default();
+    let c = node_with(&redis, quiet).await;
+    let mut silent = c.node.subscriber_for(8, client("dee", None));
+    silent
+        .subscribe(room.clone(), Since::Live)
+        .await
+        .expect("subscribe on c");
+    assert_eq!(presence_users(&a, &room).await, ["bob"]);
+    assert!(silent.try_next().is_none());
+}
+
+#[tokio::test]
+async fn a_node_that_stops_refreshing_leaves_presence_within_node_ttl() {
+    let redis = RedisServer::start();
+    let a = node_with_options(&redis, cluster_namespaces(), fast_refresh()).await;
+    let b = node_with_options(&redis, cluster_namespaces(), fast_refresh()).await;
+    let room = ch("room:2");
+    let (a_sweeps, b_sweeps) = (sweeping(&a.engine), sweeping(&b.engine));
+
+    let mut ann = a.node.subscriber_for(64, client("ann", None));
+    ann.subscribe(room.clone(), Since::Live)
+        .await
+        .expect("subscribe on a");
+    let mut bob = b.node.subscriber_for(64, client("bob", None));
+    bob.subscribe(room.clone(), Since::Live)
+        .await
+        .expect("subscribe on b");
+    // Refreshed, the entries outlive several TTLs.
+    sleep(TEST_NODE_TTL * 3).await;
+    assert_eq!(presence_users(&b, &room).await, ["ann", "bob"]);
+
+    // Node a dies: its connections never leave, nothing refreshes them.
+    a_sweeps.abort();
+    let died = Instant::now();
+    eventually("ann to expire", || async {
+        (presence_users(&b, &room).await == ["bob"]).then_some(())
+    })
+    .await;
+    let took = died.elapsed();
+    assert!(
+        took <= TEST_NODE_TTL + Duration::from_millis(300),
+        "gone after {took:?}, the bound is {TEST_NODE_TTL:?}"
+    );
+    // The living node's entry stays.
+    sleep(TEST_NODE_TTL * 2).await;
+    assert_eq!(presence_users(&a, &room).await, ["bob"]);
+    b_sweeps.abort();
+    drop(ann);
+}
+
+#[tokio::test]
+async fn subscriber_count_sums_live_nodes() {
+    let redis = RedisServer::start();
+    let a = node_with_options(&redis, cluster_namespaces(), fast_refresh()).await;
+    let b = node_with_options(&redis, cluster_namespaces(), fast_refresh()).await;
+    let c = ch("capped");
+    let (a_sweeps, b_sweeps) = (sweeping(&a.engine), sweeping(&b.engine));
+    let count = |n: &TestNode| {
+        let engine = Arc::clone(&n.engine);
+        let c = c.clone();
+        async move { engine.subscriber_count(&c).await.expect("count") }
+    };
+    assert_eq!(count(&a).await, 0);
+
+    let mut on_a = Vec::new();
+    for _ in 0..2 {
+        let mut s = a.node.subscriber(8);
+        s.subscribe(c.clone(), Since::Live)
+            .await
+            .expect("subscribe");
+        on_a.push(s);
+    }
+    let mut on_b = b.node.subscriber(8);
+    on_b.subscribe(c.clone(), Since::Live)
+        .await
+        .expect("subscribe");
+    for node in [&a, &b] {
+        eventually("both nodes' subscribers to count", || async {
+            (count(node).await == 3).then_some(())
+        })
+        .await;
+    }
+
+    on_a.pop();
+    assert_eq!(count(&a).await, 2, "this node's own count is live");
+    eventually("b to see a's change", || async {
+        (count(&b).await == 2).then_some(())
+    })
+    .await;
+
+    // Node b dies without a word: its count expires.
+    b_sweeps.abort();
+    let died = Instant::now();
+    eventually("b's count to expire", || async {
+        (count(&a).await == 1).then_some(())
+    })
+    .await;
+    assert!(died.elapsed() <= TEST_NODE_TTL + Duration::from_millis(300));
+
+    // Back to life, it counts again.
+    let b_sweeps = sweeping(&b.engine);
+    eventually("b to count again", || async {
+        (count(&a).await == 2).then_some(())
+    })
+    .await;
+
+    // A node that shuts down withdraws its counts at once, before they expire.
+    b_sweeps.abort();
+    drop(on_b);
+    drop(b);
+    let stopped = Instant::now();
+    eventually("b's count to be withdrawn", || async {
+        (count(&a).await == 1).then_some(())
+    })
+    .await;
+    assert!(stopped.elapsed() < TEST_NODE_TTL / 2);
+    a_sweeps.abort();
+}
+
+#[tokio::test]
+async fn user_queue_holds_messages_until_the_user_subscribes() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let me = user_channel("42").expect("valid");
+
+    let mut sent = Vec::new();
+    for n in 0..3 {
+        let done = a
+            .engine
+            .publish_to_user(&me, text(&format!("m{n}")))
+            .await
+            .expect("publish to user");
+        assert!(done.queued, "nobody follows {me}");
+        assert_eq!(done.published.subscribers, 0);
+        sent.push(done.published.message);
+    }
+    let taken = b.engine.take_user_queue(&me).await.expect("take");
+    let ids: Vec<MessageId> = taken.iter().map(|m| m.id).collect();
+    assert_eq!(ids, sent.iter().map(|m| m.id).collect::<Vec<_>>());
+    for (got, want) in taken.iter().zip(&sent) {
+        assert_eq!((&got.payload, got.time_ms), (&want.payload, want.time_ms));
+        assert_eq!(got.channel, me);
+    }
+    assert!(b
+        .engine
+        .take_user_queue(&me)
+        .await
+        .expect("take")
+        .is_empty());
+    assert!(a
+        .engine
+        .take_user_queue(&me)
+        .await
+        .expect("take")
+        .is_empty());
+
+    // Queued while away, handed over on the next subscribe, on another node.
+    let away = a
+        .engine
+        .publish_to_user(&me, text("while away"))
+        .await
+        .expect("publish to user");
+    assert!(away.queued);
+    let mut sub = b.node.subscriber_for(8, client("42", None));
+    let done = sub
+        .subscribe(me.clone(), Since::Live)
+        .await
+        .expect("subscribe");
+    assert_eq!(done.replayed, 1);
+    assert_eq!(next_message(&mut sub).await.id, away.published.message.id);
+
+    // With the user connected on b, a publish from a is live, not queued.
+    let live = a
+        .engine
+        .publish_to_user(&me, text("live"))
+        .await
+        .expect("publish to user");
+    assert!(!live.queued);
+    assert_eq!(live.published.subscribers, 1);
+    assert_eq!(next_message(&mut sub).await.id, live.published.message.id);
+    assert!(b
+        .engine
+        .take_user_queue(&me)
+        .await
+        .expect("take")
+        .is_empty());
+}
+
+#[tokio::test]
+async fn user_queue_is_bounded_by_history_limits() {
+    let redis = RedisServer::start();
+    let a = node_with(&redis, sized(2, Duration::from_millis(300))).await;
+    let me = user_channel("7").expect("valid");
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let done = a
+            .engine
+            .publish_to_user(&me, text(&format!("m{n}")))
+            .await
+            .expect("publish to user");
+        ids.push(done.published.message.id);
+    }
+    let taken: Vec<MessageId> = a
+        .engine
+        .take_user_queue(&me)
+        .await
+        .expect("take")
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(taken, ids[1..], "the newest two");
+
+    a.engine
+        .publish_to_user(&me, text("stale"))
+        .await
+        .expect("publish to user");
+    sleep(Duration::from_millis(400)).await;
+    assert!(
+        a.engine
+            .take_user_queue(&me)
+            .await
+            .expect("take")
+            .is_empty(),
+        "older than the history TTL"
+    );
+
+    let none = node_with(&redis, sized(0, Duration::from_secs(60))).await;
+    let done = none
+        .engine
+        .publish_to_user(&me, text("kept nowhere"))
+        .await
+        .expect("publish to user");
+    assert!(!done.queued, "a zero history size queues nothing");
+}
+
+#[tokio::test]
+async fn disconnect_user_closes_connections_on_every_node() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut on_b = b.node.subscriber_for(8, client("7", None));
+    let mut also_on_a = a.node.subscriber_for(8, client("7", None));
+    let mut bystander = b.node.subscriber_for(8, client("8", None));
+    on_b.subscribe(ch("news"), Since::Live)
+        .await
+        .expect("subscribe");
+
+    let user = user_channel("7").expect("valid");
+    a.engine
+        .disconnect_user(&user, TOKEN_EXPIRED)
+        .await
+        .expect("disconnect");
+    for sub in [&mut on_b, &mut also_on_a] {
+        assert!(
+            matches!(next(sub).await, Item::Disconnect(d) if d == TOKEN_EXPIRED),
+            "the code travels"
+        );
+    }
+    b.engine
+        .disconnect_user(&user, FORCED)
+        .await
+        .expect("disconnect");
+    assert!(matches!(next(&mut on_b).await, Item::Disconnect(d) if d == FORCED));
+    assert!(bystander.try_next().is_none(), "other users stay");
+}
+
+#[tokio::test]
+async fn claim_once_has_one_winner_across_nodes() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    assert!(a
+        .engine
+        .claim_once("ticket-1", 60_000)
+        .await
+        .expect("claim"));
+    assert!(!b
+        .engine
+        .claim_once("ticket-1", 60_000)
+        .await
+        .expect("claim"));
+    assert!(!a
+        .engine
+        .claim_once("ticket-1", 60_000)
+        .await
+        .expect("claim"));
+    assert!(b
+        .engine
+        .claim_once("ticket-2", 60_000)
+        .await
+        .expect("claim"));
+
+    assert!(a.engine.claim_once("brief", 100).await.expect("claim"));
+    eventually("the claim to expire", || async {
+        b.engine
+            .claim_once("brief", 100)
+            .await
+            .expect("claim")
+            .then_some(())
+    })
+    .await;
+    assert!(a.engine.claim_once("zero", 0).await.expect("claim"));
+}
+
+#[tokio::test]
+async fn remove_drops_presence_and_queue() {
+    let redis = RedisServer::start();
+    let (a, b) = (
+        node_with(&redis, cluster_namespaces()).await,
+        node_with(&redis, cluster_namespaces()).await,
+    );
+    let room = ch("room:3");
+    let mut ann = b.node.subscriber_for(8, client("ann", None));
+    ann.subscribe(room.clone(), Since::Live)
+        .await
+        .expect("subscribe");
+    expect_notice(&mut ann, NoticeKind::Join, "ann").await;
+    let me = user_channel("9").expect("valid");
+    a.engine
+        .publish_to_user(&me, text("queued"))
+        .await
+        .expect("publish to user");
+
+    a.engine.remove(&room).await.expect("remove");
+    assert!(matches!(next(&mut ann).await, Item::Closed(c, _) if c == room));
+    assert!(presence_users(&a, &room).await.is_empty());
+    // Node b forgot the entry too: its refreshes do not bring it back.
+    b.engine.sweep(now_ms());
+    sleep(Duration::from_millis(200)).await;
+    assert!(presence_users(&a, &room).await.is_empty());
+
+    a.engine.remove(&me).await.expect("remove");
+    assert!(b
+        .engine
+        .take_user_queue(&me)
+        .await
+        .expect("take")
+        .is_empty());
+}
+
+#[tokio::test]
+async fn cluster_calls_fail_fast_without_redis() {
+    let mut redis = RedisServer::start();
+    let a = node_with(&redis, cluster_namespaces()).await;
+    let room = ch("room:4");
+    let mut ann = a.node.subscriber_for(8, client("ann", None));
+    ann.subscribe(room.clone(), Since::Live)
+        .await
+        .expect("subscribe");
+    redis.kill();
+    let started = Instant::now();
+    let user = user_channel("1").expect("valid");
+    let results = [
+        a.engine.subscriber_count(&room).await.err(),
+        a.engine.presence(&room).await.err(),
+        a.engine.publish_to_user(&user, text("x")).await.err(),
+        a.engine.take_user_queue(&user).await.err(),
+        a.engine.disconnect_user(&user, FORCED).await.err(),
+        a.engine.claim_once("k", 1_000).await.err(),
+        a.engine
+            .presence_join(&room, &client("bob", None), true)
+            .await
+            .err(),
+    ];
+    for (n, err) in results.into_iter().enumerate() {
+        assert!(
+            matches!(err, Some(EngineError::Unavailable(_))),
+            "call {n}: {err:?}"
+        );
+    }
+    // Leaving and sweeping never block, even now.
+    drop(ann);
+    a.engine.sweep(now_ms());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "each call is bounded"
+    );
 }

@@ -1,0 +1,291 @@
+//! The node's background Redis work: what must not block its caller
+//! (presence leaves, which run when a connection ends) and the rewrites that
+//! keep this node's presence entries and subscriber counts from expiring
+//! (see the `presence` module).
+//!
+//! One task serves one bounded queue of [`UPKEEP_QUEUE`] jobs. Overflow
+//! policy: a leave that finds the queue full is dropped with a warning; its
+//! entry is already out of the local table, so nothing rewrites it and it
+//! still leaves Redis within `node_ttl`, only without a leave notice. A sweep
+//! is queued only when none is waiting (one is as good as many).
+//!
+//! Jobs run in queue order, which is what keeps a refresh from bringing back
+//! an entry that left: the refresh reads the local table when it runs, and a
+//! leave removed its entry from that table before queuing its `HDEL`, so the
+//! `HDEL` runs after any refresh that still saw the entry. Consecutive leaves
+//! touch distinct fields and run concurrently (pipelined on the shared
+//! connection); a sweep waits for them.
+//!
+//! Each sweep also compares this node's local subscriber count of every
+//! channel with a `max_subscribers` limit against what it last wrote, and
+//! writes the ones that changed (or are due for a refresh). When the engine
+//! is dropped the task drains the queue, deletes its counts and ends.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use herald_core::hub::Hub;
+use herald_core::namespace::Namespaces;
+use herald_core::ChannelName;
+use redis::aio::ConnectionManager;
+use redis::Value;
+use tokio::sync::mpsc;
+
+use crate::engine::{bounded, UNLIMITED};
+use crate::keys::Keys;
+use crate::options::RedisOptions;
+use crate::presence::{LocalPresence, Stored};
+use crate::script::Scripts;
+
+/// Jobs waiting for the upkeep task at most.
+pub const UPKEEP_QUEUE: usize = 16_384;
+/// Leaves taken from the queue and run together at most.
+const LEAVE_BATCH: usize = 512;
+/// Redis calls one upkeep step has in flight at most.
+const IN_FLIGHT: usize = 64;
+/// Entries rewritten per refresh script call at most.
+const REFRESH_CHUNK: usize = 500;
+
+pub enum Job {
+    Leave(Leave),
+    /// Rewrite what is due (see the module docs).
+    Sweep {
+        now_ms: u64,
+    },
+}
+
+/// Delete one presence entry and, with a notice frame, publish the notice.
+pub struct Leave {
+    pub channel: ChannelName,
+    pub field: String,
+    pub notice: Option<Vec<u8>>,
+}
+
+/// What the task needs besides its queue.
+pub struct Upkeep {
+    pub conn: ConnectionManager,
+    pub keys: Keys,
+    pub scripts: Arc<Scripts>,
+    pub hub: Arc<Hub>,
+    pub namespaces: Arc<Namespaces>,
+    pub presence: Arc<LocalPresence>,
+    pub options: RedisOptions,
+    /// True while a sweep waits in the queue; the engine queues another only
+    /// when this is false.
+    pub sweep_queued: Arc<AtomicBool>,
+}
+
+/// A subscriber count this node wrote.
+struct Reported {
+    count: usize,
+    at_ms: u64,
+}
+
+/// The task's own memory between sweeps.
+#[derive(Default)]
+struct Written {
+    /// When presence was last rewritten completely.
+    presence_ms: Option<u64>,
+    counts: HashMap<ChannelName, Reported>,
+}
+
+impl Upkeep {
+    pub async fn run(self, mut queue: mpsc::Receiver<Job>) {
+        let mut written = Written::default();
+        let mut held = None;
+        loop {
+            let job = match held.take() {
+                Some(job) => job,
+                None => match queue.recv().await {
+                    Some(job) => job,
+                    None => break,
+                },
+            };
+            match job {
+                Job::Sweep { now_ms } => {
+                    self.sweep_queued.store(false, Ordering::Release);
+                    self.sweep(&mut written, now_ms).await;
+                }
+                Job::Leave(leave) => {
+                    let mut leaves = vec![leave];
+                    while leaves.len() < LEAVE_BATCH {
+                        match queue.try_recv() {
+                            Ok(Job::Leave(leave)) => leaves.push(leave),
+                            Ok(other) => {
+                                held = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.leave(leaves).await;
+                }
+            }
+        }
+        // The engine is gone: this node's counts no longer hold.
+        let gone: Vec<_> = written.counts.into_keys().map(|c| (c, 0)).collect();
+        self.write_counts(gone).await;
+    }
+
+    /// Runs leaves concurrently; failures are logged once per batch (an
+    /// outage ends many connections at once).
+    async fn leave(&self, leaves: Vec<Leave>) {
+        let total = leaves.len();
+        let failed = futures_util::stream::iter(leaves)
+            .map(|leave| async move {
+                let mut conn = self.conn.clone();
+                let mut invocation = self.scripts.presence_leave.prepare_invoke();
+                invocation
+                    .key(self.keys.presence(&leave.channel))
+                    .arg(leave.field)
+                    .arg(self.keys.live(&leave.channel))
+                    .arg(leave.notice.unwrap_or_default());
+                bounded(
+                    self.options.timeout,
+                    invocation.invoke_async::<Value>(&mut conn),
+                )
+                .await
+                .err()
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .filter_map(std::future::ready)
+            .collect::<Vec<_>>()
+            .await;
+        if let Some(e) = failed.first() {
+            tracing::warn!(
+                error = %e,
+                failed = failed.len(),
+                total,
+                "presence leaves failed; their entries expire from redis within node_ttl"
+            );
+        }
+    }
+
+    async fn sweep(&self, written: &mut Written, now_ms: u64) {
+        let interval = millis(self.options.refresh_interval);
+        let due = |at: u64| now_ms < at || now_ms - at >= interval;
+        if written.presence_ms.is_none_or(due) && self.refresh_presence().await {
+            written.presence_ms = Some(now_ms);
+        }
+
+        let mut counts: HashMap<ChannelName, usize> = self
+            .hub
+            .channels()
+            .into_iter()
+            .filter(|c| self.namespaces.options(c.as_str()).max_subscribers > 0)
+            .map(|c| {
+                let n = self.hub.count(&c);
+                (c, n)
+            })
+            .collect();
+        for channel in written.counts.keys() {
+            counts.entry(channel.clone()).or_insert(0);
+        }
+        let changed: Vec<(ChannelName, usize)> = counts
+            .into_iter()
+            .filter(|(c, n)| match written.counts.get(c) {
+                Some(r) => r.count != *n || due(r.at_ms),
+                None => *n > 0,
+            })
+            .collect();
+        for (channel, count) in self.write_counts(changed).await {
+            if count == 0 {
+                written.counts.remove(&channel);
+            } else {
+                written.counts.insert(
+                    channel,
+                    Reported {
+                        count,
+                        at_ms: now_ms,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Rewrites every local entry with a fresh expiry. True if all of it
+    /// reached Redis; otherwise the next sweep tries again.
+    async fn refresh_presence(&self) -> bool {
+        let ttl = millis(self.options.node_ttl);
+        let batches: Vec<(ChannelName, Vec<Stored>)> = self
+            .presence
+            .snapshot()
+            .into_iter()
+            .flat_map(|(channel, entries)| {
+                entries
+                    .chunks(REFRESH_CHUNK)
+                    .map(|chunk| (channel.clone(), chunk.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let failed = futures_util::stream::iter(batches)
+            .map(|(channel, entries)| async move {
+                let mut conn = self.conn.clone();
+                let mut invocation = self.scripts.presence_refresh.prepare_invoke();
+                invocation.key(self.keys.presence(&channel)).arg(ttl);
+                for e in &entries {
+                    invocation.arg(&e.field).arg(&e.tail);
+                }
+                bounded(
+                    self.options.timeout,
+                    invocation.invoke_async::<Value>(&mut conn),
+                )
+                .await
+                .err()
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .filter_map(std::future::ready)
+            .collect::<Vec<_>>()
+            .await;
+        if let Some(e) = failed.first() {
+            tracing::warn!(
+                error = %e,
+                failed = failed.len(),
+                "presence refresh failed; retrying at the next sweep"
+            );
+        }
+        failed.is_empty()
+    }
+
+    /// Writes counts (zero deletes); returns those that reached Redis.
+    async fn write_counts(&self, counts: Vec<(ChannelName, usize)>) -> Vec<(ChannelName, usize)> {
+        let ttl = millis(self.options.node_ttl);
+        let node = self.presence.node();
+        futures_util::stream::iter(counts)
+            .map(|(channel, count)| async move {
+                let mut conn = self.conn.clone();
+                let mut invocation = self.scripts.subs_write.prepare_invoke();
+                invocation
+                    .key(self.keys.subs(&channel))
+                    .arg(&**node)
+                    .arg(count)
+                    .arg(ttl);
+                match bounded(
+                    self.options.timeout,
+                    invocation.invoke_async::<Value>(&mut conn),
+                )
+                .await
+                {
+                    Ok(_) => Some((channel, count)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, %channel, "subscriber count write failed");
+                        None
+                    }
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .filter_map(std::future::ready)
+            .collect()
+            .await
+    }
+}
+
+/// A duration in whole milliseconds, at least 1 (Redis rejects a zero
+/// expiry) and at most what Lua and Redis expiries take exactly.
+pub fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis())
+        .unwrap_or(UNLIMITED)
+        .clamp(1, UNLIMITED)
+}
