@@ -217,6 +217,9 @@ impl Subscriber {
             }
         }
         let mut position = match since {
+            // After a gap the resume id is lost or not ours: the position is
+            // what the channel holds now, never the id we could not honour.
+            Since::After(_) if page.gap => page.last_id,
             Since::After(id) => Some(id),
             Since::Earliest => None,
             Since::Live => page.last_id,
@@ -367,5 +370,94 @@ impl Drop for Subscriber {
             self.leave_presence(channel);
         }
         self.node.hub.forget(&self.outbox);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Payload;
+    use bytes::Bytes;
+
+    fn node() -> Node {
+        Node::memory(Namespaces::default())
+    }
+
+    async fn publish(node: &Node, channel: &ChannelName, text: &'static str) -> MessageId {
+        node.engine
+            .publish(
+                channel,
+                Payload::from_bytes(Bytes::from_static(text.as_bytes())),
+            )
+            .await
+            .expect("publish")
+            .message
+            .id
+    }
+
+    fn expect_message(item: Item) -> Arc<Message> {
+        match item {
+            Item::Message(m) => m,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn resume_then_live_without_loss_or_duplicates() {
+        let node = node();
+        let ch = ChannelName::new("news").expect("valid");
+        let first = publish(&node, &ch, "1").await;
+        let second = publish(&node, &ch, "2").await;
+        let mut sub = node.subscriber(16);
+        let done = sub
+            .subscribe(ch.clone(), Since::After(first))
+            .await
+            .expect("subscribe");
+        assert!(!done.gap);
+        assert_eq!(done.replayed, 1);
+        assert_eq!(done.position, Some(second));
+        let third = publish(&node, &ch, "3").await;
+        assert_eq!(expect_message(sub.next().await).id, second);
+        assert_eq!(expect_message(sub.next().await).id, third);
+        assert!(sub.try_next().is_none(), "nothing twice");
+    }
+
+    #[tokio::test]
+    async fn a_gap_never_leaves_the_position_on_the_lost_id() {
+        let node = node();
+        let ch = ChannelName::new("news").expect("valid");
+        let mut sub = node.subscriber(16);
+        let lost = MessageId::new(1, 1);
+        let done = sub
+            .subscribe(ch.clone(), Since::After(lost))
+            .await
+            .expect("subscribe");
+        assert!(done.gap);
+        assert_eq!(done.position, None, "an empty channel has no position");
+        assert!(matches!(sub.next().await, Item::Gap(c) if c == ch));
+        // A far-future id must not swallow the live messages that follow.
+        let mut other = node.subscriber(16);
+        let future = MessageId::new(u64::MAX, 0);
+        other
+            .subscribe(ch.clone(), Since::After(future))
+            .await
+            .expect("subscribe");
+        let id = publish(&node, &ch, "x").await;
+        assert!(matches!(other.next().await, Item::Gap(_)));
+        assert_eq!(expect_message(other.next().await).id, id);
+    }
+
+    #[tokio::test]
+    async fn dropping_a_subscriber_frees_its_channels() {
+        let node = node();
+        let ch = ChannelName::new("news").expect("valid");
+        let mut sub = node.subscriber(4);
+        sub.subscribe(ch.clone(), Since::Live)
+            .await
+            .expect("subscribe");
+        assert_eq!(node.hub.count(&ch), 1);
+        drop(sub);
+        assert_eq!(node.hub.count(&ch), 0);
+        assert_eq!(node.hub.channel_count(), 0);
     }
 }

@@ -64,7 +64,10 @@ pub fn router(state: AppState) -> Router {
             "/connection/longpoll/{id}",
             get(session::http::longpoll_poll),
         )
-        .route("/connection/{id}", post(session::http::send))
+        .route(
+            "/connection/{id}",
+            post(session::http::send).delete(session::http::end),
+        )
         .route("/", get(statics::demo))
         .route("/herald.js", get(statics::client))
         .route("/herald.d.ts", get(statics::types))

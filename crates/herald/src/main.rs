@@ -77,7 +77,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -96,7 +96,11 @@ fn serve(config: Config) -> anyhow::Result<()> {
             .context("serving")?;
         tracing::info!("stopped");
         Ok(())
-    })
+    });
+    // Tasks still running (connections past the grace period) are dropped
+    // here; never wait on them.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }
 
 /// The node for the configured engine.

@@ -52,6 +52,8 @@ pub struct Registry {
 struct Handle {
     commands: mpsc::Sender<Bytes>,
     poll: Option<Arc<PollBox>>,
+    /// Cancelled by `DELETE /connection/{id}`: the client ends the session.
+    ended: tokio_util::sync::CancellationToken,
 }
 
 impl Registry {
@@ -195,8 +197,9 @@ async fn drive(
     mut commands: mpsc::Receiver<Bytes>,
     mut down: Down,
     slot: crate::limits::ConnectionGuard,
+    ended: tokio_util::sync::CancellationToken,
 ) {
-    let end = drive_loop(&state, &mut session, &mut commands, &mut down).await;
+    let end = drive_loop(&state, &mut session, &mut commands, &mut down, &ended).await;
     finish(&state, &id, &down, end).await;
     session.ended();
     drop(slot);
@@ -207,6 +210,7 @@ async fn drive_loop(
     session: &mut Session,
     commands: &mut mpsc::Receiver<Bytes>,
     down: &mut Down,
+    ended: &tokio_util::sync::CancellationToken,
 ) -> Option<Disconnect> {
     let idle_limit = state.config.poll_timeout_max * 2 + Duration::from_secs(10);
     let mut heartbeat = heartbeat_interval(state.config.heartbeat);
@@ -215,6 +219,7 @@ async fn drive_loop(
             biased;
             () = state.shutdown.cancelled() => break Some(SHUTDOWN),
             () = down.closed() => break None,
+            () = ended.cancelled() => break None,
             Some(command) = commands.recv() => {
                 if let Some(reply) = session.handle(&command).await {
                     if let Err(why) = down.send(state, reply, None).await {
@@ -318,6 +323,7 @@ async fn open_stream(
     identity: crate::token::Identity,
 ) -> Response {
     let id = random_id();
+    let ended = tokio_util::sync::CancellationToken::new();
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (body_tx, body_rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
     state.sessions.insert(
@@ -325,6 +331,7 @@ async fn open_stream(
         Handle {
             commands: commands_tx,
             poll: None,
+            ended: ended.clone(),
         },
     );
     // The first chunks fit in the fresh queue, so these never wait.
@@ -343,6 +350,7 @@ async fn open_stream(
         commands_rx,
         Down::Stream(body_tx, framing),
         slot,
+        ended,
     ));
     let stream = futures_util::stream::unfold(body_rx, |mut rx| async move {
         rx.recv()
@@ -405,6 +413,7 @@ pub async fn longpoll_open(
 ) -> Result<Response, ApiError> {
     let (slot, identity) = admit(&state, peer, &headers, query.ticket.as_deref()).await?;
     let id = random_id();
+    let ended = tokio_util::sync::CancellationToken::new();
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let pollbox = Arc::new(PollBox {
         frames: Mutex::new(VecDeque::new()),
@@ -417,6 +426,7 @@ pub async fn longpoll_open(
         Handle {
             commands: commands_tx,
             poll: Some(Arc::clone(&pollbox)),
+            ended: ended.clone(),
         },
     );
     let session = Session::new(state.clone(), id.clone(), identity);
@@ -429,6 +439,7 @@ pub async fn longpoll_open(
         commands_rx,
         Down::Poll(pollbox, cap),
         slot,
+        ended,
     ));
     Ok(json_response(StatusCode::CREATED, reply))
 }
@@ -544,4 +555,19 @@ pub async fn send(
         })?;
     }
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": count }))).into_response())
+}
+
+/// `DELETE /connection/{id}`: the client ends its session now (instead of
+/// leaving it to time out).
+pub async fn end(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Ok(Path(id)) = path else {
+        return Err(session_not_found());
+    };
+    let handle = state.sessions.get(&id).ok_or_else(session_not_found)?;
+    handle.ended.cancel();
+    state.sessions.remove(&id);
+    Ok(Json(json!({ "ended": true })).into_response())
 }

@@ -1,0 +1,187 @@
+// Type declarations for herald.js, the JavaScript client of Herald's
+// session protocol (docs/session-protocol.md).
+
+/** Transport names, in the default fallback order (plus "stream", the NDJSON variant of "sse"). */
+export type TransportName = "websocket" | "sse" | "stream" | "longpoll" | "iframe";
+
+export type ConnectionState = "connecting" | "connected" | "disconnected";
+
+export type SubscriptionState = "subscribing" | "subscribed" | "unsubscribed" | "failed";
+
+/** A message id, `MS-SEQ`: two decimal integers, ordered as the pair. */
+export type MessageId = string;
+
+/** Where a subscription starts: after a message id, or at the oldest retained message. */
+export type Since = MessageId | "earliest";
+
+/** The core envelope, as pushed by the server. */
+export interface Message<T = unknown> {
+  channel: string;
+  id: MessageId;
+  data: T;
+  /** "base64" when `data` is a base64 string of binary bytes. */
+  encoding?: "base64";
+}
+
+export interface HeraldOptions {
+  /** Sent in `connect`; a function is called on every (re)connect. */
+  token?: string | (() => string | Promise<string>);
+  /** Transports to try, in order. Default ["websocket", "sse", "longpoll", "iframe"]. Those the environment lacks are skipped. */
+  transports?: TransportName[];
+  /** How long a transport may take to deliver the `connect` reply (its first frame) before the next one is tried, ms. Default 5000. */
+  handshakeTimeout?: number;
+  /** Default time limit for `publish` / `history`, from the call (including time spent queued), ms. Default 10000. */
+  timeout?: number;
+  /** First reconnect delay, ms (jittered to [d/2, d], doubled per failed attempt). Default 500. */
+  minReconnectDelay?: number;
+  /** Cap on the reconnect delay, ms. Default 20000. */
+  maxReconnectDelay?: number;
+  /** A connection that stayed up this long resets the backoff, ms. Default 5000. */
+  stableAfter?: number;
+  /** Connected over a fallback, probe the transports before it after this long (then back off to 16×), and move up when one answers, ms. 0 disables. Default 30000. */
+  upgradeAfter?: number;
+  /** Extra silence tolerated beyond 2 × the server's ping interval before the connection counts as dead, ms. Default 5000. */
+  pingSlack?: number;
+  /** Long-poll `timeout` query parameter, seconds. Default 25. */
+  pollTimeout?: number;
+  /** Most `publish` / `history` commands queued or awaiting a reply; more are rejected with `queue_full`. Default 256. */
+  maxQueue?: number;
+  /** Most commands per upstream POST on HTTP transports. Default 64. */
+  maxBatch?: number;
+  /** Send cookies cross-origin (EventSource withCredentials, fetch credentials: "include"). Default false. */
+  withCredentials?: boolean;
+  /** Start connecting at construction. Default true; otherwise call `connect()`. */
+  autoConnect?: boolean;
+  /** Log to console.debug. Default false. */
+  debug?: boolean;
+  /** A WebSocket constructor, e.g. `(await import("ws")).WebSocket` in Node 20. Default: globalThis.WebSocket. */
+  WebSocket?: unknown;
+  /** An EventSource constructor. Default: globalThis.EventSource; without one, "sse" runs as the NDJSON stream. */
+  EventSource?: unknown;
+  /** A fetch function. Default: globalThis.fetch. */
+  fetch?: typeof fetch;
+}
+
+/** Error with a machine-readable code: the server's (`forbidden`, `invalid_channel`, ...) or the client's own (`timeout`, `queue_full`, `connection_lost`, `closed`, `disconnected`, `no_transport`, `already_subscribed`). */
+export class HeraldError extends Error {
+  constructor(code: string, message?: string, details?: unknown);
+  code: string;
+  details?: unknown;
+}
+
+export interface DisconnectInfo {
+  code: number | string | null;
+  reason: string;
+  reconnect: boolean;
+}
+
+export interface ConnectInfo {
+  client: string | null;
+  version: string | null;
+  /** The server's ping interval, seconds. */
+  ping: number;
+  transport: TransportName;
+}
+
+export interface SubscribedInfo {
+  channel: string;
+  position: MessageId | null;
+  gap: boolean;
+  replayed: number;
+}
+
+export interface GapInfo {
+  channel: string;
+  /** "subscribe": the subscribe reply said gap; "push": a gap notice arrived. */
+  source: "subscribe" | "push";
+}
+
+export interface UnsubscribedInfo {
+  channel: string;
+  code: number | null;
+  reason: string;
+  /** true: the client resubscribes by itself; false: the subscription has ended. */
+  reconnect: boolean;
+}
+
+export interface PublishReply {
+  channel: string;
+  id: MessageId;
+}
+
+export interface HistoryReply<T = unknown> {
+  channel: string;
+  messages: Message<T>[];
+  gap: boolean;
+  last_id: MessageId | null;
+}
+
+export class Emitter<Events extends Record<string, unknown[]>> {
+  on<E extends keyof Events>(event: E, listener: (...args: Events[E]) => void): this;
+  off<E extends keyof Events>(event: E, listener: (...args: Events[E]) => void): this;
+  once<E extends keyof Events>(event: E, listener: (...args: Events[E]) => void): this;
+}
+
+export interface SubscriptionEvents {
+  message: [Message];
+  subscribed: [SubscribedInfo];
+  gap: [GapInfo];
+  error: [HeraldError];
+  unsubscribed: [UnsubscribedInfo];
+  [event: string]: unknown[];
+}
+
+export class Subscription<T = unknown> extends Emitter<SubscriptionEvents> {
+  readonly channel: string;
+  readonly state: SubscriptionState;
+  /** Id of the last message delivered (messages not newer than it are dropped). */
+  readonly lastId: MessageId | null;
+  /** `position` from the latest subscribe reply. */
+  readonly position: MessageId | null;
+  /** The `since` the next (re)subscribe will send. */
+  readonly since: Since | undefined;
+  unsubscribe(): void;
+}
+
+export interface HeraldEvents {
+  state: [ConnectionState];
+  transport: [TransportName];
+  connect: [ConnectInfo];
+  disconnect: [DisconnectInfo];
+  error: [HeraldError];
+  [event: string]: unknown[];
+}
+
+export class Herald extends Emitter<HeraldEvents> {
+  constructor(url: string, options?: HeraldOptions);
+  /** The base URL, without a trailing slash. */
+  readonly url: string;
+  readonly state: ConnectionState;
+  /** The transport of the connected session, or null while not connected. */
+  readonly transport: TransportName | null;
+  /** The server's id for this connection, or null. */
+  readonly clientId: string | null;
+  /** Transports this client tries, in order. */
+  readonly transports: TransportName[];
+  readonly subscriptions: Map<string, Subscription>;
+  subscribe<T = unknown>(channel: string, callback?: (message: Message<T>) => void, options?: { since?: Since }): Subscription<T>;
+  publish(channel: string, data: unknown, options?: { timeout?: number }): Promise<PublishReply>;
+  history<T = unknown>(channel: string, options?: { since?: Since; timeout?: number }): Promise<HistoryReply<T>>;
+  /** Starts connecting again after close() or a final disconnect. */
+  connect(): void;
+  /** Closes and stops reconnecting; subscriptions are kept for a later connect(). */
+  close(): void;
+}
+
+export const DEFAULT_TRANSPORTS: readonly TransportName[];
+export const TRANSPORT_NAMES: readonly TransportName[];
+export const DEFAULT_OPTIONS: Readonly<Required<Omit<HeraldOptions, "WebSocket" | "EventSource" | "fetch" | "token">>> & { token: undefined };
+export const CONNECTING: "connecting";
+export const CONNECTED: "connected";
+export const DISCONNECTED: "disconnected";
+/** -1, 0 or 1 ordering two ids as integer pairs; null when either is not an id. */
+export function compareIds(a: string, b: string): -1 | 0 | 1 | null;
+export function isMessageId(id: unknown): id is MessageId;
+/** Reconnect delay for attempt number `attempt` (0-based), ms. */
+export function backoffDelay(attempt: number, min: number, max: number, random?: () => number): number;
+export default Herald;

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The JavaScript client's whole test suite, in one command:
+#   1. installs the dev dependencies (playwright-core, ws) if node_modules is missing;
+#   2. unit tests: node --test test/unit/ (a fake in-process server);
+#   3. end-to-end tests: the real herald binary (HERALD_BIN, default
+#      ../../target/debug/herald relative to clients/js), driven from Node 20
+#      with `ws` and from headless Chromium (/usr/bin/chromium, or CHROMIUM_BIN).
+# Ends with one line "js: N passed, N failed".
+set -euo pipefail
+# A HERALD_BIN given by the caller is relative to the caller's directory.
+if [ -n "${HERALD_BIN:-}" ] && [ -e "$HERALD_BIN" ]; then
+  HERALD_BIN="$(cd "$(dirname "$HERALD_BIN")" && pwd)/$(basename "$HERALD_BIN")"
+fi
+cd "$(dirname "$0")/.."
+
+if [ ! -d node_modules ]; then
+  npm ci --no-audit --no-fund || npm install --no-audit --no-fund
+fi
+
+export HERALD_BIN="${HERALD_BIN:-../../target/debug/herald}"
+CHROMIUM_BIN="${CHROMIUM_BIN:-/usr/bin/chromium}"
+if [ ! -x "$HERALD_BIN" ]; then
+  echo "run.sh: no herald binary at $HERALD_BIN (run: cargo build -p herald, or set HERALD_BIN)" >&2
+  exit 1
+fi
+if [ ! -x "$CHROMIUM_BIN" ]; then
+  echo "run.sh: no Chromium at $CHROMIUM_BIN (run: apt-get install -y chromium, or set CHROMIUM_BIN)" >&2
+  exit 1
+fi
+
+tap="$(mktemp -d)"
+trap 'rm -rf "$tap"' EXIT
+status=0
+
+# Each test has its own bounded waits; --test-timeout is the backstop.
+run() {
+  local name="$1"
+  shift
+  echo "== $name"
+  node --test --test-timeout=120000 \
+    --test-reporter=spec --test-reporter-destination=stdout \
+    --test-reporter=tap --test-reporter-destination="$tap/$name.tap" \
+    "$@" || status=1
+}
+
+run unit test/unit/
+run e2e test/e2e/
+
+count() { cat "$tap"/*.tap 2>/dev/null | awk -v k="$1" '$1 == "#" && $2 == k { n += $3 } END { print n + 0 }'; }
+passed=$(count pass)
+failed=$(count fail)
+if [ "$status" -ne 0 ] && [ "${failed:-0}" -eq 0 ]; then failed=1; fi
+echo "js: ${passed:-0} passed, ${failed:-0} failed"
+exit "$status"
