@@ -134,7 +134,9 @@ pub struct Subscriber {
     client: ClientInfo,
     /// When the connection's token expires; `next` yields
     /// [`TOKEN_EXPIRED`] then.
-    deadline: Option<tokio::time::Instant>,
+    /// (Boxed: most connections have none, and a timer inline would make
+    /// every connection's future larger.)
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Subscriber {
@@ -158,7 +160,7 @@ impl Subscriber {
 
     /// Ends the connection with [`TOKEN_EXPIRED`] at `deadline` (None: never).
     pub fn set_deadline(&mut self, deadline: Option<tokio::time::Instant>) {
-        self.deadline = deadline;
+        self.deadline = deadline.map(|at| Box::pin(tokio::time::sleep_until(at)));
     }
 
     pub fn channels(&self) -> impl Iterator<Item = &ChannelName> {
@@ -295,11 +297,11 @@ impl Subscriber {
             if let Some(item) = self.take_ready() {
                 return item;
             }
-            let event = match self.deadline {
+            let event = match self.deadline.as_mut() {
                 None => self.rx.recv().await,
                 Some(deadline) => tokio::select! {
                     event = self.rx.recv() => event,
-                    () = tokio::time::sleep_until(deadline) => {
+                    () = deadline.as_mut() => {
                         self.deadline = None;
                         return Item::Disconnect(TOKEN_EXPIRED);
                     }

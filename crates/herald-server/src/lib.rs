@@ -157,6 +157,10 @@ pub async fn run_with_node(
     tokio::spawn(signal);
 
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    // Pushes are small and latency matters: no Nagle delay.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
     let serving = tokio::spawn(async move { server.await });
 

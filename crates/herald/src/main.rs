@@ -78,8 +78,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     let result = runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
+        let listener = bind(config.listen)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         if config.api_keys.is_empty() {
@@ -101,6 +100,21 @@ fn serve(config: Config) -> anyhow::Result<()> {
     // here; never wait on them.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     result
+}
+
+/// Pending connections the kernel queues before `accept`: connection bursts
+/// (a deploy, a reconnect storm) must not be dropped into SYN retries.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// The node for the configured engine.

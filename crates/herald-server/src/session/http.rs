@@ -214,10 +214,13 @@ async fn drive_loop(
 ) -> Option<Disconnect> {
     let idle_limit = state.config.poll_timeout_max * 2 + Duration::from_secs(10);
     let mut heartbeat = heartbeat_interval(state.config.heartbeat);
+    // Registered once, not on every wake-up (10k connections share this token).
+    let shutdown = state.shutdown.cancelled();
+    tokio::pin!(shutdown);
     let end: Option<Disconnect> = loop {
         tokio::select! {
             biased;
-            () = state.shutdown.cancelled() => break Some(SHUTDOWN),
+            () = &mut shutdown => break Some(SHUTDOWN),
             () = down.closed() => break None,
             () = ended.cancelled() => break None,
             Some(command) = commands.recv() => {

@@ -1,16 +1,14 @@
 //! The session over WebSocket: `GET /connection/websocket`.
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use bytes::Bytes;
 use futures_util::SinkExt;
-use herald_core::disconnect::{
-    Disconnect, BAD_REQUEST, HEARTBEAT_TIMEOUT, MESSAGE_TOO_BIG, SHUTDOWN, WRITE_TIMEOUT,
-};
+use herald_core::disconnect::{BAD_REQUEST, HEARTBEAT_TIMEOUT, MESSAGE_TOO_BIG, SHUTDOWN};
 
 use super::{disconnect_frame, random_id, Push, Session, PING};
 use crate::state::AppState;
 use crate::transport::stream::heartbeat_interval;
+use crate::transport::wsio::{close, text, write_timed};
 
 /// Initial read buffer; grows only for large commands.
 const READ_BUFFER: usize = 1024;
@@ -43,31 +41,6 @@ pub fn upgrade(
         })
 }
 
-fn text(bytes: Bytes) -> Option<WsMessage> {
-    Utf8Bytes::try_from(bytes).ok().map(WsMessage::Text)
-}
-
-async fn timed<F, E>(state: &AppState, write: F) -> Result<(), Disconnect>
-where
-    F: std::future::Future<Output = Result<(), E>>,
-{
-    match tokio::time::timeout(state.config.write_timeout, write).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(WRITE_TIMEOUT),
-    }
-}
-
-async fn close(state: &AppState, socket: &mut WebSocket, why: Disconnect) {
-    if let Some(frame) = text(disconnect_frame(why)) {
-        let _ = timed(state, socket.feed(frame)).await;
-    }
-    let frame = CloseFrame {
-        code: why.code,
-        reason: Utf8Bytes::from_static(why.reason),
-    };
-    let _ = timed(state, socket.send(WsMessage::Close(Some(frame)))).await;
-}
-
 async fn run(state: AppState, mut socket: WebSocket, identity: crate::token::Identity) {
     let mut session = Session::new(state.clone(), random_id(), identity);
     serve(&state, &mut socket, &mut session).await;
@@ -78,11 +51,14 @@ async fn serve(state: &AppState, socket: &mut WebSocket, session: &mut Session) 
     let mut heartbeat = heartbeat_interval(state.config.heartbeat);
     // Ticks since the client last sent anything; two silent intervals end it.
     let mut silent_ticks = 0u8;
+    // Registered once, not on every wake-up (10k connections share this token).
+    let shutdown = state.shutdown.cancelled();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             biased;
-            () = state.shutdown.cancelled() => {
-                close(state, socket, SHUTDOWN).await;
+            () = &mut shutdown => {
+                close(state, socket, SHUTDOWN, Some(disconnect_frame(SHUTDOWN))).await;
                 return;
             }
             incoming = socket.recv() => {
@@ -91,27 +67,27 @@ async fn serve(state: &AppState, socket: &mut WebSocket, session: &mut Session) 
                     None | Some(Ok(WsMessage::Close(_))) => return,
                     // Most often a frame over the size limit.
                     Some(Err(_)) => {
-                        close(state, socket, MESSAGE_TOO_BIG).await;
+                        close(state, socket, MESSAGE_TOO_BIG, Some(disconnect_frame(MESSAGE_TOO_BIG))).await;
                         return;
                     }
                     Some(Ok(WsMessage::Text(t))) => session.handle(t.as_bytes()).await,
                     Some(Ok(WsMessage::Binary(_))) => {
-                        close(state, socket, BAD_REQUEST).await;
+                        close(state, socket, BAD_REQUEST, Some(disconnect_frame(BAD_REQUEST))).await;
                         return;
                     }
                     // tungstenite queued a pong for a ping; the flush below sends it.
                     Some(Ok(_)) => None,
                 };
                 if let Some(frame) = reply.and_then(text) {
-                    if timed(state, socket.feed(frame)).await.is_err() {
+                    if write_timed(state, socket.feed(frame)).await.is_err() {
                         return;
                     }
                 }
                 if let Some(why) = session.closing() {
-                    close(state, socket, why).await;
+                    close(state, socket, why, Some(disconnect_frame(why))).await;
                     return;
                 }
-                if timed(state, socket.flush()).await.is_err() {
+                if write_timed(state, socket.flush()).await.is_err() {
                     return;
                 }
             }
@@ -123,12 +99,12 @@ async fn serve(state: &AppState, socket: &mut WebSocket, session: &mut Session) 
                         Push::Message(m) => text(m.envelope().clone()),
                         Push::Frame(f) => text(f),
                         Push::End(why) => {
-                            close(state, socket, why).await;
+                            close(state, socket, why, Some(disconnect_frame(why))).await;
                             return;
                         }
                     };
                     if let Some(frame) = frame {
-                        if timed(state, socket.feed(frame)).await.is_err() {
+                        if write_timed(state, socket.feed(frame)).await.is_err() {
                             return;
                         }
                     }
@@ -137,18 +113,18 @@ async fn serve(state: &AppState, socket: &mut WebSocket, session: &mut Session) 
                         item = session.subscriber().try_next();
                     }
                 }
-                if timed(state, socket.flush()).await.is_err() {
+                if write_timed(state, socket.flush()).await.is_err() {
                     return;
                 }
             }
             _ = heartbeat.tick() => {
                 silent_ticks += 1;
                 if silent_ticks > 2 {
-                    close(state, socket, HEARTBEAT_TIMEOUT).await;
+                    close(state, socket, HEARTBEAT_TIMEOUT, Some(disconnect_frame(HEARTBEAT_TIMEOUT))).await;
                     return;
                 }
                 if let Some(ping) = text(PING) {
-                    if timed(state, socket.send(ping)).await.is_err() {
+                    if write_timed(state, socket.send(ping)).await.is_err() {
                         return;
                     }
                 }

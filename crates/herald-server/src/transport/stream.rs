@@ -17,7 +17,6 @@ use herald_core::disconnect::{Disconnect, SHUTDOWN};
 use herald_core::presence::Notice;
 use herald_core::{ChannelName, Item, Message};
 use tokio::time::{Interval, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
 use crate::subscribe::{no_buffering, Connection};
@@ -42,7 +41,8 @@ struct Driver<F> {
     channel: ChannelName,
     framing: F,
     heartbeat: Interval,
-    shutdown: CancellationToken,
+    /// Created once per stream, not on every wake-up.
+    shutdown: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     out: VecDeque<Bytes>,
     done: bool,
 }
@@ -77,7 +77,7 @@ impl<F: Framing> Driver<F> {
     async fn fill(&mut self) {
         tokio::select! {
             biased;
-            () = self.shutdown.cancelled() => {
+            () = self.shutdown.as_mut() => {
                 self.framing.close(&self.channel, SHUTDOWN, &mut self.out);
                 self.done = true;
             }
@@ -108,7 +108,7 @@ pub fn serve<F: Framing>(state: &AppState, conn: Connection, framing: F) -> Resp
         conn,
         framing,
         heartbeat: heartbeat_interval(state.config.heartbeat),
-        shutdown: state.shutdown.clone(),
+        shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
         out,
         done: false,
     };

@@ -5,20 +5,21 @@
 //! ignored. Every close carries a code and reason from
 //! [`herald_core::disconnect`].
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::SinkExt;
-use herald_core::disconnect::{Disconnect, HEARTBEAT_TIMEOUT, SHUTDOWN, WRITE_TIMEOUT};
+use herald_core::disconnect::{Disconnect, HEARTBEAT_TIMEOUT, SHUTDOWN};
 use herald_core::{Item, Subscriber};
 
 use super::gap_json;
 use super::stream::heartbeat_interval;
+use super::wsio::{close, text, write_timed};
 use crate::state::AppState;
 use crate::subscribe::Connection;
 
 /// Initial read buffer per connection (grows only if a client sends more).
-pub const READ_BUFFER: usize = 1024;
+pub const READ_BUFFER: usize = 256;
 /// Frames are gathered up to this many bytes before a write.
 pub const WRITE_BUFFER: usize = 16 * 1024;
 /// The largest frame a push-only client may send us.
@@ -39,10 +40,6 @@ pub fn upgrade(state: AppState, upgrade: WebSocketUpgrade, conn: Connection) -> 
         })
 }
 
-fn text(bytes: Bytes) -> Option<WsMessage> {
-    Utf8Bytes::try_from(bytes).ok().map(WsMessage::Text)
-}
-
 /// What to do after writing a batch.
 enum Next {
     Continue,
@@ -53,11 +50,14 @@ async fn run(state: &AppState, mut socket: WebSocket, mut conn: Connection) {
     let sub = &mut conn.sub;
     let mut heartbeat = heartbeat_interval(state.config.heartbeat);
     let mut awaiting_pong = false;
+    // Registered once, not on every wake-up (10k connections share this token).
+    let shutdown = state.shutdown.cancelled();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             biased;
-            () = state.shutdown.cancelled() => {
-                close(state, &mut socket, SHUTDOWN).await;
+            () = &mut shutdown => {
+                close(state, &mut socket, SHUTDOWN, None).await;
                 return;
             }
             incoming = socket.recv() => match incoming {
@@ -75,7 +75,7 @@ async fn run(state: &AppState, mut socket: WebSocket, mut conn: Connection) {
                 match write_batch(state, &mut socket, sub, item).await {
                     Ok(Next::Continue) => {}
                     Ok(Next::Close(why)) => {
-                        close(state, &mut socket, why).await;
+                        close(state, &mut socket, why, None).await;
                         return;
                     }
                     Err(why) => {
@@ -86,7 +86,7 @@ async fn run(state: &AppState, mut socket: WebSocket, mut conn: Connection) {
             }
             _ = heartbeat.tick() => {
                 if awaiting_pong {
-                    close(state, &mut socket, HEARTBEAT_TIMEOUT).await;
+                    close(state, &mut socket, HEARTBEAT_TIMEOUT, None).await;
                     return;
                 }
                 awaiting_pong = true;
@@ -127,24 +127,4 @@ async fn write_batch(
     }
     write_timed(state, socket.flush()).await?;
     Ok(Next::Continue)
-}
-
-async fn write_timed<F, E>(state: &AppState, write: F) -> Result<(), Disconnect>
-where
-    F: std::future::Future<Output = Result<(), E>>,
-{
-    match tokio::time::timeout(state.config.write_timeout, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(WRITE_TIMEOUT),
-        Err(_) => Err(WRITE_TIMEOUT),
-    }
-}
-
-/// Sends a close frame with the code and reason, within the write timeout.
-async fn close(state: &AppState, socket: &mut WebSocket, why: Disconnect) {
-    let frame = CloseFrame {
-        code: why.code,
-        reason: Utf8Bytes::from_static(why.reason),
-    };
-    let _ = write_timed(state, socket.send(WsMessage::Close(Some(frame)))).await;
 }
