@@ -184,54 +184,78 @@ impl Subscriber {
         if self.channels.contains_key(&channel) {
             return Err(SubscribeError::AlreadySubscribed(channel));
         }
-        self.node.hub.add(&channel, &self.outbox);
-        let page = match self.follow_and_read(&channel, since).await {
-            Ok(page) => page,
-            Err(e) => {
-                self.leave_hub(&channel);
-                return Err(e.into());
-            }
+        // "Only what comes next" is "everything after the newest id now",
+        // read before following: with an engine whose follow takes a round
+        // trip (Redis), a message published while the follow was under way
+        // would otherwise reach neither the history read nor the queue.
+        let start = match since {
+            Since::Live => match self.node.engine.history(&channel, Since::Live).await {
+                Ok(now) => Some(now.last_id.map_or(Since::Earliest, Since::After)),
+                Err(e) => return Err(e.into()),
+            },
+            _ => None,
         };
+        self.node.hub.add(&channel, &self.outbox);
+        // Registered at once, so that a subscribe cancelled half-way (its
+        // connection went away) is still cleaned up by `Drop`.
+        self.channels.insert(channel.clone(), None);
+        match self.join(&channel, since, start).await {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                self.channels.remove(&channel);
+                self.leave_hub(&channel);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The part of `subscribe` that waits on the engine.
+    async fn join(
+        &mut self,
+        channel: &ChannelName,
+        since: Since,
+        start: Option<Since>,
+    ) -> Result<Subscribed, EngineError> {
+        let mut page = self
+            .follow_and_read(channel, start.unwrap_or(since))
+            .await?;
+        if start.is_some() {
+            // The internal start point is ours: a trimmed one is no gap the
+            // client needs to hear about.
+            page.gap = false;
+        }
         // A personal channel hands over what was queued while the user was
         // away. Those messages are in history too, so a resume from an id
         // covers them; the queue is emptied either way.
-        let queued = if channel_user(&channel).is_some() {
-            match self.node.engine.take_user_queue(&channel).await {
-                Ok(queued) => queued,
-                Err(e) => {
-                    self.leave_hub(&channel);
-                    return Err(e.into());
-                }
-            }
+        let queued = if channel_user(channel).is_some() {
+            self.node.engine.take_user_queue(channel).await?
         } else {
             Vec::new()
         };
         let options = self.node.namespaces.options(channel.as_str()).clone();
         if options.presence {
-            if let Err(e) = self
-                .node
+            self.node
                 .engine
-                .presence_join(&channel, &self.client, options.join_leave)
-                .await
-            {
-                self.leave_hub(&channel);
-                return Err(e.into());
-            }
+                .presence_join(channel, &self.client, options.join_leave)
+                .await?;
         }
-        let mut position = match since {
+        let mut position = match (since, start) {
+            (_, Some(Since::After(id))) => Some(id),
+            (_, Some(_)) => None,
             // After a gap the resume id is lost or not ours: the position is
             // what the channel holds now, never the id we could not honour.
-            Since::After(_) if page.gap => page.last_id,
-            Since::After(id) => Some(id),
-            Since::Earliest => None,
-            Since::Live => page.last_id,
+            (Since::After(_), None) if page.gap => page.last_id,
+            (Since::After(id), None) => Some(id),
+            (_, None) => None,
         };
         if page.gap {
             self.pending.push_back(Item::Gap(channel.clone()));
         }
         let mut replay = page.messages;
-        if since == Since::Live {
-            replay = queued;
+        if since == Since::Live && !queued.is_empty() {
+            replay.extend(queued);
+            replay.sort_by_key(|m| m.id);
+            replay.dedup_by_key(|m| m.id);
         }
         let replayed = replay.len();
         for message in replay {
@@ -239,10 +263,10 @@ impl Subscriber {
             self.pending.push_back(Item::Message(message));
         }
         // Messages queued meanwhile at or before `position` are skipped.
-        if position.is_none() && since == Since::Earliest {
+        if position.is_none() {
             position = page.last_id;
         }
-        self.channels.insert(channel, position);
+        self.channels.insert(channel.clone(), position);
         Ok(Subscribed {
             gap: page.gap,
             replayed,

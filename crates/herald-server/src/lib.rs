@@ -150,8 +150,10 @@ pub async fn run_with_node(
         let token = token.clone();
         async move {
             shutdown.await;
-            tracing::info!("shutting down: telling connections to reconnect");
+            // Cancel first: nothing (not even a failing log write) may stand
+            // between the signal and the shutdown.
             token.cancel();
+            tracing::info!("shutting down: telling connections to reconnect");
         }
     };
     tokio::spawn(signal);

@@ -33,6 +33,12 @@ enum Command {
     },
 }
 
+/// Writes to stderr, ignoring a closed stderr (`eprintln!` would panic).
+fn say_err(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -40,6 +46,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // A closed stderr (a dead log collector) must not take the server down.
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     match cli.command {
@@ -57,14 +65,14 @@ fn main() -> ExitCode {
             let config = match Config::load(config.as_deref(), overrides) {
                 Ok(config) => config,
                 Err(e) => {
-                    eprintln!("herald: configuration error: {e}");
+                    say_err(&format!("herald: configuration error: {e}"));
                     return ExitCode::from(2);
                 }
             };
             match serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("herald: {e:#}");
+                    say_err(&format!("herald: {e:#}"));
                     ExitCode::FAILURE
                 }
             }
@@ -87,10 +95,18 @@ fn serve(config: Config) -> anyhow::Result<()> {
             );
         }
         let node = build_node(&config).await?;
+        // Handlers are installed before the listening line: a supervisor may
+        // send SIGTERM the moment it sees it.
+        let signals = shutdown_signal().context("installing signal handlers")?;
         tracing::info!(%addr, engine = node.engine.name(), "herald listening");
         // Scripts and tests read this line to learn the port.
-        println!("herald listening on http://{addr}");
-        herald_server::run_with_node(listener, config, node, shutdown_signal())
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "herald listening on http://{addr}");
+            let _ = out.flush();
+        }
+        herald_server::run_with_node(listener, config, node, signals)
             .await
             .context("serving")?;
         tracing::info!("stopped");
@@ -131,26 +147,24 @@ async fn build_node(config: &Config) -> anyhow::Result<herald_core::Node> {
     Ok(herald_core::Node::new(hub, engine, namespaces))
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// Installs the SIGINT and SIGTERM handlers now; the future resolves on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
