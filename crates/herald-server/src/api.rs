@@ -60,6 +60,16 @@ fn published_json(p: &Published) -> serde_json::Value {
     })
 }
 
+/// A JSON value from a request body as a payload, within the size limit.
+pub fn json_payload(data: &RawValue, limit: usize) -> Result<Payload, ApiError> {
+    let text = data.get();
+    if text.len() > limit {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    Payload::json(Bytes::copy_from_slice(text.as_bytes()))
+        .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
+}
+
 /// `POST /pub/{channel}`: the body is the message.
 pub async fn publish(
     State(state): State<AppState>,
@@ -108,12 +118,7 @@ pub async fn api_publish(
             )
         }
     })?;
-    let data = request.data.get();
-    if data.len() > limit {
-        return Err(ApiError::payload_too_large(limit));
-    }
-    let payload = Payload::json(Bytes::copy_from_slice(data.as_bytes()))
-        .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+    let payload = json_payload(&request.data, limit)?;
     match (request.channel, request.channels) {
         (Some(name), None) => {
             let channel = ChannelName::new(&name)?;
@@ -301,12 +306,7 @@ pub async fn user_publish(
             format!("expected {{\"data\": ...}}: {e}"),
         )
     })?;
-    let data = request.data.get();
-    if data.len() > limit {
-        return Err(ApiError::payload_too_large(limit));
-    }
-    let payload = Payload::json(Bytes::copy_from_slice(data.as_bytes()))
-        .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+    let payload = json_payload(&request.data, limit)?;
     let result = state.node.engine.publish_to_user(&channel, payload).await?;
     Ok((
         StatusCode::CREATED,

@@ -107,14 +107,7 @@ impl Framing {
         match self {
             Self::Sse => Some(Bytes::from_static(b"retry: 2000\n\n")),
             Self::Ndjson => None,
-            Self::Iframe(_) => {
-                let mut head = String::from(
-                    "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>herald</title></head><body>\n<!--",
-                );
-                head.push_str(&" ".repeat(crate::transport::iframe::PADDING));
-                head.push_str("-->\n");
-                Some(Bytes::from(head))
-            }
+            Self::Iframe(_) => Some(crate::transport::iframe::document_head()),
         }
     }
 

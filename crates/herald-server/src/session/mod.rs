@@ -15,7 +15,7 @@ pub mod ws;
 use bytes::{BufMut, Bytes, BytesMut};
 use herald_core::disconnect::{Disconnect, FORCED};
 use herald_core::node::SubscribeError;
-use herald_core::{ChannelName, Item, Payload, Since, Subscriber};
+use herald_core::{ChannelName, Item, Since, Subscriber};
 use serde_json::json;
 
 use crate::access;
@@ -381,13 +381,9 @@ impl Session {
             return Err(("forbidden", format!("clients may not publish to {channel}")));
         }
         access::may_read(&self.state, &self.identity, &channel).map_err(refusal)?;
-        let max = self.state.config.max_payload;
-        if data.get().len() > max {
-            return Err((
-                "payload_too_large",
-                format!("payload is larger than {max} bytes"),
-            ));
-        }
+        // Checked before the rate limit and the hook: a refused payload
+        // costs neither.
+        crate::api::json_payload(&data, self.state.config.max_payload).map_err(refusal)?;
         if !self.publish_rate.try_take() {
             return Err((
                 "rate_limited",
@@ -413,8 +409,8 @@ impl Session {
                 data = rewritten;
             }
         }
-        let payload = Payload::json(Bytes::copy_from_slice(data.get().as_bytes()))
-            .map_err(|e| ("invalid_command", e.to_string()))?;
+        let payload =
+            crate::api::json_payload(&data, self.state.config.max_payload).map_err(refusal)?;
         let published = self
             .state
             .node

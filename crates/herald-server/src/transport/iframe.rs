@@ -18,6 +18,16 @@ use super::{disconnect_json, gap_json};
 /// Bytes of padding at the start of the document.
 pub const PADDING: usize = 2048;
 
+/// The start of a forever-frame document, padded.
+pub fn document_head() -> Bytes {
+    let mut head = String::from(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>herald</title></head><body>\n<!--",
+    );
+    head.push_str(&" ".repeat(PADDING));
+    head.push_str("-->\n");
+    Bytes::from(head)
+}
+
 pub struct Iframe {
     /// `<script>parent.NAME(`, built once per connection.
     call: Bytes,
@@ -46,12 +56,7 @@ impl Framing for Iframe {
     }
 
     fn open(&self, out: &mut VecDeque<Bytes>) {
-        let mut head = String::from(
-            "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>herald</title></head><body>\n<!--",
-        );
-        head.push_str(&" ".repeat(PADDING));
-        head.push_str("-->\n");
-        out.push_back(Bytes::from(head));
+        out.push_back(document_head());
     }
 
     fn message(&self, message: &Message, out: &mut VecDeque<Bytes>) {
