@@ -70,9 +70,11 @@ pub fn client_info(identity: &Identity, client: &str) -> ClientInfo {
     }
 }
 
-/// When the connection must end because its token expires.
-pub fn deadline(identity: &Identity) -> Option<tokio::time::Instant> {
-    let at = identity.expires_at_ms?;
+/// When the connection must end because its token expires: the token's
+/// `exp` plus the leeway that also let it in.
+pub fn deadline(state: &AppState, identity: &Identity) -> Option<tokio::time::Instant> {
+    let leeway = u64::try_from(state.tokens.leeway().as_millis()).unwrap_or(u64::MAX);
+    let at = identity.expires_at_ms?.saturating_add(leeway);
     let now = herald_core::engine::now_ms();
     let left = std::time::Duration::from_millis(at.saturating_sub(now));
     Some(tokio::time::Instant::now() + left)

@@ -75,7 +75,7 @@ pub async fn open(
         state.config.queue_size,
         crate::access::client_info(&identity, &client),
     );
-    sub.set_deadline(crate::access::deadline(&identity));
+    sub.set_deadline(crate::access::deadline(state, &identity));
     let subscribed = sub
         .subscribe(request.channel.clone(), request.since)
         .await

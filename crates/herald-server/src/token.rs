@@ -40,6 +40,11 @@ pub struct Claims {
     /// Set on tickets only: the single-use id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<String>,
+    /// Set on tickets only: when the token the ticket stands for expires. A
+    /// connection opened by ticket lives as long as that token, not as
+    /// long as the (short) ticket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_exp: Option<u64>,
 }
 
 /// A channel grant from a token.
@@ -73,20 +78,25 @@ pub struct Identity {
     pub info: Option<Arc<serde_json::Value>>,
     /// When the token expires, in ms since the Unix epoch.
     pub expires_at_ms: Option<u64>,
+    /// Whether a token (or ticket) was presented and verified; a token that
+    /// names no user and grants nothing is still not anonymous.
+    pub authenticated: bool,
 }
 
 impl Identity {
     fn from_claims(claims: Claims) -> Self {
+        let exp = claims.token_exp.unwrap_or(claims.exp);
         Self {
             user: claims.sub.map(Arc::from),
             grants: claims.channels.iter().map(|c| Grant::parse(c)).collect(),
             info: claims.info.map(Arc::new),
-            expires_at_ms: Some(claims.exp.saturating_mul(1000)),
+            expires_at_ms: Some(exp.saturating_mul(1000)),
+            authenticated: true,
         }
     }
 
     pub fn is_anonymous(&self) -> bool {
-        self.user.is_none() && self.grants.is_empty()
+        !self.authenticated
     }
 
     pub fn granted(&self, channel: &str) -> bool {
@@ -110,6 +120,7 @@ impl Identity {
                 .collect(),
             info: self.info.as_deref().cloned(),
             ticket: Some(ticket),
+            token_exp: self.expires_at_ms.map(|ms| ms / 1000),
         }
     }
 }
@@ -368,6 +379,12 @@ impl Tokens {
 
     pub fn ticket_ttl(&self) -> Duration {
         self.ticket_ttl
+    }
+
+    /// The clock skew tolerated on token times (also when a live
+    /// connection's token runs out).
+    pub fn leeway(&self) -> Duration {
+        Duration::from_secs(self.leeway)
     }
 }
 

@@ -113,7 +113,7 @@ impl Session {
             state.config.queue_size,
             access::client_info(identity, client),
         );
-        sub.set_deadline(access::deadline(identity));
+        sub.set_deadline(access::deadline(state, identity));
         sub
     }
 
@@ -234,7 +234,7 @@ impl Session {
                 }
                 self.sub
                     .set_client(access::client_info(&fresh, &self.client));
-                self.sub.set_deadline(access::deadline(&fresh));
+                self.sub.set_deadline(access::deadline(&self.state, &fresh));
                 let expires_at = fresh.expires_at_ms.map(|ms| ms / 1000);
                 self.identity = fresh;
                 Ok(reply(id, "refresh", json!({ "expires_at": expires_at })))
