@@ -87,6 +87,7 @@ pub async fn publish(
         Payload::from_bytes(raw)
     };
     let published = state.node.engine.publish(&channel, payload).await?;
+    state.counters.published(&published, false);
     Ok((StatusCode::CREATED, Json(published_json(&published))).into_response())
 }
 
@@ -123,6 +124,7 @@ pub async fn api_publish(
         (Some(name), None) => {
             let channel = ChannelName::new(&name)?;
             let published = state.node.engine.publish(&channel, payload).await?;
+            state.counters.published(&published, false);
             Ok((StatusCode::CREATED, Json(published_json(&published))).into_response())
         }
         (None, Some(names)) if !names.is_empty() => {
@@ -140,6 +142,7 @@ pub async fn api_publish(
             let mut results = Vec::with_capacity(channels.len());
             for channel in &channels {
                 let published = state.node.engine.publish(channel, payload.clone()).await?;
+                state.counters.published(&published, false);
                 results.push(published_json(&published));
             }
             Ok((StatusCode::CREATED, Json(json!({ "results": results }))).into_response())
@@ -308,6 +311,7 @@ pub async fn user_publish(
     })?;
     let payload = json_payload(&request.data, limit)?;
     let result = state.node.engine.publish_to_user(&channel, payload).await?;
+    state.counters.published(&result.published, false);
     Ok((
         StatusCode::CREATED,
         Json(json!({

@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod hook;
 pub mod limits;
+pub mod metrics;
 pub mod origin;
 pub mod session;
 pub mod state;
@@ -54,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/users/{id}/disconnect", post(api::user_disconnect))
         .route("/api/presence/{channel}", get(api::presence))
         .route("/auth/ticket", post(api::create_ticket))
+        .route("/metrics", get(metrics::metrics))
         .route("/sub/{channel}", get(subscribe::subscribe))
         .route("/connection/websocket", get(session_websocket))
         .route("/connection/sse", get(session::http::sse))

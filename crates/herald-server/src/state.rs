@@ -25,6 +25,7 @@ pub struct Inner {
     pub tokens: crate::token::Tokens,
     pub hooks: Option<Arc<crate::hook::Hooks>>,
     pub limiter: Arc<crate::limits::ConnectionLimiter>,
+    pub counters: crate::metrics::Counters,
 }
 
 impl AppState {
@@ -47,6 +48,7 @@ impl AppState {
             tokens,
             hooks,
             limiter: Arc::new(crate::limits::ConnectionLimiter::default()),
+            counters: crate::metrics::Counters::default(),
         })))
     }
 

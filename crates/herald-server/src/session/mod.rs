@@ -418,6 +418,7 @@ impl Session {
             .publish(&channel, payload)
             .await
             .map_err(|_| engine_down())?;
+        self.state.counters.published(&published, true);
         Ok(reply(
             id,
             "publish",
