@@ -57,10 +57,6 @@ impl Outbox {
         self.id
     }
 
-    pub fn user(&self) -> Option<&ChannelName> {
-        self.user.as_ref()
-    }
-
     pub fn overflowed(&self) -> bool {
         self.overflowed.load(Ordering::Acquire)
     }
@@ -154,15 +150,6 @@ impl Hub {
                 shard.remove(user);
             }
         }
-    }
-
-    /// Connections of a user on this node.
-    pub fn user_connections(&self, user: &ChannelName) -> usize {
-        self.users
-            .shard(user)
-            .lock()
-            .get(user)
-            .map_or(0, HashMap::len)
     }
 
     /// Tells every connection of a user to close.

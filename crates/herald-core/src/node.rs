@@ -140,10 +140,6 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    pub fn node(&self) -> &Node {
-        &self.node
-    }
-
     pub fn client(&self) -> &ClientInfo {
         &self.client
     }
@@ -161,10 +157,6 @@ impl Subscriber {
     /// Ends the connection with [`TOKEN_EXPIRED`] at `deadline` (None: never).
     pub fn set_deadline(&mut self, deadline: Option<tokio::time::Instant>) {
         self.deadline = deadline.map(|at| Box::pin(tokio::time::sleep_until(at)));
-    }
-
-    pub fn channels(&self) -> impl Iterator<Item = &ChannelName> {
-        self.channels.keys()
     }
 
     pub fn is_subscribed(&self, channel: &ChannelName) -> bool {

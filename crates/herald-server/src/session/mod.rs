@@ -117,10 +117,6 @@ impl Session {
         sub
     }
 
-    pub fn client(&self) -> &str {
-        &self.client
-    }
-
     pub fn subscriber(&mut self) -> &mut Subscriber {
         &mut self.sub
     }
