@@ -45,6 +45,13 @@ pub const TOKEN_EXPIRED: Disconnect = d(4007, "token expired", true);
 pub const LIMIT_EXCEEDED: Disconnect = d(4008, "limit exceeded", false);
 /// A command frame was larger than allowed.
 pub const MESSAGE_TOO_BIG: Disconnect = d(1009, "message too big", false);
+/// The client broke the WebSocket framing rules (RFC 6455): an unmasked
+/// frame, reserved bits, a bad opcode or a malformed close frame.
+pub const PROTOCOL_ERROR: Disconnect = d(1002, "protocol error", false);
+/// A text frame (or close reason) from the client was not UTF-8.
+pub const INVALID_DATA: Disconnect = d(1007, "invalid UTF-8 in a text frame", false);
+/// The answer to a client's own close frame.
+pub const NORMAL: Disconnect = d(1000, "bye", false);
 
 /// Every code, for docs and tests.
 pub const ALL: &[Disconnect] = &[
@@ -59,6 +66,9 @@ pub const ALL: &[Disconnect] = &[
     TOKEN_EXPIRED,
     LIMIT_EXCEEDED,
     MESSAGE_TOO_BIG,
+    PROTOCOL_ERROR,
+    INVALID_DATA,
+    NORMAL,
 ];
 
 #[cfg(test)]

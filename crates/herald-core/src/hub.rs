@@ -11,12 +11,13 @@
 //! The channel map is sharded so that subscribes and publishes on different
 //! channels rarely touch the same lock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 
-use parking_lot::RwLock;
-use tokio::sync::mpsc;
+use parking_lot::{Mutex, RwLock};
 
 use crate::channel::ChannelName;
 use crate::disconnect::Disconnect;
@@ -39,17 +40,38 @@ pub enum Event {
     Notice(Arc<Notice>),
 }
 
-/// The sending side of one connection's queue, shared by every channel the
-/// connection follows.
+/// One connection's bounded queue, shared by every channel the connection
+/// follows (they push) and the connection itself (it takes, through its
+/// [`Inbox`]).
+///
+/// Not a general channel: one `VecDeque` and the waiting task's waker behind
+/// one short lock. An idle connection's queue is a few words with no buffer
+/// (a tokio mpsc channel preallocates a block of slots and cache-padded
+/// state, about a kilobyte per connection).
+/// Overflow policy: a push into a full queue is refused and marks the
+/// connection as overflowed; the connection then closes with
+/// [`crate::disconnect::SLOW_CONSUMER`]. The publisher never waits.
 #[derive(Debug)]
 pub struct Outbox {
     id: u64,
     /// The personal channel of the connection's user, if it has one.
     user: Option<ChannelName>,
-    tx: mpsc::Sender<Event>,
+    capacity: usize,
+    /// Held only to push, take or swap the waker: never across an await or
+    /// a wake-up.
+    queue: Mutex<Queue>,
     /// Set (once) by a publisher that found the queue full. The connection's
     /// transport checks it before each write and closes.
     overflowed: AtomicBool,
+    /// Set when the connection's [`Inbox`] is dropped: pushes are refused.
+    closed: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    events: VecDeque<Event>,
+    /// The connection's task, waiting in [`Inbox::recv`].
+    waiter: Option<Waker>,
 }
 
 impl Outbox {
@@ -64,14 +86,79 @@ impl Outbox {
     /// Queues an event. Returns false when the connection is gone or full
     /// (in which case it is marked as overflowed).
     pub fn push(&self, event: Event) -> bool {
-        match self.tx.try_send(event) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.overflowed.store(true, Ordering::Release);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        if self.closed.load(Ordering::Acquire) {
+            return false;
         }
+        let waiter = {
+            let mut queue = self.queue.lock();
+            if queue.events.len() >= self.capacity {
+                drop(queue);
+                self.overflowed.store(true, Ordering::Release);
+                self.wake();
+                return false;
+            }
+            queue.events.push_back(event);
+            queue.waiter.take()
+        };
+        if let Some(waker) = waiter {
+            waker.wake();
+        }
+        true
+    }
+
+    fn wake(&self) {
+        let waiter = self.queue.lock().waiter.take();
+        if let Some(waker) = waiter {
+            waker.wake();
+        }
+    }
+}
+
+/// The taking side of a connection's queue (one per connection).
+#[derive(Debug)]
+pub struct Inbox {
+    outbox: Arc<Outbox>,
+}
+
+impl Inbox {
+    /// The next event, waiting for one. Cancel-safe. Also returns (with
+    /// `None`) when the queue overflowed, so the owner notices at once.
+    pub async fn recv(&mut self) -> Option<Event> {
+        poll_fn(|cx| {
+            let mut queue = self.outbox.queue.lock();
+            if let Some(event) = queue.events.pop_front() {
+                return Poll::Ready(Some(event));
+            }
+            if self.outbox.overflowed() {
+                return Poll::Ready(None);
+            }
+            match &mut queue.waiter {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The next event if one is queued.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        let mut queue = self.outbox.queue.lock();
+        let event = queue.events.pop_front();
+        if queue.events.is_empty() && queue.events.capacity() > 4 {
+            // A burst is over: give its memory back.
+            queue.events = VecDeque::new();
+        }
+        event
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.outbox.closed.store(true, Ordering::Release);
+        let mut queue = self.outbox.queue.lock();
+        queue.events = VecDeque::new();
+        queue.waiter = None;
     }
 }
 
@@ -111,23 +198,20 @@ impl Hub {
     }
 
     /// A new connection's queue, holding at most `capacity` events.
-    pub fn outbox(&self, capacity: usize) -> (Arc<Outbox>, mpsc::Receiver<Event>) {
+    pub fn outbox(&self, capacity: usize) -> (Arc<Outbox>, Inbox) {
         self.user_outbox(capacity, None)
     }
 
     /// A new connection's queue for a user (`user` is the personal channel);
     /// call [`Hub::forget`] when the connection ends.
-    pub fn user_outbox(
-        &self,
-        capacity: usize,
-        user: Option<ChannelName>,
-    ) -> (Arc<Outbox>, mpsc::Receiver<Event>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+    pub fn user_outbox(&self, capacity: usize, user: Option<ChannelName>) -> (Arc<Outbox>, Inbox) {
         let outbox = Arc::new(Outbox {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             user,
-            tx,
+            capacity: capacity.max(1),
+            queue: Mutex::new(Queue::default()),
             overflowed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         });
         if let Some(user) = &outbox.user {
             self.users
@@ -137,7 +221,10 @@ impl Hub {
                 .or_default()
                 .insert(outbox.id, Arc::clone(&outbox));
         }
-        (outbox, rx)
+        let inbox = Inbox {
+            outbox: Arc::clone(&outbox),
+        };
+        (outbox, inbox)
     }
 
     /// Drops a connection from the user index.
@@ -326,8 +413,8 @@ mod tests {
         hub.add(&ch, &b);
         assert_eq!(hub.count(&ch), 2);
         assert_eq!(hub.deliver(&msg(&ch, 1)), 2);
-        assert!(matches!(ra.try_recv(), Ok(Event::Message(m)) if m.id.seq == 1));
-        assert!(matches!(rb.try_recv(), Ok(Event::Message(_))));
+        assert!(matches!(ra.try_recv(), Some(Event::Message(m)) if m.id.seq == 1));
+        assert!(matches!(rb.try_recv(), Some(Event::Message(_))));
         assert!(!hub.remove(&ch, a.id()));
         assert!(hub.remove(&ch, b.id()));
         assert_eq!(hub.channel_count(), 0, "an empty channel costs nothing");
@@ -343,7 +430,7 @@ mod tests {
         hub.add(&ch, &fast);
         for seq in 1..=3 {
             hub.deliver(&msg(&ch, seq));
-            while fast_rx.try_recv().is_ok() {}
+            while fast_rx.try_recv().is_some() {}
         }
         assert!(slow.overflowed());
         assert!(!fast.overflowed());
@@ -373,14 +460,14 @@ mod tests {
             hub.close_channel(&ch, crate::disconnect::CHANNEL_DELETED),
             1
         );
-        assert!(matches!(ra.try_recv(), Ok(Event::ChannelClosed(b)) if b.0 == ch));
+        assert!(matches!(ra.try_recv(), Some(Event::ChannelClosed(b)) if b.0 == ch));
         assert_eq!(hub.count(&ch), 0);
     }
 }
 
 #[cfg(test)]
 mod size {
-    /// Every idle connection's queue holds a block of 32 slots: keep an
+    /// Queued events are stored inline in each connection's queue: keep an
     /// event two words wide.
     #[test]
     fn event_is_two_words() {

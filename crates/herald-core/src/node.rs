@@ -17,12 +17,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-
 use crate::channel::ChannelName;
 use crate::disconnect::{Disconnect, SLOW_CONSUMER, TOKEN_EXPIRED};
 use crate::engine::{Engine, EngineError};
-use crate::hub::{Event, Hub, Outbox};
+use crate::hub::{Event, Hub, Inbox, Outbox};
 use crate::id::{MessageId, Since};
 use crate::message::Message;
 use crate::namespace::Namespaces;
@@ -126,7 +124,7 @@ pub enum SubscribeError {
 pub struct Subscriber {
     node: Node,
     outbox: Arc<Outbox>,
-    rx: mpsc::Receiver<Event>,
+    rx: Inbox,
     /// Per channel, the newest id yielded (or skipped as already seen).
     channels: HashMap<ChannelName, Option<MessageId>>,
     /// Gap notices and history waiting to be yielded before the queue.
@@ -323,14 +321,9 @@ impl Subscriber {
                     }
                 },
             };
-            match event {
-                Some(event) => {
-                    if let Some(item) = self.accept(event) {
-                        return item;
-                    }
-                }
-                // We hold a sender in `outbox`, so the queue cannot close.
-                None => std::future::pending::<()>().await,
+            // `None`: the queue overflowed, which `take_ready` says next.
+            if let Some(item) = event.and_then(|event| self.accept(event)) {
+                return item;
             }
         }
     }
@@ -341,7 +334,7 @@ impl Subscriber {
             if let Some(item) = self.take_ready() {
                 return Some(item);
             }
-            let event = self.rx.try_recv().ok()?;
+            let event = self.rx.try_recv()?;
             if let Some(item) = self.accept(event) {
                 return Some(item);
             }

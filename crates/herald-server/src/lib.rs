@@ -17,12 +17,14 @@ pub mod hook;
 pub mod limits;
 pub mod metrics;
 pub mod origin;
+pub mod serve;
 pub mod session;
 pub mod state;
 pub mod statics;
 pub mod subscribe;
 pub mod token;
 pub mod transport;
+pub mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -90,17 +92,17 @@ struct TicketQuery {
 async fn session_websocket(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
-    headers: axum::http::HeaderMap,
     axum::extract::Query(query): axum::extract::Query<TicketQuery>,
-    upgrade: Result<
-        axum::extract::ws::WebSocketUpgrade,
-        axum::extract::ws::rejection::WebSocketUpgradeRejection,
-    >,
+    request: axum::extract::Request,
 ) -> Result<axum::response::Response, ApiError> {
-    let upgrade = upgrade.map_err(|e| ApiError::bad_request("invalid_upgrade", e.body_text()))?;
+    let (mut parts, _body) = request.into_parts();
+    let accept = match ws::Accept::check(&mut parts) {
+        Ok(accept) => accept,
+        Err(refusal) => return Ok(*refusal),
+    };
     let slot = state.admit(peer)?;
-    let identity = access::identify(&state, &headers, query.ticket.as_deref()).await?;
-    Ok(session::ws::upgrade(state, upgrade, identity, slot))
+    let identity = access::identify(&state, &parts.headers, query.ticket.as_deref()).await?;
+    Ok(session::ws::upgrade(state, accept, identity, slot))
 }
 
 /// A node for the configured engine. The memory engine needs nothing; other
@@ -160,13 +162,7 @@ pub async fn run_with_node(
     };
     tokio::spawn(signal);
 
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    // Pushes are small and latency matters: no Nagle delay.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
-    let serving = tokio::spawn(async move { server.await });
+    let serving = tokio::spawn(serve::serve(listener, router(state.clone()), token.clone()));
 
     token.cancelled().await;
     // Connections were told (each watches the token). Give them the grace

@@ -6,8 +6,7 @@
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, Request};
 use axum::response::Response;
 use herald_core::node::{SubscribeError, Subscribed};
@@ -179,11 +178,12 @@ pub async fn subscribe(
     let ticket = query.ticket.as_deref();
     let headers = &parts.headers;
     if is_websocket(headers) {
-        let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &state)
-            .await
-            .map_err(|e| ApiError::bad_request("invalid_upgrade", e.body_text()))?;
+        let accept = match crate::ws::Accept::check(&mut parts) {
+            Ok(accept) => accept,
+            Err(refusal) => return Ok(*refusal),
+        };
         let conn = open(&state, peer, &parts.headers, ticket, sub, "websocket").await?;
-        return Ok(transport::ws::upgrade(state, upgrade, conn));
+        return Ok(transport::ws::upgrade(state, accept, conn));
     }
     let forced = query.transport.as_deref();
     let chosen = match forced {

@@ -1,20 +1,15 @@
 //! The session over WebSocket: `GET /connection/websocket`.
 
-use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use futures_util::SinkExt;
-use herald_core::disconnect::{BAD_REQUEST, HEARTBEAT_TIMEOUT, MESSAGE_TOO_BIG, SHUTDOWN};
+use herald_core::disconnect::{Disconnect, BAD_REQUEST, HEARTBEAT_TIMEOUT, NORMAL, SHUTDOWN};
 
 use super::{disconnect_frame, random_id, Push, Session, PING};
 use crate::state::AppState;
 use crate::transport::stream::heartbeat_interval;
-use crate::transport::wsio::{close, text, write_timed};
+use crate::ws::{frame, handshake, Accept, Incoming, Out, ReadError, WsSocket};
 
-/// Initial read buffer; grows only for large commands.
-const READ_BUFFER: usize = 1024;
-const WRITE_BUFFER: usize = 16 * 1024;
-/// Most items written in one batch.
-const BATCH: usize = 64;
+/// Commands handled per wake-up before the connection yields to others.
+const COMMANDS_PER_WAKE: usize = 32;
 
 /// Largest command frame a client may send.
 pub fn max_frame(state: &AppState) -> usize {
@@ -23,31 +18,49 @@ pub fn max_frame(state: &AppState) -> usize {
 
 pub fn upgrade(
     state: AppState,
-    upgrade: WebSocketUpgrade,
+    accept: Accept,
     identity: crate::token::Identity,
     slot: crate::limits::ConnectionGuard,
 ) -> Response {
     let token = state.connections.token();
     let limit = max_frame(&state);
-    upgrade
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| async move {
-            run(state, socket, identity).await;
-            drop(slot);
-            drop(token);
-        })
+    let (response, on_upgrade) = accept.into_parts();
+    tokio::spawn(async move {
+        if let Some((tcp, early)) = handshake::upgraded(on_upgrade).await {
+            let mut socket = WsSocket::new(tcp, early, limit);
+            run(state, &mut socket, identity).await;
+        }
+        drop(slot);
+        drop(token);
+    });
+    response
 }
 
-async fn run(state: AppState, mut socket: WebSocket, identity: crate::token::Identity) {
+async fn run(state: AppState, socket: &mut WsSocket, identity: crate::token::Identity) {
     let mut session = Session::new(state.clone(), random_id(), identity);
-    serve(&state, &mut socket, &mut session).await;
+    if let Some((why, last)) = serve(&state, socket, &mut session).await {
+        socket.close(state.config.write_timeout, why, last).await;
+    }
     session.ended();
 }
 
-async fn serve(state: &AppState, socket: &mut WebSocket, session: &mut Session) {
+/// What a queue item becomes on the session.
+fn out(item: herald_core::Item) -> Out {
+    match Session::push(item) {
+        Push::Message(m) => Out::Text(m.envelope().clone()),
+        Push::Frame(f) => Out::Text(f),
+        Push::End(why) => Out::End(why, Some(disconnect_frame(why))),
+    }
+}
+
+/// Serves until the session ends; returns the close to send, if any.
+async fn serve(
+    state: &AppState,
+    socket: &mut WsSocket,
+    session: &mut Session,
+) -> Option<(Disconnect, Option<bytes::Bytes>)> {
+    let timeout = state.config.write_timeout;
+    let ending = |why: Disconnect| Some((why, Some(disconnect_frame(why))));
     let mut heartbeat = heartbeat_interval(state.config.heartbeat);
     // Ticks since the client last sent anything; two silent intervals end it.
     let mut silent_ticks = 0u8;
@@ -57,77 +70,50 @@ async fn serve(state: &AppState, socket: &mut WebSocket, session: &mut Session) 
     loop {
         tokio::select! {
             biased;
-            () = &mut shutdown => {
-                close(state, socket, SHUTDOWN, Some(disconnect_frame(SHUTDOWN))).await;
-                return;
-            }
-            incoming = socket.recv() => {
+            () = &mut shutdown => return ending(SHUTDOWN),
+            ready = socket.readable() => {
+                ready.ok()?;
                 silent_ticks = 0;
-                let reply = match incoming {
-                    None | Some(Ok(WsMessage::Close(_))) => return,
-                    // Most often a frame over the size limit.
-                    Some(Err(_)) => {
-                        close(state, socket, MESSAGE_TOO_BIG, Some(disconnect_frame(MESSAGE_TOO_BIG))).await;
-                        return;
+                for _ in 0..COMMANDS_PER_WAKE {
+                    let reply = match socket.read() {
+                        Ok(None) => break,
+                        Ok(Some(Incoming::Text(text))) => session.handle(&text).await,
+                        Ok(Some(Incoming::Binary(_))) => return ending(BAD_REQUEST),
+                        Ok(Some(Incoming::Ping(payload))) => {
+                            socket.queue_control(frame::PONG, &payload);
+                            None
+                        }
+                        Ok(Some(Incoming::Pong)) => None,
+                        Ok(Some(Incoming::Close(_))) => return Some((NORMAL, None)),
+                        Err(ReadError::Gone) => return None,
+                        Err(ReadError::Frame(e)) => return ending(e.disconnect()),
+                    };
+                    if let Some(reply) = reply {
+                        socket.queue_text(&reply);
                     }
-                    Some(Ok(WsMessage::Text(t))) => session.handle(t.as_bytes()).await,
-                    Some(Ok(WsMessage::Binary(_))) => {
-                        close(state, socket, BAD_REQUEST, Some(disconnect_frame(BAD_REQUEST))).await;
-                        return;
-                    }
-                    // tungstenite queued a pong for a ping; the flush below sends it.
-                    Some(Ok(_)) => None,
-                };
-                if let Some(frame) = reply.and_then(text) {
-                    if write_timed(state, socket.feed(frame)).await.is_err() {
-                        return;
+                    if let Some(why) = session.closing() {
+                        socket.flush(timeout).await.ok()?;
+                        return ending(why);
                     }
                 }
-                if let Some(why) = session.closing() {
-                    close(state, socket, why, Some(disconnect_frame(why))).await;
-                    return;
-                }
-                if write_timed(state, socket.flush()).await.is_err() {
-                    return;
-                }
+                socket.flush(timeout).await.ok()?;
             }
             item = session.subscriber().next() => {
-                let mut item = Some(item);
-                let mut count = 0;
-                while let Some(current) = item.take() {
-                    let frame = match Session::push(current) {
-                        Push::Message(m) => text(m.envelope().clone()),
-                        Push::Frame(f) => text(f),
-                        Push::End(why) => {
-                            close(state, socket, why, Some(disconnect_frame(why))).await;
-                            return;
-                        }
-                    };
-                    if let Some(frame) = frame {
-                        if write_timed(state, socket.feed(frame)).await.is_err() {
-                            return;
-                        }
-                    }
-                    count += 1;
-                    if count < BATCH {
-                        item = session.subscriber().try_next();
-                    }
-                }
-                if write_timed(state, socket.flush()).await.is_err() {
-                    return;
+                let end = socket
+                    .write_batch(out(item), || session.subscriber().try_next().map(out))
+                    .ok()?;
+                socket.flush(timeout).await.ok()?;
+                if let Some(end) = end {
+                    return Some(end);
                 }
             }
             _ = heartbeat.tick() => {
                 silent_ticks += 1;
                 if silent_ticks > 2 {
-                    close(state, socket, HEARTBEAT_TIMEOUT, Some(disconnect_frame(HEARTBEAT_TIMEOUT))).await;
-                    return;
+                    return ending(HEARTBEAT_TIMEOUT);
                 }
-                if let Some(ping) = text(PING) {
-                    if write_timed(state, socket.send(ping)).await.is_err() {
-                        return;
-                    }
-                }
+                socket.queue_text(&PING);
+                socket.flush(timeout).await.ok()?;
             }
         }
     }

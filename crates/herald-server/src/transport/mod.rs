@@ -7,7 +7,6 @@ pub mod poll;
 pub mod sse;
 pub mod stream;
 pub mod ws;
-pub mod wsio;
 
 use bytes::Bytes;
 use herald_core::disconnect::Disconnect;

@@ -5,49 +5,50 @@
 //! ignored. Every close carries a code and reason from
 //! [`herald_core::disconnect`].
 
-use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use bytes::Bytes;
-use futures_util::SinkExt;
-use herald_core::disconnect::{Disconnect, HEARTBEAT_TIMEOUT, SHUTDOWN};
-use herald_core::{Item, Subscriber};
+use herald_core::disconnect::{Disconnect, HEARTBEAT_TIMEOUT, NORMAL, SHUTDOWN};
+use herald_core::Item;
 
 use super::gap_json;
 use super::stream::heartbeat_interval;
-use super::wsio::{close, text, write_timed};
 use crate::state::AppState;
 use crate::subscribe::Connection;
+use crate::ws::{frame, handshake, Accept, Incoming, Out, ReadError, WsSocket};
 
-/// Initial read buffer per connection (grows only if a client sends more).
-pub const READ_BUFFER: usize = 256;
-/// Frames are gathered up to this many bytes before a write.
-pub const WRITE_BUFFER: usize = 16 * 1024;
-/// The largest frame a push-only client may send us.
+/// The largest message a push-only client may send us.
 pub const MAX_INCOMING: usize = 16 * 1024;
-/// Most items written in one batch.
-const BATCH: usize = 64;
 
-pub fn upgrade(state: AppState, upgrade: WebSocketUpgrade, conn: Connection) -> Response {
+pub fn upgrade(state: AppState, accept: Accept, mut conn: Connection) -> Response {
     let token = state.connections.token();
-    upgrade
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(MAX_INCOMING)
-        .max_frame_size(MAX_INCOMING)
-        .on_upgrade(move |socket| async move {
-            run(&state, socket, conn).await;
-            drop(token);
-        })
+    let (response, on_upgrade) = accept.into_parts();
+    // The connection's state lives here, once; `run` borrows it (moving it
+    // into `run` would reserve its room twice in this task's future).
+    tokio::spawn(async move {
+        if let Some((tcp, early)) = handshake::upgraded(on_upgrade).await {
+            let mut socket = WsSocket::new(tcp, early, MAX_INCOMING);
+            if let Some(why) = run(&state, &mut socket, &mut conn).await {
+                socket.close(state.config.write_timeout, why, None).await;
+            }
+        }
+        drop(token);
+    });
+    response
 }
 
-/// What to do after writing a batch.
-enum Next {
-    Continue,
-    Close(Disconnect),
+/// What a queue item becomes on this transport.
+fn out(item: Item) -> Out {
+    match item {
+        Item::Message(m) => Out::Text(m.envelope().clone()),
+        Item::Gap(channel) => Out::Text(gap_json(&channel)),
+        Item::Notice(notice) => Out::Text(notice.json.clone()),
+        Item::Closed(_, why) | Item::Disconnect(why) => Out::End(why, None),
+    }
 }
 
-async fn run(state: &AppState, mut socket: WebSocket, mut conn: Connection) {
+/// Serves until the connection ends; returns the close to send, if any.
+async fn run(state: &AppState, socket: &mut WsSocket, conn: &mut Connection) -> Option<Disconnect> {
     let sub = &mut conn.sub;
+    let timeout = state.config.write_timeout;
     let mut heartbeat = heartbeat_interval(state.config.heartbeat);
     let mut awaiting_pong = false;
     // Registered once, not on every wake-up (10k connections share this token).
@@ -56,75 +57,45 @@ async fn run(state: &AppState, mut socket: WebSocket, mut conn: Connection) {
     loop {
         tokio::select! {
             biased;
-            () = &mut shutdown => {
-                close(state, &mut socket, SHUTDOWN, None).await;
-                return;
-            }
-            incoming = socket.recv() => match incoming {
-                None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return,
-                Some(Ok(WsMessage::Ping(_))) => {
-                    awaiting_pong = false;
-                    // tungstenite queued the pong; send it now.
-                    if write_timed(state, socket.flush()).await.is_err() {
-                        return;
+            () = &mut shutdown => return Some(SHUTDOWN),
+            ready = socket.readable() => {
+                ready.ok()?;
+                loop {
+                    match socket.read() {
+                        Ok(None) => break,
+                        Ok(Some(Incoming::Ping(payload))) => {
+                            awaiting_pong = false;
+                            socket.queue_control(frame::PONG, &payload);
+                        }
+                        Ok(Some(Incoming::Close(_))) => return Some(NORMAL),
+                        Ok(Some(_)) => awaiting_pong = false,
+                        Err(ReadError::Gone) => return None,
+                        Err(ReadError::Frame(e)) => return Some(e.disconnect()),
                     }
                 }
-                Some(Ok(_)) => awaiting_pong = false,
-            },
+                socket.flush(timeout).await.ok()?;
+            }
             item = sub.next() => {
-                match write_batch(state, &mut socket, sub, item).await {
-                    Ok(Next::Continue) => {}
-                    Ok(Next::Close(why)) => {
-                        close(state, &mut socket, why, None).await;
-                        return;
-                    }
+                let end = match socket.write_batch(out(item), || sub.try_next().map(out)) {
+                    Ok(end) => end,
                     Err(why) => {
                         tracing::debug!(reason = why.reason, "websocket write failed");
-                        return;
+                        return None;
                     }
+                };
+                if let Some((why, _)) = end {
+                    return Some(why);
                 }
+                socket.flush(timeout).await.ok()?;
             }
             _ = heartbeat.tick() => {
                 if awaiting_pong {
-                    close(state, &mut socket, HEARTBEAT_TIMEOUT, None).await;
-                    return;
+                    return Some(HEARTBEAT_TIMEOUT);
                 }
                 awaiting_pong = true;
-                if write_timed(state, socket.send(WsMessage::Ping(Bytes::new()))).await.is_err() {
-                    return;
-                }
+                socket.queue_control(frame::PING, b"");
+                socket.flush(timeout).await.ok()?;
             }
         }
     }
-}
-
-/// Writes `first` and whatever else is ready, with one flush.
-async fn write_batch(
-    state: &AppState,
-    socket: &mut WebSocket,
-    sub: &mut Subscriber,
-    first: Item,
-) -> Result<Next, Disconnect> {
-    let mut item = Some(first);
-    let mut count = 0;
-    while let Some(current) = item.take() {
-        let frame = match current {
-            Item::Message(m) => text(m.envelope().clone()),
-            Item::Gap(channel) => text(gap_json(&channel)),
-            Item::Notice(notice) => text(notice.json.clone()),
-            Item::Closed(_, why) | Item::Disconnect(why) => {
-                write_timed(state, socket.flush()).await?;
-                return Ok(Next::Close(why));
-            }
-        };
-        if let Some(frame) = frame {
-            write_timed(state, socket.feed(frame)).await?;
-        }
-        count += 1;
-        if count < BATCH {
-            item = sub.try_next();
-        }
-    }
-    write_timed(state, socket.flush()).await?;
-    Ok(Next::Continue)
 }

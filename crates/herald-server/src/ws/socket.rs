@@ -1,0 +1,267 @@
+//! A server WebSocket over a raw `TcpStream`, made for pushing.
+//!
+//! Why not a general WebSocket crate: an idle push connection should cost
+//! next to nothing, and a delivery should cost one system call. Here:
+//! - idle, a connection holds no buffer at all: reads go through a stack
+//!   buffer and only a partly received frame is kept on the heap;
+//! - a batch of messages goes out in one `writev` of header + shared
+//!   envelope pairs, built on the stack: the envelope bytes (encoded once
+//!   per publish) are neither copied nor re-checked per subscriber;
+//! - only what the socket does not take at once is copied, into `pending`,
+//!   which the caller flushes with a deadline.
+
+use std::io::{self, IoSlice};
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_core::disconnect::{Disconnect, WRITE_TIMEOUT};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::frame::{self, FrameError, Incoming, Reader, MAX_HEADER};
+
+/// Most frames written with one system call.
+pub const BATCH: usize = 64;
+/// Bytes read per system call (on the stack, not kept).
+const READ_CHUNK: usize = 4096;
+/// How long a closing connection waits for the client's own close.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// What the connection's queue gives the writer.
+pub enum Out {
+    /// A text frame with these (shared) bytes.
+    Text(Bytes),
+    /// The end: close with this code, after this last text frame, if any.
+    End(Disconnect, Option<Bytes>),
+}
+
+/// Why reading stopped.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The client closed the TCP connection, or it broke.
+    Gone,
+    /// The client broke the framing rules.
+    Frame(FrameError),
+}
+
+pub struct WsSocket {
+    tcp: TcpStream,
+    reader: Reader,
+    /// Received bytes not yet forming a whole frame. Empty, with no
+    /// allocation, whenever the client is not in the middle of a frame.
+    rbuf: Vec<u8>,
+    /// `rbuf` may hold a whole frame not yet taken, so [`WsSocket::readable`]
+    /// must not wait for the socket. (Once `read` has seen the socket run
+    /// dry, only new bytes can complete a frame.)
+    ready: bool,
+    /// Frames the socket has not taken yet, in order; empty (no allocation)
+    /// unless the client reads slowly. Everything written goes behind it.
+    pending: Vec<u8>,
+}
+
+impl WsSocket {
+    /// `early` holds bytes the client sent right after its handshake.
+    pub fn new(tcp: TcpStream, early: Vec<u8>, max_message: usize) -> Self {
+        WsSocket {
+            tcp,
+            reader: Reader::new(max_message),
+            ready: !early.is_empty(),
+            rbuf: early,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Waits until there may be something to read. Cancel-safe: made for
+    /// `select!`. Follow it with [`WsSocket::read`] until that gives `None`.
+    pub async fn readable(&self) -> io::Result<()> {
+        if self.ready {
+            return Ok(());
+        }
+        // The socket's own reader slot, not `TcpStream::readable`: that
+        // future carries a waiter node (168 bytes) in every idle
+        // connection's task; only this task reads, so one slot is enough.
+        std::future::poll_fn(|cx| self.tcp.poll_read_ready(cx)).await
+    }
+
+    /// The next message or control frame, reading what has arrived without
+    /// waiting. `Ok(None)`: nothing whole has arrived yet.
+    pub fn read(&mut self) -> Result<Option<Incoming>, ReadError> {
+        loop {
+            if !self.rbuf.is_empty() {
+                let parsed = self.reader.next(&mut self.rbuf).map_err(ReadError::Frame)?;
+                if self.rbuf.is_empty() {
+                    // Give the memory back while the client is quiet.
+                    self.rbuf = Vec::new();
+                }
+                if let Some(message) = parsed {
+                    self.ready = !self.rbuf.is_empty();
+                    return Ok(Some(message));
+                }
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            match self.tcp.try_read(&mut chunk) {
+                Ok(0) => return Err(ReadError::Gone),
+                Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.ready = false;
+                    return Ok(None);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(ReadError::Gone),
+            }
+        }
+    }
+
+    /// Writes `first` and what `next` gives after it (up to [`BATCH`]
+    /// frames, stopping at an [`Out::End`], which is returned) with one
+    /// system call, without waiting. Whatever the socket does not take is
+    /// kept for [`WsSocket::flush`], which the caller must await next.
+    pub fn write_batch(
+        &mut self,
+        first: Out,
+        mut next: impl FnMut() -> Option<Out>,
+    ) -> Result<Option<(Disconnect, Option<Bytes>)>, Disconnect> {
+        let mut heads = [[0u8; MAX_HEADER]; BATCH];
+        let mut head_lens = [0usize; BATCH];
+        let mut bodies: [Bytes; BATCH] = [const { Bytes::new() }; BATCH];
+        let mut count = 0;
+        let mut end = None;
+        let mut item = Some(first);
+        while let Some(current) = item.take() {
+            match current {
+                Out::Text(body) => {
+                    head_lens[count] = frame::header(frame::TEXT, body.len(), &mut heads[count]);
+                    bodies[count] = body;
+                    count += 1;
+                }
+                Out::End(why, last) => {
+                    end = Some((why, last));
+                    break;
+                }
+            }
+            if count < BATCH {
+                item = next();
+            }
+        }
+        let mut slices = [IoSlice::new(&[]); 2 * BATCH];
+        for i in 0..count {
+            slices[2 * i] = IoSlice::new(&heads[i][..head_lens[i]]);
+            slices[2 * i + 1] = IoSlice::new(&bodies[i]);
+        }
+        self.write_now(&mut slices[..2 * count])?;
+        Ok(end)
+    }
+
+    /// Queues a control frame (ping, pong) for the next flush.
+    pub fn queue_control(&mut self, opcode: u8, payload: &[u8]) {
+        let mut head = [0u8; MAX_HEADER];
+        let n = frame::header(opcode, payload.len(), &mut head);
+        self.pending.extend_from_slice(&head[..n]);
+        self.pending.extend_from_slice(payload);
+    }
+
+    /// Queues a text frame for the next flush (replies, rare frames).
+    pub fn queue_text(&mut self, payload: &[u8]) {
+        self.queue_control(frame::TEXT, payload);
+    }
+
+    /// Writes what is pending, waiting for the socket at most `timeout`.
+    pub async fn flush(&mut self, timeout: Duration) -> Result<(), Disconnect> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        // Most flushes finish at once; the timer is armed, on the heap, only
+        // for one that has to wait (no timer in every connection's future).
+        match self.try_flush() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(_) => return Err(WRITE_TIMEOUT),
+        }
+        let wait = async {
+            loop {
+                self.tcp.writable().await?;
+                if self.try_flush()? {
+                    return Ok::<(), io::Error>(());
+                }
+            }
+        };
+        match Box::pin(tokio::time::timeout(timeout, wait)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(WRITE_TIMEOUT),
+        }
+    }
+
+    /// Ends the connection: `last` (if any), a close frame with the code
+    /// and reason, then a bounded wait for the client's own close so that
+    /// the TCP connection ends cleanly rather than with a reset.
+    pub async fn close(&mut self, timeout: Duration, why: Disconnect, last: Option<Bytes>) {
+        if let Some(last) = last {
+            self.queue_text(&last);
+        }
+        let payload = frame::close_payload(why.code, why.reason);
+        self.queue_control(frame::CLOSE, &payload);
+        if self.flush(timeout).await.is_err() {
+            return;
+        }
+        let _ = self.tcp.shutdown().await;
+        let drain = async {
+            let mut sink = [0u8; 512];
+            loop {
+                if self.tcp.readable().await.is_err() {
+                    return;
+                }
+                match self.tcp.try_read(&mut sink) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+        };
+        let _ = Box::pin(tokio::time::timeout(LINGER, drain)).await;
+    }
+
+    /// Writes `slices` now, as far as the socket takes them; the rest goes
+    /// to `pending`.
+    fn write_now(&mut self, mut slices: &mut [IoSlice<'_>]) -> Result<(), Disconnect> {
+        if !self.pending.is_empty() {
+            // Keep the order: behind what is already waiting.
+            for s in slices.iter() {
+                self.pending.extend_from_slice(s);
+            }
+            return Ok(());
+        }
+        while !slices.is_empty() {
+            match self.tcp.try_write_vectored(slices) {
+                Ok(0) => return Err(WRITE_TIMEOUT),
+                Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    for s in slices.iter() {
+                        self.pending.extend_from_slice(s);
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(WRITE_TIMEOUT),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes pending bytes without waiting; `Ok(true)` when none are left.
+    fn try_flush(&mut self) -> io::Result<bool> {
+        while !self.pending.is_empty() {
+            match self.tcp.try_write(&self.pending) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.pending = Vec::new();
+        Ok(true)
+    }
+}
