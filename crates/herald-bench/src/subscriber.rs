@@ -30,9 +30,6 @@ use crate::template::render_command;
 
 /// Latency histogram shards; subscriber `i` uses shard `i % LATENCY_SHARDS`.
 pub const LATENCY_SHARDS: usize = 16;
-/// WebSocket read buffer per connection: frames here are small, and a
-/// large default buffer per connection would dominate the bench's memory.
-const WS_READ_BUFFER: usize = 4 * 1024;
 /// Pause before connect retry `k` is `k` times this.
 const RETRY_BACKOFF: Duration = Duration::from_millis(200);
 /// Pause before a long-poll subscriber retries after an error.
@@ -275,7 +272,7 @@ async fn open_ws(
     let tcp = crate::net::connect(cfg.sub_url.addr, source)
         .await
         .map_err(|e| io_kind(&e))?;
-    let config = WebSocketConfig::default().read_buffer_size(WS_READ_BUFFER);
+    let config = WebSocketConfig::default().read_buffer_size(cfg.args.ws_read_buffer.max(64));
     let (ws, _resp) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config))
         .await
         .map_err(|e| ws_kind(&e))?;

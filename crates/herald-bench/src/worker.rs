@@ -22,7 +22,7 @@ use crate::tally::Counts;
 /// How often a worker reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// How long a worker waits for its subscribers to finish after `stop`.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+const STOP_GRACE: Duration = Duration::from_secs(20);
 
 /// Live counters.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]

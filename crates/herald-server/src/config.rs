@@ -57,6 +57,18 @@ pub struct FileConfig {
     #[serde(default)]
     pub limits: LimitsSection,
     pub hooks: Option<HooksSection>,
+    #[serde(default)]
+    pub redis: RedisSection,
+}
+
+/// `[redis]`: how patient the Redis engine is (unused with `memory`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub ping_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -165,7 +177,17 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub poll_timeout_max: Duration,
     pub namespaces: Namespaces,
+    /// Redis engine: bound on connecting and on every command; past it the
+    /// engine counts as unavailable (503, and `4005` when pub/sub is lost).
+    pub redis_timeout: Duration,
+    /// Redis engine: how often the pub/sub connection is pinged.
+    pub redis_ping_interval: Duration,
 }
+
+/// Default of `redis.timeout`.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default of `redis.ping_interval`.
+pub const DEFAULT_REDIS_PING_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Default for Config {
     fn default() -> Self {
@@ -409,6 +431,16 @@ impl Config {
             shutdown_grace: file.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
             poll_timeout_max: file.poll_timeout_max.unwrap_or(DEFAULT_POLL_TIMEOUT_MAX),
             namespaces: Namespaces::new(defaults, prefixes),
+            redis_timeout: positive_time(
+                "redis.timeout",
+                file.redis.timeout.unwrap_or(DEFAULT_REDIS_TIMEOUT),
+            )?,
+            redis_ping_interval: positive_time(
+                "redis.ping_interval",
+                file.redis
+                    .ping_interval
+                    .unwrap_or(DEFAULT_REDIS_PING_INTERVAL),
+            )?,
         })
     }
 }
@@ -420,6 +452,19 @@ mod tests {
     fn parse(text: &str) -> Result<Config, String> {
         let file: FileConfig = toml::from_str(text).map_err(|e| e.message().to_string())?;
         Config::resolve(file, Overrides::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn redis_section() {
+        let c = parse("[redis]\ntimeout = \"10s\"\nping_interval = \"20s\"").expect("valid");
+        assert_eq!(c.redis_timeout, Duration::from_secs(10));
+        assert_eq!(c.redis_ping_interval, Duration::from_secs(20));
+        let d = Config::default();
+        assert_eq!(d.redis_timeout, DEFAULT_REDIS_TIMEOUT);
+        let zero = parse("[redis]\ntimeout = \"0s\"").expect_err("zero");
+        assert!(zero.contains("redis.timeout"), "{zero}");
+        let unknown = parse("[redis]\nurl = \"x\"").expect_err("unknown key");
+        assert!(unknown.contains("url"), "{unknown}");
     }
 
     #[test]

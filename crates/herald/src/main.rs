@@ -140,10 +140,19 @@ async fn build_node(config: &Config) -> anyhow::Result<herald_core::Node> {
     }
     let hub = std::sync::Arc::new(herald_core::hub::Hub::new());
     let namespaces = std::sync::Arc::new(config.namespaces.clone());
-    let engine =
-        herald_redis::RedisEngine::connect(&config.engine, hub.clone(), namespaces.clone())
-            .await
-            .with_context(|| format!("cannot use the engine at {}", config.engine))?;
+    let options = herald_redis::RedisOptions {
+        timeout: config.redis_timeout,
+        ping_interval: config.redis_ping_interval,
+        ..Default::default()
+    };
+    let engine = herald_redis::RedisEngine::connect_with(
+        &config.engine,
+        hub.clone(),
+        namespaces.clone(),
+        options,
+    )
+    .await
+    .with_context(|| format!("cannot use the engine at {}", config.engine))?;
     Ok(herald_core::Node::new(hub, engine, namespaces))
 }
 
