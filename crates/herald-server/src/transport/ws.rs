@@ -17,6 +17,8 @@ use crate::ws::{frame, handshake, Accept, Incoming, Out, ReadError, WsSocket};
 
 /// The largest message a push-only client may send us.
 pub const MAX_INCOMING: usize = 16 * 1024;
+/// Client frames handled per wake-up before flushing and yielding.
+const FRAMES_PER_WAKE: usize = 32;
 
 pub fn upgrade(state: AppState, accept: Accept, mut conn: Connection) -> Response {
     let token = state.connections.token();
@@ -60,7 +62,9 @@ async fn run(state: &AppState, socket: &mut WsSocket, conn: &mut Connection) -> 
             () = &mut shutdown => return Some(SHUTDOWN),
             ready = socket.readable() => {
                 ready.ok()?;
-                loop {
+                // Bounded, then flushed: a client sending pings without
+                // reading cannot grow the pong backlog past one round.
+                for _ in 0..FRAMES_PER_WAKE {
                     match socket.read() {
                         Ok(None) => break,
                         Ok(Some(Incoming::Ping(payload))) => {
