@@ -267,10 +267,11 @@ impl ServerBuilder {
         let sink = stderr_buf.clone();
         let mut stderr = child.stderr.take().expect("piped stderr");
         let mut held_stderr = None;
+        let mut stderr_reader = None;
         if self.stderr_closed {
             held_stderr = Some(stderr);
         } else {
-            std::thread::spawn(move || {
+            stderr_reader = Some(std::thread::spawn(move || {
                 let mut chunk = [0u8; 4096];
                 while let Ok(n) = stderr.read(&mut chunk) {
                     if n == 0 {
@@ -280,12 +281,13 @@ impl ServerBuilder {
                         b.extend_from_slice(&chunk[..n]);
                     }
                 }
-            });
+            }));
         }
         Process {
             child: Some(child),
             lines: Mutex::new(lines),
             stderr: stderr_buf,
+            stderr_reader,
             held_stderr,
             config_path,
         }
@@ -307,6 +309,9 @@ pub struct Process {
     /// Lines the server printed on stdout (a Mutex only to make `Server` Sync).
     lines: Mutex<mpsc::Receiver<String>>,
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// The thread copying stderr into `stderr`; joined once the process has
+    /// exited, so that what it printed last is there to read.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     /// The unread stderr pipe of a `stderr_closable` server.
     held_stderr: Option<std::process::ChildStderr>,
     config_path: PathBuf,
@@ -393,6 +398,11 @@ impl Process {
         loop {
             let child = self.child.as_mut().expect("process running");
             if let Some(status) = child.try_wait().expect("try_wait") {
+                // The pipe is closed now: let the reader take its last bytes
+                // (a test reading stderr right after the exit raced it).
+                if let Some(reader) = self.stderr_reader.take() {
+                    let _ = reader.join();
+                }
                 return status;
             }
             if Instant::now() >= deadline {
