@@ -124,10 +124,6 @@ pub struct Args {
     /// Per-connection connect + handshake timeout, in seconds.
     #[arg(long, default_value_t = 10.0)]
     pub connect_timeout: f64,
-    /// Read buffer of each WebSocket subscriber, in bytes (allocated up
-    /// front by tungstenite; lower it to hold very many idle connections).
-    #[arg(long, default_value_t = 4096)]
-    pub ws_read_buffer: usize,
     /// Connections being opened at once (per process).
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: u32,

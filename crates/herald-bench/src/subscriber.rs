@@ -28,6 +28,8 @@ use crate::payload::{self, Mark};
 use crate::tally::{Counts, Latency, SeqTracker};
 use crate::template::render_command;
 
+/// WebSocket read buffer per connection: frames here are small.
+const WS_READ_BUFFER: usize = 4 * 1024;
 /// Latency histogram shards; subscriber `i` uses shard `i % LATENCY_SHARDS`.
 pub const LATENCY_SHARDS: usize = 16;
 /// Pause before connect retry `k` is `k` times this.
@@ -272,7 +274,7 @@ async fn open_ws(
     let tcp = crate::net::connect(cfg.sub_url.addr, source)
         .await
         .map_err(|e| io_kind(&e))?;
-    let config = WebSocketConfig::default().read_buffer_size(cfg.args.ws_read_buffer.max(64));
+    let config = WebSocketConfig::default().read_buffer_size(WS_READ_BUFFER);
     let (ws, _resp) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config))
         .await
         .map_err(|e| ws_kind(&e))?;

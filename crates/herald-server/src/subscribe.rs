@@ -153,10 +153,7 @@ fn accepts(headers: &HeaderMap, mime: &str) -> bool {
 }
 
 fn is_websocket(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    crate::ws::handshake::has_token(headers, header::UPGRADE, "websocket")
 }
 
 pub async fn subscribe(

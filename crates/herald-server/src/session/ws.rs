@@ -92,7 +92,7 @@ async fn serve(
                         socket.queue_text(&reply);
                     }
                     if let Some(why) = session.closing() {
-                        socket.flush(timeout).await.ok()?;
+                        // The close queues behind the reply and flushes both.
                         return ending(why);
                     }
                 }

@@ -111,7 +111,7 @@ pub fn accept_key(key: &[u8]) -> String {
 }
 
 /// Whether a comma-separated header has `token` (case-insensitive).
-fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+pub fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()
