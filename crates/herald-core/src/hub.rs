@@ -10,6 +10,18 @@
 //!
 //! The channel map is sharded so that subscribes and publishes on different
 //! channels rarely touch the same lock.
+//!
+//! Direct delivery: a connection whose transport can write a message without
+//! waiting (a [`DirectWriter`], e.g. a WebSocket) and whose task is parked
+//! with nothing queued may be *armed* (see [`crate::Subscriber::next`]). A
+//! message for its one channel is then written by the publishing thread
+//! straight to the socket, under the queue's lock, instead of being queued
+//! and the task woken: no task wake-up and poll per subscriber per message.
+//! Anything the socket does not take at once, and every other event, falls
+//! back to the queue and wakes the task, which disarms before it writes
+//! anything itself. Order and de-duplication stay those of the queue: the
+//! armed state carries the channel's position and the same `id <= position`
+//! rule drops what was already sent.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
@@ -21,6 +33,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::channel::ChannelName;
 use crate::disconnect::Disconnect;
+use crate::id::MessageId;
 use crate::message::Message;
 use crate::presence::Notice;
 use crate::sharded::{Shard, Sharded};
@@ -38,6 +51,51 @@ pub enum Event {
     Disconnect(Box<Disconnect>),
     /// A join or leave on a channel the connection follows.
     Notice(Arc<Notice>),
+}
+
+/// What a [`DirectWriter`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The whole message went out.
+    All,
+    /// Part of it went out; the writer kept the rest and its connection
+    /// must be woken to flush it.
+    Spilled,
+    /// Nothing went out (the socket is full, broken, or has bytes waiting):
+    /// the message goes through the queue.
+    Nothing,
+}
+
+/// A connection's socket as the publishing thread may write to it.
+///
+/// `try_write` is called under the connection's queue lock, never waits, and
+/// must not write anything ahead of bytes the connection has not flushed.
+pub trait DirectWriter: Send + Sync {
+    fn try_write(&self, message: &Message) -> Written;
+}
+
+/// The direct-delivery state of a connection that has a writer.
+struct Direct {
+    writer: Arc<dyn DirectWriter>,
+    /// Set while armed (and kept after a fallback until the task disarms):
+    /// the one channel followed and its position, the newest id sent.
+    armed: Option<Armed>,
+}
+
+struct Armed {
+    channel: ChannelName,
+    position: Option<MessageId>,
+    /// False once a message fell back to the queue: from then on everything
+    /// queues until the task has caught up and arms again.
+    live: bool,
+}
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Direct")
+            .field("armed", &self.armed.as_ref().map(|a| a.live))
+            .finish()
+    }
 }
 
 /// One connection's bounded queue, shared by every channel the connection
@@ -72,6 +130,9 @@ struct Queue {
     events: VecDeque<Event>,
     /// The connection's task, waiting in [`Inbox::recv`].
     waiter: Option<Waker>,
+    /// Only for connections that installed a [`DirectWriter`] (boxed: the
+    /// others pay one word).
+    direct: Option<Box<Direct>>,
 }
 
 impl Outbox {
@@ -106,11 +167,107 @@ impl Outbox {
         true
     }
 
+    /// Gives a published message to the connection: straight to its socket
+    /// when armed (see the module docs), else through the queue.
+    pub fn push_message(&self, message: &Arc<Message>) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let waiter = {
+            let mut queue = self.queue.lock();
+            let q = &mut *queue;
+            let armed = match q.direct.as_deref_mut() {
+                Some(Direct {
+                    writer,
+                    armed: Some(armed),
+                }) if armed.live && armed.channel == message.channel && q.events.is_empty() => {
+                    Some((writer, armed))
+                }
+                _ => None,
+            };
+            if let Some((writer, armed)) = armed {
+                if armed.position.is_some_and(|p| message.id <= p) {
+                    // Already sent (e.g. replayed from history).
+                    return true;
+                }
+                match writer.try_write(message) {
+                    Written::All => {
+                        armed.position = Some(message.id);
+                        return true;
+                    }
+                    Written::Spilled => {
+                        // Sent as far as the writer is concerned; the task
+                        // must flush the rest (and disarm) before anything else.
+                        armed.position = Some(message.id);
+                        armed.live = false;
+                        let waiter = q.waiter.take();
+                        drop(queue);
+                        if let Some(waker) = waiter {
+                            waker.wake();
+                        }
+                        return true;
+                    }
+                    Written::Nothing => armed.live = false,
+                }
+            }
+            if queue.events.len() >= self.capacity {
+                drop(queue);
+                self.overflowed.store(true, Ordering::Release);
+                self.wake();
+                return false;
+            }
+            queue.events.push_back(Event::Message(Arc::clone(message)));
+            queue.waiter.take()
+        };
+        if let Some(waker) = waiter {
+            waker.wake();
+        }
+        true
+    }
+
     fn wake(&self) {
         let waiter = self.queue.lock().waiter.take();
         if let Some(waker) = waiter {
             waker.wake();
         }
+    }
+
+    /// Lets the publishing thread write this connection's messages (see the
+    /// module docs) from now on.
+    pub fn set_writer(&self, writer: Arc<dyn DirectWriter>) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        self.queue.lock().direct = Some(Box::new(Direct {
+            writer,
+            armed: None,
+        }));
+    }
+
+    /// Arms direct delivery of `channel` after `position`, if the connection
+    /// has a writer and nothing queued. Only the connection's task calls it,
+    /// while it has nothing else to send and no unflushed bytes.
+    pub(crate) fn arm(&self, channel: &ChannelName, position: Option<MessageId>) -> bool {
+        let mut queue = self.queue.lock();
+        if !queue.events.is_empty() || self.overflowed() {
+            return false;
+        }
+        let Some(direct) = queue.direct.as_mut() else {
+            return false;
+        };
+        direct.armed = Some(Armed {
+            channel: channel.clone(),
+            position,
+            live: true,
+        });
+        true
+    }
+
+    /// Stops direct delivery; gives back the channel's position, which may
+    /// have moved on while armed.
+    pub(crate) fn disarm(&self) -> Option<(ChannelName, Option<MessageId>)> {
+        let armed = self.queue.lock().direct.as_mut()?.armed.take()?;
+        Some((armed.channel, armed.position))
     }
 }
 
@@ -159,6 +316,8 @@ impl Drop for Inbox {
         let mut queue = self.outbox.queue.lock();
         queue.events = VecDeque::new();
         queue.waiter = None;
+        // The writer holds the socket: let it go with the connection.
+        queue.direct = None;
     }
 }
 
@@ -333,7 +492,7 @@ impl Hub {
             // ordered by the engine, which calls us in id order.
             let guard = subs.read();
             for outbox in guard.by_conn.values() {
-                if outbox.push(Event::Message(Arc::clone(message))) {
+                if outbox.push_message(message) {
                     delivered += 1;
                 } else {
                     dead.push(outbox.id);

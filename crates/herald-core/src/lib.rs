@@ -29,6 +29,7 @@ mod sharded;
 pub mod user;
 
 pub use channel::ChannelName;
+pub use hub::{DirectWriter, Written};
 pub use id::{MessageId, Since};
 pub use message::{Message, Payload, PayloadKind};
 pub use node::{Item, Node, Subscribed, Subscriber};

@@ -13,6 +13,13 @@
 //!    queue, skipping anything at or before the last id already yielded for
 //!    that channel. Ids grow per channel, so nothing is lost or repeated at
 //!    the seam between history and live messages.
+//!
+//! A connection whose transport installed a [`DirectWriter`] and that
+//! follows one channel is armed while it waits in [`Subscriber::next`] with
+//! nothing to yield: the hub then writes that channel's messages to its
+//! socket itself (see [`crate::hub`]). Leaving `next` (an item, or the
+//! future dropped because another `select!` branch won) disarms and takes
+//! the channel's position back, so the rules above hold for both paths.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -20,7 +27,7 @@ use std::sync::Arc;
 use crate::channel::ChannelName;
 use crate::disconnect::{Disconnect, SLOW_CONSUMER, TOKEN_EXPIRED};
 use crate::engine::{Engine, EngineError};
-use crate::hub::{Event, Hub, Inbox, Outbox};
+use crate::hub::{DirectWriter, Event, Hub, Inbox, Outbox};
 use crate::id::{MessageId, Since};
 use crate::message::Message;
 use crate::namespace::Namespaces;
@@ -163,6 +170,14 @@ impl Subscriber {
 
     pub fn channel_count(&self) -> usize {
         self.channels.len()
+    }
+
+    /// Lets the hub write this connection's messages straight to its socket
+    /// while [`Subscriber::next`] waits (see the module docs). The transport
+    /// promises that, whenever it polls `next`, it has no unflushed bytes of
+    /// its own, and that it writes nothing while `next` is pending.
+    pub fn set_writer(&self, writer: Arc<dyn DirectWriter>) {
+        self.outbox.set_writer(writer);
     }
 
     /// Follows `channel` from `since`. See the module docs for the order.
@@ -311,6 +326,8 @@ impl Subscriber {
             if let Some(item) = self.take_ready() {
                 return item;
             }
+            // Disarmed (before the event is looked at) however this ends.
+            let armed = Armed::new(&self.outbox, &mut self.channels);
             let event = match self.deadline.as_mut() {
                 None => self.rx.recv().await,
                 Some(deadline) => tokio::select! {
@@ -321,6 +338,7 @@ impl Subscriber {
                     }
                 },
             };
+            drop(armed);
             // `None`: the queue overflowed, which `take_ready` says next.
             if let Some(item) = event.and_then(|event| self.accept(event)) {
                 return item;
@@ -370,6 +388,44 @@ impl Subscriber {
                 .channels
                 .contains_key(&notice.channel)
                 .then_some(Item::Notice(notice)),
+        }
+    }
+}
+
+/// Direct delivery armed for the one channel of a waiting subscriber; the
+/// channel's position comes back on drop.
+struct Armed<'a> {
+    outbox: &'a Outbox,
+    channels: &'a mut HashMap<ChannelName, Option<MessageId>>,
+    on: bool,
+}
+
+impl<'a> Armed<'a> {
+    /// Arms if there is exactly one channel (the hub writes one channel's
+    /// messages only) and the outbox has a writer and nothing queued.
+    fn new(outbox: &'a Outbox, channels: &'a mut HashMap<ChannelName, Option<MessageId>>) -> Self {
+        let on = channels.len() == 1
+            && channels
+                .iter()
+                .next()
+                .is_some_and(|(channel, position)| outbox.arm(channel, *position));
+        Armed {
+            outbox,
+            channels,
+            on,
+        }
+    }
+}
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        if !self.on {
+            return;
+        }
+        if let Some((channel, position)) = self.outbox.disarm() {
+            if let Some(slot) = self.channels.get_mut(&channel) {
+                *slot = position;
+            }
         }
     }
 }
@@ -470,5 +526,201 @@ mod tests {
         drop(sub);
         assert_eq!(node.hub.count(&ch), 0);
         assert_eq!(node.hub.channel_count(), 0);
+    }
+
+    /// Stands in for a socket: records what the hub wrote to it directly and
+    /// answers as the test says (the real one is tested with real sockets in
+    /// the server's integration tests).
+    struct Recorder {
+        sent: parking_lot::Mutex<Vec<MessageId>>,
+        answer: parking_lot::Mutex<crate::hub::Written>,
+    }
+
+    impl Recorder {
+        fn new() -> Arc<Self> {
+            Arc::new(Recorder {
+                sent: parking_lot::Mutex::new(Vec::new()),
+                answer: parking_lot::Mutex::new(crate::hub::Written::All),
+            })
+        }
+        fn answer(&self, answer: crate::hub::Written) {
+            *self.answer.lock() = answer;
+        }
+        fn sent(&self) -> Vec<MessageId> {
+            self.sent.lock().clone()
+        }
+    }
+
+    impl DirectWriter for Recorder {
+        fn try_write(&self, message: &Message) -> crate::hub::Written {
+            let answer = *self.answer.lock();
+            if answer != crate::hub::Written::Nothing {
+                self.sent.lock().push(message.id);
+            }
+            answer
+        }
+    }
+
+    /// Counts wake-ups of the "connection task".
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Polls once, as a connection task parked in `select!` does.
+    fn poll_once<F: std::future::Future + Unpin>(
+        fut: &mut F,
+        wakes: &Arc<Wakes>,
+    ) -> Option<F::Output> {
+        let waker = std::task::Waker::from(Arc::clone(wakes));
+        let mut cx = std::task::Context::from_waker(&waker);
+        match std::pin::Pin::new(fut).poll(&mut cx) {
+            std::task::Poll::Ready(out) => Some(out),
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    fn woken(wakes: &Wakes) -> usize {
+        wakes.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_parked_subscriber_is_written_directly_and_keeps_its_position() {
+        let node = node();
+        let ch = ChannelName::new("news").expect("valid");
+        let first = publish(&node, &ch, "1").await;
+        let second = publish(&node, &ch, "2").await;
+        let mut sub = node.subscriber(16);
+        sub.subscribe(ch.clone(), Since::After(first))
+            .await
+            .expect("subscribe");
+        let socket = Recorder::new();
+        sub.set_writer(socket.clone());
+        let wakes = Arc::new(Wakes::default());
+
+        // History is yielded by `next`, never written by the hub.
+        let mut next = Box::pin(sub.next());
+        let item = poll_once(&mut next, &wakes).expect("history is ready");
+        assert_eq!(expect_message(item).id, second);
+        drop(next);
+
+        // Parked: live messages go straight to the socket, nothing is queued
+        // and the task is not woken.
+        let mut next = Box::pin(sub.next());
+        assert!(poll_once(&mut next, &wakes).is_none());
+        let third = publish(&node, &ch, "3").await;
+        let fourth = publish(&node, &ch, "4").await;
+        assert_eq!(socket.sent(), vec![third, fourth]);
+        assert_eq!(woken(&wakes), 0, "no wake-up per message");
+        assert!(poll_once(&mut next, &wakes).is_none(), "nothing queued");
+        // A stale delivery (at or before the position) is not written again.
+        let stale = Arc::new(Message::new(
+            ch.clone(),
+            third,
+            Payload::from_bytes(Bytes::from_static(b"3")),
+            0,
+        ));
+        node.hub.deliver(&stale);
+        assert_eq!(socket.sent(), vec![third, fourth]);
+        drop(next);
+
+        // Disarmed, the position came back: the same stale delivery, now
+        // queued, is dropped by `next` rather than yielded.
+        node.hub.deliver(&stale);
+        assert!(sub.try_next().is_none(), "already sent directly");
+
+        // The socket is full: the message falls back to the queue, wakes
+        // the task, and so does everything after it, in order.
+        let mut next = Box::pin(sub.next());
+        assert!(poll_once(&mut next, &wakes).is_none());
+        socket.answer(crate::hub::Written::Nothing);
+        let before = woken(&wakes);
+        let fifth = publish(&node, &ch, "5").await;
+        assert_eq!(woken(&wakes), before + 1);
+        socket.answer(crate::hub::Written::All);
+        let sixth = publish(&node, &ch, "6").await;
+        let item = poll_once(&mut next, &wakes).expect("queued message");
+        assert_eq!(expect_message(item).id, fifth);
+        drop(next);
+        assert_eq!(expect_message(sub.next().await).id, sixth);
+        assert_eq!(
+            socket.sent(),
+            vec![third, fourth],
+            "queued ones not written"
+        );
+
+        // Part written: the rest is the socket's; the task is woken to flush
+        // it, and what follows queues until the task parks again.
+        let mut next = Box::pin(sub.next());
+        assert!(poll_once(&mut next, &wakes).is_none());
+        socket.answer(crate::hub::Written::Spilled);
+        let before = woken(&wakes);
+        let seventh = publish(&node, &ch, "7").await;
+        assert_eq!(woken(&wakes), before + 1, "woken to flush the rest");
+        let eighth = publish(&node, &ch, "8").await;
+        let item = poll_once(&mut next, &wakes).expect("queued message");
+        assert_eq!(
+            expect_message(item).id,
+            eighth,
+            "the spilled one is not yielded again"
+        );
+        drop(next);
+        assert_eq!(socket.sent(), vec![third, fourth, seventh]);
+
+        // Parked again: direct once more.
+        socket.answer(crate::hub::Written::All);
+        let mut next = Box::pin(sub.next());
+        assert!(poll_once(&mut next, &wakes).is_none());
+        let ninth = publish(&node, &ch, "9").await;
+        assert_eq!(socket.sent(), vec![third, fourth, seventh, ninth]);
+        drop(next);
+        assert!(sub.try_next().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_of_two_channels_is_not_written_directly() {
+        let node = node();
+        let a = ChannelName::new("a").expect("valid");
+        let b = ChannelName::new("b").expect("valid");
+        let mut sub = node.subscriber(16);
+        sub.subscribe(a.clone(), Since::Live)
+            .await
+            .expect("subscribe");
+        sub.subscribe(b.clone(), Since::Live)
+            .await
+            .expect("subscribe");
+        let socket = Recorder::new();
+        sub.set_writer(socket.clone());
+        let wakes = Arc::new(Wakes::default());
+        let mut next = Box::pin(sub.next());
+        assert!(poll_once(&mut next, &wakes).is_none());
+        let id = publish(&node, &a, "x").await;
+        let item = poll_once(&mut next, &wakes).expect("queued");
+        assert_eq!(expect_message(item).id, id);
+        assert!(socket.sent().is_empty());
+    }
+
+    #[tokio::test]
+    async fn other_events_while_parked_go_through_the_queue() {
+        let node = node();
+        let ch = ChannelName::new("news").expect("valid");
+        let mut sub = node.subscriber(16);
+        sub.subscribe(ch.clone(), Since::Live)
+            .await
+            .expect("subscribe");
+        let socket = Recorder::new();
+        sub.set_writer(socket.clone());
+        let wakes = Arc::new(Wakes::default());
+        let mut next = Box::pin(sub.next());
+        assert!(poll_once(&mut next, &wakes).is_none());
+        node.hub
+            .close_channel(&ch, crate::disconnect::CHANNEL_DELETED);
+        let item = poll_once(&mut next, &wakes).expect("queued");
+        assert!(matches!(item, Item::Closed(c, _) if c == ch));
+        assert!(socket.sent().is_empty());
     }
 }

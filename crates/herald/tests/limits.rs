@@ -218,3 +218,69 @@ async fn slow_websocket_consumer_is_closed_while_fast_one_gets_everything() {
         "the slow subscriber was not cut off: it received all {count} messages"
     );
 }
+
+/// A WebSocket client that stops reading for a while (but not long enough to
+/// overflow its queue) gets every message, in order, once it reads again.
+/// While it waits, the server writes messages straight from the publishing
+/// thread until the socket is full; then a message goes out in part and the
+/// rest (and what follows) through the connection's queue: this checks the
+/// seams between those paths, on the channel URL and on a one-channel session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_websocket_reader_gets_every_message_in_order() {
+    const COUNT: usize = 150;
+    const SIZE: usize = 30_000;
+    let s = Server::builder()
+        .set("queue_size", "256")
+        .set("write_timeout", "\"60s\"")
+        .start()
+        .await;
+    for session in [false, true] {
+        let ch = channel("paused");
+        let mut ws = if session {
+            let mut ws = s.ws_small_buffer("/connection/websocket").await;
+            ws.send_text(&json!({"id": 1, "subscribe": {"channel": ch}}).to_string())
+                .await;
+            let reply = ws.next_json().await;
+            assert_eq!(reply["id"], 1, "session subscribe reply {reply}");
+            ws
+        } else {
+            s.ws_small_buffer(&format!("/sub/{ch}")).await
+        };
+        s.wait_subscribers(&ch, 1, IO_TIMEOUT).await;
+        // 4.5 MB: more than the kernel buffers between server and client.
+        let mut published = Vec::with_capacity(COUNT);
+        for i in 1..=COUNT {
+            let mut text = format!("{i:06}");
+            text.push_str(&"q".repeat(SIZE - text.len()));
+            published.push(s.publish_text(&ch, &text).await);
+        }
+        let mut received = Vec::with_capacity(COUNT);
+        while received.len() < COUNT {
+            match ws.next_event(Duration::from_secs(30)).await {
+                WsEvent::Json(v) => {
+                    let text = v["data"].as_str().expect("text payload");
+                    assert_eq!(
+                        &text[..6],
+                        format!("{:06}", received.len() + 1),
+                        "order (session: {session})"
+                    );
+                    assert_eq!(text.len(), SIZE, "payload size (session: {session})");
+                    received.push(envelope_id(&v, &ch));
+                }
+                WsEvent::Ping => {}
+                other => panic!(
+                    "paused reader (session: {session}) ended after {} messages: {other:?}",
+                    received.len()
+                ),
+            }
+        }
+        assert_eq!(
+            received, published,
+            "every message once (session: {session})"
+        );
+        // And it goes on: the next message comes straight through.
+        let last = s.publish_text(&ch, "after").await;
+        let v = ws.next_json().await;
+        assert_eq!(envelope_id(&v, &ch), last, "live after catching up");
+    }
+}

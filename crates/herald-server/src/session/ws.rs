@@ -38,6 +38,9 @@ pub fn upgrade(
 
 async fn run(state: AppState, socket: &mut WsSocket, identity: crate::token::Identity) {
     let mut session = Session::new(state.clone(), random_id(), identity);
+    // While `serve` waits in `next()`, the hub writes messages of a session
+    // with one channel itself; every branch below flushes before looping.
+    session.subscriber().set_writer(socket.writer());
     if let Some((why, last)) = serve(&state, socket, &mut session).await {
         socket.close(state.config.write_timeout, why, last).await;
     }
@@ -72,10 +75,15 @@ async fn serve(
             biased;
             () = &mut shutdown => return ending(SHUTDOWN),
             ready = socket.readable() => {
+                // (Also ready when the hub left bytes to flush: only what the
+                // client sent counts as a sign of life.)
                 ready.ok()?;
-                silent_ticks = 0;
                 for _ in 0..COMMANDS_PER_WAKE {
-                    let reply = match socket.read() {
+                    let incoming = socket.read();
+                    if matches!(incoming, Ok(Some(_))) {
+                        silent_ticks = 0;
+                    }
+                    let reply = match incoming {
                         Ok(None) => break,
                         Ok(Some(Incoming::Text(text))) => session.handle(&text).await,
                         Ok(Some(Incoming::Binary(_))) => return ending(BAD_REQUEST),

@@ -28,6 +28,9 @@ pub fn upgrade(state: AppState, accept: Accept, mut conn: Connection) -> Respons
     tokio::spawn(async move {
         if let Some((tcp, early)) = handshake::upgraded(on_upgrade).await {
             let mut socket = WsSocket::new(tcp, early, MAX_INCOMING);
+            // While `run` waits in `sub.next()`, the hub writes the channel's
+            // messages itself; every branch below flushes before looping.
+            conn.sub.set_writer(socket.writer());
             if let Some(why) = run(&state, &mut socket, &mut conn).await {
                 socket.close(state.config.write_timeout, why, None).await;
             }

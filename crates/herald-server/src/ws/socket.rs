@@ -8,14 +8,21 @@
 //!   envelope pairs (`writev`), built on the stack: the envelope bytes (encoded once
 //!   per publish) are neither copied nor re-checked per subscriber;
 //! - only what the socket does not take at once is copied, into `pending`,
-//!   which the caller flushes with a deadline.
+//!   which the caller flushes with a deadline;
+//! - while the connection waits, the hub may write a message to the socket
+//!   itself ([`WsSocket::writer`], see `herald_core::hub`): the socket and
+//!   `pending` are shared with it for that, and the connection's own writes
+//!   and the hub's never overlap (the hub writes only while the connection is
+//!   armed, which it is only while parked, and never ahead of `pending`).
 
 use std::io::{self, IoSlice};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use herald_core::disconnect::{Disconnect, WRITE_TIMEOUT};
-use tokio::io::AsyncWriteExt;
+use herald_core::{DirectWriter, Message, Written};
+use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
 use super::frame::{self, FrameError, Incoming, Reader, MAX_HEADER};
@@ -45,7 +52,7 @@ pub enum ReadError {
 }
 
 pub struct WsSocket {
-    tcp: TcpStream,
+    shared: Arc<Shared>,
     reader: Reader,
     /// Received bytes not yet forming a whole frame. Empty, with no
     /// allocation, whenever the client is not in the middle of a frame.
@@ -54,25 +61,81 @@ pub struct WsSocket {
     /// must not wait for the socket. (Once `read` has seen the socket run
     /// dry, only new bytes can complete a frame.)
     ready: bool,
+}
+
+/// What the connection shares with the hub's direct delivery.
+struct Shared {
+    tcp: TcpStream,
     /// Frames the socket has not taken yet, in order; empty (no allocation)
     /// unless the client reads slowly. Everything written goes behind it.
-    pending: Vec<u8>,
+    /// Locked only around a non-blocking write or a copy, never across an await.
+    pending: Mutex<Vec<u8>>,
+}
+
+impl DirectWriter for Shared {
+    /// One text frame with the message's shared envelope, in one `writev`.
+    fn try_write(&self, message: &Message) -> Written {
+        // Held by the connection itself: it is busy writing, so queue.
+        let Some(mut pending) = self.pending.try_lock() else {
+            return Written::Nothing;
+        };
+        if !pending.is_empty() {
+            return Written::Nothing;
+        }
+        let body = message.envelope();
+        let mut head = [0u8; MAX_HEADER];
+        let n = frame::header(frame::TEXT, body.len(), &mut head);
+        let mut slices = [IoSlice::new(&head[..n]), IoSlice::new(body)];
+        let mut slices = &mut slices[..];
+        let mut sent_some = false;
+        while !slices.is_empty() {
+            match self.tcp.try_write_vectored(slices) {
+                Ok(n) if n > 0 => {
+                    sent_some = true;
+                    IoSlice::advance_slices(&mut slices, n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Full or broken: the connection finds out on its own write.
+                _ => break,
+            }
+        }
+        if slices.is_empty() {
+            return Written::All;
+        }
+        if !sent_some {
+            return Written::Nothing;
+        }
+        for s in slices.iter() {
+            pending.extend_from_slice(s);
+        }
+        Written::Spilled
+    }
 }
 
 impl WsSocket {
     /// `early` holds bytes the client sent right after its handshake.
     pub fn new(tcp: TcpStream, early: Vec<u8>, max_message: usize) -> Self {
         WsSocket {
-            tcp,
+            shared: Arc::new(Shared {
+                tcp,
+                pending: Mutex::new(Vec::new()),
+            }),
             reader: Reader::new(max_message),
             ready: !early.is_empty(),
             rbuf: early,
-            pending: Vec::new(),
         }
     }
 
-    /// Waits until there may be something to read. Cancel-safe: made for
-    /// `select!`. Follow it with [`WsSocket::read`] until that gives `None`.
+    /// The handle through which the hub writes messages while the connection
+    /// waits (give it to `Subscriber::set_writer`).
+    pub fn writer(&self) -> Arc<dyn DirectWriter> {
+        Arc::clone(&self.shared) as Arc<dyn DirectWriter>
+    }
+
+    /// Waits until there may be something to read, or bytes the hub could
+    /// not write at once wait to be flushed. Cancel-safe: made for
+    /// `select!`. Follow it with [`WsSocket::read`] until that gives `None`,
+    /// then [`WsSocket::flush`].
     pub async fn readable(&self) -> io::Result<()> {
         if self.ready {
             return Ok(());
@@ -80,7 +143,13 @@ impl WsSocket {
         // The socket's own reader slot, not `TcpStream::readable`: that
         // future carries a waiter node (168 bytes) in every idle
         // connection's task; only this task reads, so one slot is enough.
-        std::future::poll_fn(|cx| self.tcp.poll_read_ready(cx)).await
+        std::future::poll_fn(|cx| {
+            if !self.shared.pending.lock().is_empty() {
+                return std::task::Poll::Ready(Ok(()));
+            }
+            self.shared.tcp.poll_read_ready(cx)
+        })
+        .await
     }
 
     /// The next message or control frame, reading what has arrived without
@@ -99,7 +168,7 @@ impl WsSocket {
                 }
             }
             let mut chunk = [0u8; READ_CHUNK];
-            match self.tcp.try_read(&mut chunk) {
+            match self.shared.tcp.try_read(&mut chunk) {
                 Ok(0) => return Err(ReadError::Gone),
                 Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -156,8 +225,9 @@ impl WsSocket {
     pub fn queue_control(&mut self, opcode: u8, payload: &[u8]) {
         let mut head = [0u8; MAX_HEADER];
         let n = frame::header(opcode, payload.len(), &mut head);
-        self.pending.extend_from_slice(&head[..n]);
-        self.pending.extend_from_slice(payload);
+        let mut pending = self.shared.pending.lock();
+        pending.extend_from_slice(&head[..n]);
+        pending.extend_from_slice(payload);
     }
 
     /// Queues a text frame for the next flush (replies, rare frames).
@@ -167,7 +237,7 @@ impl WsSocket {
 
     /// Writes what is pending, waiting for the socket at most `timeout`.
     pub async fn flush(&mut self, timeout: Duration) -> Result<(), Disconnect> {
-        if self.pending.is_empty() {
+        if self.shared.pending.lock().is_empty() {
             return Ok(());
         }
         // Most flushes finish at once; the timer is armed, on the heap, only
@@ -179,7 +249,7 @@ impl WsSocket {
         }
         let wait = async {
             loop {
-                self.tcp.writable().await?;
+                self.shared.tcp.writable().await?;
                 if self.try_flush()? {
                     return Ok::<(), io::Error>(());
                 }
@@ -203,14 +273,15 @@ impl WsSocket {
         if self.flush(timeout).await.is_err() {
             return;
         }
-        let _ = self.tcp.shutdown().await;
+        let tcp = &self.shared.tcp;
+        let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write);
         let drain = async {
             let mut sink = [0u8; 512];
             loop {
-                if self.tcp.readable().await.is_err() {
+                if tcp.readable().await.is_err() {
                     return;
                 }
-                match self.tcp.try_read(&mut sink) {
+                match tcp.try_read(&mut sink) {
                     Ok(0) => return,
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -224,22 +295,23 @@ impl WsSocket {
     /// Writes `slices` now, as far as the socket takes them; the rest goes
     /// to `pending`.
     fn write_now(&mut self, mut slices: &mut [IoSlice<'_>]) -> Result<(), Disconnect> {
-        if !self.pending.is_empty() {
+        let mut pending = self.shared.pending.lock();
+        if !pending.is_empty() {
             // Keep the order: behind what is already waiting.
             for s in slices.iter() {
-                self.pending.extend_from_slice(s);
+                pending.extend_from_slice(s);
             }
             return Ok(());
         }
         while !slices.is_empty() {
             // (sendmsg instead of writev measured the same: the fd lookup
             // and the TCP path dominate either way.)
-            match self.tcp.try_write_vectored(slices) {
+            match self.shared.tcp.try_write_vectored(slices) {
                 Ok(0) => return Err(WRITE_TIMEOUT),
                 Ok(n) => IoSlice::advance_slices(&mut slices, n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     for s in slices.iter() {
-                        self.pending.extend_from_slice(s);
+                        pending.extend_from_slice(s);
                     }
                     return Ok(());
                 }
@@ -252,18 +324,19 @@ impl WsSocket {
 
     /// Writes pending bytes without waiting; `Ok(true)` when none are left.
     fn try_flush(&mut self) -> io::Result<bool> {
-        while !self.pending.is_empty() {
-            match self.tcp.try_write(&self.pending) {
+        let mut pending = self.shared.pending.lock();
+        while !pending.is_empty() {
+            match self.shared.tcp.try_write(&pending) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
-                    self.pending.drain(..n);
+                    pending.drain(..n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        self.pending = Vec::new();
+        *pending = Vec::new();
         Ok(true)
     }
 }
