@@ -591,6 +591,7 @@ mod tests {
     #[tokio::test]
     async fn a_parked_subscriber_is_written_directly_and_keeps_its_position() {
         let node = node();
+        node.hub.set_batch_bursts(false);
         let ch = ChannelName::new("news").expect("valid");
         let first = publish(&node, &ch, "1").await;
         let second = publish(&node, &ch, "2").await;

@@ -250,6 +250,10 @@ async fn paused_websocket_reader_gets_every_message_in_order() {
         // 4.5 MB: more than the kernel buffers between server and client.
         let mut published = Vec::with_capacity(COUNT);
         for i in 1..=COUNT {
+            // Paced, not a burst: a message arriving within a millisecond of
+            // the previous one would go through the queue (hub::BURST_GAP),
+            // and this test is about the direct path and its fallbacks.
+            tokio::time::sleep(Duration::from_millis(3)).await;
             let mut text = format!("{i:06}");
             text.push_str(&"q".repeat(SIZE - text.len()));
             published.push(s.publish_text(&ch, &text).await);
