@@ -100,7 +100,9 @@ trap cleanup EXIT
 trap 'exit 143' TERM INT
 # The script's own deadline: a watchdog that stops this script, whose EXIT
 # trap then ends every process it started (each also has its own --timeout).
-(sleep "$DEADLINE" && echo "== deadline reached, stopping" >&2 && kill -TERM $$) 2>/dev/null &
+# (The sleep gets no copy of stdout/stderr: killing the subshell at exit
+# leaves it behind, and it must not keep a caller's pipe open.)
+(sleep "$DEADLINE" >/dev/null 2>&1 && echo "== deadline reached, stopping" >&2 && kill -TERM $$) 2>/dev/null &
 PIDS+=("$!")
 # A memory guard: should the machine run short, stop the load (and say so)
 # rather than let the kernel's OOM killer pick processes.
