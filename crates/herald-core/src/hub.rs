@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use crate::channel::ChannelName;
 use crate::disconnect::Disconnect;
@@ -148,6 +148,43 @@ struct Queue {
     direct: Option<Box<Direct>>,
 }
 
+impl Queue {
+    /// Writes `message` to the socket if the connection is armed for its
+    /// channel and nothing is queued ahead of it. `None`: not written, it must
+    /// be queued (and from then on everything queues until the task re-arms).
+    /// `Some(All)` also for a message already sent, which is dropped.
+    fn write_direct(&mut self, message: &Message) -> Option<Written> {
+        if !self.events.is_empty() {
+            return None;
+        }
+        let direct = self.direct.as_deref_mut()?;
+        let armed = direct
+            .armed
+            .as_mut()
+            .filter(|a| a.live && a.channel == message.channel)?;
+        if armed.position.is_some_and(|p| message.id <= p) {
+            // Already sent (e.g. replayed from history).
+            return Some(Written::All);
+        }
+        match direct.writer.try_write(message) {
+            Written::Nothing => {
+                armed.live = false;
+                None
+            }
+            Written::All => {
+                armed.position = Some(message.id);
+                Some(Written::All)
+            }
+            Written::Spilled => {
+                // Sent as far as ordering goes; its rest is the writer's.
+                armed.position = Some(message.id);
+                armed.live = false;
+                Some(Written::Spilled)
+            }
+        }
+    }
+}
+
 impl Outbox {
     pub fn id(&self) -> u64 {
         self.id
@@ -163,21 +200,7 @@ impl Outbox {
         if self.closed.load(Ordering::Acquire) {
             return false;
         }
-        let waiter = {
-            let mut queue = self.queue.lock();
-            if queue.events.len() >= self.capacity {
-                drop(queue);
-                self.overflowed.store(true, Ordering::Release);
-                self.wake();
-                return false;
-            }
-            queue.events.push_back(event);
-            queue.waiter.take()
-        };
-        if let Some(waker) = waiter {
-            waker.wake();
-        }
-        true
+        self.enqueue(self.queue.lock(), event)
     }
 
     /// Gives a published message to the connection: straight to its socket
@@ -186,52 +209,35 @@ impl Outbox {
         if self.closed.load(Ordering::Acquire) {
             return false;
         }
-        let waiter = {
-            let mut queue = self.queue.lock();
-            let q = &mut *queue;
-            let armed = match q.direct.as_deref_mut() {
-                Some(Direct {
-                    writer,
-                    armed: Some(armed),
-                }) if armed.live && armed.channel == message.channel && q.events.is_empty() => {
-                    Some((writer, armed))
-                }
-                _ => None,
-            };
-            if let Some((writer, armed)) = armed {
-                if armed.position.is_some_and(|p| message.id <= p) {
-                    // Already sent (e.g. replayed from history).
-                    return true;
-                }
-                match writer.try_write(message) {
-                    Written::All => {
-                        armed.position = Some(message.id);
-                        return true;
-                    }
-                    Written::Spilled => {
-                        // Sent as far as the writer is concerned; the task
-                        // must flush the rest (and disarm) before anything else.
-                        armed.position = Some(message.id);
-                        armed.live = false;
-                        let waiter = q.waiter.take();
-                        drop(queue);
-                        if let Some(waker) = waiter {
-                            waker.wake();
-                        }
-                        return true;
-                    }
-                    Written::Nothing => armed.live = false,
-                }
-            }
-            if queue.events.len() >= self.capacity {
+        let mut queue = self.queue.lock();
+        match queue.write_direct(message) {
+            Some(Written::All) => true,
+            Some(_) => {
+                // Part written: the task must flush the rest before anything
+                // else (and disarm), so wake it.
+                let waiter = queue.waiter.take();
                 drop(queue);
-                self.overflowed.store(true, Ordering::Release);
-                self.wake();
-                return false;
+                if let Some(waker) = waiter {
+                    waker.wake();
+                }
+                true
             }
-            queue.events.push_back(Event::Message(Arc::clone(message)));
-            queue.waiter.take()
-        };
+            None => self.enqueue(queue, Event::Message(Arc::clone(message))),
+        }
+    }
+
+    /// The queue's half of `push`: the overflow policy, then the wake-up
+    /// (outside the lock).
+    fn enqueue(&self, mut queue: MutexGuard<'_, Queue>, event: Event) -> bool {
+        if queue.events.len() >= self.capacity {
+            drop(queue);
+            self.overflowed.store(true, Ordering::Release);
+            self.wake();
+            return false;
+        }
+        queue.events.push_back(event);
+        let waiter = queue.waiter.take();
+        drop(queue);
         if let Some(waker) = waiter {
             waker.wake();
         }

@@ -327,7 +327,7 @@ impl Subscriber {
                 return item;
             }
             // Disarmed (before the event is looked at) however this ends.
-            let armed = Armed::new(&self.outbox, &mut self.channels);
+            let parked = Parked::new(&self.outbox, &mut self.channels);
             let event = match self.deadline.as_mut() {
                 None => self.rx.recv().await,
                 Some(deadline) => tokio::select! {
@@ -338,7 +338,7 @@ impl Subscriber {
                     }
                 },
             };
-            drop(armed);
+            drop(parked);
             // `None`: the queue overflowed, which `take_ready` says next.
             if let Some(item) = event.and_then(|event| self.accept(event)) {
                 return item;
@@ -394,13 +394,13 @@ impl Subscriber {
 
 /// Direct delivery armed for the one channel of a waiting subscriber; the
 /// channel's position comes back on drop.
-struct Armed<'a> {
+struct Parked<'a> {
     outbox: &'a Outbox,
     channels: &'a mut HashMap<ChannelName, Option<MessageId>>,
     on: bool,
 }
 
-impl<'a> Armed<'a> {
+impl<'a> Parked<'a> {
     /// Arms if there is exactly one channel (the hub writes one channel's
     /// messages only) and the outbox has a writer and nothing queued.
     fn new(outbox: &'a Outbox, channels: &'a mut HashMap<ChannelName, Option<MessageId>>) -> Self {
@@ -409,7 +409,7 @@ impl<'a> Armed<'a> {
                 .iter()
                 .next()
                 .is_some_and(|(channel, position)| outbox.arm(channel, *position));
-        Armed {
+        Parked {
             outbox,
             channels,
             on,
@@ -417,7 +417,7 @@ impl<'a> Armed<'a> {
     }
 }
 
-impl Drop for Armed<'_> {
+impl Drop for Parked<'_> {
     fn drop(&mut self) {
         if !self.on {
             return;
@@ -584,6 +584,13 @@ mod tests {
         }
     }
 
+    /// Gives `sub` a recording writer and a wake-up counter.
+    fn wire(sub: &Subscriber) -> (Arc<Recorder>, Arc<Wakes>) {
+        let socket = Recorder::new();
+        sub.set_writer(socket.clone());
+        (socket, Arc::new(Wakes::default()))
+    }
+
     fn woken(wakes: &Wakes) -> usize {
         wakes.0.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -599,9 +606,7 @@ mod tests {
         sub.subscribe(ch.clone(), Since::After(first))
             .await
             .expect("subscribe");
-        let socket = Recorder::new();
-        sub.set_writer(socket.clone());
-        let wakes = Arc::new(Wakes::default());
+        let (socket, wakes) = wire(&sub);
 
         // History is yielded by `next`, never written by the hub.
         let mut next = Box::pin(sub.next());
@@ -694,9 +699,7 @@ mod tests {
         sub.subscribe(b.clone(), Since::Live)
             .await
             .expect("subscribe");
-        let socket = Recorder::new();
-        sub.set_writer(socket.clone());
-        let wakes = Arc::new(Wakes::default());
+        let (socket, wakes) = wire(&sub);
         let mut next = Box::pin(sub.next());
         assert!(poll_once(&mut next, &wakes).is_none());
         let id = publish(&node, &a, "x").await;
@@ -713,9 +716,7 @@ mod tests {
         sub.subscribe(ch.clone(), Since::Live)
             .await
             .expect("subscribe");
-        let socket = Recorder::new();
-        sub.set_writer(socket.clone());
-        let wakes = Arc::new(Wakes::default());
+        let (socket, wakes) = wire(&sub);
         let mut next = Box::pin(sub.next());
         assert!(poll_once(&mut next, &wakes).is_none());
         node.hub

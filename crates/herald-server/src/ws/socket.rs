@@ -72,6 +72,43 @@ struct Shared {
     pending: Mutex<Vec<u8>>,
 }
 
+impl Shared {
+    /// Writes `slices` (with `pending` empty) as far as the socket takes them
+    /// now. Once part went out, the rest goes to `pending` (a frame begun
+    /// must be finished); when nothing went out, nothing is kept and the
+    /// caller decides. Returns the bytes written; an error means the
+    /// connection is broken.
+    fn write_vectored_now(
+        &self,
+        pending: &mut Vec<u8>,
+        mut slices: &mut [IoSlice<'_>],
+    ) -> io::Result<usize> {
+        let mut written = 0;
+        while !slices.is_empty() {
+            // (sendmsg instead of writev measured the same: the fd lookup
+            // and the TCP path dominate either way.)
+            match self.tcp.try_write_vectored(slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    written += n;
+                    IoSlice::advance_slices(&mut slices, n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if written > 0 {
+                        for s in slices.iter() {
+                            pending.extend_from_slice(s);
+                        }
+                    }
+                    return Ok(written);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(written)
+    }
+}
+
 impl DirectWriter for Shared {
     /// One text frame with the message's shared envelope, in one `writev`.
     fn try_write(&self, message: &Message) -> Written {
@@ -85,30 +122,14 @@ impl DirectWriter for Shared {
         let body = message.envelope();
         let mut head = [0u8; MAX_HEADER];
         let n = frame::header(frame::TEXT, body.len(), &mut head);
+        let total = n + body.len();
         let mut slices = [IoSlice::new(&head[..n]), IoSlice::new(body)];
-        let mut slices = &mut slices[..];
-        let mut sent_some = false;
-        while !slices.is_empty() {
-            match self.tcp.try_write_vectored(slices) {
-                Ok(n) if n > 0 => {
-                    sent_some = true;
-                    IoSlice::advance_slices(&mut slices, n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // Full or broken: the connection finds out on its own write.
-                _ => break,
-            }
+        match self.write_vectored_now(&mut pending, &mut slices) {
+            Ok(written) if written == total => Written::All,
+            Ok(written) if written > 0 => Written::Spilled,
+            // Full or broken: queued; the connection finds out on its own write.
+            _ => Written::Nothing,
         }
-        if slices.is_empty() {
-            return Written::All;
-        }
-        if !sent_some {
-            return Written::Nothing;
-        }
-        for s in slices.iter() {
-            pending.extend_from_slice(s);
-        }
-        Written::Spilled
     }
 }
 
@@ -294,7 +315,7 @@ impl WsSocket {
 
     /// Writes `slices` now, as far as the socket takes them; the rest goes
     /// to `pending`.
-    fn write_now(&mut self, mut slices: &mut [IoSlice<'_>]) -> Result<(), Disconnect> {
+    fn write_now(&mut self, slices: &mut [IoSlice<'_>]) -> Result<(), Disconnect> {
         let mut pending = self.shared.pending.lock();
         if !pending.is_empty() {
             // Keep the order: behind what is already waiting.
@@ -303,23 +324,17 @@ impl WsSocket {
             }
             return Ok(());
         }
-        while !slices.is_empty() {
-            // (sendmsg instead of writev measured the same: the fd lookup
-            // and the TCP path dominate either way.)
-            match self.shared.tcp.try_write_vectored(slices) {
-                Ok(0) => return Err(WRITE_TIMEOUT),
-                Ok(n) => IoSlice::advance_slices(&mut slices, n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    for s in slices.iter() {
-                        pending.extend_from_slice(s);
-                    }
-                    return Ok(());
+        match self.shared.write_vectored_now(&mut pending, slices) {
+            Ok(0) => {
+                // Nothing went out: all of it waits.
+                for s in slices.iter() {
+                    pending.extend_from_slice(s);
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Err(WRITE_TIMEOUT),
+                Ok(())
             }
+            Ok(_) => Ok(()),
+            Err(_) => Err(WRITE_TIMEOUT),
         }
-        Ok(())
     }
 
     /// Writes pending bytes without waiting; `Ok(true)` when none are left.
