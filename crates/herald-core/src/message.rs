@@ -42,6 +42,39 @@ impl PayloadKind {
     }
 }
 
+/// Deepest nesting of arrays and objects a JSON payload may have: the same
+/// as session commands get from serde_json's parser (128).
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// The deepest nesting of `[` and `{` in JSON text (strings skipped); a
+/// cheap scan, so that the check does not itself recurse.
+fn depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// A message body as the publisher sent it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Payload {
@@ -61,7 +94,18 @@ pub enum PayloadError {
 impl Payload {
     /// A JSON payload; the text is checked.
     pub fn json(raw: Bytes) -> Result<Self, PayloadError> {
-        serde_json::from_slice::<serde::de::IgnoredAny>(&raw)
+        // UTF-8 first: serde_json skips the bytes of strings it is told to
+        // ignore, and an invalid byte inside one would go out in a WebSocket
+        // text frame that standard clients must refuse (1007).
+        let text = std::str::from_utf8(&raw).map_err(|e| {
+            PayloadError::InvalidJson(format!("not valid UTF-8 (at byte {})", e.valid_up_to()))
+        })?;
+        if depth(text.as_bytes()) > MAX_JSON_DEPTH {
+            return Err(PayloadError::InvalidJson(format!(
+                "nested deeper than {MAX_JSON_DEPTH} levels"
+            )));
+        }
+        serde_json::from_str::<serde::de::IgnoredAny>(text)
             .map_err(|e| PayloadError::InvalidJson(e.to_string()))?;
         Ok(Self {
             kind: PayloadKind::Json,
@@ -310,6 +354,30 @@ mod tests {
     fn invalid_json_is_refused() {
         assert!(Payload::json(Bytes::from_static(b"{nope")).is_err());
         assert!(Payload::json(Bytes::from_static(b"")).is_err());
+        // Invalid UTF-8 inside a string: refused, not passed on.
+        assert!(Payload::json(Bytes::from_static(b"\"a\xff\xfeb\"")).is_err());
+        assert!(Payload::json(Bytes::from_static(b"{\"k\":\"\xc3\"}")).is_err());
+        assert!(Payload::json(Bytes::from("\"h\u{e9}llo\"".as_bytes().to_vec())).is_ok());
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let ok = format!(
+            "{}{}",
+            "[".repeat(MAX_JSON_DEPTH),
+            "]".repeat(MAX_JSON_DEPTH)
+        );
+        assert!(Payload::json(Bytes::from(ok)).is_ok());
+        let deep = format!(
+            "{}{}",
+            "[".repeat(MAX_JSON_DEPTH + 1),
+            "]".repeat(MAX_JSON_DEPTH + 1)
+        );
+        let err = Payload::json(Bytes::from(deep)).expect_err("too deep");
+        assert!(err.to_string().contains("nested"), "{err}");
+        // Brackets inside strings do not count.
+        let text = format!("[\"{}\"]", "[".repeat(500));
+        assert!(Payload::json(Bytes::from(text)).is_ok());
     }
 
     #[test]

@@ -30,14 +30,29 @@ pub fn channel_from_path(
     Ok(ChannelName::new(&name)?)
 }
 
-/// Reads a whole body, refusing it past `limit` bytes (the limit is inclusive).
+/// Longest time a request body may take to arrive once its head has.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads a whole body, refusing it past `limit` bytes (the limit is inclusive)
+/// or past [`BODY_TIMEOUT`].
 ///
 /// The bytes are copied into their own allocation: a body that arrived in one
 /// piece is otherwise a slice of the connection's read buffer, and a message
 /// kept in history would keep that whole buffer alive (measured: ~4.6 KB per
 /// retained 60-byte message, against ~0.3 KB with the copy).
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    match http_body_util::Limited::new(body, limit).collect().await {
+    let collect = http_body_util::Limited::new(body, limit).collect();
+    let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, collect).await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        ));
+    };
+    match collected {
         Ok(collected) => Ok(Bytes::copy_from_slice(&collected.to_bytes())),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::payload_too_large(limit))
@@ -47,6 +62,19 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             "the request body could not be read",
         )),
     }
+}
+
+/// A JSON request body of the shape `T`: `400 invalid_json` when it is not
+/// JSON at all (on every endpoint alike), `400 invalid_request` when it is
+/// JSON of the wrong shape, with `shape` telling what was expected.
+pub fn parse_json<T: serde::de::DeserializeOwned>(raw: &[u8], shape: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(raw).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
+        } else {
+            ApiError::bad_request("invalid_request", format!("expected {shape}: {e}"))
+        }
+    })
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -114,16 +142,7 @@ pub async fn api_publish(
     check_backend(&state.config.api_keys, &headers, peer)?;
     let limit = state.config.max_payload;
     let raw = read_body(body, limit + API_BODY_SLACK).await?;
-    let request: PublishRequest = serde_json::from_slice(&raw).map_err(|e| {
-        if e.is_syntax() || e.is_eof() {
-            ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
-        } else {
-            ApiError::bad_request(
-                "invalid_request",
-                format!("expected {{\"channel\" or \"channels\", \"data\"}}: {e}"),
-            )
-        }
-    })?;
+    let request: PublishRequest = parse_json(&raw, "{\"channel\" or \"channels\", \"data\"}")?;
     let payload = json_payload(&request.data, limit)?;
     match (request.channel, request.channels) {
         (Some(name), None) => {
@@ -221,12 +240,7 @@ pub async fn create_token(
 ) -> Result<Response, ApiError> {
     check_backend(&state.config.api_keys, &headers, peer)?;
     let raw = read_body(body, state.config.max_payload).await?;
-    let request: TokenRequest = serde_json::from_slice(&raw).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_request",
-            format!("expected {{\"user\", \"channels\", \"ttl\"}}: {e}"),
-        )
-    })?;
+    let request: TokenRequest = parse_json(&raw, "{\"user\", \"channels\", \"ttl\"}")?;
     let ttl = request.ttl.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
     let max = state.config.max_token_ttl.as_secs();
     if ttl == 0 || ttl > max {
@@ -308,12 +322,7 @@ pub async fn user_publish(
     let (user, channel) = user_channel_from_path(path)?;
     let limit = state.config.max_payload;
     let raw = read_body(body, limit + API_BODY_SLACK).await?;
-    let request: UserPublishRequest = serde_json::from_slice(&raw).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_request",
-            format!("expected {{\"data\": ...}}: {e}"),
-        )
-    })?;
+    let request: UserPublishRequest = parse_json(&raw, "{\"data\": ...}")?;
     let payload = json_payload(&request.data, limit)?;
     let result = state.node.engine.publish_to_user(&channel, payload).await?;
     state.counters.published(&result.published, false);

@@ -2,7 +2,13 @@
 //!
 //! With API keys configured, a request must carry `Authorization: Bearer
 //! KEY` with one of them (compared in constant time). With none configured,
-//! only loopback peers may call them, and the server warns at start.
+//! a request is let in only when all three hold: its TCP peer is loopback,
+//! its `Host` is a loopback address or `localhost` (any port), and it carries
+//! no `Forwarded`, `X-Forwarded-For` or `X-Real-IP`. The peer alone is not
+//! enough: a reverse proxy on the same host makes every internet client a
+//! loopback peer (and adds a forwarding header), and a DNS-rebinding page
+//! reaches 127.0.0.1 under its own name (its `Host`). The server warns at
+//! start.
 
 use std::net::SocketAddr;
 
@@ -38,13 +44,21 @@ pub fn check_backend(
     peer: SocketAddr,
 ) -> Result<String, ApiError> {
     if keys.is_empty() {
-        if peer.ip().is_loopback() {
+        if crate::client_addr::canonical(peer.ip()).is_loopback()
+            && headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .is_some_and(is_loopback_host)
+            && !crate::client_addr::has_forwarding_headers(headers)
+        {
             return Ok("loopback".to_string());
         }
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "no API key is configured, so only loopback clients may use this endpoint",
+            "no API key is configured, so this endpoint answers only direct loopback requests \
+             (loopback peer, Host localhost or a loopback address, no forwarding headers); \
+             configure api_key and send it as Authorization: Bearer <key>",
         ));
     }
     let Some(given) = bearer(headers) else {
@@ -70,6 +84,35 @@ pub fn check_backend(
     })
 }
 
+/// `localhost`, `127.0.0.1`, `[::1]`, with or without a port.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((inside, after)) if after.is_empty() || valid_port(after) => inside,
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if valid_port(&format!(":{port}")) => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    name.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| crate::client_addr::canonical(ip).is_loopback())
+}
+
+/// `:8080`.
+fn valid_port(text: &str) -> bool {
+    text.strip_prefix(':')
+        .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +124,57 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(!constant_time_eq(b"", b"x"));
         assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for ok in [
+            "localhost",
+            "localhost:7070",
+            "LOCALHOST.",
+            "127.0.0.1",
+            "127.0.0.1:1",
+            "127.9.9.9:7070",
+            "[::1]",
+            "[::1]:7070",
+            "[::ffff:127.0.0.1]:7070",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "attacker.example",
+            "attacker.example:7070",
+            "localhost.attacker.example",
+            "127.0.0.1.nip.io",
+            "10.0.0.1:7070",
+            "[::2]:80",
+            "localhost:x",
+            "",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keyless_needs_a_direct_local_request() {
+        let peer: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "localhost:7070".parse().expect("header"));
+        assert!(check_backend(&[], &h, peer).is_ok());
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().expect("addr");
+        assert!(check_backend(&[], &h, mapped).is_ok());
+        let remote: SocketAddr = "192.0.2.1:5000".parse().expect("addr");
+        assert!(check_backend(&[], &h, remote).is_err());
+        h.insert("x-forwarded-for", "203.0.113.1".parse().expect("header"));
+        let e = check_backend(&[], &h, peer).expect_err("proxied");
+        assert_eq!((e.status, e.code), (StatusCode::FORBIDDEN, "forbidden"));
+        let mut rebound = HeaderMap::new();
+        rebound.insert(
+            header::HOST,
+            "attacker.example:7070".parse().expect("header"),
+        );
+        assert!(check_backend(&[], &rebound, peer).is_err());
+        assert!(check_backend(&[], &HeaderMap::new(), peer).is_err());
     }
 
     #[test]

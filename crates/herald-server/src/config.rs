@@ -25,12 +25,25 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest long-poll wait a request may ask for (longer asks are clamped).
 pub const DEFAULT_POLL_TIMEOUT_MAX: Duration = Duration::from_secs(120);
+/// How long a connection may take to send a whole request head (from its
+/// accept, or from its first byte after an idle keep-alive pause).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a keep-alive connection may sit idle between requests.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The file's shape. Every section refuses unknown keys.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
+    /// A second listener for the backend API, metrics and admin.
+    pub api_listen: Option<String>,
+    /// Peers whose `Forwarded` / `X-Forwarded-For` is believed.
+    pub trusted_proxies: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    pub header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
     pub api_key: Option<String>,
     pub engine: Option<String>,
     #[serde(default, with = "humantime_serde")]
@@ -150,6 +163,8 @@ fn default_namespaces() -> Vec<NamespaceSection> {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub listen: Option<String>,
+    pub api_listen: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
     pub api_key: Option<String>,
     pub engine: Option<String>,
 }
@@ -158,6 +173,14 @@ pub struct Overrides {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where the backend endpoints are served, when apart from `listen`.
+    pub api_listen: Option<SocketAddr>,
+    /// Peers whose forwarding headers name the client.
+    pub trusted_proxies: crate::client_addr::TrustedProxies,
+    /// See [`DEFAULT_HEADER_TIMEOUT`].
+    pub header_timeout: Duration,
+    /// See [`DEFAULT_IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
     /// Keys accepted on `/pub` and `/api` (name, key); empty means
     /// "loopback peers only".
     pub api_keys: Vec<(String, String)>,
@@ -213,6 +236,12 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("listen: {0:?} is not an address like 127.0.0.1:7070")]
     Listen(String),
+    #[error("api_listen: {0:?} is not an address like 127.0.0.1:7071")]
+    ApiListen(String),
+    #[error("api_listen must differ from listen ({0})")]
+    SameListen(SocketAddr),
+    #[error("{0}")]
+    TrustedProxies(#[from] crate::client_addr::BadProxy),
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
     #[error("engine: {0:?} is neither \"memory\" nor a redis:// URL")]
@@ -292,6 +321,23 @@ impl Config {
         let listen = listen_text
             .parse()
             .map_err(|_| ConfigError::Listen(listen_text.clone()))?;
+        let api_listen = match overrides.api_listen.or(file.api_listen) {
+            None => None,
+            Some(text) if text.is_empty() => None,
+            Some(text) => Some(
+                text.parse::<SocketAddr>()
+                    .map_err(|_| ConfigError::ApiListen(text.clone()))?,
+            ),
+        };
+        if api_listen.is_some_and(|a| a == listen && a.port() != 0) {
+            return Err(ConfigError::SameListen(listen));
+        }
+        let trusted_proxies = crate::client_addr::TrustedProxies::parse(
+            &overrides
+                .trusted_proxies
+                .or(file.trusted_proxies)
+                .unwrap_or_default(),
+        )?;
         let positive = |name, value: usize| {
             if value == 0 {
                 Err(ConfigError::Zero(name))
@@ -411,6 +457,16 @@ impl Config {
         }
         Ok(Self {
             listen,
+            api_listen,
+            trusted_proxies,
+            header_timeout: positive_time(
+                "header_timeout",
+                file.header_timeout.unwrap_or(DEFAULT_HEADER_TIMEOUT),
+            )?,
+            idle_timeout: positive_time(
+                "idle_timeout",
+                file.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            )?,
             api_keys,
             allowed_origins: file.allowed_origins.unwrap_or_default(),
             tokens,
@@ -495,6 +551,30 @@ mod tests {
         assert_eq!(chat.history_size, 7);
         assert_eq!(chat.history_ttl, Duration::from_secs(60));
         assert!(chat.client_publish);
+    }
+
+    #[test]
+    fn edge_settings() {
+        let c = parse(
+            "api_listen = \"127.0.0.1:7071\"\nheader_timeout = \"3s\"\nidle_timeout = \"20s\"\ntrusted_proxies = [\"127.0.0.1/32\", \"10.0.0.0/8\"]",
+        )
+        .expect("valid");
+        assert_eq!(c.api_listen.map(|a| a.port()), Some(7071));
+        assert_eq!(c.header_timeout, Duration::from_secs(3));
+        assert_eq!(c.idle_timeout, Duration::from_secs(20));
+        assert!(c.trusted_proxies.contains("10.1.2.3".parse().expect("ip")));
+        let d = Config::default();
+        assert_eq!(d.header_timeout, DEFAULT_HEADER_TIMEOUT);
+        assert_eq!(d.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert!(d.api_listen.is_none() && d.trusted_proxies.is_empty());
+        let bad = parse("trusted_proxies = [\"everyone\"]").expect_err("invalid");
+        assert!(
+            bad.contains("trusted_proxies") && bad.contains("everyone"),
+            "{bad}"
+        );
+        let same = parse("listen = \"127.0.0.1:7070\"\napi_listen = \"127.0.0.1:7070\"");
+        assert!(same.expect_err("same").contains("api_listen"));
+        assert!(parse("header_timeout = \"0s\"").is_err());
     }
 
     #[test]

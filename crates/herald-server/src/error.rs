@@ -38,6 +38,16 @@ impl ApiError {
         )
     }
 
+    /// A backend endpoint asked on the public listener when `api_listen`
+    /// is set.
+    pub fn on_api_listener() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the backend API is served on the API listener (api_listen), not here",
+        )
+    }
+
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -75,4 +85,74 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The code an error status gets when something other than a handler (an
+/// extractor's rejection, a framework default) answered it.
+pub fn code_for_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        413 => "payload_too_large",
+        414 => "uri_too_long",
+        415 => "unsupported_media_type",
+        429 => "limit_exceeded",
+        431 => "headers_too_large",
+        503 => "unavailable",
+        500..=599 => "internal_error",
+        _ => "invalid_request",
+    }
+}
+
+/// Most bytes of a non-JSON error body kept as the message.
+const MAX_ERROR_TEXT: usize = 1024;
+
+/// Middleware: every error answer has the JSON error body. Handlers answer
+/// with [`ApiError`] already; this catches what axum's extractors (query,
+/// path, body rejections) and defaults answer in plain text.
+pub async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text =
+        match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_ERROR_TEXT))
+            .await
+        {
+            Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+            Err(_) => String::new(),
+        };
+    let message = if text.trim().is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("the request failed")
+            .to_string()
+    } else {
+        text.trim().to_string()
+    };
+    let mut fixed = ApiError::new(status, code_for_status(status), message).into_response();
+    // Keep what the original answer said beyond its body (Allow, Retry-After,
+    // Sec-WebSocket-Version, CORS).
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            fixed.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    fixed
 }

@@ -56,6 +56,13 @@ pub async fn metrics(
         "herald_connections",
         "gauge",
         "Open client connections (all transports).",
+        state.clients.load(Ordering::Relaxed) as u64,
+    );
+    line(
+        &mut out,
+        "herald_tcp_connections",
+        "gauge",
+        "Open TCP connections on the public listener, counted from accept (idle keep-alive and half-open ones included).",
         state.limiter.total() as u64,
     );
     line(

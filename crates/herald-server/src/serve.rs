@@ -1,65 +1,297 @@
 //! The accept loop: hyper's HTTP/1 server on each TCP connection, with
-//! upgrades, the peer address for handlers, and graceful shutdown.
+//! upgrades, the client address for handlers, connection limits from accept
+//! on, and graceful shutdown.
+//!
+//! Every accepted socket is counted against `max_connections` and
+//! `max_connections_per_ip` before hyper reads a byte of it. One over a
+//! limit is read for one request (within the header clock) and closed: a
+//! client endpoint answers with the limit's JSON error, a backend endpoint
+//! is served as usual (its credentials, not its address, decide: a backend
+//! on the same host as its clients must still be able to publish). At most
+//! [`MAX_REFUSING`] such connections are read at once; past that, they are
+//! closed unanswered.
+//! Each connection runs the header and idle clocks of [`crate::edge`].
+//!
+//! The public listener also keeps the process under its open-file limit:
+//! past [`FdBudget::limit`] sockets it stops accepting (the kernel's backlog
+//! holds the newcomers) until a connection closes, so the API listener,
+//! Redis and hooks always have descriptors left. An `accept` that fails for
+//! lack of descriptors backs off and is logged once per [`LOG_INTERVAL`].
 //!
 //! Why not `axum::serve`: a WebSocket upgrade must give back the plain
-//! `TcpStream` (see [`crate::ws::handshake`]), which needs hyper to be
-//! handed `TokioIo<TcpStream>` itself, not wrapped by protocol detection.
+//! `TcpStream` (see [`crate::ws::handshake`]), and the clocks need to sit
+//! between hyper and the socket.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderValue};
+use axum::response::IntoResponse;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
+
+use crate::client_addr::{canonical_socket, TrustedProxies};
+use crate::edge::{EdgeIo, Phase, PhaseBody};
+use crate::limits::{ConnectionLimiter, LimitHit, TcpSlot};
+
+/// Connections answered "over the limit" at once; more are closed unanswered.
+pub const MAX_REFUSING: usize = 256;
+/// Longest request head hyper buffers, and most header bytes a request may
+/// carry (431 past it).
+pub const MAX_HEAD: usize = 32 * 1024;
+/// Longest request target (414 past it).
+pub const MAX_URI: usize = 8 * 1024;
+/// How often a persisting accept problem is logged.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Longest pause between accept retries when descriptors run out.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Set on a request whose TCP connection is over a connection limit: client
+/// endpoints answer with the limit's error (see [`over_limit_guard`]).
+#[derive(Clone, Copy)]
+pub struct OverLimit(pub LimitHit);
+
+/// Middleware of the client endpoints: refuses a request whose connection
+/// is over a limit.
+pub async fn over_limit_guard(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match request.extensions().get::<OverLimit>() {
+        Some(OverLimit(hit)) => hit.error().into_response(),
+        None => next.run(request).await,
+    }
+}
+
+/// The request extension every handler can read: the TCP connection's slot
+/// and whether the request came through a trusted proxy.
+#[derive(Clone)]
+pub struct Conn {
+    pub slot: TcpSlot,
+    /// The client address (`ConnectInfo`) was taken from a trusted proxy's
+    /// forwarding header.
+    pub proxied: bool,
+}
+
+/// How many sockets the public listener may hold, from the process's
+/// open-file limit less a reserve.
+#[derive(Clone)]
+pub struct FdBudget {
+    pub limit: usize,
+    /// Every limiter whose connections hold a descriptor.
+    pub counted: Vec<Arc<ConnectionLimiter>>,
+    pub refusing: Arc<AtomicUsize>,
+}
+
+impl FdBudget {
+    fn open(&self) -> usize {
+        self.counted.iter().map(|l| l.total()).sum::<usize>()
+            + self.refusing.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything one listener's connections share.
+pub struct Edge {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub trusted: TrustedProxies,
+    pub limiter: Arc<ConnectionLimiter>,
+    /// Set on the public listener only.
+    pub budget: Option<FdBudget>,
+    pub refusing: Arc<AtomicUsize>,
+    /// For log lines: "public" or "api".
+    pub name: &'static str,
+}
+
+/// Logs a persisting condition at most once per interval, with a count of
+/// what it held back.
+struct Throttle {
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl Throttle {
+    fn new() -> Self {
+        Self {
+            last: None,
+            held_back: 0,
+        }
+    }
+
+    /// Whether to log now; `held_back` tells how many were not logged.
+    fn ready(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < LOG_INTERVAL)
+        {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held_back))
+    }
+}
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then stops
 /// accepting and waits for the HTTP connections to finish their responses
 /// (upgraded WebSockets are no longer HTTP connections; they watch the
 /// token themselves).
-pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken, edge: Edge) {
+    let edge = Arc::new(edge);
     let tracker = TaskTracker::new();
-    loop {
+    let mut accept_errors = Throttle::new();
+    let mut at_budget = Throttle::new();
+    let mut backoff = Duration::from_millis(50);
+    'accepting: loop {
+        if let Some(budget) = &edge.budget {
+            while budget.open() >= budget.limit {
+                if let Some(held_back) = at_budget.ready() {
+                    tracing::warn!(
+                        listener = edge.name,
+                        open = budget.open(),
+                        budget = budget.limit,
+                        held_back,
+                        "at the open-file budget: not accepting until connections close"
+                    );
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break 'accepting,
+                    () = edge.limiter.released() => {}
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        }
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
+            Ok(pair) => {
+                backoff = Duration::from_millis(50);
+                pair
+            }
             // The client gave up before we accepted: nothing to do.
             Err(e) if is_connection_error(&e) => continue,
-            // Out of file descriptors, most often: wait for some to close.
+            // Out of file descriptors, most often: wait for some to close,
+            // and keep serving the connections we have meanwhile.
             Err(e) => {
-                tracing::error!(error = %e, "accept failed; retrying in 1 s");
+                if let Some(held_back) = accept_errors.ready() {
+                    tracing::error!(
+                        listener = edge.name,
+                        error = %e,
+                        held_back,
+                        "accept failed; backing off"
+                    );
+                }
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = tokio::time::sleep(backoff) => {}
                 }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
             }
         };
+        let peer = canonical_socket(peer);
         // Pushes are small and latency matters: no Nagle delay.
         let _ = tcp.set_nodelay(true);
-        tracker.spawn(connection(tcp, peer, app.clone(), shutdown.clone()));
+        let guard = if edge.trusted.contains(peer.ip()) {
+            edge.limiter.acquire_total()
+        } else {
+            edge.limiter.acquire(peer.ip())
+        };
+        match guard {
+            Ok(guard) => {
+                tracker.spawn(connection(
+                    tcp,
+                    peer,
+                    app.clone(),
+                    TcpSlot::new(Some(guard)),
+                    None,
+                    Arc::clone(&edge),
+                    shutdown.clone(),
+                ));
+            }
+            Err(hit) => {
+                if edge.refusing.fetch_add(1, Ordering::Relaxed) < MAX_REFUSING {
+                    let edge = Arc::clone(&edge);
+                    let (app, shutdown) = (app.clone(), shutdown.clone());
+                    tracker.spawn(async move {
+                        let slot = TcpSlot::new(None);
+                        connection(tcp, peer, app, slot, Some(hit), Arc::clone(&edge), shutdown)
+                            .await;
+                        edge.refusing.fetch_sub(1, Ordering::Relaxed);
+                    });
+                } else {
+                    edge.refusing.fetch_sub(1, Ordering::Relaxed);
+                    drop(tcp);
+                }
+            }
+        }
     }
     drop(listener);
     tracker.close();
     tracker.wait().await;
 }
 
-async fn connection(tcp: TcpStream, peer: SocketAddr, app: Router, shutdown: CancellationToken) {
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    slot: TcpSlot,
+    over: Option<LimitHit>,
+    edge: Arc<Edge>,
+    shutdown: CancellationToken,
+) {
+    let phase = Phase::new(edge.header_timeout, edge.idle_timeout);
+    let io = EdgeIo::new(tcp, Arc::clone(&phase));
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(peer));
+        phase.request_started();
+        let oversized = oversized(&request);
+        let oversized_or_over = oversized.is_some() || over.is_some();
+        let (client, proxied) = edge.trusted.client(peer, request.headers());
+        request.extensions_mut().insert(ConnectInfo(client));
+        request.extensions_mut().insert(Conn {
+            slot: slot.clone(),
+            proxied,
+        });
+        if let Some(hit) = over {
+            request.extensions_mut().insert(OverLimit(hit));
+        }
         // A Router is always ready: no poll_ready needed.
-        app.clone().call(request.map(axum::body::Body::new))
+        let response = app.clone().call(request.map(axum::body::Body::new));
+        let phase = Arc::clone(&phase);
+        async move {
+            let mut response = match oversized {
+                Some(refusal) => refusal.into_response(),
+                None => response.await?,
+            };
+            if oversized_or_over {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, std::convert::Infallible>(
+                response.map(|body| axum::body::Body::new(PhaseBody::new(body, phase))),
+            )
+        }
     });
     let conn = http1::Builder::new()
-        .serve_connection(TokioIo::new(tcp), service)
+        .max_buf_size(MAX_HEAD)
+        // One request on a connection over a limit.
+        .keep_alive(over.is_none())
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
@@ -70,6 +302,35 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, app: Router, shutdown: Can
     let _ = conn.await;
 }
 
+/// A request whose target or headers are larger than Herald takes (hyper's
+/// own limit is on its read buffer, which one large read can pass).
+fn oversized<B>(request: &hyper::Request<B>) -> Option<crate::error::ApiError> {
+    use axum::http::StatusCode;
+    let uri = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if uri > MAX_URI {
+        return Some(crate::error::ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is longer than {MAX_URI} bytes"),
+        ));
+    }
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    (headers > MAX_HEAD).then(|| {
+        crate::error::ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the request headers are larger than {MAX_HEAD} bytes"),
+        )
+    })
+}
+
 fn is_connection_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -78,4 +339,24 @@ fn is_connection_error(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::Interrupted
     )
+}
+
+/// Raises the soft open-file limit to the hard one and returns the budget
+/// of sockets the public listener may hold: the limit less a reserve of 5 %
+/// (at least 64, at most 1,024) for the API listener, the engine, hooks and
+/// files. `None` when the limit cannot be read.
+pub fn open_file_budget() -> Option<(usize, usize)> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(max)) = (limit.current, limit.maximum) {
+        if current < max {
+            limit.current = Some(max);
+            if setrlimit(Resource::Nofile, limit).is_err() {
+                limit.current = Some(current);
+            }
+        }
+    }
+    let soft = usize::try_from(limit.current?).ok()?;
+    let reserve = (soft / 20).clamp(64, 1024);
+    Some((soft, soft.saturating_sub(reserve).max(1)))
 }

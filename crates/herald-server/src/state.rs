@@ -24,8 +24,16 @@ pub struct Inner {
     pub sessions: crate::session::http::Registry,
     pub tokens: crate::token::Tokens,
     pub hooks: Option<Arc<crate::hook::Hooks>>,
+    /// TCP connections of the public listener, counted from accept.
     pub limiter: Arc<crate::limits::ConnectionLimiter>,
+    /// HTTP sessions, which outlive the requests that opened them.
+    pub session_limiter: Arc<crate::limits::ConnectionLimiter>,
+    /// TCP connections of the API listener (apart, so a flood of the public
+    /// one cannot use up the backend's).
+    pub api_limiter: Arc<crate::limits::ConnectionLimiter>,
     pub counters: crate::metrics::Counters,
+    /// Client connections (WebSockets, streams, polls, HTTP sessions) now.
+    pub clients: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl AppState {
@@ -39,6 +47,13 @@ impl AppState {
             .hooks
             .clone()
             .map(|h| Arc::new(crate::hook::Hooks::new(h)));
+        let limiter = || {
+            crate::limits::ConnectionLimiter::new(
+                config.limits.max_connections,
+                config.limits.max_connections_per_ip,
+            )
+        };
+        let (limiter, session_limiter, api_limiter) = (limiter(), limiter(), limiter());
         Ok(Self(Arc::new(Inner {
             node,
             config,
@@ -47,21 +62,46 @@ impl AppState {
             sessions: crate::session::http::Registry::default(),
             tokens,
             hooks,
-            limiter: Arc::new(crate::limits::ConnectionLimiter::default()),
+            limiter,
+            session_limiter,
+            api_limiter,
             counters: crate::metrics::Counters::default(),
+            clients: Arc::default(),
         })))
     }
 
-    /// A slot for a new connection from `peer`, or the limit it hits.
+    /// The slots a long-lived request holds: the TCP connection's own when
+    /// it takes the socket over (`upgrade`), and behind a trusted proxy one
+    /// for the client's address, which the TCP count cannot see.
     pub fn admit(
         &self,
         peer: std::net::SocketAddr,
-    ) -> Result<crate::limits::ConnectionGuard, crate::error::ApiError> {
-        self.limiter.acquire(
-            peer.ip(),
-            self.config.limits.max_connections,
-            self.config.limits.max_connections_per_ip,
-        )
+        conn: &crate::serve::Conn,
+        upgrade: bool,
+    ) -> Result<crate::limits::Slot, crate::error::ApiError> {
+        let client = if conn.proxied {
+            Some(
+                self.limiter
+                    .acquire_per_ip(peer.ip())
+                    .map_err(crate::limits::LimitHit::error)?,
+            )
+        } else {
+            None
+        };
+        let tcp = if upgrade { conn.slot.take() } else { None };
+        Ok(crate::limits::Slot::new(tcp, client, &self.clients))
+    }
+
+    /// A slot for a new HTTP session of the client at `peer`.
+    pub fn admit_session(
+        &self,
+        peer: std::net::SocketAddr,
+    ) -> Result<crate::limits::Slot, crate::error::ApiError> {
+        let guard = self
+            .session_limiter
+            .acquire(peer.ip())
+            .map_err(crate::limits::LimitHit::error)?;
+        Ok(crate::limits::Slot::new(None, Some(guard), &self.clients))
     }
 }
 

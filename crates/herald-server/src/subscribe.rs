@@ -6,7 +6,7 @@
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Extension, Path, State};
 use axum::http::{header, HeaderMap, Request};
 use axum::response::Response;
 use herald_core::node::{SubscribeError, Subscribed};
@@ -38,7 +38,7 @@ pub struct Connection {
     pub sub: Subscriber,
     pub subscribed: Subscribed,
     pub channel: ChannelName,
-    _slot: crate::limits::ConnectionGuard,
+    _slot: crate::limits::Slot,
     _hook: DisconnectHook,
 }
 
@@ -60,12 +60,13 @@ impl Drop for DisconnectHook {
 pub async fn open(
     state: &AppState,
     peer: std::net::SocketAddr,
+    conn: &crate::serve::Conn,
     headers: &HeaderMap,
     ticket: Option<&str>,
     request: SubRequest,
     transport: &str,
 ) -> Result<Connection, ApiError> {
-    let slot = state.admit(peer)?;
+    let slot = state.admit(peer, conn, transport == "websocket")?;
     let identity = crate::access::identify(state, headers, ticket).await?;
     let client = crate::session::random_id();
     crate::access::may_connect(state, &identity, &client, transport).await?;
@@ -107,6 +108,14 @@ pub fn resume_point(query: &SubQuery, headers: &HeaderMap) -> Result<Since, ApiE
     let header = headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("\u{0}"));
+    // An empty `?since=` is a client bug (a lost id), not "live": say so
+    // rather than silently skipping what the client missed.
+    if query.since.as_deref() == Some("") || query.last_event_id.as_deref() == Some("") {
+        return Err(ApiError::bad_request(
+            "invalid_since",
+            "since is empty: give an id, \"earliest\", or leave the parameter out to start live",
+        ));
+    }
     let text = query
         .since
         .as_deref()
@@ -159,6 +168,7 @@ fn is_websocket(headers: &HeaderMap) -> bool {
 pub async fn subscribe(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Extension(tcp): Extension<crate::serve::Conn>,
     path: Result<Path<String>, PathRejection>,
     request: Request<Body>,
 ) -> Result<Response, ApiError> {
@@ -179,7 +189,7 @@ pub async fn subscribe(
             Ok(accept) => accept,
             Err(refusal) => return Ok(*refusal),
         };
-        let conn = open(&state, peer, &parts.headers, ticket, sub, "websocket").await?;
+        let conn = open(&state, peer, &tcp, &parts.headers, ticket, sub, "websocket").await?;
         return Ok(transport::ws::upgrade(state, accept, conn));
     }
     let forced = query.transport.as_deref();
@@ -210,7 +220,7 @@ pub async fn subscribe(
     } else {
         std::time::Duration::ZERO
     };
-    let conn = open(&state, peer, headers, ticket, sub, chosen).await?;
+    let conn = open(&state, peer, &tcp, headers, ticket, sub, chosen).await?;
     match (chosen, callback) {
         ("iframe", Some(name)) => Ok(transport::stream::serve(
             &state,

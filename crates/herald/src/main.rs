@@ -21,6 +21,14 @@ enum Command {
         /// Address to listen on (default 127.0.0.1:7070; port 0 picks a free one).
         #[arg(long, env = "HERALD_LISTEN")]
         listen: Option<String>,
+        /// A separate address for the backend API, metrics and admin
+        /// (e.g. 127.0.0.1:7071); the public address then serves clients only.
+        #[arg(long, env = "HERALD_API_LISTEN")]
+        api_listen: Option<String>,
+        /// Proxies whose Forwarded / X-Forwarded-For is believed (comma-separated
+        /// addresses or CIDR blocks, e.g. 127.0.0.1/32,10.0.0.0/8).
+        #[arg(long, env = "HERALD_TRUSTED_PROXIES", value_delimiter = ',')]
+        trusted_proxies: Option<Vec<String>>,
         /// API key the backend must send as `Authorization: Bearer KEY`.
         #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
@@ -53,12 +61,16 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve {
             listen,
+            api_listen,
+            trusted_proxies,
             api_key,
             config,
             engine,
         } => {
             let overrides = Overrides {
                 listen,
+                api_listen,
+                trusted_proxies,
                 api_key,
                 engine,
             };
@@ -89,24 +101,35 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let listener = bind(config.listen)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
+        let api_listener = match config.api_listen {
+            None => None,
+            Some(api) => Some(bind(api).with_context(|| format!("cannot listen on {api}"))?),
+        };
+        let api_addr = match &api_listener {
+            None => None,
+            Some(l) => Some(l.local_addr().context("reading the bound API address")?),
+        };
         if config.api_keys.is_empty() {
             tracing::warn!(
-                "no API key configured: only loopback clients may publish (set --api-key or HERALD_API_KEY)"
+                "no API key configured: backend endpoints answer only direct loopback requests to a loopback Host with no forwarding headers (set --api-key or HERALD_API_KEY)"
             );
         }
         let node = build_node(&config).await?;
         // Handlers are installed before the listening line: a supervisor may
         // send SIGTERM the moment it sees it.
         let signals = shutdown_signal().context("installing signal handlers")?;
-        tracing::info!(%addr, engine = node.engine.name(), "herald listening");
+        tracing::info!(%addr, api = ?api_addr, engine = node.engine.name(), "herald listening");
         // Scripts and tests read this line to learn the port.
         {
             use std::io::Write;
             let mut out = std::io::stdout();
             let _ = writeln!(out, "herald listening on http://{addr}");
+            if let Some(api) = api_addr {
+                let _ = writeln!(out, "herald api listening on http://{api}");
+            }
             let _ = out.flush();
         }
-        herald_server::run_with_node(listener, config, node, signals)
+        herald_server::run_with_listeners(listener, api_listener, config, node, signals)
             .await
             .context("serving")?;
         tracing::info!("stopped");

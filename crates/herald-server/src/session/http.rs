@@ -41,6 +41,9 @@ const COMMAND_QUEUE: usize = 64;
 const STREAM_QUEUE: usize = 64;
 /// Most items handled per wake-up.
 const BATCH: usize = 64;
+/// A long-poll session with no poll waiting for this long is abandoned and
+/// ends, so it lives at most its last poll's timeout plus this.
+pub const POLL_LINGER: Duration = Duration::from_secs(10);
 
 /// Live HTTP sessions by id.
 #[derive(Default)]
@@ -83,7 +86,34 @@ struct PollBox {
     frames: Mutex<VecDeque<Bytes>>,
     notify: Notify,
     ended: AtomicBool,
+    /// When a poll last started or ended.
     last_poll: Mutex<Instant>,
+    /// Polls waiting now (a session with one waiting is not abandoned).
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl PollBox {
+    fn abandoned(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) == 0 && self.last_poll.lock().elapsed() >= POLL_LINGER
+    }
+}
+
+/// Counts a waiting poll for as long as it lives.
+struct Waiting<'a>(&'a PollBox);
+
+impl<'a> Waiting<'a> {
+    fn new(pollbox: &'a PollBox) -> Self {
+        *pollbox.last_poll.lock() = Instant::now();
+        pollbox.waiting.fetch_add(1, Ordering::AcqRel);
+        Self(pollbox)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        *self.0.last_poll.lock() = Instant::now();
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// How a stream session writes frames.
@@ -174,11 +204,24 @@ impl Down {
         }
     }
 
-    /// A long-poll client that has not polled for this long is gone.
-    fn idle(&self, limit: Duration) -> bool {
+    /// A long-poll client with no poll waiting for [`POLL_LINGER`] is gone.
+    fn idle(&self) -> bool {
         match self {
             Self::Stream(..) => false,
-            Self::Poll(pollbox, _) => pollbox.last_poll.lock().elapsed() > limit,
+            Self::Poll(pollbox, _) => pollbox.abandoned(),
+        }
+    }
+
+    /// Resolves once a long-poll client is gone (checked each second).
+    async fn abandoned(&self) {
+        match self {
+            Self::Stream(..) => std::future::pending().await,
+            Self::Poll(pollbox, _) => loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if pollbox.abandoned() {
+                    return;
+                }
+            },
         }
     }
 }
@@ -189,13 +232,19 @@ async fn drive(
     mut session: Session,
     mut commands: mpsc::Receiver<Bytes>,
     mut down: Down,
-    slot: crate::limits::ConnectionGuard,
+    slot: crate::limits::Slot,
     ended: tokio_util::sync::CancellationToken,
 ) {
     let end = drive_loop(&state, &mut session, &mut commands, &mut down, &ended).await;
-    finish(&state, &id, &down, end).await;
+    let kept = finish(&state, &id, &down, end).await;
     session.ended();
     drop(slot);
+    drop(session);
+    if kept {
+        // The last frames wait for one more poll, but not for ever.
+        tokio::time::sleep(POLL_LINGER).await;
+        state.sessions.remove(&id);
+    }
 }
 
 async fn drive_loop(
@@ -205,7 +254,6 @@ async fn drive_loop(
     down: &mut Down,
     ended: &tokio_util::sync::CancellationToken,
 ) -> Option<Disconnect> {
-    let idle_limit = state.config.poll_timeout_max * 2 + Duration::from_secs(10);
     let mut heartbeat = heartbeat_interval(state.config.heartbeat);
     // Registered once, not on every wake-up (10k connections share this token).
     let shutdown = state.shutdown.cancelled();
@@ -216,6 +264,7 @@ async fn drive_loop(
             () = &mut shutdown => break Some(SHUTDOWN),
             () = down.closed() => break None,
             () = ended.cancelled() => break None,
+            () = down.abandoned() => break None,
             Some(command) = commands.recv() => {
                 if let Some(reply) = session.handle(&command).await {
                     if let Err(why) = down.send(state, reply, None).await {
@@ -250,7 +299,7 @@ async fn drive_loop(
                 }
             }
             _ = heartbeat.tick() => {
-                if down.idle(idle_limit) {
+                if down.idle() {
                     break None;
                 }
                 if let Err(why) = down.send(state, PING, None).await {
@@ -262,8 +311,9 @@ async fn drive_loop(
     end
 }
 
-async fn finish(state: &AppState, id: &str, down: &Down, end: Option<Disconnect>) {
-    let idle_limit = state.config.poll_timeout_max * 2 + Duration::from_secs(10);
+/// Tells the client why the session ended; returns whether the registry
+/// entry was kept for a last poll.
+async fn finish(state: &AppState, id: &str, down: &Down, end: Option<Disconnect>) -> bool {
     match (down, end) {
         (Down::Poll(pollbox, _), end) => {
             if let Some(why) = end {
@@ -273,17 +323,23 @@ async fn finish(state: &AppState, id: &str, down: &Down, end: Option<Disconnect>
             pollbox.notify.notify_one();
             // The entry stays until the client's next poll takes the last
             // frames, unless the client is already gone.
-            if end.is_none() || down.idle(idle_limit) {
+            if end.is_none() || down.idle() {
                 state.sessions.remove(id);
+                return false;
             }
+            true
         }
         (Down::Stream(tx, framing), Some(why)) => {
             for chunk in framing.frame(disconnect_frame(why), None) {
                 let _ = tokio::time::timeout(state.config.write_timeout, tx.send(chunk)).await;
             }
             state.sessions.remove(id);
+            false
         }
-        (Down::Stream(..), None) => state.sessions.remove(id),
+        (Down::Stream(..), None) => {
+            state.sessions.remove(id);
+            false
+        }
     }
 }
 
@@ -305,8 +361,8 @@ async fn admit(
     peer: SocketAddr,
     headers: &HeaderMap,
     ticket: Option<&str>,
-) -> Result<(crate::limits::ConnectionGuard, crate::token::Identity), ApiError> {
-    let slot = state.admit(peer)?;
+) -> Result<(crate::limits::Slot, crate::token::Identity), ApiError> {
+    let slot = state.admit_session(peer)?;
     let identity = crate::access::identify(state, headers, ticket).await?;
     Ok((slot, identity))
 }
@@ -315,7 +371,7 @@ async fn admit(
 async fn open_stream(
     state: AppState,
     framing: Framing,
-    slot: crate::limits::ConnectionGuard,
+    slot: crate::limits::Slot,
     identity: crate::token::Identity,
 ) -> Response {
     let id = random_id();
@@ -338,7 +394,9 @@ async fn open_stream(
         let _ = body_tx.try_send(chunk);
     }
     let content_type = framing.content_type();
-    let session = Session::new(state.clone(), id.clone(), identity);
+    // The client id others see (notices, presence, hooks) is public; the
+    // session id is the secret that controls the session: never the same.
+    let session = Session::new(state.clone(), random_id(), identity);
     tokio::spawn(drive(
         state,
         id,
@@ -416,6 +474,7 @@ pub async fn longpoll_open(
         notify: Notify::new(),
         ended: AtomicBool::new(false),
         last_poll: Mutex::new(Instant::now()),
+        waiting: std::sync::atomic::AtomicUsize::new(0),
     });
     state.sessions.insert(
         id.clone(),
@@ -425,7 +484,9 @@ pub async fn longpoll_open(
             ended: ended.clone(),
         },
     );
-    let session = Session::new(state.clone(), id.clone(), identity);
+    // The client id others see (notices, presence, hooks) is public; the
+    // session id is the secret that controls the session: never the same.
+    let session = Session::new(state.clone(), random_id(), identity);
     let cap = state.config.queue_size;
     let reply = session_frame(&id, &state);
     tokio::spawn(drive(
@@ -479,7 +540,7 @@ pub async fn longpoll_poll(
         .get(&id)
         .and_then(|h| h.poll)
         .ok_or_else(session_not_found)?;
-    *pollbox.last_poll.lock() = Instant::now();
+    let _waiting = Waiting::new(&pollbox);
     let deadline = Instant::now() + wait;
     loop {
         let notified = pollbox.notify.notified();
@@ -492,7 +553,6 @@ pub async fn longpoll_poll(
                     return Err(session_not_found());
                 }
             }
-            *pollbox.last_poll.lock() = Instant::now();
             let mut body = BytesMut::from(&b"{\"frames\":["[..]);
             for (i, frame) in taken.iter().enumerate() {
                 if i > 0 {
@@ -540,15 +600,31 @@ pub async fn send(
         return Err(ApiError::payload_too_large(limit));
     }
     let count = frames.len();
-    for frame in frames {
-        handle.commands.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "limit_exceeded",
-                "too many commands waiting for this session; send fewer at once",
-            ),
-            mpsc::error::TrySendError::Closed(_) => session_not_found(),
+    if count > COMMAND_QUEUE {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "limit_exceeded",
+            format!("at most {COMMAND_QUEUE} commands in one batch; none of this batch ran"),
+        ));
+    }
+    if count == 0 {
+        return Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": 0 }))).into_response());
+    }
+    // Room for the whole batch or nothing: a refused batch ran none of its
+    // commands, so the client can retry it as it is.
+    let permits =
+        handle.commands.try_reserve_many(count).map_err(|e| {
+            match e {
+        mpsc::error::TrySendError::Full(()) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "limit_exceeded",
+            "too many commands waiting for this session; none of this batch ran, retry it later",
+        ),
+        mpsc::error::TrySendError::Closed(()) => session_not_found(),
+    }
         })?;
+    for (permit, frame) in permits.zip(frames) {
+        permit.send(frame);
     }
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": count }))).into_response())
 }

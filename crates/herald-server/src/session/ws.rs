@@ -20,7 +20,7 @@ pub fn upgrade(
     state: AppState,
     accept: Accept,
     identity: crate::token::Identity,
-    slot: crate::limits::ConnectionGuard,
+    slot: crate::limits::Slot,
 ) -> Response {
     let token = state.connections.token();
     let limit = max_frame(&state);

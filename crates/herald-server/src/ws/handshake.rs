@@ -92,8 +92,8 @@ impl Accept {
 /// client left first.
 pub async fn upgraded(on_upgrade: OnUpgrade) -> Option<(TcpStream, Vec<u8>)> {
     let upgraded = on_upgrade.await.ok()?;
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => Some((parts.io.into_inner(), parts.read_buf.to_vec())),
+    match upgraded.downcast::<TokioIo<crate::edge::EdgeIo>>() {
+        Ok(parts) => Some((parts.io.into_inner().into_inner(), parts.read_buf.to_vec())),
         Err(_) => {
             // Only if the server loop stops handing hyper a plain TcpStream.
             tracing::error!("upgraded connection is not a TcpStream; closing it");
