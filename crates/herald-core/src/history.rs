@@ -5,7 +5,8 @@
 //! id is still retained, is the channel's newest id, or is exactly the last id
 //! trimmed away. Anything else (trimmed further back, unknown, from before a
 //! restart) is reported as a gap, and the subscriber then gets every retained
-//! message newer than its id.
+//! message newer than its id; an id newer than the channel's newest is a gap
+//! followed by everything retained.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -77,6 +78,14 @@ impl History {
         let (messages, gap) = match since {
             Since::Live => (Vec::new(), false),
             Since::Earliest => (self.messages.iter().cloned().collect(), false),
+            // An id newer than anything this channel has (another
+            // channel's, a clock that ran ahead, a forged one): the same as
+            // any other id we cannot vouch for, a gap and then everything
+            // retained, so the subscriber does not wait for ids that will
+            // never come.
+            Since::After(id) if self.last_id.is_some_and(|last| id > last) => {
+                (self.messages.iter().cloned().collect(), true)
+            }
             Since::After(id) => {
                 let start = self.messages.partition_point(|m| m.id <= id);
                 let retained = start > 0 && self.messages[start - 1].id == id;
@@ -157,9 +166,10 @@ mod tests {
         // An id this channel never had.
         let page = h.after(Since::After(MessageId::new(0, 77)));
         assert!(page.gap);
-        // An id from the future: unknown, a gap, nothing newer retained.
+        // An id from the future: unknown, a gap, then everything retained.
         let page = h.after(Since::After(MessageId::new(9, 9)));
-        assert!(page.gap && page.messages.is_empty());
+        assert!(page.gap);
+        assert_eq!(ids(&page), vec![3, 4, 5]);
     }
 
     #[test]
@@ -182,5 +192,17 @@ mod tests {
         h.push(m(1, 0), 0, 1_000, 0);
         assert!(h.is_empty());
         assert_eq!(h.last_id(), Some(MessageId::new(1, 1)));
+    }
+
+    #[test]
+    fn an_id_from_the_future_is_a_gap_then_everything() {
+        let mut h = History::default();
+        for seq in 1..=3 {
+            h.push(m(seq, 1_000), 10, 60_000, 1_000);
+        }
+        let page = h.after(Since::After(MessageId::new(9_999_999, 1)));
+        assert!(page.gap);
+        let ids: Vec<u64> = page.messages.iter().map(|m| m.id.seq).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
     }
 }

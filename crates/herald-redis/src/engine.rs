@@ -388,6 +388,22 @@ impl Engine for RedisEngine {
         else {
             return Ok(unknown_channel_page(since));
         };
+        // An id newer than the channel's newest: a gap, then everything
+        // retained (the rule of `herald_core::history`), read again from
+        // the start.
+        if let (Since::After(id), Some(last)) = (since, last_id) {
+            if id > last {
+                if let ReadReply::Known { messages, last_id, .. } =
+                    self.read(channel, Since::Earliest).await?
+                {
+                    return Ok(HistoryPage {
+                        messages,
+                        gap: true,
+                        last_id,
+                    });
+                }
+            }
+        }
         // The gap rule of `herald_core::history`, on the stream's own state.
         let (messages, gap) = match since {
             Since::Live => (Vec::new(), false),
