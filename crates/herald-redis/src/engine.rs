@@ -393,8 +393,9 @@ impl Engine for RedisEngine {
         // the start.
         if let (Since::After(id), Some(last)) = (since, last_id) {
             if id > last {
-                if let ReadReply::Known { messages, last_id, .. } =
-                    self.read(channel, Since::Earliest).await?
+                if let ReadReply::Known {
+                    messages, last_id, ..
+                } = self.read(channel, Since::Earliest).await?
                 {
                     return Ok(HistoryPage {
                         messages,

@@ -320,6 +320,16 @@ pub struct Process {
 impl Process {
     /// Waits for `herald listening on http://ADDR` and returns ADDR.
     pub fn wait_listening(&self) -> SocketAddr {
+        self.wait_address("herald listening on http://")
+    }
+
+    /// After [`Process::wait_listening`]: waits for `herald api listening
+    /// on http://ADDR` (printed with `api_listen`) and returns ADDR.
+    pub fn wait_api_listening(&self) -> SocketAddr {
+        self.wait_address("herald api listening on http://")
+    }
+
+    fn wait_address(&self, prefix: &str) -> SocketAddr {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -330,7 +340,7 @@ impl Process {
                 .and_then(|rx| rx.recv_timeout(left).map_err(|_| ()));
             match next {
                 Ok(line) => {
-                    if let Some(rest) = line.trim().strip_prefix("herald listening on http://") {
+                    if let Some(rest) = line.trim().strip_prefix(prefix) {
                         return rest
                             .trim()
                             .trim_end_matches('/')
@@ -339,7 +349,7 @@ impl Process {
                     }
                 }
                 Err(_) => panic!(
-                    "herald did not print 'herald listening on http://ADDR' within {STARTUP_TIMEOUT:?}; stderr:\n{}",
+                    "herald did not print '{prefix}ADDR' within {STARTUP_TIMEOUT:?}; stderr:\n{}",
                     self.stderr_text()
                 ),
             }
@@ -773,6 +783,32 @@ impl Req<'_> {
             body,
         }
     }
+}
+
+/// One request to any address (e.g. the API listener), read whole within
+/// `limit`.
+pub async fn request_at(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    limit: Duration,
+) -> Result<Resp, String> {
+    let fut = async {
+        let mut http = send_request(addr, method, path, headers, body)
+            .await
+            .map_err(|e| e.to_string())?;
+        let body = http.read_to_end().await;
+        Ok(Resp {
+            status: http.status,
+            headers: http.headers.clone(),
+            body,
+        })
+    };
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
 }
 
 async fn send_request(
