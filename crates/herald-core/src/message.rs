@@ -42,9 +42,12 @@ impl PayloadKind {
     }
 }
 
-/// Deepest nesting of arrays and objects a JSON payload may have: the same
-/// as session commands get from serde_json's parser (128).
-pub const MAX_JSON_DEPTH: usize = 128;
+/// Deepest nesting of arrays and objects a JSON payload may have, on every
+/// publish path alike (HTTP, API, session). Well inside the 128 levels that
+/// common JSON parsers (serde_json, and so session commands) accept, so that
+/// a payload wrapped in an envelope, a session frame or a long-poll answer
+/// still parses everywhere it is delivered.
+pub const MAX_JSON_DEPTH: usize = 64;
 
 /// The deepest nesting of `[` and `{` in JSON text (strings skipped); a
 /// cheap scan, so that the check does not itself recurse.

@@ -152,11 +152,16 @@ pub async fn may_connect(
     identity: &Identity,
     client: &str,
     transport: &str,
+    peer: Option<std::net::IpAddr>,
 ) -> Result<(), ApiError> {
+    tracing::debug!(client, transport, peer = ?peer, user = identity.user.as_deref(), "connection opened");
     if let Some(hooks) = &state.hooks {
+        // `ip` is the client's address: the TCP peer, or what a trusted
+        // proxy reported (`trusted_proxies`), in canonical form.
         let body = json!({
             "event": "connect",
             "client": client,
+            "ip": peer.map(|ip| ip.to_string()),
             "user": identity.user.as_deref(),
             "info": identity.info.as_deref(),
             "transport": transport,

@@ -137,7 +137,13 @@ async fn session_websocket(
     };
     let slot = state.admit(peer, &tcp, true)?;
     let identity = access::identify(&state, &parts.headers, query.ticket.as_deref()).await?;
-    Ok(session::ws::upgrade(state, accept, identity, slot))
+    Ok(session::ws::upgrade(
+        state,
+        accept,
+        identity,
+        slot,
+        peer.ip(),
+    ))
 }
 
 /// A node for the configured engine. The memory engine needs nothing; other

@@ -69,7 +69,7 @@ pub async fn open(
     let slot = state.admit(peer, conn, transport == "websocket")?;
     let identity = crate::access::identify(state, headers, ticket).await?;
     let client = crate::session::random_id();
-    crate::access::may_connect(state, &identity, &client, transport).await?;
+    crate::access::may_connect(state, &identity, &client, transport, Some(peer.ip())).await?;
     crate::access::may_subscribe(state, &identity, &client, &request.channel).await?;
     let mut sub = state.node.subscriber_for(
         state.config.queue_size,

@@ -370,6 +370,7 @@ async fn admit(
 /// `GET /connection/sse`, `/connection/stream`, `/connection/iframe`.
 async fn open_stream(
     state: AppState,
+    peer: SocketAddr,
     framing: Framing,
     slot: crate::limits::Slot,
     identity: crate::token::Identity,
@@ -396,7 +397,8 @@ async fn open_stream(
     let content_type = framing.content_type();
     // The client id others see (notices, presence, hooks) is public; the
     // session id is the secret that controls the session: never the same.
-    let session = Session::new(state.clone(), random_id(), identity);
+    let mut session = Session::new(state.clone(), random_id(), identity);
+    session.set_peer(peer.ip());
     tokio::spawn(drive(
         state,
         id,
@@ -426,7 +428,7 @@ pub async fn sse(
     Query(query): Query<OpenQuery>,
 ) -> Result<Response, ApiError> {
     let (slot, identity) = admit(&state, peer, &headers, query.ticket.as_deref()).await?;
-    Ok(open_stream(state, Framing::Sse, slot, identity).await)
+    Ok(open_stream(state, peer, Framing::Sse, slot, identity).await)
 }
 
 pub async fn stream(
@@ -436,7 +438,7 @@ pub async fn stream(
     Query(query): Query<OpenQuery>,
 ) -> Result<Response, ApiError> {
     let (slot, identity) = admit(&state, peer, &headers, query.ticket.as_deref()).await?;
-    Ok(open_stream(state, Framing::Ndjson, slot, identity).await)
+    Ok(open_stream(state, peer, Framing::Ndjson, slot, identity).await)
 }
 
 pub async fn iframe(
@@ -455,7 +457,7 @@ pub async fn iframe(
         }
     };
     let (slot, identity) = admit(&state, peer, &headers, query.ticket.as_deref()).await?;
-    Ok(open_stream(state, Framing::Iframe(call), slot, identity).await)
+    Ok(open_stream(state, peer, Framing::Iframe(call), slot, identity).await)
 }
 
 /// `POST /connection/longpoll`: a new long-poll session.
@@ -486,7 +488,8 @@ pub async fn longpoll_open(
     );
     // The client id others see (notices, presence, hooks) is public; the
     // session id is the secret that controls the session: never the same.
-    let session = Session::new(state.clone(), random_id(), identity);
+    let mut session = Session::new(state.clone(), random_id(), identity);
+    session.set_peer(peer.ip());
     let cap = state.config.queue_size;
     let reply = session_frame(&id, &state);
     tokio::spawn(drive(

@@ -39,6 +39,8 @@ pub struct Session {
     publish_rate: RateLimit,
     /// Set when a command ends the session (e.g. the connect hook refused).
     closing: Option<Disconnect>,
+    /// The client's address, for hooks and logs.
+    peer: Option<std::net::IpAddr>,
 }
 
 /// A random 128-bit id, hex-encoded.
@@ -105,7 +107,13 @@ impl Session {
             connected: false,
             publish_rate,
             closing: None,
+            peer: None,
         }
+    }
+
+    /// The client's address (see [`crate::client_addr`]).
+    pub fn set_peer(&mut self, peer: std::net::IpAddr) {
+        self.peer = Some(peer);
     }
 
     fn subscriber_for(state: &AppState, client: &str, identity: &Identity) -> Subscriber {
@@ -166,8 +174,14 @@ impl Session {
         if self.connected {
             return Ok(());
         }
-        if let Err(e) =
-            access::may_connect(&self.state, &self.identity, &self.client, "session").await
+        if let Err(e) = access::may_connect(
+            &self.state,
+            &self.identity,
+            &self.client,
+            "session",
+            self.peer,
+        )
+        .await
         {
             if e.code == "denied" {
                 self.closing = Some(FORCED);

@@ -21,6 +21,7 @@ pub fn upgrade(
     accept: Accept,
     identity: crate::token::Identity,
     slot: crate::limits::Slot,
+    peer: std::net::IpAddr,
 ) -> Response {
     let token = state.connections.token();
     let limit = max_frame(&state);
@@ -28,7 +29,7 @@ pub fn upgrade(
     tokio::spawn(async move {
         if let Some((tcp, early)) = handshake::upgraded(on_upgrade).await {
             let mut socket = WsSocket::new(tcp, early, limit);
-            run(state, &mut socket, identity).await;
+            run(state, &mut socket, identity, peer).await;
         }
         drop(slot);
         drop(token);
@@ -36,8 +37,14 @@ pub fn upgrade(
     response
 }
 
-async fn run(state: AppState, socket: &mut WsSocket, identity: crate::token::Identity) {
+async fn run(
+    state: AppState,
+    socket: &mut WsSocket,
+    identity: crate::token::Identity,
+    peer: std::net::IpAddr,
+) {
     let mut session = Session::new(state.clone(), random_id(), identity);
+    session.set_peer(peer);
     // While `serve` waits in `next()`, the hub writes messages of a session
     // with one channel itself; every branch below flushes before looping.
     session.subscriber().set_writer(socket.writer());

@@ -820,7 +820,12 @@ async fn send_request(
 ) -> std::io::Result<HttpStream> {
     let mut tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    // A test that sets its own Host (e.g. a forged one) sends only that one.
+    let mut head = if headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n")
+    } else {
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n")
+    };
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
