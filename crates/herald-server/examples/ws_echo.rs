@@ -71,7 +71,9 @@ async fn echo(socket: &mut WsSocket) -> Option<Disconnect> {
                 Ok(None) => break,
                 Ok(Some(Incoming::Text(text))) => {
                     // The push path: header and shared body in one writev.
-                    socket.write_batch(Out::Text(Bytes::from(text)), || None).ok()?;
+                    socket
+                        .write_batch(Out::Text(Bytes::from(text)), || None)
+                        .ok()?;
                 }
                 Ok(Some(Incoming::Binary(data))) => socket.queue_binary(&data),
                 Ok(Some(Incoming::Ping(payload))) => socket.queue_control(frame::PONG, &payload),
