@@ -23,7 +23,7 @@ use super::stream::Framing;
 use crate::subscribe::{valid_callback, MAX_CALLBACK_LEN};
 
 /// Text with what breaks naive encoders.
-fn tricky_text() -> impl Strategy<Value = String> {
+pub(crate) fn tricky_text() -> impl Strategy<Value = String> {
     let piece = prop_oneof![
         any::<String>(),
         Just("\n".to_owned()),
@@ -58,12 +58,12 @@ fn channel() -> impl Strategy<Value = ChannelName> {
     "[a-zA-Z0-9_.:@=-]{1,30}".prop_map(|c| ChannelName::new(&c).expect("valid channel"))
 }
 
-fn message() -> impl Strategy<Value = Arc<Message>> {
+pub(crate) fn message() -> impl Strategy<Value = Arc<Message>> {
     (channel(), any::<u64>(), any::<u64>(), payload())
         .prop_map(|(c, ms, seq, p)| Arc::new(Message::new(c, MessageId::new(ms, seq), p, 0)))
 }
 
-fn callback() -> impl Strategy<Value = String> {
+pub(crate) fn callback() -> impl Strategy<Value = String> {
     "[a-zA-Z_$][a-zA-Z0-9_$]{0,10}(\\.[a-zA-Z_$][a-zA-Z0-9_$]{0,10}){0,3}"
 }
 
@@ -90,7 +90,7 @@ fn concat(out: VecDeque<Bytes>) -> String {
 
 /// A script argument a browser runs safely: nothing that ends or opens an
 /// element (no `<` at all), no raw line terminators, and valid JSON.
-fn script_argument(arg: &str) -> Result<Value, TestCaseError> {
+pub(crate) fn script_argument(arg: &str) -> Result<Value, TestCaseError> {
     prop_assert!(
         !arg.contains(['<', '>', '\u{2028}', '\u{2029}', '\n', '\r']),
         "unsafe in a script: {arg}"
@@ -99,7 +99,10 @@ fn script_argument(arg: &str) -> Result<Value, TestCaseError> {
 }
 
 /// One forever-frame call, `<script>parent.NAME(ARG);</script>\n`: its ARG.
-fn iframe_argument<'a>(chunk: &'a str, callback: &str) -> Result<&'a str, TestCaseError> {
+pub(crate) fn iframe_argument<'a>(
+    chunk: &'a str,
+    callback: &str,
+) -> Result<&'a str, TestCaseError> {
     let head = format!("<script>parent.{callback}(");
     let Some(arg) = chunk
         .strip_prefix(head.as_str())
@@ -114,7 +117,7 @@ fn iframe_argument<'a>(chunk: &'a str, callback: &str) -> Result<&'a str, TestCa
 }
 
 /// The events of an event stream, per the WHATWG rules: (type, data).
-fn parse_event_stream(stream: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_event_stream(stream: &str) -> Vec<(String, String)> {
     let mut events = Vec::new();
     let (mut kind, mut data) = (String::new(), String::new());
     let mut rest = stream;

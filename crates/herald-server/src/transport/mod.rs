@@ -2,7 +2,7 @@
 //! None of them knows about history, resume or ids beyond writing them out.
 
 #[cfg(test)]
-mod encoding_props;
+pub(crate) mod encoding_props;
 pub mod iframe;
 pub mod ndjson;
 pub mod poll;
