@@ -2,7 +2,9 @@
 # The whole test suite, from a fresh machine: installs what the tests need
 # (Debian's redis-server and chromium, the JS client's npm packages), then
 # runs the Rust unit and integration tests (against the memory engine and
-# against a real Redis), and the JavaScript client's unit and browser tests.
+# against a real Redis), the JavaScript client's unit and browser tests, and
+# Herald's WebSocket framing against Autobahn|Testsuite (scripts/autobahn.sh,
+# which installs the suite in a Python 2.7 virtualenv on first use).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -50,4 +52,9 @@ if [[ -x clients/js/test/run.sh ]]; then
   say "JavaScript client tests"
   HERALD_BIN="$root/target/debug/herald" clients/js/test/run.sh
 fi
+
+# --- Herald's WebSocket framing against Autobahn|Testsuite (about a minute) ---
+say "Autobahn|Testsuite (ws_echo)"
+scripts/autobahn.sh
+
 say "all tests passed"

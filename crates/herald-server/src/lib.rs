@@ -25,6 +25,8 @@ pub mod state;
 pub mod statics;
 pub mod subscribe;
 pub mod token;
+#[cfg(test)]
+mod token_props;
 pub mod transport;
 pub mod ws;
 

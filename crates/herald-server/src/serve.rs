@@ -114,6 +114,25 @@ pub struct Edge {
     pub name: &'static str,
 }
 
+impl Edge {
+    /// The default clocks and limits, no trusted proxy, no open-file
+    /// budget: for a listener outside a configured server (examples, tools).
+    pub fn standalone(name: &'static str) -> Self {
+        Self {
+            header_timeout: crate::config::DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: crate::config::DEFAULT_IDLE_TIMEOUT,
+            trusted: TrustedProxies::default(),
+            limiter: ConnectionLimiter::new(
+                crate::config::DEFAULT_MAX_CONNECTIONS,
+                crate::config::DEFAULT_MAX_CONNECTIONS_PER_IP,
+            ),
+            budget: None,
+            refusing: Arc::new(AtomicUsize::new(0)),
+            name,
+        }
+    }
+}
+
 /// Logs a persisting condition at most once per interval, with a count of
 /// what it held back.
 struct Throttle {

@@ -121,10 +121,28 @@ fn salvage_id(text: &[u8]) -> Option<u64> {
     struct IdOnly {
         id: Option<u64>,
     }
-    serde_json::from_slice::<IdOnly>(text).ok()?.id
+    if !is_object(text) {
+        return None;
+    }
+    serde_json::from_slice::<IdOnly>(text)
+        .ok()?
+        .id
+        .filter(|n| *n > 0)
+}
+
+/// Whether `text` starts like a JSON object: serde also reads a struct
+/// from an array of its fields in order, which is not a frame.
+fn is_object(text: &[u8]) -> bool {
+    text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 pub fn parse(text: &[u8]) -> Result<Frame, Invalid> {
+    if !is_object(text) {
+        return Err(Invalid {
+            id: None,
+            message: "not a valid command: a frame is a JSON object".into(),
+        });
+    }
     let raw: RawFrame = serde_json::from_slice(text).map_err(|e| Invalid {
         id: salvage_id(text),
         message: format!("not a valid command: {e}"),

@@ -7,6 +7,9 @@
 //! stops polling, on a slow consumer, or at shutdown; its registry entry
 //! goes with it.
 
+#[cfg(test)]
+mod framing_props;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

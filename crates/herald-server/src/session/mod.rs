@@ -9,6 +9,8 @@
 //! [`crate::access`], the same functions the per-channel transports use.
 
 pub mod command;
+#[cfg(test)]
+mod command_props;
 pub mod http;
 pub mod ws;
 

@@ -1,6 +1,8 @@
 //! Transports: thin adapters from a connection to [`herald_core::Subscriber`].
 //! None of them knows about history, resume or ids beyond writing them out.
 
+#[cfg(test)]
+pub(crate) mod encoding_props;
 pub mod iframe;
 pub mod ndjson;
 pub mod poll;

@@ -10,7 +10,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::{BufMut, Bytes, BytesMut};
 use herald_core::disconnect::{Disconnect, SHUTDOWN};
-use herald_core::{Item, Message, Subscriber};
+use herald_core::{ChannelName, Item, Message, MessageId, Subscriber};
 use std::sync::Arc;
 
 use crate::config::{Config, DEFAULT_POLL_TIMEOUT};
@@ -90,8 +90,42 @@ pub async fn serve(
     let last_id = answer.messages.last().map(|m| m.id).or(subscribed.position);
 
     let jsonp = callback.is_some();
+    let body = body(
+        &channel,
+        &answer.messages,
+        last_id,
+        answer.gap,
+        answer.ended,
+        callback.as_deref(),
+    );
+    let content_type = if jsonp {
+        "application/javascript; charset=utf-8"
+    } else {
+        "application/json"
+    };
+    let mut response = Response::new(axum::body::Body::from(body));
+    *response.status_mut() = StatusCode::OK;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    no_buffering(&mut response);
+    response
+}
+
+/// The answer's body: `{"channel","messages","last_id","gap"}` (and
+/// `"disconnect"` when the subscription ended), or with a callback the JSONP
+/// call `NAME({...});`, whose envelopes are script-safe.
+pub(crate) fn body(
+    channel: &ChannelName,
+    messages: &[Arc<Message>],
+    last_id: Option<MessageId>,
+    gap: bool,
+    ended: Option<Disconnect>,
+    callback: Option<&str>,
+) -> Bytes {
+    let jsonp = callback.is_some();
     let mut body = BytesMut::new();
-    if let Some(name) = &callback {
+    if let Some(name) = callback {
         body.put_slice(name.as_bytes());
         body.put_u8(b'(');
     }
@@ -100,7 +134,7 @@ pub async fn serve(
     herald_core::message::write_json_string(&mut name, channel.as_str());
     body.put_slice(&name);
     body.put_slice(b",\"messages\":[");
-    for (i, m) in answer.messages.iter().enumerate() {
+    for (i, m) in messages.iter().enumerate() {
         if i > 0 {
             body.put_u8(b',');
         }
@@ -115,12 +149,12 @@ pub async fn serve(
         Some(id) => body.put_slice(format!("\"{id}\"").as_bytes()),
         None => body.put_slice(b"null"),
     }
-    body.put_slice(if answer.gap {
+    body.put_slice(if gap {
         b",\"gap\":true"
     } else {
         b",\"gap\":false"
     });
-    if let Some(why) = answer.ended {
+    if let Some(why) = ended {
         body.put_slice(b",\"disconnect\":");
         body.put_slice(&serde_json::to_vec(&why).unwrap_or_default());
     }
@@ -128,16 +162,5 @@ pub async fn serve(
     if jsonp {
         body.put_slice(b");");
     }
-    let content_type = if jsonp {
-        "application/javascript; charset=utf-8"
-    } else {
-        "application/json"
-    };
-    let mut response = Response::new(axum::body::Body::from(Bytes::from(body)));
-    *response.status_mut() = StatusCode::OK;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    no_buffering(&mut response);
-    response
+    body.freeze()
 }

@@ -1,7 +1,7 @@
 //! RFC 6455 framing for the server side, with no I/O: headers for the
 //! unmasked frames the server sends, and a parser for the masked frames a
 //! client sends (fragments joined, control frames checked, text checked
-//! for UTF-8, sizes bounded before anything is buffered).
+//! for UTF-8 as it arrives, sizes bounded before anything is buffered).
 //!
 //! No extension is negotiated, so the reserved bits must be zero.
 
@@ -82,13 +82,68 @@ impl FrameError {
     }
 }
 
-/// Parses client frames out of a byte buffer.
+/// Parses client frames out of a byte buffer as the bytes arrive.
+///
+/// A data frame's payload is unmasked and moved into its message as soon as
+/// it is received, so the caller's buffer holds at most a header or a control
+/// frame (at most 139 bytes) between calls; text is checked for UTF-8 on the
+/// way, so invalid text is refused at the first bad byte, not once the
+/// message is complete (RFC 6455 section 8.1: fail fast).
 #[derive(Debug)]
 pub struct Reader {
     /// The largest message (all fragments together) accepted.
     max_message: usize,
-    /// A fragmented message in progress: its opcode and payload so far.
-    partial: Option<(u8, Vec<u8>)>,
+    /// The data message in progress: its frames so far.
+    partial: Option<Partial>,
+    /// The data frame whose header was taken and whose payload is arriving.
+    frame: Option<DataFrame>,
+}
+
+/// A data message being received.
+#[derive(Debug)]
+struct Partial {
+    opcode: u8,
+    payload: Vec<u8>,
+    /// Text only: how many trailing bytes of `payload` begin a code point
+    /// that has not arrived whole yet (0 to 3); all before them is UTF-8.
+    open: u8,
+}
+
+impl Partial {
+    /// Checks the bytes appended from `from` on, with the code point left
+    /// open before them.
+    fn check_text(&mut self, from: usize) -> Result<(), FrameError> {
+        let begin = from - usize::from(self.open);
+        match std::str::from_utf8(&self.payload[begin..]) {
+            Ok(_) => self.open = 0,
+            // Valid so far, with an incomplete code point at the end.
+            Err(e) if e.error_len().is_none() => {
+                self.open = (self.payload.len() - begin - e.valid_up_to()) as u8;
+            }
+            Err(_) => return Err(FrameError::BadUtf8),
+        }
+        Ok(())
+    }
+}
+
+/// A data frame's state once its header is parsed.
+#[derive(Debug, Clone, Copy)]
+struct DataFrame {
+    fin: bool,
+    mask: [u8; 4],
+    /// Payload bytes still to come.
+    remaining: usize,
+    /// Position of the next payload byte in the mask (0 to 3).
+    phase: u8,
+}
+
+/// A frame header: what comes before the payload.
+struct Header {
+    fin: bool,
+    opcode: u8,
+    len: usize,
+    /// Where the mask starts (the payload starts 4 bytes later).
+    at: usize,
 }
 
 impl Reader {
@@ -96,26 +151,67 @@ impl Reader {
         Reader {
             max_message,
             partial: None,
+            frame: None,
         }
     }
 
     /// Takes the next message or control frame from the front of `buf`,
-    /// removing the bytes it used. `Ok(None)`: more bytes are needed. A
-    /// frame longer than the limit is refused from its header, before its
-    /// payload arrives, so `buf` never holds much more than one message.
+    /// removing the bytes it used. `Ok(None)`: more bytes are needed (pass
+    /// the same buffer again with them appended). A frame longer than the
+    /// limit is refused from its header, before its payload arrives.
     pub fn next(&mut self, buf: &mut Vec<u8>) -> Result<Option<Incoming>, FrameError> {
         loop {
-            let Some(frame) = self.frame(buf)? else {
+            if let Some(frame) = self.frame {
+                let Some(done) = self.payload(frame, buf)? else {
+                    return Ok(None);
+                };
+                match done {
+                    Some(message) => return Ok(Some(message)),
+                    None => continue,
+                }
+            }
+            let Some(head) = self.header(buf)? else {
                 return Ok(None);
             };
-            if let Some(done) = self.assemble(frame)? {
-                return Ok(Some(done));
+            let start = head.at + 4;
+            let mask = [
+                buf[head.at],
+                buf[head.at + 1],
+                buf[head.at + 2],
+                buf[head.at + 3],
+            ];
+            if head.opcode & 0x8 != 0 {
+                // Control frames are short: taken whole, in one piece.
+                let end = start + head.len;
+                if buf.len() < end {
+                    return Ok(None);
+                }
+                let mut payload = buf[start..end].to_vec();
+                unmask(&mut payload, mask, 0);
+                buf.drain(..end);
+                return control(head.opcode, payload).map(Some);
             }
+            buf.drain(..start);
+            if head.opcode != CONTINUATION {
+                self.partial = Some(Partial {
+                    opcode: head.opcode,
+                    payload: Vec::new(),
+                    open: 0,
+                });
+            }
+            self.frame = Some(DataFrame {
+                fin: head.fin,
+                mask,
+                remaining: head.len,
+                phase: 0,
+            });
         }
     }
 
-    /// One raw frame (unmasked) from the front of `buf`.
-    fn frame(&mut self, buf: &mut Vec<u8>) -> Result<Option<Frame>, FrameError> {
+    /// Checks the header at the front of `buf`; `None` until it (and its
+    /// mask) has arrived. A frame is refused as soon as its header shows it
+    /// breaks a rule.
+    fn header(&self, buf: &[u8]) -> Result<Option<Header>, FrameError> {
         let [b0, b1, ..] = buf[..] else {
             return Ok(None);
         };
@@ -124,6 +220,9 @@ impl Reader {
         }
         let fin = b0 & 0x80 != 0;
         let opcode = b0 & 0x0F;
+        if !matches!(opcode, CONTINUATION | TEXT | BINARY | CLOSE | PING | PONG) {
+            return Err(FrameError::Protocol("unknown opcode"));
+        }
         if b1 & 0x80 == 0 {
             return Err(FrameError::Protocol("client frames must be masked"));
         }
@@ -152,88 +251,98 @@ impl Reader {
                 return Err(FrameError::Protocol("control frame over 125 bytes"));
             }
         } else {
-            let so_far = self.partial.as_ref().map_or(0, |(_, p)| p.len());
+            match (opcode, &self.partial) {
+                (CONTINUATION, None) => {
+                    return Err(FrameError::Protocol(
+                        "continuation without a first fragment",
+                    ))
+                }
+                (TEXT | BINARY, Some(_)) => {
+                    return Err(FrameError::Protocol("new message inside a fragmented one"))
+                }
+                _ => {}
+            }
+            let so_far = self.partial.as_ref().map_or(0, |p| p.payload.len());
             if len > (self.max_message.saturating_sub(so_far)) as u64 {
                 return Err(FrameError::TooBig);
             }
         }
-        // `len` is at most max_message or 125 here, so it fits a usize.
-        let len = len as usize;
-        let start = at + 4;
-        let Some(end) = start.checked_add(len) else {
-            return Err(FrameError::TooBig);
-        };
-        if buf.len() < end {
+        if buf.len() < at + 4 {
             return Ok(None);
         }
-        let mask = [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]];
-        let mut payload = buf[start..end].to_vec();
-        for (i, byte) in payload.iter_mut().enumerate() {
-            *byte ^= mask[i & 3];
-        }
-        buf.drain(..end);
-        Ok(Some(Frame {
+        Ok(Some(Header {
             fin,
             opcode,
-            payload,
+            // At most max_message or 125 here, so it fits a usize.
+            len: len as usize,
+            at,
         }))
     }
 
-    /// Joins fragments; returns a message when one is complete.
-    fn assemble(&mut self, frame: Frame) -> Result<Option<Incoming>, FrameError> {
-        let Frame {
-            fin,
-            opcode,
-            payload,
-        } = frame;
-        match opcode {
-            CONTINUATION => {
-                let Some((first, mut so_far)) = self.partial.take() else {
-                    return Err(FrameError::Protocol(
-                        "continuation without a first fragment",
-                    ));
-                };
-                so_far.extend_from_slice(&payload);
-                if fin {
-                    message(first, so_far).map(Some)
-                } else {
-                    self.partial = Some((first, so_far));
-                    Ok(None)
-                }
-            }
-            TEXT | BINARY => {
-                if self.partial.is_some() {
-                    return Err(FrameError::Protocol("new message inside a fragmented one"));
-                }
-                if fin {
-                    message(opcode, payload).map(Some)
-                } else {
-                    self.partial = Some((opcode, payload));
-                    Ok(None)
-                }
-            }
-            CLOSE => close(&payload).map(Some),
-            PING => Ok(Some(Incoming::Ping(payload))),
-            PONG => Ok(Some(Incoming::Pong)),
-            _ => Err(FrameError::Protocol("unknown opcode")),
+    /// Moves what has arrived of the current data frame's payload into its
+    /// message. `None`: the frame needs more bytes; `Some(None)`: the frame
+    /// is complete but the message is not; `Some(Some(_))`: the message is.
+    fn payload(
+        &mut self,
+        mut frame: DataFrame,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<Option<Incoming>>, FrameError> {
+        let Some(partial) = self.partial.as_mut() else {
+            // A data frame always starts or continues a message.
+            return Err(FrameError::Protocol(
+                "continuation without a first fragment",
+            ));
+        };
+        let take = frame.remaining.min(buf.len());
+        let from = partial.payload.len();
+        partial.payload.extend_from_slice(&buf[..take]);
+        buf.drain(..take);
+        unmask(
+            &mut partial.payload[from..],
+            frame.mask,
+            usize::from(frame.phase),
+        );
+        if partial.opcode == TEXT {
+            partial.check_text(from)?;
         }
+        frame.remaining -= take;
+        frame.phase = ((usize::from(frame.phase) + take) & 3) as u8;
+        if frame.remaining > 0 {
+            self.frame = Some(frame);
+            return Ok(None);
+        }
+        self.frame = None;
+        if !frame.fin {
+            return Ok(Some(None));
+        }
+        let Some(done) = self.partial.take() else {
+            return Ok(Some(None));
+        };
+        if done.open != 0 {
+            // The message ends inside a code point.
+            return Err(FrameError::BadUtf8);
+        }
+        Ok(Some(Some(if done.opcode == BINARY {
+            Incoming::Binary(done.payload)
+        } else {
+            Incoming::Text(done.payload)
+        })))
     }
 }
 
-struct Frame {
-    fin: bool,
-    opcode: u8,
-    payload: Vec<u8>,
+/// XORs `bytes` with the mask, the first byte being at `phase` in it.
+fn unmask(bytes: &mut [u8], mask: [u8; 4], phase: usize) {
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte ^= mask[(phase + i) & 3];
+    }
 }
 
-fn message(opcode: u8, payload: Vec<u8>) -> Result<Incoming, FrameError> {
-    if opcode == BINARY {
-        return Ok(Incoming::Binary(payload));
+fn control(opcode: u8, payload: Vec<u8>) -> Result<Incoming, FrameError> {
+    match opcode {
+        CLOSE => close(&payload),
+        PING => Ok(Incoming::Ping(payload)),
+        _ => Ok(Incoming::Pong),
     }
-    if std::str::from_utf8(&payload).is_err() {
-        return Err(FrameError::BadUtf8);
-    }
-    Ok(Incoming::Text(payload))
 }
 
 fn close(payload: &[u8]) -> Result<Incoming, FrameError> {
@@ -399,6 +508,92 @@ mod tests {
     }
 
     #[test]
+    fn invalid_text_in_a_first_fragment_is_refused_before_the_last_arrives() {
+        let mut r = Reader::new(1024);
+        let mut buf = client(false, TEXT, b"ok \xff");
+        assert_eq!(r.next(&mut buf), Err(FrameError::BadUtf8));
+        // In a middle fragment, too.
+        let mut r = Reader::new(1024);
+        let mut buf = [
+            client(false, TEXT, b"ok"),
+            client(false, CONTINUATION, &[0xc0, 0x80]),
+        ]
+        .concat();
+        assert_eq!(r.next(&mut buf), Err(FrameError::BadUtf8));
+    }
+
+    #[test]
+    fn a_code_point_split_across_fragments_is_accepted() {
+        let euro = "\u{20ac}".as_bytes(); // e2 82 ac
+        let mut r = Reader::new(1024);
+        let mut buf = client(false, TEXT, &[b'a', euro[0]]);
+        assert_eq!(r.next(&mut buf), Ok(None));
+        buf.extend(client(false, CONTINUATION, &euro[1..2]));
+        buf.extend(client(true, PING, b"between"));
+        assert_eq!(
+            r.next(&mut buf),
+            Ok(Some(Incoming::Ping(b"between".to_vec())))
+        );
+        buf.extend(client(true, CONTINUATION, &[euro[2], b'b']));
+        assert_eq!(
+            r.next(&mut buf),
+            Ok(Some(Incoming::Text("a\u{20ac}b".as_bytes().to_vec())))
+        );
+    }
+
+    #[test]
+    fn a_message_ending_inside_a_code_point_is_refused() {
+        let mut r = Reader::new(1024);
+        let mut buf = [
+            client(false, TEXT, b"a"),
+            client(true, CONTINUATION, &[0xe2, 0x82]),
+        ]
+        .concat();
+        assert_eq!(r.next(&mut buf), Err(FrameError::BadUtf8));
+    }
+
+    #[test]
+    fn invalid_text_is_refused_before_its_frame_is_complete() {
+        let mut payload = vec![b'a'; 100];
+        payload[10] = 0xff;
+        let wire = client(true, TEXT, &payload);
+        let mut r = Reader::new(1024);
+        // Header, mask and the first 10 payload bytes: valid so far.
+        let mut buf = wire[..6 + 10].to_vec();
+        assert_eq!(r.next(&mut buf), Ok(None));
+        assert!(buf.is_empty(), "the payload so far was taken");
+        // One more byte, the bad one: refused with 89 bytes still to come.
+        buf.push(wire[6 + 10]);
+        assert_eq!(r.next(&mut buf), Err(FrameError::BadUtf8));
+        // A code point split inside one frame by the reads is fine.
+        let wire = client(true, TEXT, "x\u{1f600}y".as_bytes());
+        let mut r = Reader::new(1024);
+        let mut buf = Vec::new();
+        let mut got = None;
+        for byte in wire {
+            buf.push(byte);
+            if let Some(m) = r.next(&mut buf).expect("valid text") {
+                got = Some(m);
+            }
+        }
+        assert_eq!(got, Some(Incoming::Text("x\u{1f600}y".as_bytes().to_vec())));
+    }
+
+    #[test]
+    fn binary_is_not_checked_for_utf8() {
+        let mut r = Reader::new(1024);
+        let mut buf = [
+            client(false, BINARY, &[0xff]),
+            client(true, CONTINUATION, &[0xe2]),
+        ]
+        .concat();
+        assert_eq!(
+            r.next(&mut buf),
+            Ok(Some(Incoming::Binary(vec![0xff, 0xe2])))
+        );
+    }
+
+    #[test]
     fn the_size_limit_is_checked_from_the_header_and_across_fragments() {
         let mut r = Reader::new(10);
         // Only the header of an 11-byte frame has arrived: refused already.
@@ -420,6 +615,13 @@ mod tests {
         let mut r = Reader::new(10);
         let mut buf = client(true, TEXT, &[b'a'; 10]);
         assert_eq!(r.next(&mut buf), Ok(Some(Incoming::Text(vec![b'a'; 10]))));
+    }
+
+    #[test]
+    fn a_reader_stays_small() {
+        // One per connection: 40 bytes before text was checked as it
+        // arrives; the frame in progress costs 16 more.
+        assert!(std::mem::size_of::<Reader>() <= 56);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! is not a general-purpose WebSocket crate.
 
 pub mod frame;
+#[cfg(test)]
+mod frame_props;
 pub mod handshake;
 pub mod socket;
 

@@ -3,7 +3,8 @@
 //! Why not a general WebSocket crate: an idle push connection should cost
 //! next to nothing, and a delivery should cost one system call. Here:
 //! - idle, a connection holds no buffer at all: reads go through a stack
-//!   buffer and only a partly received frame is kept on the heap;
+//!   buffer; a partly received header or control frame is kept on the heap,
+//!   and a data message's payload goes straight into the message;
 //! - a batch of messages goes out in one system call of header + shared
 //!   envelope pairs (`writev`), built on the stack: the envelope bytes (encoded once
 //!   per publish) are neither copied nor re-checked per subscriber;
@@ -54,8 +55,8 @@ pub enum ReadError {
 pub struct WsSocket {
     shared: Arc<Shared>,
     reader: Reader,
-    /// Received bytes not yet forming a whole frame. Empty, with no
-    /// allocation, whenever the client is not in the middle of a frame.
+    /// Received bytes the reader has not taken yet (part of a header or a
+    /// control frame). Empty, with no allocation, between frames.
     rbuf: Vec<u8>,
     /// `rbuf` may hold a whole frame not yet taken, so [`WsSocket::readable`]
     /// must not wait for the socket. (Once `read` has seen the socket run
@@ -254,6 +255,12 @@ impl WsSocket {
     /// Queues a text frame for the next flush (replies, rare frames).
     pub fn queue_text(&mut self, payload: &[u8]) {
         self.queue_control(frame::TEXT, payload);
+    }
+
+    /// Queues a binary frame for the next flush (the echo example's; Herald
+    /// itself sends only text).
+    pub fn queue_binary(&mut self, payload: &[u8]) {
+        self.queue_control(frame::BINARY, payload);
     }
 
     /// Writes what is pending, waiting for the socket at most `timeout`.
