@@ -9,6 +9,9 @@
 //! | `herald:{C}:presence` | hash          | field `<node>/<seq>` per joined connection, value JSON `{"expires_ms":…,"client":…,"user":…,"info":…,"node":…}` |
 //! | `herald:{C}:subs`   | hash            | field `<node>`, value `<local subscribers>:<expires_ms>` |
 //! | `herald:{C}:queue`  | list            | a personal channel's offline queue: `h1 m` frames, oldest first |
+//! | `herald:{C}:queue_gap` | string       | `1` if the queue dropped messages since it was last taken, `0` if it holds (or held) messages |
+//! | `herald:{C}:slots`  | hash            | field `<node>/<seq>` per `max_subscribers` place held, value its expiry (ms) |
+//! | `herald:{C}:idem:<key>` | string      | `<id> <time_ms>` of the publish that used idempotency key `<key>`, until the window ends |
 //!
 //! and once per deployment:
 //!
@@ -63,6 +66,21 @@ impl Keys {
     /// The offline queue of a personal channel.
     pub fn queue(&self, channel: &ChannelName) -> String {
         format!("{}:{{{channel}}}:queue", self.prefix)
+    }
+
+    /// The marker of a personal channel's queue: did it drop messages.
+    pub fn queue_gap(&self, channel: &ChannelName) -> String {
+        format!("{}:{{{channel}}}:queue_gap", self.prefix)
+    }
+
+    /// The hash of the `max_subscribers` places held on the channel.
+    pub fn slots(&self, channel: &ChannelName) -> String {
+        format!("{}:{{{channel}}}:slots", self.prefix)
+    }
+
+    /// What the publish that used idempotency key `key` on `channel` got.
+    pub fn idempotency(&self, channel: &ChannelName, key: &str) -> String {
+        format!("{}:{{{channel}}}:idem:{key}", self.prefix)
     }
 
     /// The pub/sub channel every node subscribes to for node-wide commands.

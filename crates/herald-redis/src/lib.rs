@@ -96,6 +96,7 @@ pub mod options;
 mod presence;
 mod pubsub;
 mod script;
+mod slot;
 mod upkeep;
 
 pub use engine::RedisEngine;

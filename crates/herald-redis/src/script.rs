@@ -83,9 +83,23 @@ local function trim(key, maxlen, min_ms)
 end
 ";
 
-/// KEYS[1]: stream. ARGV: live channel, channel name, kind, payload, max
-/// length, ttl ms, key expiry ms. Returns id, time, frame and receivers.
+/// KEYS[1]: stream, KEYS[2]: subs. ARGV: live channel, channel name, kind,
+/// payload, max length, ttl ms, key expiry ms, this node. `publish()`
+/// returns id, time, frame, receivers and Redis' time; `others()` sums the
+/// other nodes' subscriber counts that have not expired (read only: the
+/// readers of `SUBS_READ_LUA` delete the expired ones).
 const PUBLISH_FN_LUA: &str = r"
+local function others(key, node, now)
+  local all = redis.call('HGETALL', key)
+  local sum = 0
+  for i = 1, #all - 1, 2 do
+    if all[i] ~= node then
+      local n, expires = string.match(all[i + 1], '^(%d+):(%d+)$')
+      if n ~= nil and tonumber(expires) > now then sum = sum + tonumber(n) end
+    end
+  end
+  return sum
+end
 local function publish()
   local key = KEYS[1]
   local now = now_ms()
@@ -94,37 +108,103 @@ local function publish()
   trim(key, tonumber(ARGV[5]), now - tonumber(ARGV[6]))
   redis.call('PEXPIRE', key, ARGV[7])
   local frame = 'h1 m ' .. ARGV[2] .. ' ' .. id .. ' ' .. ARGV[3] .. ' ' .. time .. '\n' .. ARGV[4]
-  return id, time, frame, redis.call('PUBLISH', ARGV[1], frame)
+  return id, time, frame, redis.call('PUBLISH', ARGV[1], frame), now
 end
 ";
 
-/// See `PUBLISH_FN_LUA`. Returns `{id, time_ms, receivers}`.
+/// See `PUBLISH_FN_LUA`. Returns `{id, time_ms, receivers, others}`.
 const PUBLISH_LUA: &str = r"
-local id, time, _, receivers = publish()
-return {id, time, receivers}
+local id, time, _, receivers, now = publish()
+return {id, time, receivers, others(KEYS[2], ARGV[8], now)}
 ";
 
-/// As `PUBLISH_LUA`, with KEYS[2] the personal channel's queue: when no node
-/// received the frame, it is also appended there, keeping the newest `max
-/// length` frames; the queue key expires with the stream. Returns `{id,
-/// time_ms, receivers, queued}`.
+/// As `PUBLISH_LUA`, with KEYS[3] the personal channel's queue and KEYS[4]
+/// its gap marker, ARGV[9] the marker's expiry: when no node received the
+/// frame, it is also appended to the queue, keeping the newest `max length`
+/// frames; the queue key expires with the stream. The marker becomes `1`
+/// when a frame was trimmed away, else stays (or becomes) `0`, and outlives
+/// the queue, so a queue that expired whole still reads as a gap. Returns
+/// `{id, time_ms, receivers, others, queued}`.
 const PUBLISH_USER_LUA: &str = r"
-local id, time, frame, receivers = publish()
+local id, time, frame, receivers, now = publish()
 local queued = 0
-if receivers == 0 and tonumber(ARGV[5]) > 0 then
-  redis.call('RPUSH', KEYS[2], frame)
-  redis.call('LTRIM', KEYS[2], '-' .. ARGV[5], '-1')
-  redis.call('PEXPIRE', KEYS[2], ARGV[7])
+local max = tonumber(ARGV[5])
+if receivers == 0 and max > 0 then
+  local len = redis.call('RPUSH', KEYS[3], frame)
+  local mark = redis.call('GET', KEYS[4])
+  if len > max then
+    redis.call('LTRIM', KEYS[3], -max, -1)
+    mark = '1'
+  elseif not mark then
+    mark = '0'
+  end
+  redis.call('PEXPIRE', KEYS[3], ARGV[7])
+  redis.call('SET', KEYS[4], mark, 'PX', ARGV[9])
   queued = 1
 end
-return {id, time, receivers, queued}
+return {id, time, receivers, others(KEYS[2], ARGV[8], now), queued}
 ";
 
-/// KEYS: queue. Returns `{now_ms, frames}` and deletes the queue.
+/// As `PUBLISH_LUA`, with KEYS[3] the idempotency key's record and ARGV[9]
+/// the window (ms). A record still there answers the earlier id and time
+/// and stores nothing; otherwise the message is stored and the record
+/// written in the same step, so racing publishes with one key store one
+/// message. Returns `{id, time_ms, receivers, others, duplicate}`.
+const PUBLISH_IDEM_LUA: &str = r"
+local prev = redis.call('GET', KEYS[3])
+if prev then
+  local id, time = string.match(prev, '^(%S+) (%d+)$')
+  if id ~= nil then return {id, time, 0, others(KEYS[2], ARGV[8], now_ms()), 1} end
+end
+local id, time, _, receivers, now = publish()
+redis.call('SET', KEYS[3], id .. ' ' .. time, 'PX', ARGV[9])
+return {id, time, receivers, others(KEYS[2], ARGV[8], now), 0}
+";
+
+/// KEYS: queue, gap marker. Returns `{now_ms, frames, marker}` (marker `''`
+/// when there is none) and deletes both.
 const TAKE_QUEUE_LUA: &str = r"
 local frames = redis.call('LRANGE', KEYS[1], 0, -1)
-redis.call('DEL', KEYS[1])
-return {string.format('%.0f', now_ms()), frames}
+local mark = redis.call('GET', KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2])
+return {string.format('%.0f', now_ms()), frames, mark or ''}
+";
+
+/// KEYS: slots. ARGV: field, max, ttl ms. Takes a place if fewer than max
+/// are held: `HLEN` first (cheap); only a full-looking hash is scanned for
+/// places that expired (their node died or lost them), which are deleted.
+/// Returns 1 if the place was taken.
+const SLOT_CLAIM_LUA: &str = r"
+local now = now_ms()
+local max = tonumber(ARGV[2])
+local n = redis.call('HLEN', KEYS[1])
+if n >= max then
+  local all = redis.call('HGETALL', KEYS[1])
+  local dead = {}
+  for i = 1, #all - 1, 2 do
+    local expires = tonumber(all[i + 1])
+    if expires == nil or expires <= now then dead[#dead + 1] = all[i] end
+  end
+  delete_fields(KEYS[1], dead)
+  if n - #dead >= max then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', now + tonumber(ARGV[3])))
+extend(KEYS[1], ARGV[3])
+return 1
+";
+
+/// KEYS: slots. ARGV: ttl ms, then this node's fields. Rewrites their
+/// expiry.
+const SLOT_REFRESH_LUA: &str = r"
+local expires = string.format('%.0f', now_ms() + tonumber(ARGV[1]))
+local args = {}
+for i = 2, #ARGV do
+  args[#args + 1] = ARGV[i]
+  args[#args + 1] = expires
+end
+if #args > 0 then redis.call('HSET', KEYS[1], unpack(args)) end
+extend(KEYS[1], ARGV[1])
+return 1
 ";
 
 /// KEYS: stream. ARGV: mode (`live`, `earliest`, `after`), resume id, max
@@ -151,10 +231,10 @@ end
 return {1, last, deleted, retained, redis.call('XLEN', key), entries}
 ";
 
-/// KEYS: stream, queue, presence. ARGV: live channel, removal frame.
-/// Returns the receivers.
+/// KEYS: stream, queue, presence, queue gap marker. ARGV: live channel,
+/// removal frame. Returns the receivers.
 const REMOVE_LUA: &str = r"
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 return redis.call('PUBLISH', ARGV[1], ARGV[2])
 ";
 
@@ -244,7 +324,10 @@ return sum
 pub struct Scripts {
     pub publish: Script,
     pub publish_user: Script,
+    pub publish_idem: Script,
     pub take_queue: Script,
+    pub slot_claim: Script,
+    pub slot_refresh: Script,
     pub read: Script,
     pub remove: Script,
     pub presence_join: Script,
@@ -261,7 +344,10 @@ impl Default for Scripts {
         Self {
             publish: with_clock(&format!("{TRIM_LUA}{PUBLISH_FN_LUA}{PUBLISH_LUA}")),
             publish_user: with_clock(&format!("{TRIM_LUA}{PUBLISH_FN_LUA}{PUBLISH_USER_LUA}")),
+            publish_idem: with_clock(&format!("{TRIM_LUA}{PUBLISH_FN_LUA}{PUBLISH_IDEM_LUA}")),
             take_queue: with_clock(TAKE_QUEUE_LUA),
+            slot_claim: with_clock(SLOT_CLAIM_LUA),
+            slot_refresh: with_clock(SLOT_REFRESH_LUA),
             read: with_clock(&format!("{TRIM_LUA}{READ_LUA}")),
             remove: Script::new(REMOVE_LUA),
             presence_join: with_clock(PRESENCE_JOIN_LUA),
@@ -279,10 +365,11 @@ impl Default for Scripts {
 pub struct PublishReply {
     pub id: MessageId,
     pub time_ms: u64,
-    /// Pub/sub connections (nodes) that received the frame.
-    pub receivers: usize,
-    /// Whether the frame went into a personal channel's queue.
-    pub queued: bool,
+    /// The other nodes' subscribers of the channel, as they last wrote them.
+    pub others: usize,
+    /// publish_user: the frame went into the personal channel's queue;
+    /// publish_idem: the key was used already and nothing was stored.
+    pub flag: bool,
 }
 
 /// What the read script answered.
@@ -343,32 +430,48 @@ fn array(v: Value) -> Option<Vec<Value>> {
 
 pub fn parse_publish(reply: Value) -> Result<PublishReply, EngineError> {
     let items = array(reply).ok_or_else(|| corrupt("publish reply is not an array"))?;
-    let (id, time, receivers, queued) = match items.as_slice() {
-        [id, time, receivers] => (id, time, receivers, false),
-        [id, time, receivers, queued] => (id, time, receivers, int(queued) == Some(1)),
+    let (id, time, receivers, others, flag) = match items.as_slice() {
+        [id, time, receivers, others] => (id, time, receivers, others, false),
+        [id, time, receivers, others, flag] => (id, time, receivers, others, int(flag) == Some(1)),
         _ => return Err(corrupt("publish reply has the wrong length")),
     };
+    int(receivers)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| corrupt("publish reply has no receiver count"))?;
     Ok(PublishReply {
         id: optional_id(id)?.ok_or_else(|| corrupt("publish reply has no id"))?,
         time_ms: int(time)
             .and_then(|t| u64::try_from(t).ok())
             .ok_or_else(|| corrupt("publish reply has no time"))?,
-        receivers: int(receivers)
+        others: int(others)
             .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| corrupt("publish reply has no receiver count"))?,
-        queued,
+            .ok_or_else(|| corrupt("publish reply has no subscriber count"))?,
+        flag,
     })
 }
 
-/// The take script's answer: Redis' time and the queued frames, decoded and
-/// checked to belong to `channel`, oldest first.
-pub fn parse_take(
-    reply: Value,
-    channel: &ChannelName,
-) -> Result<(u64, Vec<Arc<Message>>), EngineError> {
+/// What the take script answered.
+pub struct Taken {
+    /// Redis' time.
+    pub now_ms: u64,
+    /// Oldest first, checked to belong to the channel.
+    pub messages: Vec<Arc<Message>>,
+    /// The gap marker: `Some(true)` if the queue dropped messages,
+    /// `Some(false)` if it held some, `None` if there was none.
+    pub marker: Option<bool>,
+}
+
+/// The take script's answer: Redis' time, the queued frames (decoded and
+/// checked to belong to `channel`, oldest first) and the gap marker.
+pub fn parse_take(reply: Value, channel: &ChannelName) -> Result<Taken, EngineError> {
     let items = array(reply).ok_or_else(|| corrupt("take reply is not an array"))?;
-    let [now, frames] = items.as_slice() else {
+    let [now, frames, marker] = items.as_slice() else {
         return Err(corrupt("take reply has the wrong length"));
+    };
+    let marker = match text(marker) {
+        Some("1") => Some(true),
+        Some("0") => Some(false),
+        _ => None,
     };
     let now = int(now)
         .and_then(|t| u64::try_from(t).ok())
@@ -389,7 +492,11 @@ pub fn parse_take(
             }
         })
         .collect::<Result<_, _>>()?;
-    Ok((now, messages))
+    Ok(Taken {
+        now_ms: now,
+        messages,
+        marker,
+    })
 }
 
 /// Bulk strings of an array reply.
@@ -496,19 +603,34 @@ mod tests {
 
     #[test]
     fn publish_reply() {
-        let r = parse_publish(Value::Array(vec![bulk(b"5-1"), bulk(b"5"), Value::Int(2)]))
-            .expect("valid");
-        assert_eq!((r.id, r.time_ms, r.receivers), (MessageId::new(5, 1), 5, 2));
-        assert!(!r.queued);
+        let r = parse_publish(Value::Array(vec![
+            bulk(b"5-1"),
+            bulk(b"5"),
+            Value::Int(2),
+            Value::Int(7),
+        ]))
+        .expect("valid");
+        assert_eq!((r.id, r.time_ms, r.others), (MessageId::new(5, 1), 5, 7));
+        assert!(!r.flag);
         let r = parse_publish(Value::Array(vec![
             bulk(b"5-1"),
             bulk(b"5"),
             Value::Int(0),
+            Value::Int(0),
             Value::Int(1),
         ]))
         .expect("valid");
-        assert!(r.queued);
-        assert!(parse_publish(Value::Array(vec![bulk(b"x"), bulk(b"5"), Value::Int(2)])).is_err());
+        assert!(r.flag);
+        assert!(parse_publish(Value::Array(vec![
+            bulk(b"x"),
+            bulk(b"5"),
+            Value::Int(2),
+            Value::Int(0)
+        ]))
+        .is_err());
+        assert!(
+            parse_publish(Value::Array(vec![bulk(b"5-1"), bulk(b"5"), Value::Int(2)])).is_err()
+        );
         assert!(parse_publish(Value::Nil).is_err());
     }
 

@@ -17,9 +17,16 @@
 //! connection); a sweep waits for them.
 //!
 //! Each sweep also compares this node's local subscriber count of every
-//! channel with a `max_subscribers` limit against what it last wrote, and
-//! writes the ones that changed (or are due for a refresh). When the engine
-//! is dropped the task drains the queue, deletes its counts and ends.
+//! channel it holds against what it last wrote, and writes the ones that
+//! changed (or are due for a refresh): the publish script sums them into
+//! the cluster-wide `subscribers` of its answer. The cost is one small
+//! script call per channel whose count changed, per sweep (about a second),
+//! never per subscribe or per message. With presence, the refresh also
+//! rewrites the expiry of this node's `max_subscribers` places (the `slot`
+//! module), and a `Release` job deletes one; a release that finds the queue
+//! full is dropped with a warning and its place expires within `node_ttl`.
+//! When the engine is dropped the task drains the queue, deletes its counts
+//! and ends.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +34,6 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use herald_core::hub::Hub;
-use herald_core::namespace::Namespaces;
 use herald_core::ChannelName;
 use redis::aio::ConnectionManager;
 use redis::Value;
@@ -38,6 +44,7 @@ use crate::keys::Keys;
 use crate::options::RedisOptions;
 use crate::presence::{LocalPresence, Stored};
 use crate::script::Scripts;
+use crate::slot::LocalSlots;
 
 /// Jobs waiting for the upkeep task at most.
 pub const UPKEEP_QUEUE: usize = 16_384;
@@ -50,6 +57,11 @@ const REFRESH_CHUNK: usize = 500;
 
 pub enum Job {
     Leave(Leave),
+    /// Give back one `max_subscribers` place.
+    Release {
+        channel: ChannelName,
+        field: String,
+    },
     /// Rewrite what is due (see the module docs).
     Sweep {
         now_ms: u64,
@@ -69,8 +81,8 @@ pub struct Upkeep {
     pub keys: Keys,
     pub scripts: Arc<Scripts>,
     pub hub: Arc<Hub>,
-    pub namespaces: Arc<Namespaces>,
     pub presence: Arc<LocalPresence>,
+    pub slots: Arc<LocalSlots>,
     pub options: RedisOptions,
     /// True while a sweep waits in the queue; the engine queues another only
     /// when this is false.
@@ -107,6 +119,20 @@ impl Upkeep {
                 Job::Sweep { now_ms } => {
                     self.sweep_queued.store(false, Ordering::Release);
                     self.sweep(&mut written, now_ms).await;
+                }
+                Job::Release { channel, field } => {
+                    let mut conn = self.conn.clone();
+                    let mut hdel = redis::cmd("HDEL");
+                    hdel.arg(self.keys.slots(&channel)).arg(field);
+                    if let Err(e) =
+                        bounded(self.options.timeout, hdel.query_async::<Value>(&mut conn)).await
+                    {
+                        tracing::warn!(
+                            error = %e,
+                            %channel,
+                            "subscriber place release failed; it expires within node_ttl"
+                        );
+                    }
                 }
                 Job::Leave(leave) => {
                     let mut leaves = vec![leave];
@@ -166,15 +192,18 @@ impl Upkeep {
     async fn sweep(&self, written: &mut Written, now_ms: u64) {
         let interval = millis(self.options.refresh_interval);
         let due = |at: u64| now_ms < at || now_ms - at >= interval;
-        if written.presence_ms.is_none_or(due) && self.refresh_presence().await {
-            written.presence_ms = Some(now_ms);
+        if written.presence_ms.is_none_or(due) {
+            // Both, even if one fails: each retries at the next sweep.
+            let slots = self.refresh_slots().await;
+            if self.refresh_presence().await && slots {
+                written.presence_ms = Some(now_ms);
+            }
         }
 
         let mut counts: HashMap<ChannelName, usize> = self
             .hub
             .channels()
             .into_iter()
-            .filter(|c| self.namespaces.options(c.as_str()).max_subscribers > 0)
             .map(|c| {
                 let n = self.hub.count(&c);
                 (c, n)
@@ -244,6 +273,50 @@ impl Upkeep {
                 error = %e,
                 failed = failed.len(),
                 "presence refresh failed; retrying at the next sweep"
+            );
+        }
+        failed.is_empty()
+    }
+
+    /// Rewrites the expiry of every place this node holds. True if all of
+    /// it reached Redis.
+    async fn refresh_slots(&self) -> bool {
+        let ttl = millis(self.options.node_ttl);
+        let batches: Vec<(ChannelName, Vec<String>)> = self
+            .slots
+            .snapshot()
+            .into_iter()
+            .flat_map(|(channel, fields)| {
+                fields
+                    .chunks(REFRESH_CHUNK)
+                    .map(|chunk| (channel.clone(), chunk.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let failed = futures_util::stream::iter(batches)
+            .map(|(channel, fields)| async move {
+                let mut conn = self.conn.clone();
+                let mut invocation = self.scripts.slot_refresh.prepare_invoke();
+                invocation.key(self.keys.slots(&channel)).arg(ttl);
+                for f in &fields {
+                    invocation.arg(f);
+                }
+                bounded(
+                    self.options.timeout,
+                    invocation.invoke_async::<Value>(&mut conn),
+                )
+                .await
+                .err()
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .filter_map(std::future::ready)
+            .collect::<Vec<_>>()
+            .await;
+        if let Some(e) = failed.first() {
+            tracing::warn!(
+                error = %e,
+                failed = failed.len(),
+                "subscriber place refresh failed; retrying at the next sweep"
             );
         }
         failed.is_empty()
