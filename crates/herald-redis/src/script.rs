@@ -14,8 +14,15 @@
 //!   connection of the user follows the personal channel anywhere), append
 //!   the same frame to the channel's bounded queue, in the same step: a
 //!   message is queued exactly when nobody could have got it live.
-//! - **take_queue**: read and delete the queue at once, so two nodes taking
-//!   it together never both get a message.
+//!   A gap marker next to the queue records whether it dropped messages.
+//! - **publish_idem**: publish unless the idempotency key's record exists,
+//!   and write the record in the same step (one message per key).
+//! - Every publish variant also sums the other nodes' subscriber counts, so
+//!   the answer counts the whole cluster at no extra round trip.
+//! - **take_queue**: read and delete the queue and its gap marker at once,
+//!   so two nodes taking it together never both get a message.
+//! - **slot_claim / slot_refresh**: take a `max_subscribers` place only
+//!   below the limit (see the `slot` module); rewrite this node's expiries.
 //! - **remove**: `DEL` the stream, queue and presence and `PUBLISH` the
 //!   removal frame, so the removal reaches every node after the messages
 //!   published before it.
