@@ -206,9 +206,6 @@ impl Subscriber {
         if self.channels.contains_key(&channel) {
             return Err(SubscribeError::AlreadySubscribed(channel));
         }
-        if let Some(slot) = slot {
-            self.slots.insert(channel.clone(), slot);
-        }
         // "Only what comes next" is "everything after the newest id now",
         // read before following: with an engine whose follow takes a round
         // trip (Redis), a message published while the follow was under way
@@ -216,17 +213,18 @@ impl Subscriber {
         let start = match since {
             Since::Live => match self.node.engine.history(&channel, Since::Live).await {
                 Ok(now) => Some(now.last_id.map_or(Since::Earliest, Since::After)),
-                Err(e) => {
-                    self.slots.remove(&channel);
-                    return Err(e.into());
-                }
+                Err(e) => return Err(e.into()),
             },
             _ => None,
         };
         self.node.hub.add(&channel, &self.outbox);
         // Registered at once, so that a subscribe cancelled half-way (its
-        // connection went away) is still cleaned up by `Drop`.
+        // connection went away) is still cleaned up by `Drop`; the slot goes
+        // with it (and with `unsubscribe`, a close or a failure below).
         self.channels.insert(channel.clone(), None);
+        if let Some(slot) = slot {
+            self.slots.insert(channel.clone(), slot);
+        }
         match self.join(&channel, since, start).await {
             Ok(done) => Ok(done),
             Err(e) => {

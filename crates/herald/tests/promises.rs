@@ -155,6 +155,20 @@ async fn after_the_window_the_key_stores_again() {
 }
 
 #[tokio::test]
+async fn a_zero_window_stops_the_start_naming_the_key() {
+    let mut p = Server::builder()
+        .set("idempotency_window", "\"0s\"")
+        .spawn();
+    let status = p.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(2), "a zero window must fail the start");
+    let err = p.stderr_text();
+    assert!(
+        err.contains("idempotency_window"),
+        "stderr must name the key: {err}"
+    );
+}
+
+#[tokio::test]
 async fn bad_keys_are_refused_naming_where_they_came_from() {
     let s = Server::start().await;
     let ch = channel("idem-bad");

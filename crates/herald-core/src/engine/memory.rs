@@ -430,3 +430,99 @@ impl Engine for MemoryEngine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn engine() -> MemoryEngine {
+        MemoryEngine::new(Arc::new(Hub::new()), Arc::new(Namespaces::default()))
+    }
+
+    fn text(t: &'static str) -> Payload {
+        Payload::from_bytes(Bytes::from_static(t.as_bytes()))
+    }
+
+    #[tokio::test]
+    async fn a_key_is_remembered_per_channel_and_bounded() {
+        let e = engine();
+        let (a, b) = (
+            ChannelName::new("a").expect("valid"),
+            ChannelName::new("b").expect("valid"),
+        );
+        let first = e
+            .publish_idempotent(&a, text("1"), "k", 60_000)
+            .await
+            .expect("publish");
+        let again = e
+            .publish_idempotent(&a, text("1"), "k", 60_000)
+            .await
+            .expect("publish");
+        assert!(!first.duplicate && again.duplicate);
+        assert_eq!(first.message.id, again.message.id);
+        let other = e
+            .publish_idempotent(&b, text("1"), "k", 60_000)
+            .await
+            .expect("publish");
+        assert!(!other.duplicate, "another channel, another message");
+
+        // Past the bound the oldest key is forgotten: it stores again.
+        for i in 0..MAX_IDEMPOTENCY_KEYS {
+            e.publish_idempotent(&a, text("x"), &format!("fill-{i}"), 60_000)
+                .await
+                .expect("publish");
+        }
+        let evicted = e
+            .publish_idempotent(&a, text("1"), "k", 60_000)
+            .await
+            .expect("publish");
+        assert!(!evicted.duplicate);
+        let kept = e
+            .publish_idempotent(
+                &a,
+                text("x"),
+                &format!("fill-{}", MAX_IDEMPOTENCY_KEYS - 1),
+                60_000,
+            )
+            .await
+            .expect("publish");
+        assert!(kept.duplicate);
+    }
+
+    #[tokio::test]
+    async fn keys_keep_a_channel_without_history_and_expire() {
+        let e = engine();
+        let c = ChannelName::new("c").expect("valid");
+        let first = e
+            .publish_idempotent(&c, text("1"), "k", 1)
+            .await
+            .expect("publish");
+        e.sweep(now_ms() + 10);
+        let later = e
+            .publish_idempotent(&c, text("1"), "k", 60_000)
+            .await
+            .expect("publish");
+        assert!(!later.duplicate, "the window passed");
+        assert_ne!(first.message.id, later.message.id);
+    }
+
+    #[tokio::test]
+    async fn slots_are_counted_and_given_back() {
+        let e = engine();
+        let c = ChannelName::new("c").expect("valid");
+        let one = e.claim_subscriber_slot(&c, 2).await.expect("claim");
+        let two = e.claim_subscriber_slot(&c, 2).await.expect("claim");
+        assert!(one.is_some() && two.is_some());
+        assert!(e
+            .claim_subscriber_slot(&c, 2)
+            .await
+            .expect("claim")
+            .is_none());
+        drop(one);
+        let three = e.claim_subscriber_slot(&c, 2).await.expect("claim");
+        assert!(three.is_some());
+        drop((two, three));
+        assert_eq!(e.slots.len(), 0, "an unused channel is freed");
+    }
+}
