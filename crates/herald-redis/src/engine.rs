@@ -34,6 +34,7 @@ use redis::{Client, RedisError, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 
+use crate::counts::Counts;
 use crate::frame;
 use crate::keys::Keys;
 use crate::options::RedisOptions;
@@ -77,6 +78,9 @@ pub struct RedisEngine {
     presence: Arc<LocalPresence>,
     /// This node's `max_subscribers` places (also held by the upkeep task).
     slots: Arc<LocalSlots>,
+    /// This node's subscriber-count identity and the dead ones (written by
+    /// the upkeep task).
+    counts: Arc<Counts>,
     /// Feeds the upkeep task; dropping the engine closes it.
     upkeep: mpsc::Sender<Job>,
     /// Set while a sweep job waits in the upkeep queue (cleared by the task).
@@ -148,6 +152,7 @@ impl RedisEngine {
 
         let presence = Arc::new(LocalPresence::new(presence::node_id()));
         let slots = Arc::new(LocalSlots::new(Arc::clone(presence.node())));
+        let counts = Arc::new(Counts::new(Arc::clone(presence.node())));
         let pubsub = Arc::new(State::new(Arc::clone(&hub), Arc::clone(&presence)));
         // The connection is up: follows may queue now; the task applies them
         // once it has subscribed again to what the hub already holds.
@@ -173,6 +178,7 @@ impl RedisEngine {
             hub: Arc::clone(&hub),
             presence: Arc::clone(&presence),
             slots: Arc::clone(&slots),
+            counts: Arc::clone(&counts),
             options: options.clone(),
             sweep_queued: Arc::clone(&sweep_queued),
         };
@@ -191,6 +197,7 @@ impl RedisEngine {
             task,
             presence,
             slots,
+            counts,
             upkeep,
             sweep_queued,
         }))
@@ -217,8 +224,8 @@ impl RedisEngine {
         result
     }
 
-    /// This node's id in Redis (the field of its subscriber counts and the
-    /// prefix of its presence fields); random per run.
+    /// This node's id in Redis (the prefix of its presence fields, its
+    /// places and its subscriber-count identity); random per run.
     pub fn node_id(&self) -> &str {
         self.presence.node()
     }
@@ -263,8 +270,9 @@ impl RedisEngine {
             .arg(&payload.raw()[..])
             .arg(limits.max_len)
             .arg(limits.ttl_ms)
-            .arg(expiry_ms)
-            .arg(self.node_id());
+            .arg(expiry_ms);
+        let (me, dead) = self.counts.view();
+        invocation.arg(&*me).arg(&*dead);
         if let Some(extra) = extra {
             invocation.arg(extra);
         }
@@ -551,12 +559,16 @@ impl Engine for RedisEngine {
     }
 
     /// The other nodes' counts as they last wrote them (at most one sweep,
-    /// about a second, old; a dead node's drop out within `node_ttl`) plus
-    /// this node's live count.
+    /// about a second, old; a dead node's drop out within `node_ttl`, see
+    /// the `counts` module) plus this node's live count.
     async fn subscriber_count(&self, channel: &ChannelName) -> Result<usize, EngineError> {
         let mut conn = self.conn.clone();
         let mut invocation = self.scripts.subs_read.prepare_invoke();
-        invocation.key(self.keys.subs(channel)).arg(self.node_id());
+        let (me, dead) = self.counts.view();
+        invocation
+            .key(self.keys.subs(channel))
+            .arg(&*me)
+            .arg(&*dead);
         let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
         Ok(parse_count(&reply)?.saturating_add(self.hub.count(channel)))
     }

@@ -31,13 +31,14 @@
 //!   cut off from Redis thus drops out of presence within `node_ttl` (15 s),
 //!   without leave notices.
 //! - **Subscriber counts** (the `subscribers` of a publish answer and of
-//!   `GET /pub/{channel}`): each node writes its local count of every
-//!   channel it holds at each sweep where it changed (and every
-//!   `refresh_interval` regardless); the publish script sums the others'
-//!   counts in the same call that stores the message, and the node adds its
-//!   own live one. Other nodes' counts are therefore up to one sweep (about
-//!   1 s) old; a dead node's count expires within `node_ttl`, and a node
-//!   that shuts down withdraws its counts.
+//!   `GET /pub/{channel}`): each node writes its local count of a channel
+//!   only when it changed, at the next sweep (about 1 s); the publish script
+//!   sums the others' counts in the same call that stores the message, and
+//!   the node adds its own live one. A node registry (each node's expiry,
+//!   rewritten at every sweep) says whose counts hold: a dead node's counts
+//!   drop out within `node_ttl` and are then deleted, and a node that
+//!   shuts down withdraws its counts (the `counts` module). Redis work is
+//!   proportional to count changes, not to the number of channels.
 //! - **`max_subscribers`** is not judged on those counts but on *places*
 //!   (the `slot` module): one script takes a place only below the limit, so
 //!   subscribers racing on several nodes never exceed it; places expire
@@ -73,14 +74,18 @@
 //! | `herald:{C}:idem:<key>` | string        | `<id> <time_ms>` of the publish that used the key, for the window |
 //! | `herald:control`      | pub/sub channel | `h1 d` user disconnect frames            |
 //! | `herald:claim:<key>`  | string          | a used single-use key, until it expires  |
+//! | `herald:nodes`        | hash            | count identity → expiry ms: the nodes whose counts hold |
+//! | `herald:nodecounts:<identity>` | set    | the `subs` keys that identity wrote (for cleanup) |
 //!
 //! Requirements: Redis 7.0 or newer (or a compatible server reporting
 //! `redis_version` 7+), scripting enabled, and the `TIME`, `X*`, `H*`, `L*`,
 //! `RPUSH`, `DEL`, `GET`, `SET`, `PEXPIRE`, `PTTL`, `PUBLISH` and `SUBSCRIBE`
 //! commands allowed for the configured user.
 //!
-//! **Redis Cluster is not supported.** The key layout is ready for it: each
-//! channel's keys share the `{C}` hash tag, so every script touches one slot.
+//! **Redis Cluster is not supported.** The key layout is mostly ready for
+//! it: each channel's keys share the `{C}` hash tag, so every script on a
+//! channel touches one slot, except the subscriber-count write, which also
+//! checks the node registry (see the `counts` module).
 //! What is missing is the connection side: this engine opens a single-node
 //! connection, and cluster support would need a cluster client for commands
 //! and sharded pub/sub (`SPUBLISH` from the script, `SSUBSCRIBE` per shard,
@@ -94,6 +99,7 @@
 //! - `script`: every Lua script and the decoding of its reply.
 //! - `pubsub`: the per-node pub/sub connection, follow set and reconnects.
 //! - `presence`: this node's presence entries and how they are stored.
+//! - `counts`: cluster-wide subscriber counts and the node registry.
 //! - `slot`: this node's `max_subscribers` places and how they are reclaimed.
 //! - `upkeep`: the bounded background queue: leaves, releases and refreshes.
 //! - [`frame`]: the pub/sub frame format.
@@ -104,6 +110,7 @@
 //! [`Engine`]: herald_core::engine::Engine
 //! [`EngineError::Unavailable`]: herald_core::engine::EngineError::Unavailable
 
+mod counts;
 pub mod engine;
 pub mod frame;
 pub mod keys;

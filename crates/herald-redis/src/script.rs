@@ -29,9 +29,11 @@
 //! - **presence_join / presence_leave**: write or delete one presence entry
 //!   and `PUBLISH` its notice frame in the same step, so a leave notice
 //!   goes out only for an entry that was there.
-//! - **presence_refresh / presence_read, subs_write / subs_read**: the
-//!   per-node state that expires unless its node rewrites it (see the
-//!   `presence` module); readers skip and delete what expired.
+//! - **presence_refresh / presence_read**: the per-node state that expires
+//!   unless its node rewrites it (see the `presence` module); readers skip
+//!   and delete what expired.
+//! - **subs_read / node_beat**: subscriber counts and the node registry
+//!   that says whose counts still hold (see the `counts` module).
 //!
 //! Every expiry is computed from Redis' `TIME`, never from a node's clock.
 //!
@@ -90,23 +92,30 @@ local function trim(key, maxlen, min_ms)
 end
 ";
 
-/// KEYS[1]: stream, KEYS[2]: subs. ARGV: live channel, channel name, kind,
-/// payload, max length, ttl ms, key expiry ms, this node. `publish()`
-/// returns id, time, frame, receivers and Redis' time; `others()` sums the
-/// other nodes' subscriber counts that have not expired (read only: the
-/// readers of `SUBS_READ_LUA` delete the expired ones).
-const PUBLISH_FN_LUA: &str = r"
-local function others(key, node, now)
+/// Shared by the scripts that sum subscriber counts: the fields of a
+/// `subs` hash except this node's own and those of identities known dead
+/// (`dead`: space-separated), see the `counts` module.
+const COUNTS_LUA: &str = r"
+local function others(key, me, dead)
+  local skip = {[me] = true}
+  for d in string.gmatch(dead, '%S+') do skip[d] = true end
   local all = redis.call('HGETALL', key)
   local sum = 0
   for i = 1, #all - 1, 2 do
-    if all[i] ~= node then
-      local n, expires = string.match(all[i + 1], '^(%d+):(%d+)$')
-      if n ~= nil and tonumber(expires) > now then sum = sum + tonumber(n) end
+    if not skip[all[i]] then
+      local n = tonumber(all[i + 1])
+      if n ~= nil then sum = sum + n end
     end
   end
   return sum
 end
+";
+
+/// KEYS[1]: stream, KEYS[2]: subs. ARGV: live channel, channel name, kind,
+/// payload, max length, ttl ms, key expiry ms, this node's count identity,
+/// dead identities. `publish()` returns id, time, frame, receivers and
+/// Redis' time; `others()` (`COUNTS_LUA`) sums the other nodes' counts.
+const PUBLISH_FN_LUA: &str = r"
 local function publish()
   local key = KEYS[1]
   local now = now_ms()
@@ -115,25 +124,25 @@ local function publish()
   trim(key, tonumber(ARGV[5]), now - tonumber(ARGV[6]))
   redis.call('PEXPIRE', key, ARGV[7])
   local frame = 'h1 m ' .. ARGV[2] .. ' ' .. id .. ' ' .. ARGV[3] .. ' ' .. time .. '\n' .. ARGV[4]
-  return id, time, frame, redis.call('PUBLISH', ARGV[1], frame), now
+  return id, time, frame, redis.call('PUBLISH', ARGV[1], frame)
 end
 ";
 
 /// See `PUBLISH_FN_LUA`. Returns `{id, time_ms, receivers, others}`.
 const PUBLISH_LUA: &str = r"
-local id, time, _, receivers, now = publish()
-return {id, time, receivers, others(KEYS[2], ARGV[8], now)}
+local id, time, _, receivers = publish()
+return {id, time, receivers, others(KEYS[2], ARGV[8], ARGV[9])}
 ";
 
 /// As `PUBLISH_LUA`, with KEYS[3] the personal channel's queue and KEYS[4]
-/// its gap marker, ARGV[9] the marker's expiry: when no node received the
+/// its gap marker, ARGV[10] the marker's expiry: when no node received the
 /// frame, it is also appended to the queue, keeping the newest `max length`
 /// frames; the queue key expires with the stream. The marker becomes `1`
 /// when a frame was trimmed away, else stays (or becomes) `0`, and outlives
 /// the queue, so a queue that expired whole still reads as a gap. Returns
 /// `{id, time_ms, receivers, others, queued}`.
 const PUBLISH_USER_LUA: &str = r"
-local id, time, frame, receivers, now = publish()
+local id, time, frame, receivers = publish()
 local queued = 0
 local max = tonumber(ARGV[5])
 if receivers == 0 and max > 0 then
@@ -146,13 +155,13 @@ if receivers == 0 and max > 0 then
     mark = '0'
   end
   redis.call('PEXPIRE', KEYS[3], ARGV[7])
-  redis.call('SET', KEYS[4], mark, 'PX', ARGV[9])
+  redis.call('SET', KEYS[4], mark, 'PX', ARGV[10])
   queued = 1
 end
-return {id, time, receivers, others(KEYS[2], ARGV[8], now), queued}
+return {id, time, receivers, others(KEYS[2], ARGV[8], ARGV[9]), queued}
 ";
 
-/// As `PUBLISH_LUA`, with KEYS[3] the idempotency key's record and ARGV[9]
+/// As `PUBLISH_LUA`, with KEYS[3] the idempotency key's record and ARGV[10]
 /// the window (ms). A record still there answers the earlier id and time
 /// and stores nothing; otherwise the message is stored and the record
 /// written in the same step, so racing publishes with one key store one
@@ -161,11 +170,11 @@ const PUBLISH_IDEM_LUA: &str = r"
 local prev = redis.call('GET', KEYS[3])
 if prev then
   local id, time = string.match(prev, '^(%S+) (%d+)$')
-  if id ~= nil then return {id, time, 0, others(KEYS[2], ARGV[8], now_ms()), 1} end
+  if id ~= nil then return {id, time, 0, others(KEYS[2], ARGV[8], ARGV[9]), 1} end
 end
-local id, time, _, receivers, now = publish()
-redis.call('SET', KEYS[3], id .. ' ' .. time, 'PX', ARGV[9])
-return {id, time, receivers, others(KEYS[2], ARGV[8], now), 0}
+local id, time, _, receivers = publish()
+redis.call('SET', KEYS[3], id .. ' ' .. time, 'PX', ARGV[10])
+return {id, time, receivers, others(KEYS[2], ARGV[8], ARGV[9]), 0}
 ";
 
 /// KEYS: queue, gap marker. Returns `{now_ms, frames, marker}` (marker `''`
@@ -298,32 +307,47 @@ delete_fields(KEYS[1], dead)
 return live
 "#;
 
-/// KEYS: subs. ARGV: node, local subscriber count, ttl ms. A count of zero
-/// deletes the node's field.
+/// KEYS: subs. ARGV: this node's count identity, dead identities. Returns
+/// the sum of the other live identities' counts.
+const SUBS_READ_LUA: &str = r"
+return others(KEYS[1], ARGV[1], ARGV[2])
+";
+
+/// KEYS: the node registry, subs, the identity's set of subs keys. ARGV:
+/// count identity, local count, the subs key's name. Writes (a count of
+/// zero deletes) only while the identity is alive in the registry, so a
+/// node thought dead and cleaned up can never leave a count behind; answers
+/// 0 then (its next beat takes a new identity).
 const SUBS_WRITE_LUA: &str = r"
-if tonumber(ARGV[2]) == 0 then return redis.call('HDEL', KEYS[1], ARGV[1]) end
-local expires = string.format('%.0f', now_ms() + tonumber(ARGV[3]))
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. expires)
-extend(KEYS[1], ARGV[3])
+local mine = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+if mine == nil or mine <= now_ms() then return 0 end
+if tonumber(ARGV[2]) == 0 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('SREM', KEYS[3], ARGV[3])
+else
+  redis.call('SADD', KEYS[3], ARGV[3])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
 return 1
 ";
 
-/// KEYS: subs. ARGV: this node. Returns the sum of the other nodes' counts
-/// that have not expired, deleting the expired ones.
-const SUBS_READ_LUA: &str = r"
+/// KEYS: the node registry. ARGV: this node's count identity, ttl ms, mode
+/// (`new`: register; `known`: refresh only if still alive). Returns
+/// `{alive, dead identities}`: `alive` 0 means a `known` identity had
+/// expired (or was lost) and was not written: its counts may be gone, the
+/// node must take a new identity and write them again.
+const NODE_BEAT_LUA: &str = r"
 local now = now_ms()
 local all = redis.call('HGETALL', KEYS[1])
-local sum, dead = 0, {}
+local mine, dead = nil, {}
 for i = 1, #all - 1, 2 do
-  if all[i] ~= ARGV[1] then
-    local n, expires = string.match(all[i + 1], '^(%d+):(%d+)$')
-    if n == nil then
-    elseif tonumber(expires) > now then sum = sum + tonumber(n)
-    else dead[#dead + 1] = all[i] end
-  end
+  local expires = tonumber(all[i + 1])
+  if all[i] == ARGV[1] then mine = expires
+  elseif expires == nil or expires <= now then dead[#dead + 1] = all[i] end
 end
-delete_fields(KEYS[1], dead)
-return sum
+if ARGV[3] == 'known' and (mine == nil or mine <= now) then return {0, dead} end
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', now + tonumber(ARGV[2])))
+return {1, dead}
 ";
 
 /// The scripts, hashed once; `redis::Script` runs `EVALSHA` and falls back
@@ -341,17 +365,24 @@ pub struct Scripts {
     pub presence_leave: Script,
     pub presence_refresh: Script,
     pub presence_read: Script,
-    pub subs_write: Script,
     pub subs_read: Script,
+    pub subs_write: Script,
+    pub node_beat: Script,
 }
 
 impl Default for Scripts {
     fn default() -> Self {
         let with_clock = |body: &str| Script::new(&format!("{CLOCK_LUA}{body}"));
         Self {
-            publish: with_clock(&format!("{TRIM_LUA}{PUBLISH_FN_LUA}{PUBLISH_LUA}")),
-            publish_user: with_clock(&format!("{TRIM_LUA}{PUBLISH_FN_LUA}{PUBLISH_USER_LUA}")),
-            publish_idem: with_clock(&format!("{TRIM_LUA}{PUBLISH_FN_LUA}{PUBLISH_IDEM_LUA}")),
+            publish: with_clock(&format!(
+                "{TRIM_LUA}{COUNTS_LUA}{PUBLISH_FN_LUA}{PUBLISH_LUA}"
+            )),
+            publish_user: with_clock(&format!(
+                "{TRIM_LUA}{COUNTS_LUA}{PUBLISH_FN_LUA}{PUBLISH_USER_LUA}"
+            )),
+            publish_idem: with_clock(&format!(
+                "{TRIM_LUA}{COUNTS_LUA}{PUBLISH_FN_LUA}{PUBLISH_IDEM_LUA}"
+            )),
             take_queue: with_clock(TAKE_QUEUE_LUA),
             slot_claim: with_clock(SLOT_CLAIM_LUA),
             slot_refresh: with_clock(SLOT_REFRESH_LUA),
@@ -361,8 +392,9 @@ impl Default for Scripts {
             presence_leave: Script::new(PRESENCE_LEAVE_LUA),
             presence_refresh: with_clock(PRESENCE_REFRESH_LUA),
             presence_read: with_clock(PRESENCE_READ_LUA),
+            subs_read: Script::new(&format!("{COUNTS_LUA}{SUBS_READ_LUA}")),
             subs_write: with_clock(SUBS_WRITE_LUA),
-            subs_read: with_clock(SUBS_READ_LUA),
+            node_beat: with_clock(NODE_BEAT_LUA),
         }
     }
 }

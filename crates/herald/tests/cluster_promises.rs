@@ -102,7 +102,7 @@ async fn subscribers_count_every_node() {
     let ch = channel("mn:count");
     let path = format!("/sub/{ch}");
     let _a1 = Sub::open(cluster.a(), Kind::Ws, &path, &[]).await;
-    let _a2 = Sub::open(cluster.a(), Kind::Sse, &path, &[]).await;
+    let a2 = Sub::open(cluster.a(), Kind::Sse, &path, &[]).await;
     let _b1 = Sub::open(cluster.b(), Kind::Ndjson, &path, &[]).await;
     for node in [cluster.a(), cluster.b(), cluster.c()] {
         node.wait_subscribers(&ch, 3, WAIT).await;
@@ -120,6 +120,18 @@ async fn subscribers_count_every_node() {
         .await;
     assert_eq!(resp.status, 201, "{}", resp.text());
     assert_eq!(resp.json()["results"][0]["subscribers"], 3);
+
+    // One leaves A: every node counts 2.
+    drop(a2);
+    for node in [cluster.a(), cluster.b(), cluster.c()] {
+        node.wait_subscribers(&ch, 2, WAIT).await;
+    }
+    // B dies without a word: its subscriber drops out of every count.
+    cluster.b().process.signal("KILL");
+    for node in [cluster.a(), cluster.c()] {
+        node.wait_subscribers(&ch, 1, NODE_GONE).await;
+    }
+    assert_eq!(publish_subscribers(cluster.c(), &ch).await, 1);
 }
 
 /// Whether a WebSocket subscribe was admitted; a refusal must be the
