@@ -1061,6 +1061,10 @@ async fn user_queue_holds_messages_until_the_user_subscribes() {
         .is_empty());
 }
 
+/// The shortest life of a channel's keys after a publish (the engine's
+/// `MIN_KEY_EXPIRY_MS`).
+const MIN_KEY_EXPIRY: Duration = Duration::from_millis(1_000);
+
 #[tokio::test]
 async fn user_queue_is_bounded_by_history_limits() {
     let redis = RedisServer::start();
@@ -1075,15 +1079,9 @@ async fn user_queue_is_bounded_by_history_limits() {
             .expect("publish to user");
         ids.push(done.published.message.id);
     }
-    let taken: Vec<MessageId> = a
-        .engine
-        .take_user_queue(&me)
-        .await
-        .expect("take")
-        .messages
-        .iter()
-        .map(|m| m.id)
-        .collect();
+    let queue = a.engine.take_user_queue(&me).await.expect("take");
+    assert!(queue.gap, "the oldest was dropped: a gap");
+    let taken: Vec<MessageId> = queue.messages.iter().map(|m| m.id).collect();
     assert_eq!(taken, ids[1..], "the newest two");
 
     a.engine
@@ -1091,14 +1089,21 @@ async fn user_queue_is_bounded_by_history_limits() {
         .await
         .expect("publish to user");
     sleep(Duration::from_millis(400)).await;
+    let aged = a.engine.take_user_queue(&me).await.expect("take");
+    assert!(aged.messages.is_empty(), "older than the history TTL");
+    assert!(aged.gap, "messages that aged out are a gap");
+    let again = a.engine.take_user_queue(&me).await.expect("take");
+    assert!(!again.gap, "the gap is told once");
+    // A queue whose key expired whole still says so: its marker outlives it.
+    a.engine
+        .publish_to_user(&me, text("gone"))
+        .await
+        .expect("publish to user");
+    sleep(MIN_KEY_EXPIRY + Duration::from_millis(200)).await;
+    let expired = a.engine.take_user_queue(&me).await.expect("take");
     assert!(
-        a.engine
-            .take_user_queue(&me)
-            .await
-            .expect("take")
-            .messages
-            .is_empty(),
-        "older than the history TTL"
+        expired.messages.is_empty() && expired.gap,
+        "an expired queue is a gap"
     );
 
     let none = node_with(&redis, sized(0, Duration::from_secs(60))).await;
@@ -1251,4 +1256,70 @@ async fn cluster_calls_fail_fast_without_redis() {
         started.elapsed() < Duration::from_secs(30),
         "each call is bounded"
     );
+}
+
+#[tokio::test]
+async fn subscriber_places_are_exact_refreshed_and_reclaimed_from_dead_nodes() {
+    let redis = RedisServer::start();
+    let a = node_with_options(&redis, cluster_namespaces(), fast_refresh()).await;
+    let b = node_with_options(&redis, cluster_namespaces(), fast_refresh()).await;
+    let c = ch("places");
+    let (a_sweeps, b_sweeps) = (sweeping(&a.engine), sweeping(&b.engine));
+
+    // Two places, claimed from both nodes at once, many times over: never
+    // more than two granted.
+    let claims = (0..10).map(|i| {
+        let engine = if i % 2 == 0 { &a.engine } else { &b.engine };
+        engine.claim_subscriber_slot(&c, 2)
+    });
+    let granted: Vec<_> = futures_util::future::join_all(claims)
+        .await
+        .into_iter()
+        .map(|r| r.expect("claim"))
+        .flatten()
+        .collect();
+    assert_eq!(granted.len(), 2, "exactly the limit");
+
+    // Once they are given back, one place per node.
+    drop(granted);
+    let on_a = eventually("a's place", || async {
+        a.engine.claim_subscriber_slot(&c, 2).await.expect("claim")
+    })
+    .await;
+    let on_b = eventually("b's place", || async {
+        b.engine.claim_subscriber_slot(&c, 2).await.expect("claim")
+    })
+    .await;
+
+    // Held places outlive node_ttl while their node refreshes them.
+    sleep(TEST_NODE_TTL * 3).await;
+    assert!(a
+        .engine
+        .claim_subscriber_slot(&c, 2)
+        .await
+        .expect("claim")
+        .is_none());
+
+    // A dropped slot comes back (the HDEL is queued on the upkeep task).
+    drop(on_a);
+    let back = eventually("a released place to come back", || async {
+        a.engine.claim_subscriber_slot(&c, 2).await.expect("claim")
+    })
+    .await;
+
+    // b stops refreshing (as if it died, never releasing): its place expires.
+    b_sweeps.abort();
+    std::mem::forget(on_b);
+    let died = Instant::now();
+    let reclaimed = eventually("a dead node's place to expire", || async {
+        a.engine.claim_subscriber_slot(&c, 2).await.expect("claim")
+    })
+    .await;
+    assert!(
+        died.elapsed() <= TEST_NODE_TTL * 2,
+        "after {:?}",
+        died.elapsed()
+    );
+    drop((back, reclaimed));
+    a_sweeps.abort();
 }
