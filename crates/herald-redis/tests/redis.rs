@@ -1275,8 +1275,7 @@ async fn subscriber_places_are_exact_refreshed_and_reclaimed_from_dead_nodes() {
     let granted: Vec<_> = futures_util::future::join_all(claims)
         .await
         .into_iter()
-        .map(|r| r.expect("claim"))
-        .flatten()
+        .filter_map(|r| r.expect("claim"))
         .collect();
     assert_eq!(granted.len(), 2, "exactly the limit");
 
