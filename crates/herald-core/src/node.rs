@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use crate::channel::ChannelName;
 use crate::disconnect::{Disconnect, SLOW_CONSUMER, TOKEN_EXPIRED};
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, SubscriberSlot};
 use crate::hub::{DirectWriter, Event, Hub, Inbox, Outbox};
 use crate::id::{MessageId, Since};
 use crate::message::Message;
@@ -86,6 +86,7 @@ impl Node {
             rx,
             client,
             channels: HashMap::new(),
+            slots: HashMap::new(),
             pending: VecDeque::new(),
             deadline: None,
         }
@@ -134,6 +135,9 @@ pub struct Subscriber {
     rx: Inbox,
     /// Per channel, the newest id yielded (or skipped as already seen).
     channels: HashMap<ChannelName, Option<MessageId>>,
+    /// The `max_subscribers` places this connection holds, one per channel
+    /// that has a limit; dropped (given back) when its subscription ends.
+    slots: HashMap<ChannelName, SubscriberSlot>,
     /// Gap notices and history waiting to be yielded before the queue.
     pending: VecDeque<Item>,
     client: ClientInfo,
@@ -186,6 +190,19 @@ impl Subscriber {
         channel: ChannelName,
         since: Since,
     ) -> Result<Subscribed, SubscribeError> {
+        self.subscribe_holding(channel, since, None).await
+    }
+
+    /// As [`Subscriber::subscribe`], keeping `slot` (a `max_subscribers`
+    /// place) for as long as the subscription lasts: it is given back when
+    /// the channel is unsubscribed or closed, the subscribe fails, or the
+    /// connection ends.
+    pub async fn subscribe_holding(
+        &mut self,
+        channel: ChannelName,
+        since: Since,
+        slot: Option<SubscriberSlot>,
+    ) -> Result<Subscribed, SubscribeError> {
         if self.channels.contains_key(&channel) {
             return Err(SubscribeError::AlreadySubscribed(channel));
         }
@@ -202,12 +219,17 @@ impl Subscriber {
         };
         self.node.hub.add(&channel, &self.outbox);
         // Registered at once, so that a subscribe cancelled half-way (its
-        // connection went away) is still cleaned up by `Drop`.
+        // connection went away) is still cleaned up by `Drop`; the slot goes
+        // with it (and with `unsubscribe`, a close or a failure below).
         self.channels.insert(channel.clone(), None);
+        if let Some(slot) = slot {
+            self.slots.insert(channel.clone(), slot);
+        }
         match self.join(&channel, since, start).await {
             Ok(done) => Ok(done),
             Err(e) => {
                 self.channels.remove(&channel);
+                self.slots.remove(&channel);
                 self.leave_hub(&channel);
                 Err(e.into())
             }
@@ -235,8 +257,12 @@ impl Subscriber {
         let queued = if channel_user(channel).is_some() {
             self.node.engine.take_user_queue(channel).await?
         } else {
-            Vec::new()
+            crate::engine::UserQueue::default()
         };
+        // A queue that dropped messages is a gap, said as a channel resume
+        // says it: only where the queue is what the client gets (a resume
+        // from an id is answered from history, with its own gap rule).
+        let queue_gap = since == Since::Live && queued.gap;
         let options = self.node.namespaces.options(channel.as_str()).clone();
         if options.presence {
             self.node
@@ -253,12 +279,12 @@ impl Subscriber {
             (Since::After(id), None) => Some(id),
             (_, None) => None,
         };
-        if page.gap {
+        if page.gap || queue_gap {
             self.pending.push_back(Item::Gap(channel.clone()));
         }
         let mut replay = page.messages;
-        if since == Since::Live && !queued.is_empty() {
-            replay.extend(queued);
+        if since == Since::Live && !queued.messages.is_empty() {
+            replay.extend(queued.messages);
             replay.sort_by_key(|m| m.id);
             replay.dedup_by_key(|m| m.id);
         }
@@ -273,7 +299,7 @@ impl Subscriber {
         }
         self.channels.insert(channel.clone(), position);
         Ok(Subscribed {
-            gap: page.gap,
+            gap: page.gap || queue_gap,
             replayed,
             position,
         })
@@ -293,6 +319,7 @@ impl Subscriber {
         if self.channels.remove(channel).is_none() {
             return false;
         }
+        self.slots.remove(channel);
         self.pending.retain(|item| match item {
             Item::Message(m) => &m.channel != channel,
             Item::Gap(c) | Item::Closed(c, _) => c != channel,
@@ -380,6 +407,7 @@ impl Subscriber {
             Event::ChannelClosed(closed) => {
                 let (channel, why) = *closed;
                 self.channels.remove(&channel)?;
+                self.slots.remove(&channel);
                 self.leave_presence(&channel);
                 Some(Item::Closed(channel, why))
             }

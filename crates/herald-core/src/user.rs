@@ -1,6 +1,14 @@
 //! Per-user offline queues: messages for a user who has no connection are
 //! kept (bounded by count and age) and handed over, in order, when the user
 //! next subscribes to their personal channel `user:{id}`.
+//!
+//! Overflow policy: past `history_size` messages or `history_ttl` of age the
+//! oldest are dropped, and the queue remembers that it dropped some; the
+//! next take reports it ([`Taken::gap`]) so the user is told of the gap
+//! instead of silently missing messages. A queue whose messages all aged
+//! out is kept (empty, marked) for [`GAP_MEMORY_MS`] after its last push,
+//! then forgotten: a user away longer than `history_ttl` plus that long gets
+//! no gap notice for it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -22,6 +30,9 @@ pub fn channel_user(channel: &ChannelName) -> Option<&str> {
     channel.as_str().strip_prefix(USER_PREFIX)
 }
 
+/// How long an emptied queue still remembers that it dropped messages.
+pub const GAP_MEMORY_MS: u64 = 3_600_000;
+
 /// Bounds of one user's queue.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
@@ -29,10 +40,28 @@ pub struct QueueLimits {
     pub ttl_ms: u64,
 }
 
+/// One user's queue.
+#[derive(Default)]
+struct Queue {
+    messages: VecDeque<Arc<Message>>,
+    /// Messages were dropped since the queue was last taken.
+    dropped: bool,
+    last_push_ms: u64,
+}
+
+/// What [`LocalQueues::take`] hands over.
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// Oldest first.
+    pub messages: Vec<Arc<Message>>,
+    /// Messages were dropped (size or age) since the last take.
+    pub gap: bool,
+}
+
 /// Offline queues kept in this process, keyed by personal channel.
 #[derive(Default)]
 pub struct LocalQueues {
-    queues: Sharded<VecDeque<Arc<Message>>>,
+    queues: Sharded<Queue>,
 }
 
 impl LocalQueues {
@@ -49,23 +78,22 @@ impl LocalQueues {
         }
         let mut shard = self.queues.shard(channel).lock();
         let queue = shard.entry(channel.clone()).or_default();
-        queue.push_back(message);
+        queue.messages.push_back(message);
+        queue.last_push_ms = now_ms;
         trim(queue, limits, now_ms);
     }
 
     /// Takes the whole queue (oldest first), leaving it empty.
-    pub fn take(
-        &self,
-        channel: &ChannelName,
-        limits: QueueLimits,
-        now_ms: u64,
-    ) -> Vec<Arc<Message>> {
+    pub fn take(&self, channel: &ChannelName, limits: QueueLimits, now_ms: u64) -> Taken {
         let mut shard = self.queues.shard(channel).lock();
         let Some(mut queue) = shard.remove(channel) else {
-            return Vec::new();
+            return Taken::default();
         };
         trim(&mut queue, limits, now_ms);
-        queue.into()
+        Taken {
+            messages: queue.messages.into(),
+            gap: queue.dropped,
+        }
     }
 
     pub fn len(&self, channel: &ChannelName) -> usize {
@@ -73,24 +101,30 @@ impl LocalQueues {
             .shard(channel)
             .lock()
             .get(channel)
-            .map_or(0, VecDeque::len)
+            .map_or(0, |q| q.messages.len())
     }
 
-    /// Drops expired messages and empty queues.
+    /// Drops expired messages, and empty queues unless they still have a
+    /// gap to report (for at most [`GAP_MEMORY_MS`] after their last push).
     pub fn sweep(&self, limits: QueueLimits, now_ms: u64) {
+        let memory = limits.ttl_ms.saturating_add(GAP_MEMORY_MS);
         for shard in self.queues.shards() {
             shard.lock().retain(|_, q| {
                 trim(q, limits, now_ms);
-                !q.is_empty()
+                !q.messages.is_empty()
+                    || (q.dropped && now_ms.saturating_sub(q.last_push_ms) < memory)
             });
         }
     }
 }
 
-fn trim(queue: &mut VecDeque<Arc<Message>>, limits: QueueLimits, now_ms: u64) {
+fn trim(queue: &mut Queue, limits: QueueLimits, now_ms: u64) {
     let oldest = now_ms.saturating_sub(limits.ttl_ms);
-    while queue.len() > limits.size || queue.front().is_some_and(|m| m.time_ms < oldest) {
-        queue.pop_front();
+    while queue.messages.len() > limits.size
+        || queue.messages.front().is_some_and(|m| m.time_ms < oldest)
+    {
+        queue.messages.pop_front();
+        queue.dropped = true;
     }
 }
 
@@ -119,9 +153,12 @@ mod tests {
             ));
             q.push(&ch, m, limits, 100);
         }
-        let taken: Vec<u64> = q.take(&ch, limits, 100).iter().map(|m| m.id.seq).collect();
-        assert_eq!(taken, vec![2, 3]);
-        assert!(q.take(&ch, limits, 100).is_empty());
+        let taken = q.take(&ch, limits, 100);
+        assert!(taken.gap, "the oldest was dropped");
+        let seqs: Vec<u64> = taken.messages.iter().map(|m| m.id.seq).collect();
+        assert_eq!(seqs, vec![2, 3]);
+        let again = q.take(&ch, limits, 100);
+        assert!(again.messages.is_empty() && !again.gap);
         let m = Arc::new(Message::new(
             ch.clone(),
             MessageId::new(1, 9),
@@ -131,5 +168,7 @@ mod tests {
         q.push(&ch, m, limits, 100);
         q.sweep(limits, 5_000);
         assert_eq!(q.len(&ch), 0);
+        let aged = q.take(&ch, limits, 5_000);
+        assert!(aged.messages.is_empty() && aged.gap, "aged out: a gap");
     }
 }

@@ -20,17 +20,21 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_core::disconnect::Disconnect;
-use herald_core::engine::{ChannelStats, Engine, EngineError, Published, UserPublished};
+use herald_core::engine::{
+    ChannelStats, Engine, EngineError, Published, SubscriberSlot, UserPublished, UserQueue,
+};
 use herald_core::history::{unknown_channel_page, HistoryPage};
 use herald_core::hub::Hub;
 use herald_core::namespace::{ChannelOptions, Namespaces};
 use herald_core::presence::{Notice, NoticeKind, PresenceEntry};
+use herald_core::user::GAP_MEMORY_MS;
 use herald_core::{ChannelName, Message, Payload, Since};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 
+use crate::counts::Counts;
 use crate::frame;
 use crate::keys::Keys;
 use crate::options::RedisOptions;
@@ -38,8 +42,9 @@ use crate::presence::{self, LocalPresence};
 use crate::pubsub::{Command, State, Task};
 use crate::script::{
     parse_count, parse_publish, parse_read, parse_take, parse_values, PublishReply, ReadReply,
-    Scripts,
+    Scripts, Taken,
 };
+use crate::slot::LocalSlots;
 use crate::upkeep::{millis, Job, Leave, Upkeep, UPKEEP_QUEUE};
 
 /// The oldest Redis this engine works with: it needs `XINFO STREAM`'s
@@ -71,6 +76,11 @@ pub struct RedisEngine {
     task: tokio::task::AbortHandle,
     /// This node's presence entries (also held by the upkeep and pub/sub tasks).
     presence: Arc<LocalPresence>,
+    /// This node's `max_subscribers` places (also held by the upkeep task).
+    slots: Arc<LocalSlots>,
+    /// This node's subscriber-count identity and the dead ones (written by
+    /// the upkeep task).
+    counts: Arc<Counts>,
     /// Feeds the upkeep task; dropping the engine closes it.
     upkeep: mpsc::Sender<Job>,
     /// Set while a sweep job waits in the upkeep queue (cleared by the task).
@@ -141,6 +151,8 @@ impl RedisEngine {
         bounded(t, first.subscribe(keys.control())).await?;
 
         let presence = Arc::new(LocalPresence::new(presence::node_id()));
+        let slots = Arc::new(LocalSlots::new(Arc::clone(presence.node())));
+        let counts = Arc::new(Counts::new(Arc::clone(presence.node())));
         let pubsub = Arc::new(State::new(Arc::clone(&hub), Arc::clone(&presence)));
         // The connection is up: follows may queue now; the task applies them
         // once it has subscribed again to what the hub already holds.
@@ -164,8 +176,9 @@ impl RedisEngine {
             keys: keys.clone(),
             scripts: Arc::clone(&scripts),
             hub: Arc::clone(&hub),
-            namespaces: Arc::clone(&namespaces),
             presence: Arc::clone(&presence),
+            slots: Arc::clone(&slots),
+            counts: Arc::clone(&counts),
             options: options.clone(),
             sweep_queued: Arc::clone(&sweep_queued),
         };
@@ -183,6 +196,8 @@ impl RedisEngine {
             sweeps: AtomicU64::new(0),
             task,
             presence,
+            slots,
+            counts,
             upkeep,
             sweep_queued,
         }))
@@ -209,33 +224,45 @@ impl RedisEngine {
         result
     }
 
-    /// This node's id in Redis (the field of its subscriber counts and the
-    /// prefix of its presence fields); random per run.
+    /// This node's id in Redis (the prefix of its presence fields, its
+    /// places and its subscriber-count identity); random per run.
     pub fn node_id(&self) -> &str {
         self.presence.node()
     }
 
-    /// Runs the publish script, or with `user_queue` the variant that also
-    /// queues for an absent user.
+    /// Runs the publish script, or the variant that also queues for an
+    /// absent user, or the one that checks and records an idempotency key.
     async fn publish_as(
         &self,
         channel: &ChannelName,
         payload: &Payload,
-        user_queue: bool,
+        variant: Variant<'_>,
     ) -> Result<PublishReply, EngineError> {
         let limits = Limits::of(self.namespaces.options(channel.as_str()));
         let expiry_ms = limits.ttl_ms.max(MIN_KEY_EXPIRY_MS);
         let mut conn = self.conn.clone();
-        let script = if user_queue {
-            &self.scripts.publish_user
-        } else {
-            &self.scripts.publish
+        let script = match variant {
+            Variant::Plain => &self.scripts.publish,
+            Variant::User => &self.scripts.publish_user,
+            Variant::Idempotent { .. } => &self.scripts.publish_idem,
         };
         let mut invocation = script.prepare_invoke();
-        invocation.key(self.keys.stream(channel));
-        if user_queue {
-            invocation.key(self.keys.queue(channel));
-        }
+        invocation
+            .key(self.keys.stream(channel))
+            .key(self.keys.subs(channel));
+        let extra = match variant {
+            Variant::Plain => None,
+            Variant::User => {
+                invocation
+                    .key(self.keys.queue(channel))
+                    .key(self.keys.queue_gap(channel));
+                Some(expiry_ms.saturating_add(GAP_MEMORY_MS).min(UNLIMITED))
+            }
+            Variant::Idempotent { key, window_ms } => {
+                invocation.key(self.keys.idempotency(channel, key));
+                Some(window_ms.clamp(1, UNLIMITED))
+            }
+        };
         invocation
             .arg(self.keys.live(channel))
             .arg(channel.as_str())
@@ -244,8 +271,33 @@ impl RedisEngine {
             .arg(limits.max_len)
             .arg(limits.ttl_ms)
             .arg(expiry_ms);
+        let (me, dead) = self.counts.view();
+        invocation.arg(&*me).arg(&*dead);
+        if let Some(extra) = extra {
+            invocation.arg(extra);
+        }
         let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
         parse_publish(reply)
+    }
+
+    /// A publish answer: the cluster-wide count is the others' stored
+    /// counts plus this node's live one.
+    fn published(
+        &self,
+        channel: &ChannelName,
+        payload: Payload,
+        reply: &PublishReply,
+    ) -> Published {
+        Published {
+            message: Arc::new(Message::new(
+                channel.clone(),
+                reply.id,
+                payload,
+                reply.time_ms,
+            )),
+            subscribers: reply.others.saturating_add(self.hub.count(channel)),
+            duplicate: false,
+        }
     }
 
     /// Queues a job for the upkeep task without waiting. False when full.
@@ -277,6 +329,18 @@ impl RedisEngine {
         let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
         parse_read(reply, channel)
     }
+}
+
+/// Which publish script to run.
+#[derive(Clone, Copy)]
+enum Variant<'a> {
+    Plain,
+    /// Also queue for an absent user.
+    User,
+    Idempotent {
+        key: &'a str,
+        window_ms: u64,
+    },
 }
 
 /// A channel's retention, clamped to what Redis and Lua take exactly.
@@ -353,24 +417,34 @@ impl Engine for RedisEngine {
     }
 
     /// Stores the message and publishes it in one script. `subscribers` in
-    /// the answer is the number of *nodes* (pub/sub connections) that
-    /// received the message, not of connections: no node knows the others'
-    /// subscriber counts.
+    /// the answer counts every node's subscribers: the script sums the
+    /// counts the other nodes wrote (at most one sweep, about a second, old)
+    /// and this node adds its live one.
     async fn publish(
         &self,
         channel: &ChannelName,
         payload: Payload,
     ) -> Result<Published, EngineError> {
-        let reply = self.publish_as(channel, &payload, false).await?;
-        Ok(Published {
-            message: Arc::new(Message::new(
-                channel.clone(),
-                reply.id,
-                payload,
-                reply.time_ms,
-            )),
-            subscribers: reply.receivers,
-        })
+        let reply = self.publish_as(channel, &payload, Variant::Plain).await?;
+        Ok(self.published(channel, payload, &reply))
+    }
+
+    /// The key's record (`<prefix>:{C}:idem:<key>`, expiring after the
+    /// window) is checked and written in the same script that stores the
+    /// message, so two nodes racing with one key store one message.
+    async fn publish_idempotent(
+        &self,
+        channel: &ChannelName,
+        payload: Payload,
+        key: &str,
+        window_ms: u64,
+    ) -> Result<Published, EngineError> {
+        let reply = self
+            .publish_as(channel, &payload, Variant::Idempotent { key, window_ms })
+            .await?;
+        let mut published = self.published(channel, payload, &reply);
+        published.duplicate = reply.flag;
+        Ok(published)
     }
 
     async fn history(
@@ -441,6 +515,7 @@ impl Engine for RedisEngine {
             .key(self.keys.stream(channel))
             .key(self.keys.queue(channel))
             .key(self.keys.presence(channel))
+            .key(self.keys.queue_gap(channel))
             .arg(self.keys.live(channel))
             .arg(frame::removed(channel));
         let _: Value = self.call(invocation.invoke_async(&mut conn)).await?;
@@ -501,16 +576,53 @@ impl Engine for RedisEngine {
     }
 
     /// The other nodes' counts as they last wrote them (at most one sweep,
-    /// about a second, old; a dead node's drop out within `node_ttl`) plus
-    /// this node's live count. Nodes write counts only for channels whose
-    /// namespace sets `max_subscribers`; for other channels this is this
-    /// node's count alone.
+    /// about a second, old; a dead node's drop out within `node_ttl`, see
+    /// the `counts` module) plus this node's live count.
     async fn subscriber_count(&self, channel: &ChannelName) -> Result<usize, EngineError> {
         let mut conn = self.conn.clone();
         let mut invocation = self.scripts.subs_read.prepare_invoke();
-        invocation.key(self.keys.subs(channel)).arg(self.node_id());
+        let (me, dead) = self.counts.view();
+        invocation
+            .key(self.keys.subs(channel))
+            .arg(&*me)
+            .arg(&*dead);
         let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
         Ok(parse_count(&reply)?.saturating_add(self.hub.count(channel)))
+    }
+
+    /// One script takes a place in `<prefix>:{C}:slots` only below `max`
+    /// (see the `slot` module for how places of dead nodes are reclaimed).
+    async fn claim_subscriber_slot(
+        &self,
+        channel: &ChannelName,
+        max: usize,
+    ) -> Result<Option<SubscriberSlot>, EngineError> {
+        let field = self.slots.next_field();
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.slot_claim.prepare_invoke();
+        invocation
+            .key(self.keys.slots(channel))
+            .arg(&field)
+            .arg(u64::try_from(max).unwrap_or(UNLIMITED).min(UNLIMITED))
+            .arg(millis(self.options.node_ttl));
+        let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
+        if parse_count(&reply)? != 1 {
+            return Ok(None);
+        }
+        self.slots.insert(channel, field.clone());
+        let slots = Arc::clone(&self.slots);
+        let upkeep = self.upkeep.clone();
+        let channel = channel.clone();
+        Ok(Some(SubscriberSlot::new(move || {
+            if !slots.remove(&channel, &field) {
+                return;
+            }
+            if let Err(mpsc::error::TrySendError::Full(_)) =
+                upkeep.try_send(Job::Release { channel, field })
+            {
+                tracing::warn!("upkeep queue full; a subscriber place is left to expire");
+            }
+        })))
     }
 
     /// Writes the entry (expiring `node_ttl` from now unless refreshed) and,
@@ -604,37 +716,38 @@ impl Engine for RedisEngine {
         channel: &ChannelName,
         payload: Payload,
     ) -> Result<UserPublished, EngineError> {
-        let reply = self.publish_as(channel, &payload, true).await?;
-        let message = Arc::new(Message::new(
-            channel.clone(),
-            reply.id,
-            payload,
-            reply.time_ms,
-        ));
+        let reply = self.publish_as(channel, &payload, Variant::User).await?;
         Ok(UserPublished {
-            published: Published {
-                message,
-                subscribers: reply.receivers,
-            },
-            queued: reply.queued,
+            published: self.published(channel, payload, &reply),
+            queued: reply.flag,
         })
     }
 
-    /// Reads and deletes the queue in one script, oldest first, dropping
-    /// messages older than the channel's history TTL (by Redis' clock).
-    async fn take_user_queue(
-        &self,
-        channel: &ChannelName,
-    ) -> Result<Vec<Arc<Message>>, EngineError> {
+    /// Reads and deletes the queue and its gap marker in one script, oldest
+    /// first, dropping messages older than the channel's history TTL (by
+    /// Redis' clock). A gap: the marker says messages were trimmed away, or
+    /// it says the queue held messages that are all gone (the queue key
+    /// expired), or messages were dropped here for their age.
+    async fn take_user_queue(&self, channel: &ChannelName) -> Result<UserQueue, EngineError> {
         let limits = Limits::of(self.namespaces.options(channel.as_str()));
         let mut conn = self.conn.clone();
         let mut invocation = self.scripts.take_queue.prepare_invoke();
-        invocation.key(self.keys.queue(channel));
+        invocation
+            .key(self.keys.queue(channel))
+            .key(self.keys.queue_gap(channel));
         let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
-        let (now_ms, mut messages) = parse_take(reply, channel)?;
+        let Taken {
+            now_ms,
+            mut messages,
+            marker,
+        } = parse_take(reply, channel)?;
         let oldest = now_ms.saturating_sub(limits.ttl_ms);
+        let before = messages.len();
         messages.retain(|m| m.time_ms >= oldest);
-        Ok(messages)
+        let gap = marker == Some(true)
+            || (marker == Some(false) && before == 0)
+            || messages.len() < before;
+        Ok(UserQueue { messages, gap })
     }
 
     /// Publishes a control frame that every node (this one included, over

@@ -7,8 +7,11 @@
 //! | `herald:{C}:stream` | stream          | history; the entry id is the message id |
 //! | `herald:{C}:live`   | pub/sub channel | one frame per publish, removal or presence notice ([`crate::frame`]) |
 //! | `herald:{C}:presence` | hash          | field `<node>/<seq>` per joined connection, value JSON `{"expires_ms":…,"client":…,"user":…,"info":…,"node":…}` |
-//! | `herald:{C}:subs`   | hash            | field `<node>`, value `<local subscribers>:<expires_ms>` |
+//! | `herald:{C}:subs`   | hash            | field `<node>.<epoch>` (a count identity), value its local subscribers |
 //! | `herald:{C}:queue`  | list            | a personal channel's offline queue: `h1 m` frames, oldest first |
+//! | `herald:{C}:queue_gap` | string       | `1` if the queue dropped messages since it was last taken, `0` if it holds (or held) messages |
+//! | `herald:{C}:slots`  | hash            | field `<node>/<seq>` per `max_subscribers` place held, value its expiry (ms) |
+//! | `herald:{C}:idem:<key>` | string      | `<id> <time_ms>` of the publish that used idempotency key `<key>`, until the window ends |
 //!
 //! and once per deployment:
 //!
@@ -16,6 +19,8 @@
 //! |---------------------|-----------------|-----------------------------------------|
 //! | `herald:control`    | pub/sub channel | node-wide commands (`h1 d` disconnect a user), every node subscribes |
 //! | `herald:claim:<key>` | string         | a used single-use key, until its expiry  |
+//! | `herald:nodes`      | hash            | node count identity `<node>.<epoch>` → expiry ms (the registry of live nodes) |
+//! | `herald:nodecounts:<identity>` | set  | the `subs` keys where that identity wrote a count (for cleanup when it dies) |
 //!
 //! The `{C}` hash tag puts everything of one channel in one Redis Cluster
 //! slot, so each script touches a single slot. Channel names cannot contain
@@ -65,9 +70,34 @@ impl Keys {
         format!("{}:{{{channel}}}:queue", self.prefix)
     }
 
+    /// The marker of a personal channel's queue: did it drop messages.
+    pub fn queue_gap(&self, channel: &ChannelName) -> String {
+        format!("{}:{{{channel}}}:queue_gap", self.prefix)
+    }
+
+    /// The hash of the `max_subscribers` places held on the channel.
+    pub fn slots(&self, channel: &ChannelName) -> String {
+        format!("{}:{{{channel}}}:slots", self.prefix)
+    }
+
+    /// What the publish that used idempotency key `key` on `channel` got.
+    pub fn idempotency(&self, channel: &ChannelName, key: &str) -> String {
+        format!("{}:{{{channel}}}:idem:{key}", self.prefix)
+    }
+
     /// The pub/sub channel every node subscribes to for node-wide commands.
     pub fn control(&self) -> String {
         format!("{}:control", self.prefix)
+    }
+
+    /// The registry of nodes whose subscriber counts hold.
+    pub fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
+    /// The `subs` keys a count identity wrote to.
+    pub fn node_counts(&self, identity: &str) -> String {
+        format!("{}:nodecounts:{identity}", self.prefix)
     }
 
     /// The marker of a used single-use key.

@@ -30,17 +30,29 @@
 //!   expires `node_ttl` (15 s) after its last write. A node that dies or is
 //!   cut off from Redis thus drops out of presence within `node_ttl` (15 s),
 //!   without leave notices.
-//! - **Subscriber counts** (for `max_subscribers`): each node writes its
-//!   local count of every channel whose namespace sets a limit at each sweep
-//!   where it changed (and every `refresh_interval` regardless); a reader
-//!   adds the others' counts to its own live one. Other nodes' counts are
-//!   therefore up to one sweep (about 1 s) old, so concurrent subscribes on
-//!   several nodes can overshoot a limit briefly; a dead node's count expires
-//!   within `node_ttl`, and a node that shuts down withdraws its counts.
+//! - **Subscriber counts** (the `subscribers` of a publish answer and of
+//!   `GET /pub/{channel}`): each node writes its local count of a channel
+//!   only when it changed, at the next sweep (about 1 s); the publish script
+//!   sums the others' counts in the same call that stores the message, and
+//!   the node adds its own live one. A node registry (each node's expiry,
+//!   rewritten at every sweep) says whose counts hold: a dead node's counts
+//!   drop out within `node_ttl` and are then deleted, and a node that
+//!   shuts down withdraws its counts (the `counts` module). Redis work is
+//!   proportional to count changes, not to the number of channels.
+//! - **`max_subscribers`** is not judged on those counts but on *places*
+//!   (the `slot` module): one script takes a place only below the limit, so
+//!   subscribers racing on several nodes never exceed it; places expire
+//!   unless their node refreshes them, so a dead node's come back within
+//!   `node_ttl`.
+//! - **Idempotency keys**: the publish variant with a key checks and writes
+//!   the key's record in the script that stores the message: one message
+//!   per key and channel within the window, across nodes.
 //! - **User queues**: a message for a personal channel that no node follows
 //!   is queued in the same script that stores and publishes it, bounded by
 //!   the channel's `history_size` and `history_ttl`; taking the queue reads
-//!   and deletes it at once, on any node.
+//!   and deletes it at once, on any node. A gap marker written with the
+//!   queue says whether it dropped messages (and outlives the queue by an
+//!   hour), so the user is told of the gap.
 //! - **User disconnects** go out as `h1 d` frames on the node-wide control
 //!   channel, which every node subscribes to before `connect` returns.
 //! - **Single-use claims** are one `SET NX PX` each: exactly one winner.
@@ -57,16 +69,23 @@
 //! | `herald:{C}:presence` | hash            | field `<node>/<seq>` → `{"expires_ms":…,"client":…,"user":…,"info":…,"node":…}` |
 //! | `herald:{C}:subs`     | hash            | field `<node>` → `<local count>:<expires_ms>` |
 //! | `herald:{C}:queue`    | list            | a personal channel's offline queue of `h1 m` frames |
+//! | `herald:{C}:queue_gap` | string         | `1`: the queue dropped messages; `0`: it holds (or held) some |
+//! | `herald:{C}:slots`    | hash            | field `<node>/<seq>` → expiry ms, one per `max_subscribers` place |
+//! | `herald:{C}:idem:<key>` | string        | `<id> <time_ms>` of the publish that used the key, for the window |
 //! | `herald:control`      | pub/sub channel | `h1 d` user disconnect frames            |
 //! | `herald:claim:<key>`  | string          | a used single-use key, until it expires  |
+//! | `herald:nodes`        | hash            | count identity → expiry ms: the nodes whose counts hold |
+//! | `herald:nodecounts:<identity>` | set    | the `subs` keys that identity wrote (for cleanup) |
 //!
 //! Requirements: Redis 7.0 or newer (or a compatible server reporting
 //! `redis_version` 7+), scripting enabled, and the `TIME`, `X*`, `H*`, `L*`,
-//! `RPUSH`, `DEL`, `SET`, `PEXPIRE`, `PTTL`, `PUBLISH` and `SUBSCRIBE`
+//! `RPUSH`, `DEL`, `GET`, `SET`, `PEXPIRE`, `PTTL`, `PUBLISH` and `SUBSCRIBE`
 //! commands allowed for the configured user.
 //!
-//! **Redis Cluster is not supported.** The key layout is ready for it: each
-//! channel's keys share the `{C}` hash tag, so every script touches one slot.
+//! **Redis Cluster is not supported.** The key layout is mostly ready for
+//! it: each channel's keys share the `{C}` hash tag, so every script on a
+//! channel touches one slot, except the subscriber-count write, which also
+//! checks the node registry (see the `counts` module).
 //! What is missing is the connection side: this engine opens a single-node
 //! connection, and cluster support would need a cluster client for commands
 //! and sharded pub/sub (`SPUBLISH` from the script, `SSUBSCRIBE` per shard,
@@ -80,7 +99,9 @@
 //! - `script`: every Lua script and the decoding of its reply.
 //! - `pubsub`: the per-node pub/sub connection, follow set and reconnects.
 //! - `presence`: this node's presence entries and how they are stored.
-//! - `upkeep`: the bounded background queue: leaves and refreshes.
+//! - `counts`: cluster-wide subscriber counts and the node registry.
+//! - `slot`: this node's `max_subscribers` places and how they are reclaimed.
+//! - `upkeep`: the bounded background queue: leaves, releases and refreshes.
 //! - [`frame`]: the pub/sub frame format.
 //! - [`keys`]: Redis key and channel names.
 //! - [`options`]: timeouts and prefix.
@@ -89,6 +110,7 @@
 //! [`Engine`]: herald_core::engine::Engine
 //! [`EngineError::Unavailable`]: herald_core::engine::EngineError::Unavailable
 
+mod counts;
 pub mod engine;
 pub mod frame;
 pub mod keys;
@@ -96,6 +118,7 @@ pub mod options;
 mod presence;
 mod pubsub;
 mod script;
+mod slot;
 mod upkeep;
 
 pub use engine::RedisEngine;

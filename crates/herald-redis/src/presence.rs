@@ -1,10 +1,10 @@
-//! Cluster-wide presence and subscriber counts: per-node state in Redis that
-//! expires unless its node keeps rewriting it.
+//! Cluster-wide presence: per-node state in Redis that expires unless its
+//! node keeps rewriting it (subscriber counts use a node registry instead,
+//! see the `counts` module).
 //!
 //! No node can tell another one's death apart from silence, so everything a
 //! node contributes carries an expiry (Redis time + [`node_ttl`]) and is
-//! rewritten by its node every [`refresh_interval`] (presence) or sweep
-//! (subscriber counts, when they changed). Readers skip and delete what
+//! rewritten by its node every [`refresh_interval`]. Readers skip and delete what
 //! expired. A node that dies, hangs or loses Redis therefore drops out within
 //! `node_ttl` of its last rewrite, without sending leave notices.
 //!

@@ -14,17 +14,26 @@
 //!   connection of the user follows the personal channel anywhere), append
 //!   the same frame to the channel's bounded queue, in the same step: a
 //!   message is queued exactly when nobody could have got it live.
-//! - **take_queue**: read and delete the queue at once, so two nodes taking
-//!   it together never both get a message.
+//!   A gap marker next to the queue records whether it dropped messages.
+//! - **publish_idem**: publish unless the idempotency key's record exists,
+//!   and write the record in the same step (one message per key).
+//! - Every publish variant also sums the other nodes' subscriber counts, so
+//!   the answer counts the whole cluster at no extra round trip.
+//! - **take_queue**: read and delete the queue and its gap marker at once,
+//!   so two nodes taking it together never both get a message.
+//! - **slot_claim / slot_refresh**: take a `max_subscribers` place only
+//!   below the limit (see the `slot` module); rewrite this node's expiries.
 //! - **remove**: `DEL` the stream, queue and presence and `PUBLISH` the
 //!   removal frame, so the removal reaches every node after the messages
 //!   published before it.
 //! - **presence_join / presence_leave**: write or delete one presence entry
 //!   and `PUBLISH` its notice frame in the same step, so a leave notice
 //!   goes out only for an entry that was there.
-//! - **presence_refresh / presence_read, subs_write / subs_read**: the
-//!   per-node state that expires unless its node rewrites it (see the
-//!   `presence` module); readers skip and delete what expired.
+//! - **presence_refresh / presence_read**: the per-node state that expires
+//!   unless its node rewrites it (see the `presence` module); readers skip
+//!   and delete what expired.
+//! - **subs_read / node_beat**: subscriber counts and the node registry
+//!   that says whose counts still hold (see the `counts` module).
 //!
 //! Every expiry is computed from Redis' `TIME`, never from a node's clock.
 //!
@@ -83,8 +92,29 @@ local function trim(key, maxlen, min_ms)
 end
 ";
 
-/// KEYS[1]: stream. ARGV: live channel, channel name, kind, payload, max
-/// length, ttl ms, key expiry ms. Returns id, time, frame and receivers.
+/// Shared by the scripts that sum subscriber counts: the fields of a
+/// `subs` hash except this node's own and those of identities known dead
+/// (`dead`: space-separated), see the `counts` module.
+const COUNTS_LUA: &str = r"
+local function others(key, me, dead)
+  local skip = {[me] = true}
+  for d in string.gmatch(dead, '%S+') do skip[d] = true end
+  local all = redis.call('HGETALL', key)
+  local sum = 0
+  for i = 1, #all - 1, 2 do
+    if not skip[all[i]] then
+      local n = tonumber(all[i + 1])
+      if n ~= nil then sum = sum + n end
+    end
+  end
+  return sum
+end
+";
+
+/// KEYS[1]: stream, KEYS[2]: subs. ARGV: live channel, channel name, kind,
+/// payload, max length, ttl ms, key expiry ms, this node's count identity,
+/// dead identities. `publish()` returns id, time, frame, receivers and
+/// Redis' time; `others()` (`COUNTS_LUA`) sums the other nodes' counts.
 const PUBLISH_FN_LUA: &str = r"
 local function publish()
   local key = KEYS[1]
@@ -98,33 +128,99 @@ local function publish()
 end
 ";
 
-/// See `PUBLISH_FN_LUA`. Returns `{id, time_ms, receivers}`.
+/// See `PUBLISH_FN_LUA`. Returns `{id, time_ms, receivers, others}`.
 const PUBLISH_LUA: &str = r"
 local id, time, _, receivers = publish()
-return {id, time, receivers}
+return {id, time, receivers, others(KEYS[2], ARGV[8], ARGV[9])}
 ";
 
-/// As `PUBLISH_LUA`, with KEYS[2] the personal channel's queue: when no node
-/// received the frame, it is also appended there, keeping the newest `max
-/// length` frames; the queue key expires with the stream. Returns `{id,
-/// time_ms, receivers, queued}`.
+/// As `PUBLISH_LUA`, with KEYS[3] the personal channel's queue and KEYS[4]
+/// its gap marker, ARGV[10] the marker's expiry: when no node received the
+/// frame, it is also appended to the queue, keeping the newest `max length`
+/// frames; the queue key expires with the stream. The marker becomes `1`
+/// when a frame was trimmed away, else stays (or becomes) `0`, and outlives
+/// the queue, so a queue that expired whole still reads as a gap. Returns
+/// `{id, time_ms, receivers, others, queued}`.
 const PUBLISH_USER_LUA: &str = r"
 local id, time, frame, receivers = publish()
 local queued = 0
-if receivers == 0 and tonumber(ARGV[5]) > 0 then
-  redis.call('RPUSH', KEYS[2], frame)
-  redis.call('LTRIM', KEYS[2], '-' .. ARGV[5], '-1')
-  redis.call('PEXPIRE', KEYS[2], ARGV[7])
+local max = tonumber(ARGV[5])
+if receivers == 0 and max > 0 then
+  local len = redis.call('RPUSH', KEYS[3], frame)
+  local mark = redis.call('GET', KEYS[4])
+  if len > max then
+    redis.call('LTRIM', KEYS[3], -max, -1)
+    mark = '1'
+  elseif not mark then
+    mark = '0'
+  end
+  redis.call('PEXPIRE', KEYS[3], ARGV[7])
+  redis.call('SET', KEYS[4], mark, 'PX', ARGV[10])
   queued = 1
 end
-return {id, time, receivers, queued}
+return {id, time, receivers, others(KEYS[2], ARGV[8], ARGV[9]), queued}
 ";
 
-/// KEYS: queue. Returns `{now_ms, frames}` and deletes the queue.
+/// As `PUBLISH_LUA`, with KEYS[3] the idempotency key's record and ARGV[10]
+/// the window (ms). A record still there answers the earlier id and time
+/// and stores nothing; otherwise the message is stored and the record
+/// written in the same step, so racing publishes with one key store one
+/// message. Returns `{id, time_ms, receivers, others, duplicate}`.
+const PUBLISH_IDEM_LUA: &str = r"
+local prev = redis.call('GET', KEYS[3])
+if prev then
+  local id, time = string.match(prev, '^(%S+) (%d+)$')
+  if id ~= nil then return {id, time, 0, others(KEYS[2], ARGV[8], ARGV[9]), 1} end
+end
+local id, time, _, receivers = publish()
+redis.call('SET', KEYS[3], id .. ' ' .. time, 'PX', ARGV[10])
+return {id, time, receivers, others(KEYS[2], ARGV[8], ARGV[9]), 0}
+";
+
+/// KEYS: queue, gap marker. Returns `{now_ms, frames, marker}` (marker `''`
+/// when there is none) and deletes both.
 const TAKE_QUEUE_LUA: &str = r"
 local frames = redis.call('LRANGE', KEYS[1], 0, -1)
-redis.call('DEL', KEYS[1])
-return {string.format('%.0f', now_ms()), frames}
+local mark = redis.call('GET', KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2])
+return {string.format('%.0f', now_ms()), frames, mark or ''}
+";
+
+/// KEYS: slots. ARGV: field, max, ttl ms. Takes a place if fewer than max
+/// are held: `HLEN` first (cheap); only a full-looking hash is scanned for
+/// places that expired (their node died or lost them), which are deleted.
+/// Returns 1 if the place was taken.
+const SLOT_CLAIM_LUA: &str = r"
+local now = now_ms()
+local max = tonumber(ARGV[2])
+local n = redis.call('HLEN', KEYS[1])
+if n >= max then
+  local all = redis.call('HGETALL', KEYS[1])
+  local dead = {}
+  for i = 1, #all - 1, 2 do
+    local expires = tonumber(all[i + 1])
+    if expires == nil or expires <= now then dead[#dead + 1] = all[i] end
+  end
+  delete_fields(KEYS[1], dead)
+  if n - #dead >= max then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', now + tonumber(ARGV[3])))
+extend(KEYS[1], ARGV[3])
+return 1
+";
+
+/// KEYS: slots. ARGV: ttl ms, then this node's fields. Rewrites their
+/// expiry.
+const SLOT_REFRESH_LUA: &str = r"
+local expires = string.format('%.0f', now_ms() + tonumber(ARGV[1]))
+local args = {}
+for i = 2, #ARGV do
+  args[#args + 1] = ARGV[i]
+  args[#args + 1] = expires
+end
+if #args > 0 then redis.call('HSET', KEYS[1], unpack(args)) end
+extend(KEYS[1], ARGV[1])
+return 1
 ";
 
 /// KEYS: stream. ARGV: mode (`live`, `earliest`, `after`), resume id, max
@@ -151,10 +247,10 @@ end
 return {1, last, deleted, retained, redis.call('XLEN', key), entries}
 ";
 
-/// KEYS: stream, queue, presence. ARGV: live channel, removal frame.
-/// Returns the receivers.
+/// KEYS: stream, queue, presence, queue gap marker. ARGV: live channel,
+/// removal frame. Returns the receivers.
 const REMOVE_LUA: &str = r"
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 return redis.call('PUBLISH', ARGV[1], ARGV[2])
 ";
 
@@ -211,32 +307,47 @@ delete_fields(KEYS[1], dead)
 return live
 "#;
 
-/// KEYS: subs. ARGV: node, local subscriber count, ttl ms. A count of zero
-/// deletes the node's field.
+/// KEYS: subs. ARGV: this node's count identity, dead identities. Returns
+/// the sum of the other live identities' counts.
+const SUBS_READ_LUA: &str = r"
+return others(KEYS[1], ARGV[1], ARGV[2])
+";
+
+/// KEYS: the node registry, subs, the identity's set of subs keys. ARGV:
+/// count identity, local count, the subs key's name. Writes (a count of
+/// zero deletes) only while the identity is alive in the registry, so a
+/// node thought dead and cleaned up can never leave a count behind; answers
+/// 0 then (its next beat takes a new identity).
 const SUBS_WRITE_LUA: &str = r"
-if tonumber(ARGV[2]) == 0 then return redis.call('HDEL', KEYS[1], ARGV[1]) end
-local expires = string.format('%.0f', now_ms() + tonumber(ARGV[3]))
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. expires)
-extend(KEYS[1], ARGV[3])
+local mine = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+if mine == nil or mine <= now_ms() then return 0 end
+if tonumber(ARGV[2]) == 0 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('SREM', KEYS[3], ARGV[3])
+else
+  redis.call('SADD', KEYS[3], ARGV[3])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
 return 1
 ";
 
-/// KEYS: subs. ARGV: this node. Returns the sum of the other nodes' counts
-/// that have not expired, deleting the expired ones.
-const SUBS_READ_LUA: &str = r"
+/// KEYS: the node registry. ARGV: this node's count identity, ttl ms, mode
+/// (`new`: register; `known`: refresh only if still alive). Returns
+/// `{alive, dead identities}`: `alive` 0 means a `known` identity had
+/// expired (or was lost) and was not written: its counts may be gone, the
+/// node must take a new identity and write them again.
+const NODE_BEAT_LUA: &str = r"
 local now = now_ms()
 local all = redis.call('HGETALL', KEYS[1])
-local sum, dead = 0, {}
+local mine, dead = nil, {}
 for i = 1, #all - 1, 2 do
-  if all[i] ~= ARGV[1] then
-    local n, expires = string.match(all[i + 1], '^(%d+):(%d+)$')
-    if n == nil then
-    elseif tonumber(expires) > now then sum = sum + tonumber(n)
-    else dead[#dead + 1] = all[i] end
-  end
+  local expires = tonumber(all[i + 1])
+  if all[i] == ARGV[1] then mine = expires
+  elseif expires == nil or expires <= now then dead[#dead + 1] = all[i] end
 end
-delete_fields(KEYS[1], dead)
-return sum
+if ARGV[3] == 'known' and (mine == nil or mine <= now) then return {0, dead} end
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', now + tonumber(ARGV[2])))
+return {1, dead}
 ";
 
 /// The scripts, hashed once; `redis::Script` runs `EVALSHA` and falls back
@@ -244,32 +355,46 @@ return sum
 pub struct Scripts {
     pub publish: Script,
     pub publish_user: Script,
+    pub publish_idem: Script,
     pub take_queue: Script,
+    pub slot_claim: Script,
+    pub slot_refresh: Script,
     pub read: Script,
     pub remove: Script,
     pub presence_join: Script,
     pub presence_leave: Script,
     pub presence_refresh: Script,
     pub presence_read: Script,
-    pub subs_write: Script,
     pub subs_read: Script,
+    pub subs_write: Script,
+    pub node_beat: Script,
 }
 
 impl Default for Scripts {
     fn default() -> Self {
         let with_clock = |body: &str| Script::new(&format!("{CLOCK_LUA}{body}"));
         Self {
-            publish: with_clock(&format!("{TRIM_LUA}{PUBLISH_FN_LUA}{PUBLISH_LUA}")),
-            publish_user: with_clock(&format!("{TRIM_LUA}{PUBLISH_FN_LUA}{PUBLISH_USER_LUA}")),
+            publish: with_clock(&format!(
+                "{TRIM_LUA}{COUNTS_LUA}{PUBLISH_FN_LUA}{PUBLISH_LUA}"
+            )),
+            publish_user: with_clock(&format!(
+                "{TRIM_LUA}{COUNTS_LUA}{PUBLISH_FN_LUA}{PUBLISH_USER_LUA}"
+            )),
+            publish_idem: with_clock(&format!(
+                "{TRIM_LUA}{COUNTS_LUA}{PUBLISH_FN_LUA}{PUBLISH_IDEM_LUA}"
+            )),
             take_queue: with_clock(TAKE_QUEUE_LUA),
+            slot_claim: with_clock(SLOT_CLAIM_LUA),
+            slot_refresh: with_clock(SLOT_REFRESH_LUA),
             read: with_clock(&format!("{TRIM_LUA}{READ_LUA}")),
             remove: Script::new(REMOVE_LUA),
             presence_join: with_clock(PRESENCE_JOIN_LUA),
             presence_leave: Script::new(PRESENCE_LEAVE_LUA),
             presence_refresh: with_clock(PRESENCE_REFRESH_LUA),
             presence_read: with_clock(PRESENCE_READ_LUA),
+            subs_read: Script::new(&format!("{COUNTS_LUA}{SUBS_READ_LUA}")),
             subs_write: with_clock(SUBS_WRITE_LUA),
-            subs_read: with_clock(SUBS_READ_LUA),
+            node_beat: with_clock(NODE_BEAT_LUA),
         }
     }
 }
@@ -279,10 +404,11 @@ impl Default for Scripts {
 pub struct PublishReply {
     pub id: MessageId,
     pub time_ms: u64,
-    /// Pub/sub connections (nodes) that received the frame.
-    pub receivers: usize,
-    /// Whether the frame went into a personal channel's queue.
-    pub queued: bool,
+    /// The other nodes' subscribers of the channel, as they last wrote them.
+    pub others: usize,
+    /// publish_user: the frame went into the personal channel's queue;
+    /// publish_idem: the key was used already and nothing was stored.
+    pub flag: bool,
 }
 
 /// What the read script answered.
@@ -343,32 +469,48 @@ fn array(v: Value) -> Option<Vec<Value>> {
 
 pub fn parse_publish(reply: Value) -> Result<PublishReply, EngineError> {
     let items = array(reply).ok_or_else(|| corrupt("publish reply is not an array"))?;
-    let (id, time, receivers, queued) = match items.as_slice() {
-        [id, time, receivers] => (id, time, receivers, false),
-        [id, time, receivers, queued] => (id, time, receivers, int(queued) == Some(1)),
+    let (id, time, receivers, others, flag) = match items.as_slice() {
+        [id, time, receivers, others] => (id, time, receivers, others, false),
+        [id, time, receivers, others, flag] => (id, time, receivers, others, int(flag) == Some(1)),
         _ => return Err(corrupt("publish reply has the wrong length")),
     };
+    int(receivers)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| corrupt("publish reply has no receiver count"))?;
     Ok(PublishReply {
         id: optional_id(id)?.ok_or_else(|| corrupt("publish reply has no id"))?,
         time_ms: int(time)
             .and_then(|t| u64::try_from(t).ok())
             .ok_or_else(|| corrupt("publish reply has no time"))?,
-        receivers: int(receivers)
+        others: int(others)
             .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| corrupt("publish reply has no receiver count"))?,
-        queued,
+            .ok_or_else(|| corrupt("publish reply has no subscriber count"))?,
+        flag,
     })
 }
 
-/// The take script's answer: Redis' time and the queued frames, decoded and
-/// checked to belong to `channel`, oldest first.
-pub fn parse_take(
-    reply: Value,
-    channel: &ChannelName,
-) -> Result<(u64, Vec<Arc<Message>>), EngineError> {
+/// What the take script answered.
+pub struct Taken {
+    /// Redis' time.
+    pub now_ms: u64,
+    /// Oldest first, checked to belong to the channel.
+    pub messages: Vec<Arc<Message>>,
+    /// The gap marker: `Some(true)` if the queue dropped messages,
+    /// `Some(false)` if it held some, `None` if there was none.
+    pub marker: Option<bool>,
+}
+
+/// The take script's answer: Redis' time, the queued frames (decoded and
+/// checked to belong to `channel`, oldest first) and the gap marker.
+pub fn parse_take(reply: Value, channel: &ChannelName) -> Result<Taken, EngineError> {
     let items = array(reply).ok_or_else(|| corrupt("take reply is not an array"))?;
-    let [now, frames] = items.as_slice() else {
+    let [now, frames, marker] = items.as_slice() else {
         return Err(corrupt("take reply has the wrong length"));
+    };
+    let marker = match text(marker) {
+        Some("1") => Some(true),
+        Some("0") => Some(false),
+        _ => None,
     };
     let now = int(now)
         .and_then(|t| u64::try_from(t).ok())
@@ -389,7 +531,11 @@ pub fn parse_take(
             }
         })
         .collect::<Result<_, _>>()?;
-    Ok((now, messages))
+    Ok(Taken {
+        now_ms: now,
+        messages,
+        marker,
+    })
 }
 
 /// Bulk strings of an array reply.
@@ -496,19 +642,34 @@ mod tests {
 
     #[test]
     fn publish_reply() {
-        let r = parse_publish(Value::Array(vec![bulk(b"5-1"), bulk(b"5"), Value::Int(2)]))
-            .expect("valid");
-        assert_eq!((r.id, r.time_ms, r.receivers), (MessageId::new(5, 1), 5, 2));
-        assert!(!r.queued);
+        let r = parse_publish(Value::Array(vec![
+            bulk(b"5-1"),
+            bulk(b"5"),
+            Value::Int(2),
+            Value::Int(7),
+        ]))
+        .expect("valid");
+        assert_eq!((r.id, r.time_ms, r.others), (MessageId::new(5, 1), 5, 7));
+        assert!(!r.flag);
         let r = parse_publish(Value::Array(vec![
             bulk(b"5-1"),
             bulk(b"5"),
             Value::Int(0),
+            Value::Int(0),
             Value::Int(1),
         ]))
         .expect("valid");
-        assert!(r.queued);
-        assert!(parse_publish(Value::Array(vec![bulk(b"x"), bulk(b"5"), Value::Int(2)])).is_err());
+        assert!(r.flag);
+        assert!(parse_publish(Value::Array(vec![
+            bulk(b"x"),
+            bulk(b"5"),
+            Value::Int(2),
+            Value::Int(0)
+        ]))
+        .is_err());
+        assert!(
+            parse_publish(Value::Array(vec![bulk(b"5-1"), bulk(b"5"), Value::Int(2)])).is_err()
+        );
         assert!(parse_publish(Value::Nil).is_err());
     }
 

@@ -16,10 +16,18 @@
 //! touch distinct fields and run concurrently (pipelined on the shared
 //! connection); a sweep waits for them.
 //!
-//! Each sweep also compares this node's local subscriber count of every
-//! channel with a `max_subscribers` limit against what it last wrote, and
-//! writes the ones that changed (or are due for a refresh). When the engine
-//! is dropped the task drains the queue, deletes its counts and ends.
+//! Each sweep also beats this node's entry in the node registry (cleaning
+//! up identities that died, see the `counts` module), then compares this
+//! node's local subscriber count of every channel it holds against what it
+//! last wrote, and writes the ones that changed: the publish script sums
+//! them into the cluster-wide `subscribers` of its answer. The cost is one
+//! small script call per channel whose count changed, per sweep (about a
+//! second), never per subscribe, per message or per channel per interval. With presence, the refresh also
+//! rewrites the expiry of this node's `max_subscribers` places (the `slot`
+//! module), and a `Release` job deletes one; a release that finds the queue
+//! full is dropped with a warning and its place expires within `node_ttl`.
+//! When the engine is dropped the task drains the queue, deletes its counts
+//! and ends.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,17 +35,18 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use herald_core::hub::Hub;
-use herald_core::namespace::Namespaces;
 use herald_core::ChannelName;
 use redis::aio::ConnectionManager;
 use redis::Value;
 use tokio::sync::mpsc;
 
+use crate::counts::Counts;
 use crate::engine::{bounded, UNLIMITED};
 use crate::keys::Keys;
 use crate::options::RedisOptions;
 use crate::presence::{LocalPresence, Stored};
 use crate::script::Scripts;
+use crate::slot::LocalSlots;
 
 /// Jobs waiting for the upkeep task at most.
 pub const UPKEEP_QUEUE: usize = 16_384;
@@ -47,9 +56,16 @@ const LEAVE_BATCH: usize = 512;
 const IN_FLIGHT: usize = 64;
 /// Entries rewritten per refresh script call at most.
 const REFRESH_CHUNK: usize = 500;
+/// Batches of `REFRESH_CHUNK` counts one sweep deletes per dead identity.
+const CLEAN_BATCHES: usize = 20;
 
 pub enum Job {
     Leave(Leave),
+    /// Give back one `max_subscribers` place.
+    Release {
+        channel: ChannelName,
+        field: String,
+    },
     /// Rewrite what is due (see the module docs).
     Sweep {
         now_ms: u64,
@@ -69,18 +85,13 @@ pub struct Upkeep {
     pub keys: Keys,
     pub scripts: Arc<Scripts>,
     pub hub: Arc<Hub>,
-    pub namespaces: Arc<Namespaces>,
     pub presence: Arc<LocalPresence>,
+    pub slots: Arc<LocalSlots>,
+    pub counts: Arc<Counts>,
     pub options: RedisOptions,
     /// True while a sweep waits in the queue; the engine queues another only
     /// when this is false.
     pub sweep_queued: Arc<AtomicBool>,
-}
-
-/// A subscriber count this node wrote.
-struct Reported {
-    count: usize,
-    at_ms: u64,
 }
 
 /// The task's own memory between sweeps.
@@ -88,7 +99,8 @@ struct Reported {
 struct Written {
     /// When presence was last rewritten completely.
     presence_ms: Option<u64>,
-    counts: HashMap<ChannelName, Reported>,
+    /// The counts written under the current count identity.
+    counts: HashMap<ChannelName, usize>,
 }
 
 impl Upkeep {
@@ -107,6 +119,20 @@ impl Upkeep {
                 Job::Sweep { now_ms } => {
                     self.sweep_queued.store(false, Ordering::Release);
                     self.sweep(&mut written, now_ms).await;
+                }
+                Job::Release { channel, field } => {
+                    let mut conn = self.conn.clone();
+                    let mut hdel = redis::cmd("HDEL");
+                    hdel.arg(self.keys.slots(&channel)).arg(field);
+                    if let Err(e) =
+                        bounded(self.options.timeout, hdel.query_async::<Value>(&mut conn)).await
+                    {
+                        tracing::warn!(
+                            error = %e,
+                            %channel,
+                            "subscriber place release failed; it expires within node_ttl"
+                        );
+                    }
                 }
                 Job::Leave(leave) => {
                     let mut leaves = vec![leave];
@@ -127,6 +153,8 @@ impl Upkeep {
         // The engine is gone: this node's counts no longer hold.
         let gone: Vec<_> = written.counts.into_keys().map(|c| (c, 0)).collect();
         self.write_counts(gone).await;
+        let (id, _) = self.counts.identity();
+        self.clean(&id).await;
     }
 
     /// Runs leaves concurrently; failures are logged once per batch (an
@@ -166,15 +194,21 @@ impl Upkeep {
     async fn sweep(&self, written: &mut Written, now_ms: u64) {
         let interval = millis(self.options.refresh_interval);
         let due = |at: u64| now_ms < at || now_ms - at >= interval;
-        if written.presence_ms.is_none_or(due) && self.refresh_presence().await {
-            written.presence_ms = Some(now_ms);
+        if written.presence_ms.is_none_or(due) {
+            // Both, even if one fails: each retries at the next sweep.
+            let slots = self.refresh_slots().await;
+            if self.refresh_presence().await && slots {
+                written.presence_ms = Some(now_ms);
+            }
         }
 
+        if !self.beat(written).await {
+            return;
+        }
         let mut counts: HashMap<ChannelName, usize> = self
             .hub
             .channels()
             .into_iter()
-            .filter(|c| self.namespaces.options(c.as_str()).max_subscribers > 0)
             .map(|c| {
                 let n = self.hub.count(&c);
                 (c, n)
@@ -185,22 +219,99 @@ impl Upkeep {
         }
         let changed: Vec<(ChannelName, usize)> = counts
             .into_iter()
-            .filter(|(c, n)| match written.counts.get(c) {
-                Some(r) => r.count != *n || due(r.at_ms),
-                None => *n > 0,
-            })
+            .filter(|(c, n)| written.counts.get(c).copied().unwrap_or(0) != *n)
             .collect();
         for (channel, count) in self.write_counts(changed).await {
             if count == 0 {
                 written.counts.remove(&channel);
             } else {
-                written.counts.insert(
-                    channel,
-                    Reported {
-                        count,
-                        at_ms: now_ms,
-                    },
+                written.counts.insert(channel, count);
+            }
+        }
+    }
+
+    /// Registers or refreshes this node's count identity, renewing it if it
+    /// expired (see the `counts` module), and cleans up dead identities.
+    /// False if Redis could not be reached: no counts are written then.
+    async fn beat(&self, written: &mut Written) -> bool {
+        let ttl = millis(self.options.node_ttl);
+        for _ in 0..2 {
+            let (id, known) = self.counts.identity();
+            let mut conn = self.conn.clone();
+            let mut invocation = self.scripts.node_beat.prepare_invoke();
+            invocation
+                .key(self.keys.nodes())
+                .arg(&*id)
+                .arg(ttl)
+                .arg(if known { "known" } else { "new" });
+            let reply = match bounded(
+                self.options.timeout,
+                invocation.invoke_async::<Value>(&mut conn),
+            )
+            .await
+            {
+                Ok(reply) => reply,
+                Err(e) => {
+                    tracing::debug!(error = %e, "node beat failed");
+                    return false;
+                }
+            };
+            let Some((alive, dead)) = parse_beat(reply) else {
+                tracing::warn!("unexpected node beat reply");
+                return false;
+            };
+            if !alive {
+                tracing::warn!(
+                    identity = %id,
+                    "this node's subscriber counts expired in redis; writing them again"
                 );
+                self.counts.renew();
+                written.counts.clear();
+                continue;
+            }
+            self.counts.beat_ok(&id, &dead);
+            for identity in &dead {
+                self.clean(identity).await;
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Deletes a dead identity's counts, then its set, then its registry
+    /// entry (at most `CLEAN_BATCHES` batches per call; the rest at the next
+    /// sweep, while it stays on the dead list).
+    async fn clean(&self, identity: &str) {
+        let set = self.keys.node_counts(identity);
+        for _ in 0..CLEAN_BATCHES {
+            let mut conn = self.conn.clone();
+            let mut pick = redis::cmd("SRANDMEMBER");
+            pick.arg(&set).arg(REFRESH_CHUNK);
+            let members: Vec<String> =
+                match bounded(self.options.timeout, pick.query_async(&mut conn)).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::debug!(error = %e, identity, "count cleanup failed");
+                        return;
+                    }
+                };
+            let mut pipe = redis::pipe();
+            if members.is_empty() {
+                pipe.cmd("HDEL").arg(self.keys.nodes()).arg(identity);
+            } else {
+                for key in &members {
+                    pipe.cmd("HDEL").arg(key).arg(identity).ignore();
+                }
+                pipe.cmd("SREM").arg(&set).arg(&members).ignore();
+            }
+            if let Err(e) =
+                bounded(self.options.timeout, pipe.query_async::<Value>(&mut conn)).await
+            {
+                tracing::debug!(error = %e, identity, "count cleanup failed");
+                return;
+            }
+            if members.is_empty() {
+                return;
             }
         }
     }
@@ -249,26 +360,76 @@ impl Upkeep {
         failed.is_empty()
     }
 
-    /// Writes counts (zero deletes); returns those that reached Redis.
-    async fn write_counts(&self, counts: Vec<(ChannelName, usize)>) -> Vec<(ChannelName, usize)> {
+    /// Rewrites the expiry of every place this node holds. True if all of
+    /// it reached Redis.
+    async fn refresh_slots(&self) -> bool {
         let ttl = millis(self.options.node_ttl);
-        let node = self.presence.node();
+        let batches: Vec<(ChannelName, Vec<String>)> = self
+            .slots
+            .snapshot()
+            .into_iter()
+            .flat_map(|(channel, fields)| {
+                fields
+                    .chunks(REFRESH_CHUNK)
+                    .map(|chunk| (channel.clone(), chunk.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let failed = futures_util::stream::iter(batches)
+            .map(|(channel, fields)| async move {
+                let mut conn = self.conn.clone();
+                let mut invocation = self.scripts.slot_refresh.prepare_invoke();
+                invocation.key(self.keys.slots(&channel)).arg(ttl);
+                for f in &fields {
+                    invocation.arg(f);
+                }
+                bounded(
+                    self.options.timeout,
+                    invocation.invoke_async::<Value>(&mut conn),
+                )
+                .await
+                .err()
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .filter_map(std::future::ready)
+            .collect::<Vec<_>>()
+            .await;
+        if let Some(e) = failed.first() {
+            tracing::warn!(
+                error = %e,
+                failed = failed.len(),
+                "subscriber place refresh failed; retrying at the next sweep"
+            );
+        }
+        failed.is_empty()
+    }
+
+    /// Writes counts (zero deletes) under the current identity; returns
+    /// those that reached Redis.
+    async fn write_counts(&self, counts: Vec<(ChannelName, usize)>) -> Vec<(ChannelName, usize)> {
+        let (id, _) = self.counts.identity();
+        let (nodes, set) = (self.keys.nodes(), self.keys.node_counts(&id));
+        let (id, nodes, set) = (&*id, &nodes, &set);
         futures_util::stream::iter(counts)
             .map(|(channel, count)| async move {
+                let subs = self.keys.subs(&channel);
                 let mut conn = self.conn.clone();
                 let mut invocation = self.scripts.subs_write.prepare_invoke();
                 invocation
-                    .key(self.keys.subs(&channel))
-                    .arg(&**node)
+                    .key(nodes)
+                    .key(&subs)
+                    .key(set)
+                    .arg(id)
                     .arg(count)
-                    .arg(ttl);
+                    .arg(&subs);
                 match bounded(
                     self.options.timeout,
                     invocation.invoke_async::<Value>(&mut conn),
                 )
                 .await
                 {
-                    Ok(_) => Some((channel, count)),
+                    Ok(Value::Int(1)) => Some((channel, count)),
+                    Ok(_) => None,
                     Err(e) => {
                         tracing::debug!(error = %e, %channel, "subscriber count write failed");
                         None
@@ -280,6 +441,24 @@ impl Upkeep {
             .collect()
             .await
     }
+}
+
+/// `{alive, [dead identities]}` from the beat script.
+fn parse_beat(reply: Value) -> Option<(bool, Vec<String>)> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    let [alive, Value::Array(dead)] = items.as_slice() else {
+        return None;
+    };
+    let dead = dead
+        .iter()
+        .map(|d| match d {
+            Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((matches!(alive, Value::Int(1)), dead))
 }
 
 /// A duration in whole milliseconds, at least 1 (Redis rejects a zero

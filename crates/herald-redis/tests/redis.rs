@@ -221,10 +221,17 @@ async fn publish_on_one_node_reaches_subscribers_on_both() {
         Payload::from_bytes(Bytes::from_static(&[0xff, 0x00, b'\n', b' ', 0x80])),
         Payload::from_bytes(Bytes::new()),
     ];
+    // Subscriber counts reach the other nodes with b's sweeps.
+    let b_sweeps = sweeping(&b.engine);
+    eventually("b's count to reach a", || async {
+        (a.engine.subscriber_count(&news).await.ok() == Some(2)).then_some(())
+    })
+    .await;
+    b_sweeps.abort();
     let mut published = Vec::new();
     for p in &payloads {
         let done = a.engine.publish(&news, p.clone()).await.expect("publish");
-        assert_eq!(done.subscribers, 2, "both nodes follow the channel");
+        assert_eq!(done.subscribers, 2, "a subscriber on each node");
         published.push(done.message);
     }
     assert!(published.windows(2).all(|w| w[0].id < w[1].id), "ids grow");
@@ -1000,9 +1007,9 @@ async fn user_queue_holds_messages_until_the_user_subscribes() {
         sent.push(done.published.message);
     }
     let taken = b.engine.take_user_queue(&me).await.expect("take");
-    let ids: Vec<MessageId> = taken.iter().map(|m| m.id).collect();
+    let ids: Vec<MessageId> = taken.messages.iter().map(|m| m.id).collect();
     assert_eq!(ids, sent.iter().map(|m| m.id).collect::<Vec<_>>());
-    for (got, want) in taken.iter().zip(&sent) {
+    for (got, want) in taken.messages.iter().zip(&sent) {
         assert_eq!((&got.payload, got.time_ms), (&want.payload, want.time_ms));
         assert_eq!(got.channel, me);
     }
@@ -1011,12 +1018,14 @@ async fn user_queue_holds_messages_until_the_user_subscribes() {
         .take_user_queue(&me)
         .await
         .expect("take")
+        .messages
         .is_empty());
     assert!(a
         .engine
         .take_user_queue(&me)
         .await
         .expect("take")
+        .messages
         .is_empty());
 
     // Queued while away, handed over on the next subscribe, on another node.
@@ -1041,15 +1050,19 @@ async fn user_queue_holds_messages_until_the_user_subscribes() {
         .await
         .expect("publish to user");
     assert!(!live.queued);
-    assert_eq!(live.published.subscribers, 1);
     assert_eq!(next_message(&mut sub).await.id, live.published.message.id);
     assert!(b
         .engine
         .take_user_queue(&me)
         .await
         .expect("take")
+        .messages
         .is_empty());
 }
+
+/// The shortest life of a channel's keys after a publish (the engine's
+/// `MIN_KEY_EXPIRY_MS`).
+const MIN_KEY_EXPIRY: Duration = Duration::from_millis(1_000);
 
 #[tokio::test]
 async fn user_queue_is_bounded_by_history_limits() {
@@ -1065,14 +1078,9 @@ async fn user_queue_is_bounded_by_history_limits() {
             .expect("publish to user");
         ids.push(done.published.message.id);
     }
-    let taken: Vec<MessageId> = a
-        .engine
-        .take_user_queue(&me)
-        .await
-        .expect("take")
-        .iter()
-        .map(|m| m.id)
-        .collect();
+    let queue = a.engine.take_user_queue(&me).await.expect("take");
+    assert!(queue.gap, "the oldest was dropped: a gap");
+    let taken: Vec<MessageId> = queue.messages.iter().map(|m| m.id).collect();
     assert_eq!(taken, ids[1..], "the newest two");
 
     a.engine
@@ -1080,13 +1088,21 @@ async fn user_queue_is_bounded_by_history_limits() {
         .await
         .expect("publish to user");
     sleep(Duration::from_millis(400)).await;
+    let aged = a.engine.take_user_queue(&me).await.expect("take");
+    assert!(aged.messages.is_empty(), "older than the history TTL");
+    assert!(aged.gap, "messages that aged out are a gap");
+    let again = a.engine.take_user_queue(&me).await.expect("take");
+    assert!(!again.gap, "the gap is told once");
+    // A queue whose key expired whole still says so: its marker outlives it.
+    a.engine
+        .publish_to_user(&me, text("gone"))
+        .await
+        .expect("publish to user");
+    sleep(MIN_KEY_EXPIRY + Duration::from_millis(200)).await;
+    let expired = a.engine.take_user_queue(&me).await.expect("take");
     assert!(
-        a.engine
-            .take_user_queue(&me)
-            .await
-            .expect("take")
-            .is_empty(),
-        "older than the history TTL"
+        expired.messages.is_empty() && expired.gap,
+        "an expired queue is a gap"
     );
 
     let none = node_with(&redis, sized(0, Duration::from_secs(60))).await;
@@ -1198,6 +1214,7 @@ async fn remove_drops_presence_and_queue() {
         .take_user_queue(&me)
         .await
         .expect("take")
+        .messages
         .is_empty());
 }
 
@@ -1238,4 +1255,69 @@ async fn cluster_calls_fail_fast_without_redis() {
         started.elapsed() < Duration::from_secs(30),
         "each call is bounded"
     );
+}
+
+#[tokio::test]
+async fn subscriber_places_are_exact_refreshed_and_reclaimed_from_dead_nodes() {
+    let redis = RedisServer::start();
+    let a = node_with_options(&redis, cluster_namespaces(), fast_refresh()).await;
+    let b = node_with_options(&redis, cluster_namespaces(), fast_refresh()).await;
+    let c = ch("places");
+    let (a_sweeps, b_sweeps) = (sweeping(&a.engine), sweeping(&b.engine));
+
+    // Two places, claimed from both nodes at once, many times over: never
+    // more than two granted.
+    let claims = (0..10).map(|i| {
+        let engine = if i % 2 == 0 { &a.engine } else { &b.engine };
+        engine.claim_subscriber_slot(&c, 2)
+    });
+    let granted: Vec<_> = futures_util::future::join_all(claims)
+        .await
+        .into_iter()
+        .filter_map(|r| r.expect("claim"))
+        .collect();
+    assert_eq!(granted.len(), 2, "exactly the limit");
+
+    // Once they are given back, one place per node.
+    drop(granted);
+    let on_a = eventually("a's place", || async {
+        a.engine.claim_subscriber_slot(&c, 2).await.expect("claim")
+    })
+    .await;
+    let on_b = eventually("b's place", || async {
+        b.engine.claim_subscriber_slot(&c, 2).await.expect("claim")
+    })
+    .await;
+
+    // Held places outlive node_ttl while their node refreshes them.
+    sleep(TEST_NODE_TTL * 3).await;
+    assert!(a
+        .engine
+        .claim_subscriber_slot(&c, 2)
+        .await
+        .expect("claim")
+        .is_none());
+
+    // A dropped slot comes back (the HDEL is queued on the upkeep task).
+    drop(on_a);
+    let back = eventually("a released place to come back", || async {
+        a.engine.claim_subscriber_slot(&c, 2).await.expect("claim")
+    })
+    .await;
+
+    // b stops refreshing (as if it died, never releasing): its place expires.
+    b_sweeps.abort();
+    std::mem::forget(on_b);
+    let died = Instant::now();
+    let reclaimed = eventually("a dead node's place to expire", || async {
+        a.engine.claim_subscriber_slot(&c, 2).await.expect("claim")
+    })
+    .await;
+    assert!(
+        died.elapsed() <= TEST_NODE_TTL * 2,
+        "after {:?}",
+        died.elapsed()
+    );
+    drop((back, reclaimed));
+    a_sweeps.abort();
 }

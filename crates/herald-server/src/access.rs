@@ -2,6 +2,7 @@
 //! session protocol go through these functions, so a rule holds everywhere.
 
 use axum::http::{header, HeaderMap, StatusCode};
+use herald_core::engine::SubscriberSlot;
 use herald_core::presence::ClientInfo;
 use herald_core::user::channel_user;
 use herald_core::ChannelName;
@@ -114,17 +115,30 @@ pub fn may_read(
 
 /// Whether `identity` may follow `channel`: [`may_read`], then a full
 /// channel refuses, and the backend's subscribe hook has the last word.
+///
+/// With `max_subscribers`, admission takes a place atomically across every
+/// node ([`herald_core::engine::Engine::claim_subscriber_slot`]); the
+/// caller must hand the slot to the subscription
+/// ([`herald_core::Subscriber::subscribe_holding`]) so that the place is
+/// given back when the subscription ends, on every transport. A refusal
+/// after the claim (the hook) drops the slot at once.
 pub async fn may_subscribe(
     state: &AppState,
     identity: &Identity,
     client: &str,
     channel: &ChannelName,
-) -> Result<(), ApiError> {
+) -> Result<Option<SubscriberSlot>, ApiError> {
     may_read(state, identity, channel)?;
     let options = state.node.namespaces.options(channel.as_str());
-    if options.max_subscribers > 0
-        && state.node.engine.subscriber_count(channel).await? >= options.max_subscribers
-    {
+    let mut slot = None;
+    if options.max_subscribers > 0 {
+        slot = state
+            .node
+            .engine
+            .claim_subscriber_slot(channel, options.max_subscribers)
+            .await?;
+    }
+    if options.max_subscribers > 0 && slot.is_none() {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "channel_full",
@@ -143,7 +157,7 @@ pub async fn may_subscribe(
         });
         hook_verdict(hooks.decide(HookEvent::Subscribe, &body).await)?;
     }
-    Ok(())
+    Ok(slot)
 }
 
 /// Runs the connect hook for a new connection.

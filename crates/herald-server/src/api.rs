@@ -86,12 +86,61 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 fn published_json(p: &Published) -> serde_json::Value {
-    json!({
+    let mut answer = json!({
         "channel": p.message.channel.as_str(),
         "id": p.message.id.to_string(),
         "subscribers": p.subscribers,
-    })
+    });
+    if p.duplicate {
+        answer["duplicate"] = json!(true);
+    }
+    answer
 }
+
+/// The idempotency key a publish names, validated; `what` names where it
+/// came from for the error.
+fn idempotency_key<'a>(key: Option<&'a str>, what: &str) -> Result<Option<&'a str>, ApiError> {
+    match key {
+        None => Ok(None),
+        Some(key) if herald_core::engine::valid_idempotency_key(key) => Ok(Some(key)),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "{what} must be 1 to {} printable ASCII characters",
+                herald_core::engine::MAX_IDEMPOTENCY_KEY_LEN
+            ),
+        )),
+    }
+}
+
+/// Publishes, once per idempotency key within the configured window.
+/// Duplicates are not counted as publishes.
+async fn publish_once(
+    state: &AppState,
+    channel: &ChannelName,
+    payload: Payload,
+    key: Option<&str>,
+) -> Result<Published, ApiError> {
+    let published = match key {
+        None => state.node.engine.publish(channel, payload).await?,
+        Some(key) => {
+            let window_ms =
+                u64::try_from(state.config.idempotency_window.as_millis()).unwrap_or(u64::MAX);
+            state
+                .node
+                .engine
+                .publish_idempotent(channel, payload, key, window_ms)
+                .await?
+        }
+    };
+    if !published.duplicate {
+        state.counters.published(&published, false);
+    }
+    Ok(published)
+}
+
+/// The request header naming a publish's idempotency key.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
 /// A JSON value from a request body as a payload, within the size limit.
 pub fn json_payload(data: &RawValue, limit: usize) -> Result<Payload, ApiError> {
@@ -113,14 +162,17 @@ pub async fn publish(
 ) -> Result<Response, ApiError> {
     check_backend(&state.config.api_keys, &headers, peer)?;
     let channel = channel_from_path(path)?;
+    let header = headers
+        .get(IDEMPOTENCY_KEY_HEADER)
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    let key = idempotency_key(header, "the Idempotency-Key header")?;
     let raw = read_body(body, state.config.max_payload).await?;
     let payload = if is_json(&headers) {
         Payload::json(raw).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
     } else {
         Payload::from_bytes(raw)
     };
-    let published = state.node.engine.publish(&channel, payload).await?;
-    state.counters.published(&published, false);
+    let published = publish_once(&state, &channel, payload, key).await?;
     Ok((StatusCode::CREATED, Json(published_json(&published))).into_response())
 }
 
@@ -130,6 +182,7 @@ struct PublishRequest {
     channel: Option<String>,
     channels: Option<Vec<String>>,
     data: Box<RawValue>,
+    idempotency_key: Option<String>,
 }
 
 /// `POST /api/publish`: `{"channel": c, "data": …}` or `{"channels": […], "data": …}`.
@@ -144,11 +197,14 @@ pub async fn api_publish(
     let raw = read_body(body, limit + API_BODY_SLACK).await?;
     let request: PublishRequest = parse_json(&raw, "{\"channel\" or \"channels\", \"data\"}")?;
     let payload = json_payload(&request.data, limit)?;
+    let key = idempotency_key(
+        request.idempotency_key.as_deref(),
+        "the idempotency_key field",
+    )?;
     match (request.channel, request.channels) {
         (Some(name), None) => {
             let channel = ChannelName::new(&name)?;
-            let published = state.node.engine.publish(&channel, payload).await?;
-            state.counters.published(&published, false);
+            let published = publish_once(&state, &channel, payload, key).await?;
             Ok((StatusCode::CREATED, Json(published_json(&published))).into_response())
         }
         (None, Some(names)) if !names.is_empty() => {
@@ -164,9 +220,10 @@ pub async fn api_publish(
                 .map(|n| ChannelName::new(n))
                 .collect::<Result<Vec<_>, _>>()?;
             let mut results = Vec::with_capacity(channels.len());
+            // The key applies per channel: a retry stores only where the
+            // first attempt did not.
             for channel in &channels {
-                let published = state.node.engine.publish(channel, payload.clone()).await?;
-                state.counters.published(&published, false);
+                let published = publish_once(&state, channel, payload.clone(), key).await?;
                 results.push(published_json(&published));
             }
             Ok((StatusCode::CREATED, Json(json!({ "results": results }))).into_response())
@@ -191,9 +248,10 @@ pub async fn channel_info(
     check_backend(&state.config.api_keys, &headers, peer)?;
     let channel = channel_from_path(path)?;
     let stats = state.node.engine.stats(&channel).await?;
+    let subscribers = state.node.engine.subscriber_count(&channel).await?;
     Ok(Json(json!({
         "channel": channel.as_str(),
-        "subscribers": state.node.hub.count(&channel),
+        "subscribers": subscribers,
         "messages": stats.messages,
         "last_id": stats.last_id.map(|id| id.to_string()),
     }))

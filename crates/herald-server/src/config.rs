@@ -30,6 +30,8 @@ pub const DEFAULT_POLL_TIMEOUT_MAX: Duration = Duration::from_secs(120);
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a keep-alive connection may sit idle between requests.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a publish's idempotency key is remembered.
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
 
 /// The file's shape. Every section refuses unknown keys.
 #[derive(Debug, Default, Deserialize)]
@@ -56,6 +58,8 @@ pub struct FileConfig {
     pub shutdown_grace: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub poll_timeout_max: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idempotency_window: Option<Duration>,
     /// Named API keys, in addition to `api_key`.
     #[serde(default)]
     pub api_keys: std::collections::BTreeMap<String, String>,
@@ -199,6 +203,8 @@ pub struct Config {
     pub write_timeout: Duration,
     pub shutdown_grace: Duration,
     pub poll_timeout_max: Duration,
+    /// How long a publish's idempotency key is remembered per channel.
+    pub idempotency_window: Duration,
     pub namespaces: Namespaces,
     /// Redis engine: bound on connecting and on every command; past it the
     /// engine counts as unavailable (503, and `4005` when pub/sub is lost).
@@ -486,6 +492,11 @@ impl Config {
             )?,
             shutdown_grace: file.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
             poll_timeout_max: file.poll_timeout_max.unwrap_or(DEFAULT_POLL_TIMEOUT_MAX),
+            idempotency_window: positive_time(
+                "idempotency_window",
+                file.idempotency_window
+                    .unwrap_or(DEFAULT_IDEMPOTENCY_WINDOW),
+            )?,
             namespaces: Namespaces::new(defaults, prefixes),
             redis_timeout: positive_time(
                 "redis.timeout",

@@ -24,7 +24,8 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// Counts one stored message and the local deliveries it made.
+    /// Counts one stored message and the subscribers it was published to
+    /// (on Redis, every node's: see `Published::subscribers`).
     pub fn published(&self, published: &Published, by_client: bool) {
         self.published.fetch_add(1, Ordering::Relaxed);
         self.deliveries
@@ -97,7 +98,7 @@ pub async fn metrics(
         &mut out,
         "herald_deliveries_total",
         "counter",
-        "Messages handed to local subscribers' queues at publish time.",
+        "Subscribers of the messages published through this node, counted at publish time (on Redis, every node's subscribers).",
         c.deliveries.load(Ordering::Relaxed),
     );
     let _ = writeln!(out, "# HELP herald_info Build and engine.\n# TYPE herald_info gauge\nherald_info{{version=\"{}\",engine=\"{}\"}} 1", env!("CARGO_PKG_VERSION"), state.node.engine.name());

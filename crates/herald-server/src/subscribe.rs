@@ -70,14 +70,14 @@ pub async fn open(
     let identity = crate::access::identify(state, headers, ticket).await?;
     let client = crate::session::random_id();
     crate::access::may_connect(state, &identity, &client, transport, Some(peer.ip())).await?;
-    crate::access::may_subscribe(state, &identity, &client, &request.channel).await?;
+    let place = crate::access::may_subscribe(state, &identity, &client, &request.channel).await?;
     let mut sub = state.node.subscriber_for(
         state.config.queue_size,
         crate::access::client_info(&identity, &client),
     );
     sub.set_deadline(crate::access::deadline(state, &identity));
     let subscribed = sub
-        .subscribe(request.channel.clone(), request.since)
+        .subscribe_holding(request.channel.clone(), request.since, place)
         .await
         .map_err(|e| match e {
             SubscribeError::Engine(e) => ApiError::from(e),

@@ -7,6 +7,17 @@
 //! Per channel, one mutex orders everything: taking the id, appending to
 //! history and handing the message to the hub happen under it, so every
 //! subscriber sees a channel's messages in id order.
+//!
+//! Idempotency keys live in the channel's entry too, checked and recorded
+//! under the same lock as the publish, so two publishes racing with one key
+//! store one message. Each channel remembers at most
+//! [`MAX_IDEMPOTENCY_KEYS`] keys: past that the oldest is forgotten early
+//! (a retry with it would be stored again). A channel deleted with
+//! `DELETE /pub/{channel}` forgets its keys.
+//!
+//! Subscriber slots (`max_subscribers`) are one counter per channel, taken
+//! and given back under its shard's lock: exact, and nothing to reclaim
+//! since every slot lives in this process.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,8 +25,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::UserPublished;
 use super::{now_ms, ChannelStats, Engine, EngineError, Published};
+use super::{SubscriberSlot, UserPublished, UserQueue};
 use crate::channel::ChannelName;
 use crate::disconnect::Disconnect;
 use crate::disconnect::CHANNEL_DELETED;
@@ -28,9 +39,63 @@ use crate::presence::{LocalPresence, Notice, NoticeKind, PresenceEntry};
 use crate::sharded::{Shard, Sharded};
 use crate::user::{LocalQueues, QueueLimits};
 
+/// Idempotency keys one channel remembers at most.
+pub const MAX_IDEMPOTENCY_KEYS: usize = 10_000;
+
+/// A channel's recent idempotency keys, oldest first (one window for the
+/// whole server, so insertion order is expiry order).
+#[derive(Default)]
+struct Keys {
+    by_key: std::collections::HashMap<String, (MessageId, u64, u64)>,
+    /// (key, expires_ms), oldest first; an entry whose expiry differs from
+    /// the map's is stale (the key was recorded again).
+    order: std::collections::VecDeque<(String, u64)>,
+}
+
+impl Keys {
+    fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// The earlier (id, time) of `key`, if still within its window.
+    fn get(&self, key: &str, now: u64) -> Option<(MessageId, u64)> {
+        self.by_key
+            .get(key)
+            .filter(|(_, _, expires)| *expires > now)
+            .map(|(id, time, _)| (*id, *time))
+    }
+
+    fn insert(&mut self, key: &str, id: MessageId, time: u64, expires: u64) {
+        self.by_key.insert(key.to_owned(), (id, time, expires));
+        self.order.push_back((key.to_owned(), expires));
+        while self.order.len() > MAX_IDEMPOTENCY_KEYS {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((key, expires)) = self.order.pop_front() {
+            if self.by_key.get(&key).is_some_and(|e| e.2 == expires) {
+                self.by_key.remove(&key);
+            }
+        }
+    }
+
+    fn expire(&mut self, now: u64) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(_, expires)| *expires <= now)
+        {
+            self.pop_front();
+        }
+    }
+}
+
 #[derive(Default)]
 struct Channel {
     history: History,
+    idempotency: Keys,
     /// Set when the entry was taken out of the map; a publisher holding a
     /// stale `Arc` must look the channel up again.
     removed: bool,
@@ -46,6 +111,8 @@ pub struct MemoryEngine {
     channels: Sharded<Entry>,
     presence: LocalPresence,
     queues: LocalQueues,
+    /// Subscriber slots taken per channel (`max_subscribers`).
+    slots: Arc<Sharded<usize>>,
     /// Used single-use keys and when they may be forgotten (ms).
     claims: Mutex<std::collections::HashMap<String, u64>>,
 }
@@ -60,6 +127,7 @@ impl MemoryEngine {
             channels: Sharded::new(),
             presence: LocalPresence::default(),
             queues: LocalQueues::default(),
+            slots: Arc::new(Sharded::new()),
             claims: Mutex::new(std::collections::HashMap::new()),
         }
     }
@@ -77,7 +145,14 @@ impl MemoryEngine {
         self.channels.len()
     }
 
-    fn publish_now(&self, channel: &ChannelName, payload: Payload) -> Published {
+    /// Publishes, or with an idempotency `(key, window_ms)` that was used
+    /// within the window answers the earlier publish.
+    fn publish_now(
+        &self,
+        channel: &ChannelName,
+        payload: Payload,
+        idempotency: Option<(&str, u64)>,
+    ) -> Published {
         let options = self.namespaces.options(channel.as_str());
         loop {
             let entry = Arc::clone(
@@ -90,8 +165,23 @@ impl MemoryEngine {
             if ch.removed {
                 continue;
             }
-            let id = MessageId::new(self.epoch_ms, self.seq.fetch_add(1, Ordering::Relaxed));
             let now = now_ms();
+            if let Some((key, _)) = idempotency {
+                ch.idempotency.expire(now);
+                if let Some((id, time)) = ch.idempotency.get(key, now) {
+                    drop(ch);
+                    return Published {
+                        message: Arc::new(Message::new(channel.clone(), id, payload, time)),
+                        subscribers: self.hub.count(channel),
+                        duplicate: true,
+                    };
+                }
+            }
+            let id = MessageId::new(self.epoch_ms, self.seq.fetch_add(1, Ordering::Relaxed));
+            if let Some((key, window_ms)) = idempotency {
+                ch.idempotency
+                    .insert(key, id, now, now.saturating_add(window_ms));
+            }
             let message = Arc::new(Message::new(channel.clone(), id, payload, now));
             ch.history.push(
                 Arc::clone(&message),
@@ -101,7 +191,7 @@ impl MemoryEngine {
             );
             // Still under the channel lock: deliveries leave in id order.
             let subscribers = self.hub.deliver(&message);
-            let empty = ch.history.is_empty();
+            let empty = ch.history.is_empty() && ch.idempotency.is_empty();
             drop(ch);
             if empty {
                 self.free_if_empty(channel, &entry);
@@ -109,6 +199,7 @@ impl MemoryEngine {
             return Published {
                 message,
                 subscribers,
+                duplicate: false,
             };
         }
     }
@@ -128,7 +219,7 @@ impl MemoryEngine {
             return;
         }
         let mut ch = entry.lock();
-        if ch.history.is_empty() {
+        if ch.history.is_empty() && ch.idempotency.is_empty() {
             ch.removed = true;
             drop(ch);
             shard.remove(channel);
@@ -147,7 +238,17 @@ impl Engine for MemoryEngine {
         channel: &ChannelName,
         payload: Payload,
     ) -> Result<Published, EngineError> {
-        Ok(self.publish_now(channel, payload))
+        Ok(self.publish_now(channel, payload, None))
+    }
+
+    async fn publish_idempotent(
+        &self,
+        channel: &ChannelName,
+        payload: Payload,
+        key: &str,
+        window_ms: u64,
+    ) -> Result<Published, EngineError> {
+        Ok(self.publish_now(channel, payload, Some((key, window_ms))))
     }
 
     async fn history(
@@ -194,6 +295,35 @@ impl Engine for MemoryEngine {
         Ok(self.hub.count(channel))
     }
 
+    async fn claim_subscriber_slot(
+        &self,
+        channel: &ChannelName,
+        max: usize,
+    ) -> Result<Option<SubscriberSlot>, EngineError> {
+        {
+            let mut shard = self.slots.shard(channel).lock();
+            let taken = shard.entry(channel.clone()).or_insert(0);
+            if *taken >= max {
+                if *taken == 0 {
+                    shard.remove(channel);
+                }
+                return Ok(None);
+            }
+            *taken += 1;
+        }
+        let slots = Arc::clone(&self.slots);
+        let channel = channel.clone();
+        Ok(Some(SubscriberSlot::new(move || {
+            let mut shard = slots.shard(&channel).lock();
+            if let Some(taken) = shard.get_mut(&channel) {
+                *taken = taken.saturating_sub(1);
+                if *taken == 0 {
+                    shard.remove(&channel);
+                }
+            }
+        })))
+    }
+
     async fn presence_join(
         &self,
         channel: &ChannelName,
@@ -223,7 +353,7 @@ impl Engine for MemoryEngine {
         channel: &ChannelName,
         payload: Payload,
     ) -> Result<UserPublished, EngineError> {
-        let published = self.publish_now(channel, payload);
+        let published = self.publish_now(channel, payload, None);
         let queued = published.subscribers == 0;
         if queued {
             self.queues.push(
@@ -236,13 +366,14 @@ impl Engine for MemoryEngine {
         Ok(UserPublished { published, queued })
     }
 
-    async fn take_user_queue(
-        &self,
-        channel: &ChannelName,
-    ) -> Result<Vec<Arc<Message>>, EngineError> {
-        Ok(self
+    async fn take_user_queue(&self, channel: &ChannelName) -> Result<UserQueue, EngineError> {
+        let taken = self
             .queues
-            .take(channel, self.queue_limits(channel), now_ms()))
+            .take(channel, self.queue_limits(channel), now_ms());
+        Ok(UserQueue {
+            messages: taken.messages,
+            gap: taken.gap,
+        })
     }
 
     async fn disconnect_user(
@@ -288,7 +419,8 @@ impl Engine for MemoryEngine {
                 let mut ch = entry.lock();
                 ch.history
                     .trim(options.history_size, options.history_ttl_ms(), now_ms);
-                if ch.history.is_empty() {
+                ch.idempotency.expire(now_ms);
+                if ch.history.is_empty() && ch.idempotency.is_empty() {
                     ch.removed = true;
                     false
                 } else {
@@ -296,5 +428,101 @@ impl Engine for MemoryEngine {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn engine() -> MemoryEngine {
+        MemoryEngine::new(Arc::new(Hub::new()), Arc::new(Namespaces::default()))
+    }
+
+    fn text(t: &'static str) -> Payload {
+        Payload::from_bytes(Bytes::from_static(t.as_bytes()))
+    }
+
+    #[tokio::test]
+    async fn a_key_is_remembered_per_channel_and_bounded() {
+        let e = engine();
+        let (a, b) = (
+            ChannelName::new("a").expect("valid"),
+            ChannelName::new("b").expect("valid"),
+        );
+        let first = e
+            .publish_idempotent(&a, text("1"), "k", 60_000)
+            .await
+            .expect("publish");
+        let again = e
+            .publish_idempotent(&a, text("1"), "k", 60_000)
+            .await
+            .expect("publish");
+        assert!(!first.duplicate && again.duplicate);
+        assert_eq!(first.message.id, again.message.id);
+        let other = e
+            .publish_idempotent(&b, text("1"), "k", 60_000)
+            .await
+            .expect("publish");
+        assert!(!other.duplicate, "another channel, another message");
+
+        // Past the bound the oldest key is forgotten: it stores again.
+        for i in 0..MAX_IDEMPOTENCY_KEYS {
+            e.publish_idempotent(&a, text("x"), &format!("fill-{i}"), 60_000)
+                .await
+                .expect("publish");
+        }
+        let evicted = e
+            .publish_idempotent(&a, text("1"), "k", 60_000)
+            .await
+            .expect("publish");
+        assert!(!evicted.duplicate);
+        let kept = e
+            .publish_idempotent(
+                &a,
+                text("x"),
+                &format!("fill-{}", MAX_IDEMPOTENCY_KEYS - 1),
+                60_000,
+            )
+            .await
+            .expect("publish");
+        assert!(kept.duplicate);
+    }
+
+    #[tokio::test]
+    async fn keys_keep_a_channel_without_history_and_expire() {
+        let e = engine();
+        let c = ChannelName::new("c").expect("valid");
+        let first = e
+            .publish_idempotent(&c, text("1"), "k", 1)
+            .await
+            .expect("publish");
+        e.sweep(now_ms() + 10);
+        let later = e
+            .publish_idempotent(&c, text("1"), "k", 60_000)
+            .await
+            .expect("publish");
+        assert!(!later.duplicate, "the window passed");
+        assert_ne!(first.message.id, later.message.id);
+    }
+
+    #[tokio::test]
+    async fn slots_are_counted_and_given_back() {
+        let e = engine();
+        let c = ChannelName::new("c").expect("valid");
+        let one = e.claim_subscriber_slot(&c, 2).await.expect("claim");
+        let two = e.claim_subscriber_slot(&c, 2).await.expect("claim");
+        assert!(one.is_some() && two.is_some());
+        assert!(e
+            .claim_subscriber_slot(&c, 2)
+            .await
+            .expect("claim")
+            .is_none());
+        drop(one);
+        let three = e.claim_subscriber_slot(&c, 2).await.expect("claim");
+        assert!(three.is_some());
+        drop((two, three));
+        assert_eq!(e.slots.len(), 0, "an unused channel is freed");
     }
 }

@@ -21,7 +21,7 @@ use crate::id::{MessageId, Since};
 use crate::message::{Message, Payload};
 use crate::presence::PresenceEntry;
 
-pub use memory::MemoryEngine;
+pub use memory::{MemoryEngine, MAX_IDEMPOTENCY_KEYS};
 
 /// Why an engine could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -38,8 +38,64 @@ pub enum EngineError {
 #[derive(Debug, Clone)]
 pub struct Published {
     pub message: Arc<Message>,
-    /// Subscribers this node delivered to (all nodes' for engines that know).
+    /// Subscribers of the channel when it was published, on every node
+    /// (Redis: the other nodes' counts are up to a sweep old, see its docs).
+    /// For a duplicate, the channel's subscribers now.
     pub subscribers: usize,
+    /// True when an idempotency key matched an earlier publish: nothing was
+    /// stored or delivered, and `message` carries the earlier id and time.
+    pub duplicate: bool,
+}
+
+/// Longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// Whether `key` is a usable idempotency key: 1 to
+/// [`MAX_IDEMPOTENCY_KEY_LEN`] printable ASCII characters (space to `~`).
+pub fn valid_idempotency_key(key: &str) -> bool {
+    (1..=MAX_IDEMPOTENCY_KEY_LEN).contains(&key.len())
+        && key.bytes().all(|b| (b' '..=b'~').contains(&b))
+}
+
+/// A place among a channel's `max_subscribers`, held by one subscription;
+/// dropping it gives the place back (on every node). See
+/// [`Engine::claim_subscriber_slot`].
+pub struct SubscriberSlot {
+    release: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl SubscriberSlot {
+    /// A slot that runs `release` once when dropped.
+    pub fn new(release: impl FnOnce() + Send + Sync + 'static) -> Self {
+        Self {
+            release: Some(Box::new(release)),
+        }
+    }
+}
+
+impl Drop for SubscriberSlot {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
+impl std::fmt::Debug for SubscriberSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SubscriberSlot")
+    }
+}
+
+/// A user's offline queue as taken by [`Engine::take_user_queue`].
+#[derive(Debug, Clone, Default)]
+pub struct UserQueue {
+    /// Oldest first.
+    pub messages: Vec<Arc<Message>>,
+    /// True when messages were dropped from the queue (it overflowed its
+    /// size, or messages aged past its TTL) since it was last taken: the
+    /// user must hear of the gap, as a channel resume would say it.
+    pub gap: bool,
 }
 
 /// What `GET /pub/{channel}` shows.
@@ -64,6 +120,19 @@ pub trait Engine: Send + Sync + 'static {
         payload: Payload,
     ) -> Result<Published, EngineError>;
 
+    /// As [`Engine::publish`], unless a publish to the same channel with the
+    /// same `key` (see [`valid_idempotency_key`]) was stored less than
+    /// `window_ms` ago: then nothing is stored or delivered and the answer is
+    /// the earlier message's id and time with `duplicate` set. The check and
+    /// the store are one atomic step on every node.
+    async fn publish_idempotent(
+        &self,
+        channel: &ChannelName,
+        payload: Payload,
+        key: &str,
+        window_ms: u64,
+    ) -> Result<Published, EngineError>;
+
     /// Retained messages after `since`, with the gap flag (see [`crate::history`]).
     async fn history(
         &self,
@@ -86,8 +155,18 @@ pub trait Engine: Send + Sync + 'static {
     /// Housekeeping (expiring history), called about once a second.
     fn sweep(&self, _now_ms: u64) {}
 
-    /// Subscribers of `channel` on every node (for `max_subscribers`).
+    /// Subscribers of `channel` on every node (`GET /pub/{channel}`).
     async fn subscriber_count(&self, channel: &ChannelName) -> Result<usize, EngineError>;
+
+    /// Takes one of `channel`'s `max` subscriber places, atomically across
+    /// every node, or answers `None` when all are taken. The place is held
+    /// until the slot is dropped; an engine must give back the places of a
+    /// node that died, within a bounded time.
+    async fn claim_subscriber_slot(
+        &self,
+        channel: &ChannelName,
+        max: usize,
+    ) -> Result<Option<SubscriberSlot>, EngineError>;
 
     /// Records a connection's presence on `channel`; with `notify`, every
     /// subscriber of the channel (on every node) gets a join notice.
@@ -115,11 +194,9 @@ pub trait Engine: Send + Sync + 'static {
         payload: Payload,
     ) -> Result<UserPublished, EngineError>;
 
-    /// Takes (and empties) a user's offline queue, oldest first.
-    async fn take_user_queue(
-        &self,
-        channel: &ChannelName,
-    ) -> Result<Vec<Arc<Message>>, EngineError>;
+    /// Takes (and empties) a user's offline queue, oldest first, with
+    /// whether messages were dropped from it.
+    async fn take_user_queue(&self, channel: &ChannelName) -> Result<UserQueue, EngineError>;
 
     /// Closes every connection of a user (by personal channel) on every node.
     async fn disconnect_user(

@@ -268,19 +268,20 @@ impl Session {
                         format!("already subscribed to {channel}"),
                     ));
                 }
-                access::may_subscribe(&self.state, &self.identity, &self.client, &channel)
-                    .await
-                    .map_err(refusal)?;
-                let done =
-                    self.sub
-                        .subscribe(channel.clone(), since)
+                let place =
+                    access::may_subscribe(&self.state, &self.identity, &self.client, &channel)
                         .await
-                        .map_err(|e| match e {
-                            SubscribeError::AlreadySubscribed(_) => {
-                                ("already_subscribed", e.to_string())
-                            }
-                            SubscribeError::Engine(_) => engine_down(),
-                        })?;
+                        .map_err(refusal)?;
+                let done = self
+                    .sub
+                    .subscribe_holding(channel.clone(), since, place)
+                    .await
+                    .map_err(|e| match e {
+                        SubscribeError::AlreadySubscribed(_) => {
+                            ("already_subscribed", e.to_string())
+                        }
+                        SubscribeError::Engine(_) => engine_down(),
+                    })?;
                 Ok(reply(
                     id,
                     "subscribe",

@@ -7,6 +7,8 @@
 //! on drop. `redis-server` must be installed: without it the tests fail,
 //! they do not skip.
 
+#![allow(dead_code)]
+
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, Once};
@@ -120,6 +122,12 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start() -> Cluster {
+        Self::start_with("").await
+    }
+
+    /// As [`Cluster::start`], with `extra` TOML appended to every node's
+    /// config (after [`CLUSTER_CONFIG`]).
+    pub async fn start_with(extra: &str) -> Cluster {
         // The harness adds `--engine $HERALD_TEST_ENGINE` when that is set,
         // which would point these nodes at another Redis than the one this
         // test kills and restarts. Every cluster goes through here before
@@ -134,6 +142,7 @@ impl Cluster {
                 Server::builder()
                     .set("engine", &engine)
                     .extra_config(CLUSTER_CONFIG)
+                    .extra_config(extra)
                     .spawn()
             })
             .collect();
