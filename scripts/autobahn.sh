@@ -145,6 +145,7 @@ for group in range(1, 11):
     print("%5d  %5d  %5d  %10d  %13d  %6d" % (
         group, sum(c.values()), c["OK"], c["NON-STRICT"], c["INFORMATIONAL"], c["FAILED"]))
 print("%d cases in %s s" % (len(cases), sys.argv[2]))
+print("autobahn: %d passed, %d failed" % (len(cases) - len(failed), len(failed)))
 if failed:
     for case, behavior, close in sorted(failed, key=lambda f: key(f[0])):
         print("FAILED %s: behavior %s, close %s" % (case, behavior, close))

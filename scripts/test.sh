@@ -8,8 +8,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+# Where cargo puts binaries: honours CARGO_TARGET_DIR like cargo does.
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
 
 say() { printf '\n==> %s\n' "$*"; }
+
+# Every suite's output also goes to one log; at the end (pass or fail) one
+# line totals them: cargo's "test result" lines, the JS runner's and
+# Autobahn's "N passed, N failed" lines.
+tally_log=$(mktemp)
+redis_pid=""
+redis_dir=""
+finish() {
+  local status=$?
+  if [[ -n "$redis_pid" ]]; then kill "$redis_pid" 2>/dev/null || true; fi
+  if [[ -n "$redis_dir" ]]; then rm -rf "$redis_dir"; fi
+  awk -v status="$status" '
+    /^test result: / { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+    /^(js|autobahn): [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
+    END { if (status != 0 && f == 0) f = 1; printf "%d passed, %d failed\n", p, f }
+  ' "$tally_log"
+  rm -f "$tally_log"
+  exit "$status"
+}
+trap finish EXIT
+counted() { "$@" 2>&1 | tee -a "$tally_log"; }
 
 # --- what the tests need -----------------------------------------------------
 need_apt=()
@@ -34,27 +57,25 @@ cargo clippy --workspace --all-targets -- -D warnings
 say "build"
 cargo build --workspace --all-targets
 say "tests (memory engine)"
-cargo test --workspace
+counted cargo test --workspace
 
 # --- the same integration suite against a real Redis -------------------------
 redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 redis_dir=$(mktemp -d)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$redis_dir" --daemonize no >"$redis_dir/log" 2>&1 &
 redis_pid=$!
-cleanup() { kill "$redis_pid" 2>/dev/null || true; rm -rf "$redis_dir"; }
-trap cleanup EXIT
 for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 say "integration tests (redis engine at 127.0.0.1:$redis_port)"
-HERALD_TEST_ENGINE="redis://127.0.0.1:$redis_port/0" cargo test -p herald --tests
+HERALD_TEST_ENGINE="redis://127.0.0.1:$redis_port/0" counted cargo test -p herald --tests
 
 # --- JavaScript client: unit tests and real-browser end-to-end tests ----------
 if [[ -x clients/js/test/run.sh ]]; then
   say "JavaScript client tests"
-  HERALD_BIN="$root/target/debug/herald" clients/js/test/run.sh
+  HERALD_BIN="$target_dir/debug/herald" counted clients/js/test/run.sh
 fi
 
 # --- Herald's WebSocket framing against Autobahn|Testsuite (about a minute) ---
 say "Autobahn|Testsuite (ws_echo)"
-scripts/autobahn.sh
+counted scripts/autobahn.sh
 
 say "all tests passed"
