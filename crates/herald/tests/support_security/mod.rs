@@ -1,5 +1,6 @@
-//! Helpers for the security suite (`tests/security.rs`), on top of the
-//! shared harness in `common`:
+//! Helpers for the access suites (`tests/security.rs`, `users.rs`,
+//! `presence.rs`, `hooks.rs`, `connection_limits.rs`), on top of the shared
+//! harness in `common`:
 //!
 //! - tokens: HS256 tokens signed here, `alg: none` and forged ones, and
 //!   RS256 / ES256 tokens from key pairs made with `openssl` at test time
@@ -29,7 +30,77 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::MaybeTlsStream;
 
-use crate::common::{eventually, within, Server, Sse, SseItem, Ws, WsEvent, IO_TIMEOUT};
+use crate::common::{
+    eventually, within, Ndjson, Req, Server, Sse, SseEvent, SseItem, Ws, WsEvent, IO_TIMEOUT,
+};
+
+// ---------------------------------------------------------------------------
+// Settings and small helpers shared by the suites
+// ---------------------------------------------------------------------------
+
+/// A private namespace: subscribing needs a token granting the channel.
+pub const PRIVATE_NS: &str =
+    "\n[[namespace]]\nprefix = \"priv:\"\nprivate = true\npresence = true\n\
+     \n[[namespace]]\nprefix = \"privchat:\"\nprivate = true\nclient_publish = true\n";
+/// Personal channels with a bounded offline queue.
+pub const USER_NS: &str =
+    "\n[[namespace]]\nprefix = \"user:\"\nhistory_size = 10\nhistory_ttl = \"10m\"\n";
+/// Presence with join/leave notices.
+pub const ROOM_NS: &str =
+    "\n[[namespace]]\nprefix = \"room:\"\npresence = true\njoin_leave = true\n";
+/// Clients may publish through the session.
+pub const CHAT_NS: &str = "\n[[namespace]]\nprefix = \"chat:\"\nclient_publish = true\n";
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub fn auth(leeway: &str) -> String {
+    format!("\n[auth]\nhmac_secret = \"{SECRET}\"\nleeway = \"{leeway}\"\n")
+}
+
+pub fn hooks(url: &str, events: &[&str], on_error: &str, timeout: &str) -> String {
+    format!(
+        "\n[hooks]\nurl = \"{url}\"\nevents = {}\ntimeout = \"{timeout}\"\non_error = \"{on_error}\"\n",
+        json!(events)
+    )
+}
+
+/// An HMAC token of another algorithm, signed with [`SECRET`].
+pub fn hs_alg(claims: &Value, alg: jsonwebtoken::Algorithm) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(alg),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
+pub fn token_with_info(sub: &str, channels: &[&str], info: Value) -> String {
+    let mut c = claims(Some(sub), channels, 3600);
+    c["info"] = info;
+    hs256(&c)
+}
+
+pub fn sse_req<'a>(s: &'a Server, path: &str) -> Req<'a> {
+    s.get(path).header("Accept", "text/event-stream")
+}
+
+pub async fn ndjson_with(s: &Server, path: &str, headers: &[(&str, &str)]) -> Ndjson {
+    let mut r = s.get(path).header("Accept", "application/x-ndjson");
+    for (k, v) in headers {
+        r = r.header(k, v);
+    }
+    let http = r.stream().await;
+    assert_eq!(http.status, 200, "NDJSON {path}");
+    Ndjson::new(http)
+}
+
+pub async fn sse_message(sse: &mut Sse, id: &str) -> SseEvent {
+    let want = id.to_string();
+    sse_until(sse, &format!("SSE message {id}"), move |e| {
+        e.event == "message" && e.id.as_deref() == Some(want.as_str())
+    })
+    .await
+}
 
 // ---------------------------------------------------------------------------
 // Tokens
