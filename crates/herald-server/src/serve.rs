@@ -307,6 +307,11 @@ async fn connection(
         }
     });
     let conn = http1::Builder::new()
+        // hyper's own timers work (it has one), but its header clock is
+        // off: ours (crate::edge) tells idle keep-alive time from header
+        // time, which hyper's single clock cannot.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(None)
         .max_buf_size(MAX_HEAD)
         // One request on a connection over a limit.
         .keep_alive(over.is_none())

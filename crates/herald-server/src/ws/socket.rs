@@ -18,6 +18,7 @@
 
 use std::io::{self, IoSlice};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,6 +28,46 @@ use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
 use super::frame::{self, FrameError, Incoming, Reader, MAX_HEADER};
+
+/// What the WebSocket needs of its socket: non-blocking reads and writes
+/// and readiness. `TcpStream` is the one Herald runs on; unit tests use a
+/// scripted socket to force short writes and `WouldBlock` at each hand-off
+/// between the hub's direct writes and the connection's queue.
+pub trait RawSocket: Send + Sync + 'static {
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Ends the sending side (after the close frame).
+    fn shutdown_write(&self) -> io::Result<()>;
+}
+
+impl RawSocket for TcpStream {
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        TcpStream::try_read(self, buf)
+    }
+
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        TcpStream::try_write(self, buf)
+    }
+
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        TcpStream::try_write_vectored(self, bufs)
+    }
+
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_write_ready(self, cx)
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        socket2::SockRef::from(self).shutdown(std::net::Shutdown::Write)
+    }
+}
 
 /// Most frames written with one system call.
 pub const BATCH: usize = 64;
@@ -52,8 +93,8 @@ pub enum ReadError {
     Frame(FrameError),
 }
 
-pub struct WsSocket {
-    shared: Arc<Shared>,
+pub struct WsSocket<S: RawSocket = TcpStream> {
+    shared: Arc<Shared<S>>,
     reader: Reader,
     /// Received bytes the reader has not taken yet (part of a header or a
     /// control frame). Empty, with no allocation, between frames.
@@ -65,15 +106,15 @@ pub struct WsSocket {
 }
 
 /// What the connection shares with the hub's direct delivery.
-struct Shared {
-    tcp: TcpStream,
+struct Shared<S> {
+    tcp: S,
     /// Frames the socket has not taken yet, in order; empty (no allocation)
     /// unless the client reads slowly. Everything written goes behind it.
     /// Locked only around a non-blocking write or a copy, never across an await.
     pending: Mutex<Vec<u8>>,
 }
 
-impl Shared {
+impl<S: RawSocket> Shared<S> {
     /// Writes `slices` (with `pending` empty) as far as the socket takes them
     /// now. Once part went out, the rest goes to `pending` (a frame begun
     /// must be finished); when nothing went out, nothing is kept and the
@@ -110,7 +151,7 @@ impl Shared {
     }
 }
 
-impl DirectWriter for Shared {
+impl<S: RawSocket> DirectWriter for Shared<S> {
     /// One text frame with the message's shared envelope, in one `writev`.
     fn try_write(&self, message: &Message) -> Written {
         // Held by the connection itself: it is busy writing, so queue.
@@ -134,9 +175,9 @@ impl DirectWriter for Shared {
     }
 }
 
-impl WsSocket {
+impl<S: RawSocket> WsSocket<S> {
     /// `early` holds bytes the client sent right after its handshake.
-    pub fn new(tcp: TcpStream, early: Vec<u8>, max_message: usize) -> Self {
+    pub fn new(tcp: S, early: Vec<u8>, max_message: usize) -> Self {
         WsSocket {
             shared: Arc::new(Shared {
                 tcp,
@@ -277,7 +318,7 @@ impl WsSocket {
         }
         let wait = async {
             loop {
-                self.shared.tcp.writable().await?;
+                std::future::poll_fn(|cx| self.shared.tcp.poll_write_ready(cx)).await?;
                 if self.try_flush()? {
                     return Ok::<(), io::Error>(());
                 }
@@ -302,11 +343,14 @@ impl WsSocket {
             return;
         }
         let tcp = &self.shared.tcp;
-        let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write);
+        let _ = tcp.shutdown_write();
         let drain = async {
             let mut sink = [0u8; 512];
             loop {
-                if tcp.readable().await.is_err() {
+                if std::future::poll_fn(|cx| tcp.poll_read_ready(cx))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 match tcp.try_read(&mut sink) {
@@ -362,3 +406,6 @@ impl WsSocket {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests;
