@@ -285,7 +285,9 @@ impl Refusal {
             InvalidJson => "body is not valid JSON",
             InvalidRequest => "the request could not be parsed",
             InvalidTimeout => "timeout must be a whole number of seconds (0 for a short poll)",
-            InvalidCallback => "the callback must be a JavaScript identifier (dotted paths allowed)",
+            InvalidCallback => {
+                "the callback must be a JavaScript identifier (dotted paths allowed)"
+            }
             InvalidTransport => "unknown transport",
             InvalidUpgrade => "not a valid WebSocket handshake",
             InvalidUser => "user id is not valid",
