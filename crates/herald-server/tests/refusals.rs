@@ -165,3 +165,58 @@ fn js_client_constants_match_the_refusals() {
     let typed = js_constants(&types, "export const ErrorCodes: Readonly<{", "}>;");
     assert_eq!(typed, expected, "clients/js/herald.d.ts ErrorCodes");
 }
+
+/// Every `.rs` file under `dir`.
+fn rust_files(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    for entry in entries {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs")
+            // `*_props.rs` are property-test modules (`#[cfg(test)] mod`).
+            && !path.to_string_lossy().ends_with("_props.rs")
+        {
+            out.push(path);
+        }
+    }
+}
+
+/// The server names refusals by the enum, never by a string: a code spelled
+/// out in the server's code (tests aside) would bypass the table.
+#[test]
+fn server_code_spells_no_code_string() {
+    let mut files = Vec::new();
+    rust_files(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
+    assert!(!files.is_empty());
+    let mut found = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read");
+        // Unit tests (a trailing `#[cfg(test)]` module) may spell codes.
+        let code_part = text.split("\n#[cfg(test)]").next().unwrap_or(&text);
+        for &refusal in ALL {
+            if code_part.contains(&format!("\"{}\"", refusal.code())) {
+                found.push(format!("{}: \"{}\"", file.display(), refusal.code()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "use herald_core::Refusal instead: {found:#?}"
+    );
+}
+
+#[test]
+fn api_errors_take_the_status_of_the_table() {
+    for &refusal in ALL {
+        let Some(status) = refusal.status() else {
+            continue;
+        };
+        let e = herald_server::error::ApiError::new(refusal, refusal.message());
+        assert_eq!(e.status.as_u16(), status, "{refusal}");
+        assert_eq!(e.code, refusal);
+    }
+}
