@@ -173,6 +173,50 @@ export class Herald extends Emitter<HeraldEvents> {
   close(): void;
 }
 
+/** Every error code the server sends (HTTP error bodies and session replies); checked against the server's table of refusals. */
+export const ErrorCodes: Readonly<{
+  INVALID_CHANNEL: "invalid_channel";
+  INVALID_SINCE: "invalid_since";
+  INVALID_JSON: "invalid_json";
+  INVALID_REQUEST: "invalid_request";
+  INVALID_TIMEOUT: "invalid_timeout";
+  INVALID_CALLBACK: "invalid_callback";
+  INVALID_TRANSPORT: "invalid_transport";
+  INVALID_UPGRADE: "invalid_upgrade";
+  INVALID_USER: "invalid_user";
+  INVALID_COMMAND: "invalid_command";
+  UNAUTHORIZED: "unauthorized";
+  INVALID_TOKEN: "invalid_token";
+  TOKEN_EXPIRED: "token_expired";
+  TOKEN_REQUIRED: "token_required";
+  TICKET_USED: "ticket_used";
+  FORBIDDEN: "forbidden";
+  ORIGIN_NOT_ALLOWED: "origin_not_allowed";
+  DENIED: "denied";
+  NOT_FOUND: "not_found";
+  SESSION_NOT_FOUND: "session_not_found";
+  METHOD_NOT_ALLOWED: "method_not_allowed";
+  REQUEST_TIMEOUT: "request_timeout";
+  PAYLOAD_TOO_LARGE: "payload_too_large";
+  URI_TOO_LONG: "uri_too_long";
+  UNSUPPORTED_MEDIA_TYPE: "unsupported_media_type";
+  LIMIT_EXCEEDED: "limit_exceeded";
+  CHANNEL_FULL: "channel_full";
+  TOO_MANY_CONNECTIONS_FROM_IP: "too_many_connections_from_ip";
+  HEADERS_TOO_LARGE: "headers_too_large";
+  INTERNAL_ERROR: "internal_error";
+  TOO_MANY_CONNECTIONS: "too_many_connections";
+  HOOK_UNAVAILABLE: "hook_unavailable";
+  ENGINE_UNAVAILABLE: "engine_unavailable";
+  UNAVAILABLE: "unavailable";
+  ALREADY_SUBSCRIBED: "already_subscribed";
+  NOT_SUBSCRIBED: "not_subscribed";
+  NOT_AVAILABLE: "not_available";
+  RATE_LIMITED: "rate_limited";
+  RPC_ERROR: "rpc_error";
+}>;
+/** One of the server's error codes. */
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
 export const DEFAULT_TRANSPORTS: readonly TransportName[];
 export const TRANSPORT_NAMES: readonly TransportName[];
 export const DEFAULT_OPTIONS: Readonly<Required<Omit<HeraldOptions, "WebSocket" | "EventSource" | "fetch" | "token">>> & { token: undefined };

@@ -43,12 +43,60 @@ export const DEFAULT_OPTIONS = Object.freeze({
   debug: false,
 });
 
+/**
+ * Every error code the server sends (HTTP error bodies and session replies),
+ * from the server's one table of refusals (crates/herald-core/src/refusal.rs);
+ * a server test fails when this list and that table disagree. The client's
+ * own codes (`timeout`, `queue_full`, `connection_lost`, ...) are not here.
+ */
+export const ErrorCodes = Object.freeze({
+  INVALID_CHANNEL: "invalid_channel",
+  INVALID_SINCE: "invalid_since",
+  INVALID_JSON: "invalid_json",
+  INVALID_REQUEST: "invalid_request",
+  INVALID_TIMEOUT: "invalid_timeout",
+  INVALID_CALLBACK: "invalid_callback",
+  INVALID_TRANSPORT: "invalid_transport",
+  INVALID_UPGRADE: "invalid_upgrade",
+  INVALID_USER: "invalid_user",
+  INVALID_COMMAND: "invalid_command",
+  UNAUTHORIZED: "unauthorized",
+  INVALID_TOKEN: "invalid_token",
+  TOKEN_EXPIRED: "token_expired",
+  TOKEN_REQUIRED: "token_required",
+  TICKET_USED: "ticket_used",
+  FORBIDDEN: "forbidden",
+  ORIGIN_NOT_ALLOWED: "origin_not_allowed",
+  DENIED: "denied",
+  NOT_FOUND: "not_found",
+  SESSION_NOT_FOUND: "session_not_found",
+  METHOD_NOT_ALLOWED: "method_not_allowed",
+  REQUEST_TIMEOUT: "request_timeout",
+  PAYLOAD_TOO_LARGE: "payload_too_large",
+  URI_TOO_LONG: "uri_too_long",
+  UNSUPPORTED_MEDIA_TYPE: "unsupported_media_type",
+  LIMIT_EXCEEDED: "limit_exceeded",
+  CHANNEL_FULL: "channel_full",
+  TOO_MANY_CONNECTIONS_FROM_IP: "too_many_connections_from_ip",
+  HEADERS_TOO_LARGE: "headers_too_large",
+  INTERNAL_ERROR: "internal_error",
+  TOO_MANY_CONNECTIONS: "too_many_connections",
+  HOOK_UNAVAILABLE: "hook_unavailable",
+  ENGINE_UNAVAILABLE: "engine_unavailable",
+  UNAVAILABLE: "unavailable",
+  ALREADY_SUBSCRIBED: "already_subscribed",
+  NOT_SUBSCRIBED: "not_subscribed",
+  NOT_AVAILABLE: "not_available",
+  RATE_LIMITED: "rate_limited",
+  RPC_ERROR: "rpc_error",
+});
+
 // WebSocket close codes after which reconnecting cannot help, when the
 // server closed without a `disconnect` frame (see crates/herald-core/src/disconnect.rs).
 const FINAL_CLOSE_CODES = new Set([4006, 4400]);
 
 // Connect / subscribe errors worth retrying (with backoff) rather than final.
-const RETRYABLE_ERRORS = new Set(["engine_unavailable", "limit_exceeded"]);
+const RETRYABLE_ERRORS = new Set([ErrorCodes.ENGINE_UNAVAILABLE, ErrorCodes.LIMIT_EXCEEDED]);
 
 // Subscription events the client emits itself; a push key with one of
 // these names is not passed through as an event.
@@ -419,7 +467,7 @@ export class Herald extends Emitter {
   subscribe(channel, callback, { since } = {}) {
     if (typeof channel !== "string" || channel === "") throw new TypeError("channel must be a non-empty string");
     if (this._subs.has(channel)) {
-      throw new HeraldError("already_subscribed", `already subscribed to ${channel}; unsubscribe first`);
+      throw new HeraldError(ErrorCodes.ALREADY_SUBSCRIBED, `already subscribed to ${channel}; unsubscribe first`);
     }
     const sub = new Subscription(this, channel, callback, since);
     this._subs.set(channel, sub);
@@ -1058,7 +1106,7 @@ class Upstream {
       const text = await res.text().catch(() => "");
       if (this.closed) return;
       if (res.status === 404) {
-        this.onFatal({ reason: "session_not_found" });
+        this.onFatal({ reason: ErrorCodes.SESSION_NOT_FOUND });
         return;
       }
       if (!res.ok) {
@@ -1230,7 +1278,7 @@ class LongPollTransport extends HttpSession {
         try {
           const r = await fetch(pollUrl, this._fetchInit({ signal: this.abort.signal }));
           if (r.status === 404) {
-            this._finish({ reason: "session_not_found" });
+            this._finish({ reason: ErrorCodes.SESSION_NOT_FOUND });
             return;
           }
           if (!r.ok) throw new Error(`GET /connection/longpoll answered ${r.status}`);

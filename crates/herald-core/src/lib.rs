@@ -12,6 +12,7 @@
 //! - [`node`]: the subscription API transports use.
 //! - [`namespace`]: settings per channel-name prefix.
 //! - [`disconnect`]: the table of close codes.
+//! - [`refusal`]: the table of refusal (error) codes, beside it.
 //! - [`presence`]: who follows a channel; join/leave notices.
 //! - [`user`]: personal channels and offline queues.
 
@@ -25,6 +26,7 @@ pub mod message;
 pub mod namespace;
 pub mod node;
 pub mod presence;
+pub mod refusal;
 mod sharded;
 pub mod user;
 
@@ -33,3 +35,4 @@ pub use hub::{DirectWriter, Written};
 pub use id::{MessageId, Since};
 pub use message::{Message, Payload, PayloadKind};
 pub use node::{Item, Node, Subscribed, Subscriber};
+pub use refusal::Refusal;

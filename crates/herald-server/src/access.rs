@@ -1,7 +1,7 @@
 //! Who a request is, and what it may subscribe to. Every transport and the
 //! session protocol go through these functions, so a rule holds everywhere.
 
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use herald_core::engine::SubscriberSlot;
 use herald_core::presence::ClientInfo;
 use herald_core::user::channel_user;
@@ -12,12 +12,13 @@ use crate::error::ApiError;
 use crate::hook::{HookEvent, Verdict};
 use crate::state::AppState;
 use crate::token::{Identity, TokenError};
+use herald_core::Refusal;
 
 /// The cookie a browser may carry its token in.
 pub const TOKEN_COOKIE: &str = "herald_token";
 
 pub fn token_error(e: &TokenError) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
+    ApiError::new(e.refusal(), e.to_string())
 }
 
 fn cookie_token(headers: &HeaderMap) -> Option<&str> {
@@ -91,22 +92,20 @@ pub fn may_read(
     if let Some(owner) = channel_user(channel) {
         if identity.user.as_deref() != Some(owner) {
             return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
+                Refusal::Forbidden,
                 format!("{channel} is the personal channel of another user; a token with sub={owner:?} is needed"),
             ));
         }
     }
     let options = state.node.namespaces.options(channel.as_str());
     if options.private && !identity.granted(channel.as_str()) {
-        let (status, code) = if identity.is_anonymous() {
-            (StatusCode::UNAUTHORIZED, "token_required")
+        let refusal = if identity.is_anonymous() {
+            Refusal::TokenRequired
         } else {
-            (StatusCode::FORBIDDEN, "forbidden")
+            Refusal::Forbidden
         };
         return Err(ApiError::new(
-            status,
-            code,
+            refusal,
             format!("{channel} is private: a token granting it is needed"),
         ));
     }
@@ -140,8 +139,7 @@ pub async fn may_subscribe(
     }
     if options.max_subscribers > 0 && slot.is_none() {
         return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "channel_full",
+            Refusal::ChannelFull,
             format!(
                 "{channel} has its maximum of {} subscribers",
                 options.max_subscribers
@@ -201,10 +199,9 @@ pub fn hook_verdict(
 ) -> Result<Option<Box<serde_json::value::RawValue>>, ApiError> {
     match verdict {
         Verdict::Allow(data) => Ok(data),
-        Verdict::Deny(reason) => Err(ApiError::new(StatusCode::FORBIDDEN, "denied", reason)),
+        Verdict::Deny(reason) => Err(ApiError::new(Refusal::Denied, reason)),
         Verdict::Unavailable => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "hook_unavailable",
+            Refusal::HookUnavailable,
             "the application backend did not answer; retry later",
         )),
     }

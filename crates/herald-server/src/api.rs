@@ -17,6 +17,7 @@ use serde_json::{json, value::RawValue};
 use crate::auth::check_backend;
 use crate::error::ApiError;
 use crate::state::AppState;
+use herald_core::Refusal;
 
 /// Extra room in `/api/publish` bodies beyond the payload limit, for the
 /// channel list and the JSON around `data`.
@@ -26,7 +27,7 @@ const API_BODY_SLACK: usize = 16 * 1024;
 pub fn channel_from_path(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<ChannelName, ApiError> {
-    let Path(name) = path.map_err(|e| ApiError::bad_request("invalid_channel", e.body_text()))?;
+    let Path(name) = path.map_err(|e| ApiError::new(Refusal::InvalidChannel, e.body_text()))?;
     Ok(ChannelName::new(&name)?)
 }
 
@@ -44,8 +45,7 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let collect = http_body_util::Limited::new(body, limit).collect();
     let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, collect).await else {
         return Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
+            Refusal::RequestTimeout,
             format!(
                 "the request body did not arrive within {} s",
                 BODY_TIMEOUT.as_secs()
@@ -57,8 +57,8 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::payload_too_large(limit))
         }
-        Err(_) => Err(ApiError::bad_request(
-            "invalid_request",
+        Err(_) => Err(ApiError::new(
+            Refusal::InvalidRequest,
             "the request body could not be read",
         )),
     }
@@ -70,9 +70,9 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 pub fn parse_json<T: serde::de::DeserializeOwned>(raw: &[u8], shape: &str) -> Result<T, ApiError> {
     serde_json::from_slice(raw).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
-            ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
+            ApiError::new(Refusal::InvalidJson, format!("body is not valid JSON: {e}"))
         } else {
-            ApiError::bad_request("invalid_request", format!("expected {shape}: {e}"))
+            ApiError::new(Refusal::InvalidRequest, format!("expected {shape}: {e}"))
         }
     })
 }
@@ -103,8 +103,8 @@ fn idempotency_key<'a>(key: Option<&'a str>, what: &str) -> Result<Option<&'a st
     match key {
         None => Ok(None),
         Some(key) if herald_core::engine::valid_idempotency_key(key) => Ok(Some(key)),
-        Some(_) => Err(ApiError::bad_request(
-            "invalid_request",
+        Some(_) => Err(ApiError::new(
+            Refusal::InvalidRequest,
             format!(
                 "{what} must be 1 to {} printable ASCII characters",
                 herald_core::engine::MAX_IDEMPOTENCY_KEY_LEN
@@ -149,7 +149,7 @@ pub fn json_payload(data: &RawValue, limit: usize) -> Result<Payload, ApiError> 
         return Err(ApiError::payload_too_large(limit));
     }
     Payload::json(Bytes::copy_from_slice(text.as_bytes()))
-        .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
+        .map_err(|e| ApiError::new(Refusal::InvalidJson, e.to_string()))
 }
 
 /// `POST /pub/{channel}`: the body is the message.
@@ -168,7 +168,7 @@ pub async fn publish(
     let key = idempotency_key(header, "the Idempotency-Key header")?;
     let raw = read_body(body, state.config.max_payload).await?;
     let payload = if is_json(&headers) {
-        Payload::json(raw).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
+        Payload::json(raw).map_err(|e| ApiError::new(Refusal::InvalidJson, e.to_string()))?
     } else {
         Payload::from_bytes(raw)
     };
@@ -209,8 +209,8 @@ pub async fn api_publish(
         }
         (None, Some(names)) if !names.is_empty() => {
             if names.len() > MAX_CHANNELS_PER_PUBLISH {
-                return Err(ApiError::bad_request(
-                    "invalid_request",
+                return Err(ApiError::new(
+                    Refusal::InvalidRequest,
                     format!("at most {MAX_CHANNELS_PER_PUBLISH} channels per publish"),
                 ));
             }
@@ -228,8 +228,8 @@ pub async fn api_publish(
             }
             Ok((StatusCode::CREATED, Json(json!({ "results": results }))).into_response())
         }
-        _ => Err(ApiError::bad_request(
-            "invalid_request",
+        _ => Err(ApiError::new(
+            Refusal::InvalidRequest,
             "give exactly one of \"channel\" or a non-empty \"channels\"",
         )),
     }
@@ -302,14 +302,14 @@ pub async fn create_token(
     let ttl = request.ttl.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
     let max = state.config.max_token_ttl.as_secs();
     if ttl == 0 || ttl > max {
-        return Err(ApiError::bad_request(
-            "invalid_request",
+        return Err(ApiError::new(
+            Refusal::InvalidRequest,
             format!("ttl must be between 1 and {max} seconds"),
         ));
     }
     if let Some(user) = &request.user {
         herald_core::user::user_channel(user)
-            .map_err(|e| ApiError::bad_request("invalid_user", format!("user id: {e}")))?;
+            .map_err(|e| ApiError::new(Refusal::InvalidUser, format!("user id: {e}")))?;
     }
     let now = herald_core::engine::now_ms() / 1000;
     let claims = crate::token::Claims {
@@ -339,8 +339,7 @@ pub async fn create_ticket(
     let identity = crate::access::identify(&state, &headers, None).await?;
     if identity.is_anonymous() {
         return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "token_required",
+            Refusal::TokenRequired,
             "send the token as Authorization: Bearer or in the herald_token cookie",
         ));
     }
@@ -355,9 +354,9 @@ pub async fn create_ticket(
 fn user_channel_from_path(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<(String, ChannelName), ApiError> {
-    let Path(user) = path.map_err(|e| ApiError::bad_request("invalid_user", e.body_text()))?;
+    let Path(user) = path.map_err(|e| ApiError::new(Refusal::InvalidUser, e.body_text()))?;
     let channel = herald_core::user::user_channel(&user)
-        .map_err(|e| ApiError::bad_request("invalid_user", format!("user id: {e}")))?;
+        .map_err(|e| ApiError::new(Refusal::InvalidUser, format!("user id: {e}")))?;
     Ok((user, channel))
 }
 

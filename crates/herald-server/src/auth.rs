@@ -12,9 +12,10 @@
 
 use std::net::SocketAddr;
 
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 
 use crate::error::ApiError;
+use herald_core::Refusal;
 
 /// Compares without an early exit, so timing does not reveal how much of a
 /// key matched.
@@ -54,8 +55,7 @@ pub fn check_backend(
             return Ok("loopback".to_string());
         }
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            Refusal::Forbidden,
             "no API key is configured, so this endpoint answers only direct loopback requests \
              (loopback peer, Host localhost or a loopback address, no forwarding headers); \
              configure api_key and send it as Authorization: Bearer <key>",
@@ -63,8 +63,7 @@ pub fn check_backend(
     }
     let Some(given) = bearer(headers) else {
         return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            Refusal::Unauthorized,
             "missing Authorization: Bearer <API key>",
         ));
     };
@@ -75,13 +74,7 @@ pub fn check_backend(
             matched = Some(name.clone());
         }
     }
-    matched.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the API key is not valid",
-        )
-    })
+    matched.ok_or_else(|| ApiError::new(Refusal::Unauthorized, "the API key is not valid"))
 }
 
 /// `localhost`, `127.0.0.1`, `[::1]`, with or without a port.
@@ -167,7 +160,10 @@ mod tests {
         assert!(check_backend(&[], &h, remote).is_err());
         h.insert("x-forwarded-for", "203.0.113.1".parse().expect("header"));
         let e = check_backend(&[], &h, peer).expect_err("proxied");
-        assert_eq!((e.status, e.code), (StatusCode::FORBIDDEN, "forbidden"));
+        assert_eq!(
+            (e.status, e.code),
+            (axum::http::StatusCode::FORBIDDEN, Refusal::Forbidden)
+        );
         let mut rebound = HeaderMap::new();
         rebound.insert(
             header::HOST,

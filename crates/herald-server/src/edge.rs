@@ -29,6 +29,7 @@ use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use herald_core::Refusal;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -184,15 +185,16 @@ impl EdgeIo {
 
 /// The answer to a connection whose request head did not arrive in time.
 fn timeout_answer() -> Bytes {
+    let refusal = Refusal::RequestTimeout;
     error_answer(
-        408,
-        "request_timeout",
+        refusal.status().unwrap_or(408),
+        refusal,
         "the request head did not arrive within header_timeout",
     )
 }
 
 /// A whole `Connection: close` answer with the JSON error body.
-pub fn error_answer(status: u16, code: &str, message: &str) -> Bytes {
+pub fn error_answer(status: u16, code: Refusal, message: &str) -> Bytes {
     let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
     let reason = axum::http::StatusCode::from_u16(status)
         .ok()
@@ -204,18 +206,17 @@ pub fn error_answer(status: u16, code: &str, message: &str) -> Bytes {
     ))
 }
 
-/// The JSON answer for an error hyper produced itself, by its status.
+/// The JSON answer for an error hyper produced itself, by its status (the
+/// status stays hyper's: 505 is `invalid_request`, see
+/// [`Refusal::also_status`]).
 fn hyper_error_answer(status: u16) -> Bytes {
     let (code, message) = match status {
-        414 => ("uri_too_long", "the request URI is too long"),
-        431 => (
-            "headers_too_large",
-            "the request headers are too large or too many",
-        ),
-        413 => ("payload_too_large", "the request body is too large"),
-        505 => ("invalid_request", "only HTTP/1.x is served here"),
+        414 => (Refusal::UriTooLong, Refusal::UriTooLong.message()),
+        431 => (Refusal::HeadersTooLarge, Refusal::HeadersTooLarge.message()),
+        413 => (Refusal::PayloadTooLarge, Refusal::PayloadTooLarge.message()),
+        505 => (Refusal::InvalidRequest, "only HTTP/1.x is served here"),
         _ => (
-            "invalid_request",
+            Refusal::InvalidRequest,
             "the request could not be parsed as HTTP/1.1",
         ),
     };

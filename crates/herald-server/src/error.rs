@@ -4,37 +4,49 @@
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_core::engine::EngineError;
+use herald_core::Refusal;
 use serde_json::json;
 
+/// A refusal as an HTTP answer: `{"error": {"code", "message"}}` with the
+/// refusal's status (see [`herald_core::refusal`] for the table).
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: Refusal,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// `refusal` with its own status. The session-only refusals have none;
+    /// they are never answered over HTTP, and would be a 500 here.
+    pub fn new(refusal: Refusal, message: impl Into<String>) -> Self {
+        let status = refusal
+            .status()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         Self {
             status,
-            code,
+            code: refusal,
             message: message.into(),
         }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
+    /// The same refusal under another status: only where the table says
+    /// so ([`Refusal::also_status`]: a wrong WebSocket version is 426), and
+    /// where the framework chose the status ([`json_errors`]).
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
     }
 
     pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        Self::new(Refusal::NotFound, Refusal::NotFound.message())
     }
 
     pub fn method_not_allowed() -> Self {
         Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this endpoint does not accept that method",
+            Refusal::MethodNotAllowed,
+            Refusal::MethodNotAllowed.message(),
         )
     }
 
@@ -42,16 +54,14 @@ impl ApiError {
     /// is set.
     pub fn on_api_listener() -> Self {
         Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            Refusal::NotFound,
             "the backend API is served on the API listener (api_listen), not here",
         )
     }
 
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            Refusal::PayloadTooLarge,
             format!("payload is larger than {limit} bytes"),
         )
     }
@@ -61,16 +71,15 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         tracing::warn!(error = %e, "engine error");
         Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "engine_unavailable",
-            "the message store is unavailable; retry later",
+            Refusal::EngineUnavailable,
+            Refusal::EngineUnavailable.message(),
         )
     }
 }
 
 impl From<herald_core::channel::InvalidChannel> for ApiError {
     fn from(e: herald_core::channel::InvalidChannel) -> Self {
-        Self::bad_request("invalid_channel", e.to_string())
+        Self::new(Refusal::InvalidChannel, e.to_string())
     }
 }
 
@@ -84,26 +93,6 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
         response
-    }
-}
-
-/// The code an error status gets when something other than a handler (an
-/// extractor's rejection, a framework default) answered it.
-pub fn code_for_status(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        401 => "unauthorized",
-        403 => "forbidden",
-        404 => "not_found",
-        405 => "method_not_allowed",
-        408 => "request_timeout",
-        413 => "payload_too_large",
-        414 => "uri_too_long",
-        415 => "unsupported_media_type",
-        429 => "limit_exceeded",
-        431 => "headers_too_large",
-        503 => "unavailable",
-        500..=599 => "internal_error",
-        _ => "invalid_request",
     }
 }
 
@@ -146,7 +135,9 @@ pub async fn json_errors(
     } else {
         text.trim().to_string()
     };
-    let mut fixed = ApiError::new(status, code_for_status(status), message).into_response();
+    let mut fixed = ApiError::new(Refusal::for_status(status.as_u16()), message)
+        .with_status(status)
+        .into_response();
     // Keep what the original answer said beyond its body (Allow, Retry-After,
     // Sec-WebSocket-Version, CORS).
     for (name, value) in parts.headers.iter() {

@@ -7,11 +7,11 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use axum::http::StatusCode;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::error::ApiError;
+use herald_core::Refusal;
 
 /// Counts open connections in total and per client IP, and refuses past
 /// the configured maxima. The server keeps one for its public listener's TCP
@@ -57,13 +57,11 @@ impl LimitHit {
     pub fn error(self) -> ApiError {
         match self {
             LimitHit::Total(max) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_connections",
+                Refusal::TooManyConnections,
                 format!("the server holds its maximum of {max} connections; retry later"),
             ),
             LimitHit::PerIp(max) => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_connections_from_ip",
+                Refusal::TooManyConnectionsFromIp,
                 format!("at most {max} connections per client address"),
             ),
         }
@@ -254,7 +252,7 @@ mod tests {
         assert_eq!(l.acquire(a).err(), Some(LimitHit::PerIp(2)));
         let _g3 = l.acquire(b).expect("other ip");
         assert_eq!(l.acquire(b).err(), Some(LimitHit::Total(3)));
-        assert_eq!(LimitHit::Total(3).error().code, "too_many_connections");
+        assert_eq!(LimitHit::Total(3).error().code, Refusal::TooManyConnections);
         drop(g1);
         assert!(l.acquire(b).is_ok());
     }

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use herald_core::Refusal;
 
 /// Whether a browser page at `origin` may use a server reached as `host`.
 pub fn allowed(list: &[String], origin: &str, host: Option<&str>) -> bool {
@@ -39,8 +40,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     let origin_text = origin.to_str().unwrap_or("");
     if !allowed(&state.config.allowed_origins, origin_text, host) {
         return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
+            Refusal::OriginNotAllowed,
             format!("origin {origin_text:?} is not in allowed_origins"),
         )
         .into_response();

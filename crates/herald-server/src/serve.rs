@@ -329,15 +329,14 @@ async fn connection(
 /// A request whose target or headers are larger than Herald takes (hyper's
 /// own limit is on its read buffer, which one large read can pass).
 fn oversized<B>(request: &hyper::Request<B>) -> Option<crate::error::ApiError> {
-    use axum::http::StatusCode;
+    use herald_core::Refusal;
     let uri = request
         .uri()
         .path_and_query()
         .map_or(0, |p| p.as_str().len());
     if uri > MAX_URI {
         return Some(crate::error::ApiError::new(
-            StatusCode::URI_TOO_LONG,
-            "uri_too_long",
+            Refusal::UriTooLong,
             format!("the request target is longer than {MAX_URI} bytes"),
         ));
     }
@@ -348,8 +347,7 @@ fn oversized<B>(request: &hyper::Request<B>) -> Option<crate::error::ApiError> {
         .sum();
     (headers > MAX_HEAD).then(|| {
         crate::error::ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers_too_large",
+            Refusal::HeadersTooLarge,
             format!("the request headers are larger than {MAX_HEAD} bytes"),
         )
     })

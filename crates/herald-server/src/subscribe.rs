@@ -17,6 +17,7 @@ use crate::api::channel_from_path;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::transport;
+use herald_core::Refusal;
 
 /// Longest JSONP / forever-frame callback name.
 pub const MAX_CALLBACK_LEN: usize = 64;
@@ -81,7 +82,7 @@ pub async fn open(
         .await
         .map_err(|e| match e {
             SubscribeError::Engine(e) => ApiError::from(e),
-            other => ApiError::bad_request("invalid_request", other.to_string()),
+            other => ApiError::new(Refusal::InvalidRequest, other.to_string()),
         })?;
     Ok(Connection {
         sub,
@@ -111,8 +112,8 @@ pub fn resume_point(query: &SubQuery, headers: &HeaderMap) -> Result<Since, ApiE
     // An empty `?since=` is a client bug (a lost id), not "live": say so
     // rather than silently skipping what the client missed.
     if query.since.as_deref() == Some("") || query.last_event_id.as_deref() == Some("") {
-        return Err(ApiError::bad_request(
-            "invalid_since",
+        return Err(ApiError::new(
+            Refusal::InvalidSince,
             "since is empty: give an id, \"earliest\", or leave the parameter out to start live",
         ));
     }
@@ -124,9 +125,7 @@ pub fn resume_point(query: &SubQuery, headers: &HeaderMap) -> Result<Since, ApiE
         .filter(|t| !t.is_empty());
     match text {
         None => Ok(Since::Live),
-        Some(t) => {
-            Since::parse(t).map_err(|e| ApiError::bad_request("invalid_since", e.to_string()))
-        }
+        Some(t) => Since::parse(t).map_err(|e| ApiError::new(Refusal::InvalidSince, e.to_string())),
     }
 }
 
@@ -146,8 +145,8 @@ fn callback(query: &SubQuery) -> Result<Option<String>, ApiError> {
     match &query.callback {
         None => Ok(None),
         Some(name) if valid_callback(name) => Ok(Some(name.clone())),
-        Some(_) => Err(ApiError::bad_request(
-            "invalid_callback",
+        Some(_) => Err(ApiError::new(
+            Refusal::InvalidCallback,
             format!("callback must be a JavaScript identifier (dotted paths allowed), at most {MAX_CALLBACK_LEN} characters"),
         )),
     }
@@ -203,15 +202,15 @@ pub async fn subscribe(
         None if accepts(headers, "application/x-ndjson") => "stream",
         None => "longpoll",
         Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid_transport",
+            return Err(ApiError::new(
+                Refusal::InvalidTransport,
                 format!("unknown transport {other:?}: use sse, stream, longpoll or iframe (WebSocket is chosen by the Upgrade header)"),
             ))
         }
     };
     if chosen == "iframe" && callback.is_none() {
-        return Err(ApiError::bad_request(
-            "invalid_callback",
+        return Err(ApiError::new(
+            Refusal::InvalidCallback,
             "transport=iframe needs ?callback=NAME",
         ));
     }
@@ -239,7 +238,7 @@ pub async fn subscribe(
 
 fn serde_urlencoded_query(q: &str) -> Result<SubQuery, ApiError> {
     serde_urlencoded::from_str(q)
-        .map_err(|e| ApiError::bad_request("invalid_request", format!("malformed query: {e}")))
+        .map_err(|e| ApiError::new(Refusal::InvalidRequest, format!("malformed query: {e}")))
 }
 
 /// Responses of streaming transports start with these headers so proxies

@@ -18,6 +18,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use herald_core::engine::now_ms;
+use herald_core::Refusal;
 
 /// The claims Herald reads.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -147,12 +148,12 @@ pub enum TokenError {
 }
 
 impl TokenError {
-    /// The stable error code sent to clients.
-    pub fn code(&self) -> &'static str {
+    /// The refusal (stable error code) sent to clients.
+    pub fn refusal(&self) -> Refusal {
         match self {
-            Self::Expired => "token_expired",
-            Self::TicketUsed => "ticket_used",
-            _ => "invalid_token",
+            Self::Expired => Refusal::TokenExpired,
+            Self::TicketUsed => Refusal::TicketUsed,
+            _ => Refusal::InvalidToken,
         }
     }
 }

@@ -37,6 +37,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::subscribe::{no_buffering, valid_callback};
 use crate::transport::stream::heartbeat_interval;
+use herald_core::Refusal;
 
 /// Commands waiting for a session task; more are refused with 429.
 const COMMAND_QUEUE: usize = 64;
@@ -453,8 +454,8 @@ pub async fn iframe(
     let call = match &query.callback {
         Some(name) if valid_callback(name) => Bytes::from(format!("<script>parent.{name}(")),
         _ => {
-            return Err(ApiError::bad_request(
-                "invalid_callback",
+            return Err(ApiError::new(
+                Refusal::InvalidCallback,
                 "?callback= must be a JavaScript identifier (dotted paths allowed)",
             ))
         }
@@ -520,8 +521,7 @@ fn json_response(status: StatusCode, body: Bytes) -> Response {
 
 fn session_not_found() -> ApiError {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "session_not_found",
+        Refusal::SessionNotFound,
         "no such session (it ended or never existed); open a new one",
     )
 }
@@ -591,8 +591,8 @@ pub async fn send(
     let raw = read_body(body, limit * 4).await?;
     let frames: Vec<Bytes> = if raw.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
         let list: Vec<Box<RawValue>> = serde_json::from_slice(&raw).map_err(|e| {
-            ApiError::bad_request(
-                "invalid_command",
+            ApiError::new(
+                Refusal::InvalidCommand,
                 format!("not a JSON array of commands: {e}"),
             )
         })?;
@@ -608,8 +608,7 @@ pub async fn send(
     let count = frames.len();
     if count > COMMAND_QUEUE {
         return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "limit_exceeded",
+            Refusal::LimitExceeded,
             format!("at most {COMMAND_QUEUE} commands in one batch; none of this batch ran"),
         ));
     }
@@ -622,8 +621,7 @@ pub async fn send(
         handle.commands.try_reserve_many(count).map_err(|e| {
             match e {
         mpsc::error::TrySendError::Full(()) => ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "limit_exceeded",
+            Refusal::LimitExceeded,
             "too many commands waiting for this session; none of this batch ran, retry it later",
         ),
         mpsc::error::TrySendError::Closed(()) => session_not_found(),

@@ -15,9 +15,9 @@ pub mod http;
 pub mod ws;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use herald_core::disconnect::{Disconnect, FORCED};
+use herald_core::disconnect::Disconnect;
 use herald_core::node::SubscribeError;
-use herald_core::{ChannelName, Item, Since, Subscriber};
+use herald_core::{ChannelName, Item, Refusal, Since, Subscriber};
 use serde_json::json;
 
 use crate::access;
@@ -66,7 +66,8 @@ fn reply(id: u64, key: &str, body: serde_json::Value) -> Bytes {
     Bytes::from(serde_json::Value::Object(map).to_string())
 }
 
-pub fn error_frame(id: Option<u64>, code: &str, message: &str) -> Bytes {
+/// A refused command's reply: `{"id": N, "error": {"code", "message"}}`.
+pub fn error_frame(id: Option<u64>, code: Refusal, message: &str) -> Bytes {
     Bytes::from(json!({"id": id, "error": {"code": code, "message": message}}).to_string())
 }
 
@@ -82,16 +83,18 @@ pub enum Push {
     End(Disconnect),
 }
 
-type Refusal = (&'static str, String);
+/// A refused command: the refusal and its message (the HTTP status of an
+/// [`ApiError`] has no place in a session reply).
+type Refused = (Refusal, String);
 
-fn refusal(e: ApiError) -> Refusal {
+fn refusal(e: ApiError) -> Refused {
     (e.code, e.message)
 }
 
-fn engine_down() -> Refusal {
+fn engine_down() -> Refused {
     (
-        "engine_unavailable",
-        "the message store is unavailable; retry later".to_string(),
+        Refusal::EngineUnavailable,
+        Refusal::EngineUnavailable.message().to_string(),
     )
 }
 
@@ -154,7 +157,7 @@ impl Session {
         if text.len() > self.state.config.limits.max_command_size {
             return Some(error_frame(
                 None,
-                "limit_exceeded",
+                Refusal::LimitExceeded,
                 &format!(
                     "command frame larger than {} bytes",
                     self.state.config.limits.max_command_size
@@ -167,12 +170,16 @@ impl Session {
                 Ok(reply) => reply,
                 Err((code, message)) => error_frame(Some(id), code, &message),
             }),
-            Err(invalid) => Some(error_frame(invalid.id, "invalid_command", &invalid.message)),
+            Err(invalid) => Some(error_frame(
+                invalid.id,
+                Refusal::InvalidCommand,
+                &invalid.message,
+            )),
         }
     }
 
     /// Runs the connect step once: the connect hook for this identity.
-    async fn ensure_connected(&mut self) -> Result<(), Refusal> {
+    async fn ensure_connected(&mut self) -> Result<(), Refused> {
         if self.connected {
             return Ok(());
         }
@@ -185,8 +192,9 @@ impl Session {
         )
         .await
         {
-            if e.code == "denied" {
-                self.closing = Some(FORCED);
+            // A connect hook's `denied` ends the session (Refusal::close).
+            if let Some(close) = e.code.close() {
+                self.closing = Some(close);
             }
             return Err(refusal(e));
         }
@@ -194,19 +202,20 @@ impl Session {
         Ok(())
     }
 
-    fn verify(&self, token: &str) -> Result<Identity, Refusal> {
+    fn verify(&self, token: &str) -> Result<Identity, Refused> {
         self.state
             .tokens
             .verify(token)
-            .map_err(|e| (e.code(), e.to_string()))
+            .map_err(|e| (e.refusal(), e.to_string()))
     }
 
-    async fn execute(&mut self, id: u64, command: Command) -> Result<Bytes, Refusal> {
-        let channel_name =
-            |name: &str| ChannelName::new(name).map_err(|e| ("invalid_channel", e.to_string()));
+    async fn execute(&mut self, id: u64, command: Command) -> Result<Bytes, Refused> {
+        let channel_name = |name: &str| {
+            ChannelName::new(name).map_err(|e| (Refusal::InvalidChannel, e.to_string()))
+        };
         let since = |text: Option<String>, default: Since| match text {
             None => Ok(default),
-            Some(t) => Since::parse(&t).map_err(|e| ("invalid_since", e.to_string())),
+            Some(t) => Since::parse(&t).map_err(|e| (Refusal::InvalidSince, e.to_string())),
         };
         if !matches!(command, Command::Connect { .. } | Command::Ping) {
             self.ensure_connected().await?;
@@ -215,7 +224,7 @@ impl Session {
             Command::Connect { token } => {
                 if self.connected {
                     return Err((
-                        "invalid_command",
+                        Refusal::InvalidCommand,
                         "connect must be the first command of a session".into(),
                     ));
                 }
@@ -240,7 +249,7 @@ impl Session {
                 let fresh = self.verify(&token)?;
                 if fresh.user != self.identity.user {
                     return Err((
-                        "forbidden",
+                        Refusal::Forbidden,
                         "a refreshed token must be for the same user".into(),
                     ));
                 }
@@ -258,13 +267,13 @@ impl Session {
                 let max = self.state.config.limits.max_subscriptions;
                 if self.sub.channel_count() >= max {
                     return Err((
-                        "limit_exceeded",
+                        Refusal::LimitExceeded,
                         format!("at most {max} subscriptions per connection"),
                     ));
                 }
                 if self.sub.is_subscribed(&channel) {
                     return Err((
-                        "already_subscribed",
+                        Refusal::AlreadySubscribed,
                         format!("already subscribed to {channel}"),
                     ));
                 }
@@ -278,7 +287,7 @@ impl Session {
                     .await
                     .map_err(|e| match e {
                         SubscribeError::AlreadySubscribed(_) => {
-                            ("already_subscribed", e.to_string())
+                            (Refusal::AlreadySubscribed, e.to_string())
                         }
                         SubscribeError::Engine(_) => engine_down(),
                     })?;
@@ -296,7 +305,10 @@ impl Session {
             Command::Unsubscribe { channel } => {
                 let channel = channel_name(&channel)?;
                 if !self.sub.unsubscribe(&channel) {
-                    return Err(("not_subscribed", format!("not subscribed to {channel}")));
+                    return Err((
+                        Refusal::NotSubscribed,
+                        format!("not subscribed to {channel}"),
+                    ));
                 }
                 Ok(reply(
                     id,
@@ -351,7 +363,7 @@ impl Session {
                     .presence
                 {
                     return Err((
-                        "not_available",
+                        Refusal::NotAvailable,
                         format!("presence is not enabled for {channel}"),
                     ));
                 }
@@ -383,7 +395,7 @@ impl Session {
         id: u64,
         channel: ChannelName,
         data: Box<serde_json::value::RawValue>,
-    ) -> Result<Bytes, Refusal> {
+    ) -> Result<Bytes, Refused> {
         if !self
             .state
             .node
@@ -391,7 +403,10 @@ impl Session {
             .options(channel.as_str())
             .client_publish
         {
-            return Err(("forbidden", format!("clients may not publish to {channel}")));
+            return Err((
+                Refusal::Forbidden,
+                format!("clients may not publish to {channel}"),
+            ));
         }
         access::may_read(&self.state, &self.identity, &channel).map_err(refusal)?;
         // Checked before the rate limit and the hook: a refused payload
@@ -399,7 +414,7 @@ impl Session {
         crate::api::json_payload(&data, self.state.config.max_payload).map_err(refusal)?;
         if !self.publish_rate.try_take() {
             return Err((
-                "rate_limited",
+                Refusal::RateLimited,
                 format!(
                     "at most {} publishes per second per connection",
                     self.state.config.limits.client_publish_rate
@@ -444,9 +459,9 @@ impl Session {
         id: u64,
         method: String,
         params: Option<Box<serde_json::value::RawValue>>,
-    ) -> Result<Bytes, Refusal> {
+    ) -> Result<Bytes, Refused> {
         let Some(hooks) = self.state.hooks.clone().filter(|h| h.wants(HookEvent::Rpc)) else {
-            return Err(("not_available", "no rpc backend is configured".into()));
+            return Err((Refusal::NotAvailable, "no rpc backend is configured".into()));
         };
         let body = json!({
             "event": "rpc",
@@ -457,13 +472,13 @@ impl Session {
         });
         let Some(answer) = hooks.call(HookEvent::Rpc, &body).await else {
             return Err((
-                "hook_unavailable",
+                Refusal::HookUnavailable,
                 "the application backend did not answer; retry later".into(),
             ));
         };
         if let Some(error) = answer.error {
             return Err((
-                "rpc_error",
+                Refusal::RpcError,
                 format!(
                     "{}: {}",
                     error.code.unwrap_or_else(|| "error".into()),

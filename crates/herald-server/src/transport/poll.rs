@@ -17,6 +17,7 @@ use crate::config::{Config, DEFAULT_POLL_TIMEOUT};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::subscribe::{no_buffering, Connection};
+use herald_core::Refusal;
 
 /// Parses `?timeout=` (whole seconds); longer than the configured maximum is clamped.
 pub fn timeout(text: Option<&str>, config: &Config) -> Result<Duration, ApiError> {
@@ -24,8 +25,8 @@ pub fn timeout(text: Option<&str>, config: &Config) -> Result<Duration, ApiError
         return Ok(DEFAULT_POLL_TIMEOUT.min(config.poll_timeout_max));
     };
     let secs: u64 = text.parse().map_err(|_| {
-        ApiError::bad_request(
-            "invalid_timeout",
+        ApiError::new(
+            Refusal::InvalidTimeout,
             "timeout must be a whole number of seconds (0 for a short poll)",
         )
     })?;

@@ -11,6 +11,7 @@ use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
 
 use crate::error::ApiError;
+use herald_core::Refusal;
 
 /// The GUID every server appends to the client's key (RFC 6455 section 1.3).
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -27,8 +28,7 @@ impl Accept {
     /// `400 invalid_upgrade` with the rule it broke; a version other than 13
     /// gets `426` with `Sec-WebSocket-Version: 13`, as the RFC asks.
     pub fn check(parts: &mut Parts) -> Result<Accept, Box<Response>> {
-        let bad =
-            |why: &str| Box::new(ApiError::bad_request("invalid_upgrade", why).into_response());
+        let bad = |why: &str| Box::new(ApiError::new(Refusal::InvalidUpgrade, why).into_response());
         if parts.method != Method::GET {
             return Err(bad("a WebSocket handshake must be a GET"));
         }
@@ -43,11 +43,12 @@ impl Accept {
         }
         let version = parts.headers.get(header::SEC_WEBSOCKET_VERSION);
         if version.map(HeaderValue::as_bytes) != Some(b"13") {
+            // The one place invalid_upgrade is not 400 (Refusal::also_status).
             let mut response = ApiError::new(
-                StatusCode::UPGRADE_REQUIRED,
-                "invalid_upgrade",
+                Refusal::InvalidUpgrade,
                 "only WebSocket version 13 is supported",
             )
+            .with_status(StatusCode::UPGRADE_REQUIRED)
             .into_response();
             response.headers_mut().insert(
                 header::SEC_WEBSOCKET_VERSION,
