@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_core::disconnect::{CHANNEL_DELETED, ENGINE_UNAVAILABLE, FORCED, TOKEN_EXPIRED};
-use herald_core::engine::{now_ms, Engine, EngineError};
+use herald_core::engine::{now_ms, Broker, Claims, Engine, EngineError, PresenceStore, UserQueues};
 use herald_core::hub::Hub;
 use herald_core::namespace::{ChannelOptions, Namespaces};
 use herald_core::presence::{ClientInfo, NoticeKind, PresenceEntry};
