@@ -14,6 +14,8 @@
 //! - [`disconnect`]: the table of close codes.
 //! - [`presence`]: who follows a channel; join/leave notices.
 //! - [`user`]: personal channels and offline queues.
+//! - `testing` (cargo feature `testing`): the engine contract suite every
+//!   engine runs, and the bounded `eventually` wait.
 
 pub mod channel;
 pub mod disconnect;
@@ -26,6 +28,8 @@ pub mod namespace;
 pub mod node;
 pub mod presence;
 mod sharded;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod user;
 
 pub use channel::ChannelName;
