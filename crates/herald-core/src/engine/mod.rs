@@ -3,8 +3,23 @@
 //! An engine assigns ids, keeps history and makes sure every node's [`Hub`]
 //! gets each message once, in id order per channel. [`MemoryEngine`] does all
 //! of that inside one process; a Redis engine does it across many nodes.
-//! Everything above this trait (the node, the transports) is the same for
+//! Everything above this seam (the node, the transports) is the same for
 //! both.
+//!
+//! The seam is four traits, one per concern, and [`Engine`], which is
+//! implemented for every type that implements all four (so a node holds one
+//! `Arc<dyn Engine>` and calls any of them):
+//!
+//! - [`Broker`]: publish (also with an idempotency key), history, stats,
+//!   remove, follow/unfollow, sweep, subscriber counts and slots;
+//! - [`PresenceStore`]: join, leave, list;
+//! - [`UserQueues`]: publish to a user, take a user's offline queue,
+//!   disconnect a user;
+//! - [`Claims`]: single-use keys.
+//!
+//! What every engine must do is tested once, by the contract suite in
+//! `herald_core::testing::contract` (cargo feature `testing`), which both
+//! engines' tests run.
 //!
 //! [`Hub`]: crate::hub::Hub
 
