@@ -78,6 +78,7 @@ macro_rules! contract_tests {
             claim_once_has_one_winner,
             idempotent_publish_stores_once_per_channel,
             subscriber_slots_honour_max_and_come_back,
+            subscriber_count_is_live_for_this_node,
         );
     };
     (@each $backend:expr; $($name:ident),* $(,)?) => {
@@ -630,4 +631,26 @@ pub async fn subscriber_slots_honour_max_and_come_back(backend: &dyn Backend) {
     );
     assert!(claim(&a).await.is_none());
     drop((x, y));
+}
+
+/// A node's own subscribers count at once, in `subscriber_count` and in a
+/// publish's answer (how fresh other nodes' counts are is engine-specific).
+pub async fn subscriber_count_is_live_for_this_node(backend: &dyn Backend) {
+    let [a, _] = backend.pair(Namespaces::default()).await;
+    let c = ch("counted");
+    let count = || async { a.engine.subscriber_count(&c).await.expect("count") };
+    assert_eq!(count().await, 0);
+    let mut subs = Vec::new();
+    for _ in 0..2 {
+        let mut s = a.subscriber(8);
+        s.subscribe(c.clone(), Since::Live)
+            .await
+            .expect("subscribe");
+        subs.push(s);
+    }
+    assert_eq!(count().await, 2);
+    let done = a.engine.publish(&c, text("hi")).await.expect("publish");
+    assert_eq!(done.subscribers, 2, "the publish answer counts them");
+    subs.pop();
+    assert_eq!(count().await, 1, "an unsubscribe counts at once");
 }
