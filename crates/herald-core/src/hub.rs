@@ -23,6 +23,34 @@
 //! armed state carries the channel's position and the same `id <= position`
 //! rule drops what was already sent.
 //!
+//! Exactly what direct delivery does, and under which locks. The thread
+//! that calls [`Hub::deliver`] is the publishing one: with the memory engine
+//! the task that published (an HTTP handler), with the Redis engine the
+//! node's pub/sub task, which decodes each frame and delivers it. For each
+//! local subscriber of the channel it calls [`Outbox::push_message`], which
+//! checks the connection is armed for this channel with nothing queued and
+//! the message newer than the armed position, then calls the connection's
+//! [`DirectWriter::try_write`]. The server's WebSocket writer (the only one
+//! today) `try_lock`s the connection's own `pending` buffer (held: the
+//! connection is writing, so queue), refuses if bytes are pending, and does
+//! one non-blocking `writev` of the frame header and the message's shared
+//! envelope on the socket; what the socket does not take of a begun frame
+//! is copied to `pending` and the connection's task woken to flush it.
+//! Nothing in this call waits or awaits. Held while `try_write` runs, from
+//! the outside in:
+//!
+//! 1. with the memory engine only, the engine's mutex of that channel (the
+//!    one that orders ids, history and delivery; see
+//!    [`MemoryEngine`](crate::engine::MemoryEngine)); the Redis engine's
+//!    pub/sub task holds no engine lock;
+//! 2. the read half of the channel's `RwLock` of subscribers, for the whole
+//!    round over them (a subscribe or unsubscribe on that channel waits for
+//!    the round; the hub shard's mutex is only held to find the channel and
+//!    is released before the round);
+//! 3. the connection's queue mutex ([`Outbox`]), for that connection only;
+//! 4. inside the writer, the connection's `pending` mutex, taken only with
+//!    `try_lock`.
+//!
 //! Direct delivery writes one message per system call, and the publisher
 //! waits for the whole round. When a channel's messages come in a burst,
 //! they go through the queues instead, where each connection's task writes

@@ -15,6 +15,8 @@
 //! - [`refusal`]: the table of refusal (error) codes, beside it.
 //! - [`presence`]: who follows a channel; join/leave notices.
 //! - [`user`]: personal channels and offline queues.
+//! - `testing` (cargo feature `testing`): the engine contract suite every
+//!   engine runs, and the bounded `eventually` wait.
 
 pub mod channel;
 pub mod disconnect;
@@ -28,6 +30,8 @@ pub mod node;
 pub mod presence;
 pub mod refusal;
 mod sharded;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod user;
 
 pub use channel::ChannelName;

@@ -1,4 +1,4 @@
-//! [`RedisEngine`]: the [`Engine`] whose history and fan-out live in Redis,
+//! [`RedisEngine`]: the [`Engine`](herald_core::engine::Engine) whose history and fan-out live in Redis,
 //! so that several Herald processes sharing one Redis behave as one server.
 //!
 //! Commands go over one multiplexed connection (a `ConnectionManager`, which
@@ -21,7 +21,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald_core::disconnect::Disconnect;
 use herald_core::engine::{
-    ChannelStats, Engine, EngineError, Published, SubscriberSlot, UserPublished, UserQueue,
+    Broker, ChannelStats, Claims, EngineError, PresenceStore, Published, SubscriberSlot,
+    UserPublished, UserQueue, UserQueues,
 };
 use herald_core::history::{unknown_channel_page, HistoryPage};
 use herald_core::hub::Hub;
@@ -30,10 +31,11 @@ use herald_core::presence::{Notice, NoticeKind, PresenceEntry};
 use herald_core::user::GAP_MEMORY_MS;
 use herald_core::{ChannelName, Message, Payload, Since};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, RedisResult, Value};
+use redis::{Client, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 
+use crate::call::{bounded, millis, UNLIMITED};
 use crate::counts::Counts;
 use crate::frame;
 use crate::keys::Keys;
@@ -45,16 +47,13 @@ use crate::script::{
     Scripts, Taken,
 };
 use crate::slot::LocalSlots;
-use crate::upkeep::{millis, Job, Leave, Upkeep, UPKEEP_QUEUE};
+use crate::upkeep::{Job, Leave, Upkeep, UPKEEP_QUEUE};
 
 /// The oldest Redis this engine works with: it needs `XINFO STREAM`'s
 /// `max-deleted-entry-id` and exclusive `XRANGE` bounds.
 pub const MIN_REDIS_MAJOR: u32 = 7;
 /// Commands waiting for the pub/sub task at most (see the `pubsub` module).
 const COMMAND_QUEUE: usize = 4_096;
-/// Ages and lengths beyond this are treated as "no limit": Lua numbers are
-/// doubles, exact only up to 2^53, and Redis expiries must not overflow.
-pub(crate) const UNLIMITED: u64 = 1 << 50;
 /// A channel's key never expires sooner than this after its last publish, so
 /// that its newest id outlives a history TTL of zero.
 const MIN_KEY_EXPIRY_MS: u64 = 1_000;
@@ -364,36 +363,6 @@ impl Limits {
     }
 }
 
-/// Awaits a Redis future within `t`.
-pub(crate) async fn bounded<T>(
-    t: Duration,
-    fut: impl Future<Output = RedisResult<T>>,
-) -> Result<T, EngineError> {
-    match timeout(t, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(map_error(&e)),
-        Err(_) => Err(EngineError::Unavailable(format!(
-            "redis did not answer within {t:?}"
-        ))),
-    }
-}
-
-/// A key of another type or a reply we cannot read means the data is not
-/// ours; everything else (I/O, timeouts, OOM, loading, read-only replica)
-/// means Redis cannot serve right now.
-fn map_error(e: &RedisError) -> EngineError {
-    let wrong_data = e.code() == Some("WRONGTYPE")
-        || matches!(
-            e.kind(),
-            redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType
-        );
-    if wrong_data {
-        EngineError::Corrupt(e.to_string())
-    } else {
-        EngineError::Unavailable(e.to_string())
-    }
-}
-
 fn check_version(info: &str) -> Result<(), EngineError> {
     let version = info
         .lines()
@@ -411,7 +380,7 @@ fn check_version(info: &str) -> Result<(), EngineError> {
 }
 
 #[async_trait]
-impl Engine for RedisEngine {
+impl Broker for RedisEngine {
     fn name(&self) -> &'static str {
         "redis"
     }
@@ -624,7 +593,10 @@ impl Engine for RedisEngine {
             }
         })))
     }
+}
 
+#[async_trait]
+impl PresenceStore for RedisEngine {
     /// Writes the entry (expiring `node_ttl` from now unless refreshed) and,
     /// with `notify`, publishes the join notice in the same script. A
     /// connection already present is not written again.
@@ -705,8 +677,11 @@ impl Engine for RedisEngine {
             })
             .collect())
     }
+}
 
-    /// Publishes as [`Engine::publish`]; in the same script, when no node
+#[async_trait]
+impl UserQueues for RedisEngine {
+    /// Publishes as [`Broker::publish`]; in the same script, when no node
     /// received the frame, it is appended to the channel's queue (the newest
     /// `history_size` kept, the key expiring with the history TTL). A node
     /// still subscribed for a moment after its last local subscriber left
@@ -765,7 +740,10 @@ impl Engine for RedisEngine {
         self.call(publish.query_async::<Value>(&mut conn)).await?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl Claims for RedisEngine {
     /// `SET <prefix>:claim:<key> 1 NX PX <ttl>`: one winner across all nodes.
     async fn claim_once(&self, key: &str, ttl_ms: u64) -> Result<bool, EngineError> {
         let mut conn = self.conn.clone();

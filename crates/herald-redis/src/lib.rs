@@ -95,13 +95,15 @@
 //! Redis outage.
 //!
 //! Layout of this crate:
-//! - [`engine`]: [`RedisEngine`], the [`Engine`] implementation.
+//! - [`engine`]: [`RedisEngine`], which implements the [`Engine`] parts.
 //! - `script`: every Lua script and the decoding of its reply.
 //! - `pubsub`: the per-node pub/sub connection, follow set and reconnects.
 //! - `presence`: this node's presence entries and how they are stored.
 //! - `counts`: cluster-wide subscriber counts and the node registry.
 //! - `slot`: this node's `max_subscribers` places and how they are reclaimed.
 //! - `upkeep`: the bounded background queue: leaves, releases and refreshes.
+//! - `call`: every Redis call's timeout and error mapping, and number clamps
+//!   (below the engine and the upkeep task, which both use it).
 //! - [`frame`]: the pub/sub frame format.
 //! - [`keys`]: Redis key and channel names.
 //! - [`options`]: timeouts and prefix.
@@ -110,6 +112,7 @@
 //! [`Engine`]: herald_core::engine::Engine
 //! [`EngineError::Unavailable`]: herald_core::engine::EngineError::Unavailable
 
+mod call;
 mod counts;
 pub mod engine;
 pub mod frame;

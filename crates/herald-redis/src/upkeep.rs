@@ -40,8 +40,8 @@ use redis::aio::ConnectionManager;
 use redis::Value;
 use tokio::sync::mpsc;
 
+use crate::call::{bounded, millis};
 use crate::counts::Counts;
-use crate::engine::{bounded, UNLIMITED};
 use crate::keys::Keys;
 use crate::options::RedisOptions;
 use crate::presence::{LocalPresence, Stored};
@@ -459,12 +459,4 @@ fn parse_beat(reply: Value) -> Option<(bool, Vec<String>)> {
         })
         .collect::<Option<Vec<_>>>()?;
     Some((matches!(alive, Value::Int(1)), dead))
-}
-
-/// A duration in whole milliseconds, at least 1 (Redis rejects a zero
-/// expiry) and at most what Lua and Redis expiries take exactly.
-pub fn millis(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis())
-        .unwrap_or(UNLIMITED)
-        .clamp(1, UNLIMITED)
 }

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{now_ms, ChannelStats, Engine, EngineError, Published};
-use super::{SubscriberSlot, UserPublished, UserQueue};
+use super::{now_ms, Broker, ChannelStats, Claims, EngineError, PresenceStore, Published};
+use super::{SubscriberSlot, UserPublished, UserQueue, UserQueues};
 use crate::channel::ChannelName;
 use crate::disconnect::Disconnect;
 use crate::disconnect::CHANNEL_DELETED;
@@ -228,7 +228,7 @@ impl MemoryEngine {
 }
 
 #[async_trait]
-impl Engine for MemoryEngine {
+impl Broker for MemoryEngine {
     fn name(&self) -> &'static str {
         "memory"
     }
@@ -324,6 +324,39 @@ impl Engine for MemoryEngine {
         })))
     }
 
+    fn sweep(&self, now_ms: u64) {
+        self.queues.sweep(
+            QueueLimits {
+                size: usize::MAX,
+                ttl_ms: self
+                    .namespaces
+                    .options(crate::user::USER_PREFIX)
+                    .history_ttl_ms(),
+            },
+            now_ms,
+        );
+        self.claims.lock().retain(|_, until| *until > now_ms);
+        for shard in self.channels.shards() {
+            let mut shard = shard.lock();
+            shard.retain(|name, entry| {
+                let options = self.namespaces.options(name.as_str());
+                let mut ch = entry.lock();
+                ch.history
+                    .trim(options.history_size, options.history_ttl_ms(), now_ms);
+                ch.idempotency.expire(now_ms);
+                if ch.history.is_empty() && ch.idempotency.is_empty() {
+                    ch.removed = true;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl PresenceStore for MemoryEngine {
     async fn presence_join(
         &self,
         channel: &ChannelName,
@@ -347,7 +380,10 @@ impl Engine for MemoryEngine {
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, EngineError> {
         Ok(self.presence.entries(channel))
     }
+}
 
+#[async_trait]
+impl UserQueues for MemoryEngine {
     async fn publish_to_user(
         &self,
         channel: &ChannelName,
@@ -384,7 +420,10 @@ impl Engine for MemoryEngine {
         self.hub.disconnect_user(channel, why);
         Ok(())
     }
+}
 
+#[async_trait]
+impl Claims for MemoryEngine {
     async fn claim_once(&self, key: &str, ttl_ms: u64) -> Result<bool, EngineError> {
         let now = now_ms();
         let mut claims = self.claims.lock();
@@ -397,36 +436,6 @@ impl Engine for MemoryEngine {
                 claims.insert(key.to_string(), now.saturating_add(ttl_ms));
                 Ok(true)
             }
-        }
-    }
-
-    fn sweep(&self, now_ms: u64) {
-        self.queues.sweep(
-            QueueLimits {
-                size: usize::MAX,
-                ttl_ms: self
-                    .namespaces
-                    .options(crate::user::USER_PREFIX)
-                    .history_ttl_ms(),
-            },
-            now_ms,
-        );
-        self.claims.lock().retain(|_, until| *until > now_ms);
-        for shard in self.channels.shards() {
-            let mut shard = shard.lock();
-            shard.retain(|name, entry| {
-                let options = self.namespaces.options(name.as_str());
-                let mut ch = entry.lock();
-                ch.history
-                    .trim(options.history_size, options.history_ttl_ms(), now_ms);
-                ch.idempotency.expire(now_ms);
-                if ch.history.is_empty() && ch.idempotency.is_empty() {
-                    ch.removed = true;
-                    false
-                } else {
-                    true
-                }
-            });
         }
     }
 }

@@ -3,8 +3,23 @@
 //! An engine assigns ids, keeps history and makes sure every node's [`Hub`]
 //! gets each message once, in id order per channel. [`MemoryEngine`] does all
 //! of that inside one process; a Redis engine does it across many nodes.
-//! Everything above this trait (the node, the transports) is the same for
+//! Everything above this seam (the node, the transports) is the same for
 //! both.
+//!
+//! The seam is four traits, one per concern, and [`Engine`], which is
+//! implemented for every type that implements all four (so a node holds one
+//! `Arc<dyn Engine>` and calls any of them):
+//!
+//! - [`Broker`]: publish (also with an idempotency key), history, stats,
+//!   remove, follow/unfollow, sweep, subscriber counts and slots;
+//! - [`PresenceStore`]: join, leave, list;
+//! - [`UserQueues`]: publish to a user, take a user's offline queue,
+//!   disconnect a user;
+//! - [`Claims`]: single-use keys.
+//!
+//! What every engine must do is tested once, by the contract suite in
+//! `herald_core::testing::contract` (cargo feature `testing`), which both
+//! engines' tests run.
 //!
 //! [`Hub`]: crate::hub::Hub
 
@@ -59,7 +74,7 @@ pub fn valid_idempotency_key(key: &str) -> bool {
 
 /// A place among a channel's `max_subscribers`, held by one subscription;
 /// dropping it gives the place back (on every node). See
-/// [`Engine::claim_subscriber_slot`].
+/// [`Broker::claim_subscriber_slot`].
 pub struct SubscriberSlot {
     release: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
@@ -87,7 +102,7 @@ impl std::fmt::Debug for SubscriberSlot {
     }
 }
 
-/// A user's offline queue as taken by [`Engine::take_user_queue`].
+/// A user's offline queue as taken by [`UserQueues::take_user_queue`].
 #[derive(Debug, Clone, Default)]
 pub struct UserQueue {
     /// Oldest first.
@@ -107,8 +122,10 @@ pub struct ChannelStats {
     pub last_id: Option<MessageId>,
 }
 
+/// Messages: ids, history, live fan-out to every node's hub, subscriber
+/// counts and `max_subscribers` places.
 #[async_trait]
-pub trait Engine: Send + Sync + 'static {
+pub trait Broker: Send + Sync + 'static {
     /// Short name for logs and metrics (`memory`, `redis`).
     fn name(&self) -> &'static str;
 
@@ -120,7 +137,7 @@ pub trait Engine: Send + Sync + 'static {
         payload: Payload,
     ) -> Result<Published, EngineError>;
 
-    /// As [`Engine::publish`], unless a publish to the same channel with the
+    /// As [`Broker::publish`], unless a publish to the same channel with the
     /// same `key` (see [`valid_idempotency_key`]) was stored less than
     /// `window_ms` ago: then nothing is stored or delivered and the answer is
     /// the earlier message's id and time with `duplicate` set. The check and
@@ -167,7 +184,11 @@ pub trait Engine: Send + Sync + 'static {
         channel: &ChannelName,
         max: usize,
     ) -> Result<Option<SubscriberSlot>, EngineError>;
+}
 
+/// Who is on a channel, on every node, and the join/leave notices.
+#[async_trait]
+pub trait PresenceStore: Send + Sync + 'static {
     /// Records a connection's presence on `channel`; with `notify`, every
     /// subscriber of the channel (on every node) gets a join notice.
     async fn presence_join(
@@ -184,7 +205,11 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Everyone present on `channel`, on every node.
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, EngineError>;
+}
 
+/// Personal channels: offline queues and closing a user's connections.
+#[async_trait]
+pub trait UserQueues: Send + Sync + 'static {
     /// Publishes on a user's personal channel; when no connection of the
     /// user follows it anywhere, the message is also queued (bounded by the
     /// channel's history limits) for the user's next subscribe.
@@ -204,13 +229,24 @@ pub trait Engine: Send + Sync + 'static {
         channel: &ChannelName,
         why: Disconnect,
     ) -> Result<(), EngineError>;
+}
 
+/// Single-use keys shared by every node.
+#[async_trait]
+pub trait Claims: Send + Sync + 'static {
     /// Marks `key` as used for `ttl_ms`; false if it already was (single-use
     /// tickets), on every node.
     async fn claim_once(&self, key: &str, ttl_ms: u64) -> Result<bool, EngineError>;
 }
 
-/// The result of [`Engine::publish_to_user`].
+/// Everything a [`Node`](crate::node::Node) needs from its engine, held as
+/// one `Arc<dyn Engine>`. Implemented for every type that implements the
+/// four parts.
+pub trait Engine: Broker + PresenceStore + UserQueues + Claims {}
+
+impl<T: Broker + PresenceStore + UserQueues + Claims + ?Sized> Engine for T {}
+
+/// The result of [`UserQueues::publish_to_user`].
 #[derive(Debug, Clone)]
 pub struct UserPublished {
     pub published: Published,
