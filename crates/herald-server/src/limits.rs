@@ -176,7 +176,9 @@ impl TcpSlot {
 #[derive(Debug)]
 pub struct Slot {
     _tcp: Option<ConnectionGuard>,
-    _client: Option<ConnectionGuard>,
+    /// Boxed: only clients behind a trusted proxy have one, and every idle
+    /// connection carries a `Slot`.
+    _client: Option<Box<ConnectionGuard>>,
     live: Arc<AtomicUsize>,
 }
 
@@ -189,7 +191,7 @@ impl Slot {
         live.fetch_add(1, Ordering::Relaxed);
         Self {
             _tcp: tcp,
-            _client: client,
+            _client: client.map(Box::new),
             live: Arc::clone(live),
         }
     }
