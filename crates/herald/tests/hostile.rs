@@ -572,6 +572,19 @@ async fn a_session_batch_is_admitted_or_refused_whole() {
     .await;
 }
 
+/// A new long-poll session, as soon as the address has a free session slot.
+async fn opened_when_free(s: &Server, limit: Duration, what: &str) -> Resp {
+    eventually(limit, what, || async {
+        let r = s.post("/connection/longpoll").send().await;
+        if r.status == 201 {
+            Ok(r)
+        } else {
+            Err(format!("{} {}", r.status, r.text()))
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn an_abandoned_long_poll_session_ends_soon_after_its_last_poll() {
     // Two per address: sessions have their own pool of two, and the TCP
@@ -602,19 +615,7 @@ async fn an_abandoned_long_poll_session_ends_soon_after_its_last_poll() {
         .await
         .assert_error(429, "too_many_connections_from_ip");
     // They end within the linger (10 s) plus a check interval, not minutes.
-    let next = eventually(
-        Duration::from_secs(14),
-        "the abandoned sessions to end",
-        || async {
-            let r = s.post("/connection/longpoll").send().await;
-            if r.status == 201 {
-                Ok(r)
-            } else {
-                Err(format!("{} {}", r.status, r.text()))
-            }
-        },
-    )
-    .await;
+    let next = opened_when_free(&s, Duration::from_secs(14), "the abandoned sessions to end").await;
     let lived = abandoned.elapsed();
     assert!(
         lived >= Duration::from_secs(8),
@@ -622,15 +623,7 @@ async fn an_abandoned_long_poll_session_ends_soon_after_its_last_poll() {
     );
     // The second one ends a moment later (it was polled a moment later);
     // then both slots are free again. (No poll here: it would revive it.)
-    let other = eventually(Duration::from_secs(5), "the second one to end", || async {
-        let r = s.post("/connection/longpoll").send().await;
-        if r.status == 201 {
-            Ok(r)
-        } else {
-            Err(format!("{} {}", r.status, r.text()))
-        }
-    })
-    .await;
+    let other = opened_when_free(&s, Duration::from_secs(5), "the second one to end").await;
     drop(other);
     for sid in &ids {
         s.get(&format!("/connection/longpoll/{sid}?timeout=0"))

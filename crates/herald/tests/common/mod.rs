@@ -739,21 +739,15 @@ impl Req<'_> {
     /// Sends the request and reads the whole response within `limit`;
     /// connection errors and timeouts are returned, not panicked on.
     pub async fn try_send(self, limit: Duration) -> Result<Resp, String> {
-        let addr = self.server.addr;
-        let fut = async {
-            let mut http = send_request(addr, &self.method, &self.path, &self.headers, &self.body)
-                .await
-                .map_err(|e| e.to_string())?;
-            let body = http.read_to_end().await;
-            Ok(Resp {
-                status: http.status,
-                headers: http.headers.clone(),
-                body,
-            })
-        };
-        tokio::time::timeout(limit, fut)
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
+        request_at(
+            self.server.addr,
+            &self.method,
+            &self.path,
+            &self.headers,
+            &self.body,
+            limit,
+        )
+        .await
     }
 
     /// Writes the request and returns the connection without reading any
