@@ -385,6 +385,20 @@ impl Broker for RedisEngine {
         "redis"
     }
 
+    /// The pub/sub connection is up and Redis answers a `PING` within the
+    /// command timeout.
+    async fn ready(&self) -> Result<(), EngineError> {
+        if !self.pubsub.up.load(Ordering::Acquire) {
+            return Err(EngineError::Unavailable(
+                "the redis pub/sub connection is down".to_string(),
+            ));
+        }
+        let mut conn = self.conn.clone();
+        self.call(redis::cmd("PING").query_async::<Value>(&mut conn))
+            .await
+            .map(|_| ())
+    }
+
     /// Stores the message and publishes it in one script. `subscribers` in
     /// the answer counts every node's subscribers: the script sums the
     /// counts the other nodes wrote (at most one sweep, about a second, old)

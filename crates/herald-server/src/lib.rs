@@ -15,6 +15,7 @@ pub mod client_addr;
 pub mod config;
 pub mod edge;
 pub mod error;
+pub mod health;
 pub mod hook;
 pub mod limits;
 pub mod metrics;
@@ -109,6 +110,11 @@ fn routes(state: AppState, serves: Serves) -> Router {
             .route("/api/presence/{channel}", get(api::presence))
             .route("/metrics", get(metrics::metrics));
     }
+    // On every listener, outside the over-limit guard: probes are served
+    // even when clients fill the connection quota.
+    router = router
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready));
     router
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })

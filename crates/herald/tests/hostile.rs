@@ -782,3 +782,29 @@ async fn resume_points_are_judged_alike_on_every_transport() {
         );
     }
 }
+
+#[tokio::test]
+async fn probes_need_no_key_and_are_answered_over_the_connection_limit() {
+    let s = Server::builder()
+        .api_key("k-probe")
+        .set("header_timeout", "\"2s\"")
+        .extra_config("\n[limits]\nmax_connections_per_ip = 1\n")
+        .start()
+        .await;
+    // One silent connection fills 127.0.0.1's quota.
+    let _silent = TcpStream::connect(s.addr).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let health = s.get("/health").no_auth().send().await;
+    assert_eq!(
+        (health.status, health.json()),
+        (200, json!({"status": "ok"}))
+    );
+    let ready = s.get("/ready").no_auth().send().await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["status"], "ready");
+    // A client endpoint on the same quota is refused.
+    s.get("/sub/probe?timeout=0")
+        .send()
+        .await
+        .assert_error(429, "too_many_connections_from_ip");
+}

@@ -870,3 +870,38 @@ async fn single_use_ticket_holds_across_nodes() {
         r.assert_error(401, "ticket_used");
     }
 }
+
+#[tokio::test]
+async fn ready_follows_redis_and_health_does_not() {
+    let cluster = Cluster::start().await;
+    let a = cluster.a();
+    let ready = a.get("/ready").send().await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["status"], "ready");
+    cluster.redis.kill();
+    eventually(WAIT, "/ready to answer 503 without Redis", || async {
+        let r = a.get("/ready").send().await;
+        match (r.status, r.json()["error"]["code"].as_str()) {
+            (503, Some("engine_unavailable")) => Ok(()),
+            (status, code) => Err(format!("{status} {code:?}")),
+        }
+    })
+    .await;
+    let health = a.get("/health").send().await;
+    assert_eq!(
+        (health.status, health.json()),
+        (200, json!({"status": "ok"}))
+    );
+    cluster.redis.spawn();
+    eventually(
+        Duration::from_secs(15),
+        "/ready to come back with Redis",
+        || async {
+            match a.get("/ready").send().await.status {
+                200 => Ok(()),
+                status => Err(format!("{status}")),
+            }
+        },
+    )
+    .await;
+}

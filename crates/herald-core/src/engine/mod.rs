@@ -129,6 +129,12 @@ pub trait Broker: Send + Sync + 'static {
     /// Short name for logs and metrics (`memory`, `redis`).
     fn name(&self) -> &'static str;
 
+    /// Whether the engine can serve now, for readiness probes. The memory
+    /// engine always can; a networked engine checks its store is reachable.
+    async fn ready(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     /// Stores a message and delivers it to every node's subscribers. Answers
     /// only once the message is stored.
     async fn publish(
