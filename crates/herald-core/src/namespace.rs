@@ -63,6 +63,11 @@ impl Namespaces {
         Self { default, prefixes }
     }
 
+    /// The defaults, and every configured prefix with its options.
+    pub fn entries(&self) -> (&ChannelOptions, &[(String, ChannelOptions)]) {
+        (&self.default, &self.prefixes)
+    }
+
     pub fn options(&self, channel: &str) -> &ChannelOptions {
         self.prefixes
             .iter()

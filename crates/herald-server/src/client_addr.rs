@@ -69,6 +69,11 @@ impl TrustedProxies {
         self.nets.is_empty()
     }
 
+    /// The blocks, as configured (canonical CIDR form).
+    pub fn entries(&self) -> Vec<String> {
+        self.nets.iter().map(|n| n.to_string()).collect()
+    }
+
     /// Whether `ip` (canonical) is a trusted proxy.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);

@@ -244,6 +244,8 @@ pub enum ConfigError {
     Listen(String),
     #[error("api_listen: {0:?} is not an address like 127.0.0.1:7071")]
     ApiListen(String),
+    #[error("allowed_origins: {0:?} is not \"*\" or an origin like https://app.example.com (scheme and host, no path)")]
+    Origin(String),
     #[error("api_listen must differ from listen ({0})")]
     SameListen(SocketAddr),
     #[error("{0}")]
@@ -309,7 +311,13 @@ impl Config {
                 })?;
                 toml::from_str(&text).map_err(|e| ConfigError::Parse {
                     path: shown,
-                    message: e.message().to_string(),
+                    message: match e.span() {
+                        Some(span) => {
+                            let (line, column) = line_column(&text, span.start);
+                            format!("line {line}, column {column}: {}", e.message())
+                        }
+                        None => e.message().to_string(),
+                    },
                 })?
             }
         };
@@ -324,16 +332,14 @@ impl Config {
             .listen
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-        let listen = listen_text
-            .parse()
-            .map_err(|_| ConfigError::Listen(listen_text.clone()))?;
+        let listen =
+            socket_addr(&listen_text).ok_or_else(|| ConfigError::Listen(listen_text.clone()))?;
         let api_listen = match overrides.api_listen.or(file.api_listen) {
             None => None,
             Some(text) if text.is_empty() => None,
-            Some(text) => Some(
-                text.parse::<SocketAddr>()
-                    .map_err(|_| ConfigError::ApiListen(text.clone()))?,
-            ),
+            Some(text) => {
+                Some(socket_addr(&text).ok_or_else(|| ConfigError::ApiListen(text.clone()))?)
+            }
         };
         if api_listen.is_some_and(|a| a == listen && a.port() != 0) {
             return Err(ConfigError::SameListen(listen));
@@ -474,7 +480,13 @@ impl Config {
                 file.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
             )?,
             api_keys,
-            allowed_origins: file.allowed_origins.unwrap_or_default(),
+            allowed_origins: {
+                let origins = file.allowed_origins.unwrap_or_default();
+                if let Some(bad) = origins.iter().find(|o| !valid_origin(o)) {
+                    return Err(ConfigError::Origin(bad.clone()));
+                }
+                origins
+            },
             tokens,
             max_token_ttl: file.auth.max_token_ttl.unwrap_or(DEFAULT_MAX_TOKEN_TTL),
             limits,
@@ -510,6 +522,180 @@ impl Config {
             )?,
         })
     }
+}
+
+/// `127.0.0.1:7070`, `[::1]:7070`, or a name with a port (`localhost:7070`),
+/// resolved now (the first address).
+fn socket_addr(text: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = text.parse() {
+        return Some(addr);
+    }
+    use std::net::ToSocketAddrs;
+    text.to_socket_addrs().ok()?.next()
+}
+
+/// `*`, or `scheme://host[:port]` with an http(s) scheme and nothing after.
+fn valid_origin(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some(rest) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && !rest.contains('/')
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// `redis://user:secret@host/0` as `redis://user:<redacted>@host/0`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:<redacted>@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+impl Config {
+    /// The effective settings as TOML, secrets redacted (`herald
+    /// check-config`): what the server would run with.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write as _;
+        let d = |d: Duration| format!("\"{}\"", humantime::format_duration(d));
+        let mut out = String::new();
+        let _ = writeln!(out, "listen = \"{}\"", self.listen);
+        if let Some(api) = self.api_listen {
+            let _ = writeln!(out, "api_listen = \"{api}\"");
+        }
+        let keys: Vec<String> = self
+            .api_keys
+            .iter()
+            .map(|(name, _)| format!("\"{name} = <redacted>\""))
+            .collect();
+        let _ = writeln!(out, "api_keys = [{}]", keys.join(", "));
+        let _ = writeln!(out, "engine = \"{}\"", redact_url(&self.engine));
+        let _ = writeln!(
+            out,
+            "trusted_proxies = {:?}",
+            self.trusted_proxies.entries()
+        );
+        let _ = writeln!(out, "allowed_origins = {:?}", self.allowed_origins);
+        let _ = writeln!(out, "heartbeat = {}", d(self.heartbeat));
+        let _ = writeln!(out, "header_timeout = {}", d(self.header_timeout));
+        let _ = writeln!(out, "idle_timeout = {}", d(self.idle_timeout));
+        let _ = writeln!(out, "write_timeout = {}", d(self.write_timeout));
+        let _ = writeln!(out, "shutdown_grace = {}", d(self.shutdown_grace));
+        let _ = writeln!(out, "poll_timeout_max = {}", d(self.poll_timeout_max));
+        let _ = writeln!(out, "idempotency_window = {}", d(self.idempotency_window));
+        let _ = writeln!(out, "queue_size = {}", self.queue_size);
+        let _ = writeln!(out, "max_payload = {}", self.max_payload);
+        let l = &self.limits;
+        let _ = writeln!(out, "\n[limits]\nmax_connections = {}\nmax_connections_per_ip = {}\nmax_subscriptions = {}\nclient_publish_rate = {}\nclient_publish_burst = {}\nmax_command_size = {}",
+            l.max_connections, l.max_connections_per_ip, l.max_subscriptions,
+            l.client_publish_rate, l.client_publish_burst, l.max_command_size);
+        let t = &self.tokens;
+        let secret = if t.hmac_secret.is_some() {
+            "\"<redacted>\""
+        } else {
+            "\"(none: a random one per process)\""
+        };
+        let _ = writeln!(out, "\n[auth]\nhmac_secret = {secret}\npublic_keys = {:?}\njwks_file = {:?}\nleeway = {}\nticket_ttl = {}\nmax_token_ttl = {}",
+            t.public_keys, t.jwks_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            d(t.leeway), d(t.ticket_ttl), d(self.max_token_ttl));
+        let _ = writeln!(
+            out,
+            "\n[redis]\ntimeout = {}\nping_interval = {}",
+            d(self.redis_timeout),
+            d(self.redis_ping_interval)
+        );
+        if let Some(h) = &self.hooks {
+            let mut events: Vec<String> = h
+                .events
+                .iter()
+                .map(|e| format!("{e:?}").to_lowercase())
+                .collect();
+            events.sort();
+            let _ = writeln!(
+                out,
+                "\n[hooks]\nurl = \"{}\"\nevents = {:?}\ntimeout = {}\non_error = \"{}\"",
+                redact_url(&h.url.to_string()),
+                events,
+                d(h.timeout),
+                if h.allow_on_error { "allow" } else { "deny" }
+            );
+        }
+        let (default, prefixes) = self.namespaces.entries();
+        let _ = writeln!(
+            out,
+            "\n[history]\nsize = {}\nttl = {}",
+            default.history_size,
+            d(default.history_ttl)
+        );
+        for (prefix, o) in prefixes {
+            let _ = writeln!(out, "\n[[namespace]]\nprefix = \"{prefix}\"\nhistory_size = {}\nhistory_ttl = {}\nclient_publish = {}\nprivate = {}\npresence = {}\njoin_leave = {}\nmax_subscribers = {}",
+                o.history_size, d(o.history_ttl), o.client_publish, o.private, o.presence, o.join_leave, o.max_subscribers);
+        }
+        out
+    }
+}
+
+/// A commented starting configuration with fresh random secrets (`herald
+/// gen-config`). `secret` gives random hex strings.
+pub fn generated(mut secret: impl FnMut() -> String) -> String {
+    let api_key = secret();
+    let hmac = format!("{}{}", secret(), secret());
+    format!(
+        "# Herald configuration (docs/configuration.md). Generated by `herald gen-config`.
+# Keep this file private: it holds the backend's API key and the token secret.
+
+listen = \"127.0.0.1:7070\"          # clients connect here
+# api_listen = \"127.0.0.1:7071\"    # the backend API and metrics on their own address
+api_key = \"{api_key}\"               # the backend sends Authorization: Bearer <api_key>
+engine = \"memory\"                  # or redis://host:6379/0 to run many nodes as one
+# trusted_proxies = [\"127.0.0.1/32\"] # proxies whose X-Forwarded-For names the client
+# allowed_origins = [\"https://app.example.com\"]  # browser origins besides the server's own
+
+heartbeat = \"15s\"
+header_timeout = \"10s\"
+idle_timeout = \"60s\"
+
+[history]
+size = 100
+ttl = \"10m\"
+
+[auth]
+hmac_secret = \"{hmac}\"   # signs /api/tokens answers and tickets; verifies HS256 tokens
+max_token_ttl = \"24h\"
+
+[limits]
+max_connections = 1000000
+max_connections_per_ip = 10000
+
+[[namespace]]
+prefix = \"chat:\"
+client_publish = true
+presence = true
+join_leave = true
+"
+    )
 }
 
 #[cfg(test)]
@@ -586,6 +772,41 @@ mod tests {
         let same = parse("listen = \"127.0.0.1:7070\"\napi_listen = \"127.0.0.1:7070\"");
         assert!(same.expect_err("same").contains("api_listen"));
         assert!(parse("header_timeout = \"0s\"").is_err());
+    }
+
+    #[test]
+    fn generated_config_is_valid_and_summaries_redact_secrets() {
+        let mut n = 0;
+        let text = generated(|| {
+            n += 1;
+            format!("{n:032x}")
+        });
+        let file: FileConfig = toml::from_str(&text).expect("generated TOML parses");
+        let c = Config::resolve(file, Overrides::default()).expect("and is valid");
+        assert_eq!(c.api_keys.len(), 1);
+        assert!(c.tokens.hmac_secret.as_ref().is_some_and(|s| s.len() >= 32));
+        let summary = c.summary();
+        assert!(!summary.contains(&c.api_keys[0].1), "{summary}");
+        assert!(!summary.contains(c.tokens.hmac_secret.as_deref().unwrap_or("x")));
+        assert!(summary.contains("<redacted>"));
+        assert_eq!(
+            redact_url("redis://u:pw@h:6379/0"),
+            "redis://u:<redacted>@h:6379/0"
+        );
+    }
+
+    #[test]
+    fn origins_names_and_positions() {
+        assert!(parse(
+            "allowed_origins = [\"https://app.example.com\", \"http://localhost:3000\", \"*\"]"
+        )
+        .is_ok());
+        let bad = parse("allowed_origins = [\"not a url\"]").expect_err("refused");
+        assert!(bad.contains("not a url"), "{bad}");
+        assert!(parse("allowed_origins = [\"https://app.example.com/path\"]").is_err());
+        let c = parse("listen = \"localhost:7070\"").expect("a name with a port");
+        assert!(c.listen.ip().is_loopback() && c.listen.port() == 7070);
+        assert_eq!(line_column("a = 1\nbb = x", 11), (2, 6));
     }
 
     #[test]

@@ -39,6 +39,73 @@ enum Command {
         #[arg(long, env = "HERALD_ENGINE")]
         engine: Option<String>,
     },
+    /// Validate a configuration and print the effective settings, secrets
+    /// redacted (exit 0, or 2 with a message naming the bad key).
+    CheckConfig {
+        /// TOML config file (default: $HERALD_CONFIG, or the built-in defaults).
+        #[arg(env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print a commented configuration with a fresh random api_key and
+    /// auth.hmac_secret.
+    GenConfig,
+    /// Mint a connection token signed with the configured auth.hmac_secret.
+    Token {
+        /// The user id (the token's `sub`).
+        #[arg(long)]
+        user: String,
+        /// A channel or pattern to grant (`news`, `team:*`, `*`); repeatable.
+        #[arg(long = "channel")]
+        channels: Vec<String>,
+        /// Lifetime, e.g. `1h`, `30m` (at most auth.max_token_ttl).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// TOML config file holding auth.hmac_secret.
+        #[arg(long, env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Writes to stdout, ignoring a closed stdout.
+fn say_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{}", text.trim_end());
+    let _ = out.flush();
+}
+
+/// A token for `user` granting `channels`, signed with the configured
+/// secret (a random per-process one would verify nowhere).
+fn mint_token(
+    config: Option<&std::path::Path>,
+    user: String,
+    channels: Vec<String>,
+    ttl: &str,
+) -> anyhow::Result<String> {
+    let config = Config::load(config, Overrides::default()).context("configuration error")?;
+    if config.tokens.hmac_secret.is_none() {
+        anyhow::bail!(
+            "auth.hmac_secret is not configured: a token needs the secret the servers verify with (herald gen-config makes one)"
+        );
+    }
+    let ttl = humantime::parse_duration(ttl).with_context(|| format!("--ttl {ttl:?}"))?;
+    if ttl.is_zero() || ttl > config.max_token_ttl {
+        anyhow::bail!(
+            "--ttl must be between 1s and auth.max_token_ttl ({})",
+            humantime::format_duration(config.max_token_ttl)
+        );
+    }
+    herald_core::user::user_channel(&user).map_err(|e| anyhow::anyhow!("--user: {e}"))?;
+    let tokens = herald_server::token::Tokens::new(&config.tokens)?;
+    let now = herald_core::engine::now_ms() / 1000;
+    let claims = herald_server::token::Claims {
+        sub: Some(user),
+        exp: now + ttl.as_secs().max(1),
+        iat: Some(now),
+        channels,
+        ..herald_server::token::Claims::default()
+    };
+    Ok(tokens.sign(&claims))
 }
 
 /// Writes to stderr, ignoring a closed stderr (`eprintln!` would panic).
@@ -59,6 +126,39 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::CheckConfig { config } => {
+            match Config::load(config.as_deref(), Overrides::default()) {
+                Ok(config) => {
+                    say_out(&config.summary());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    say_err(&format!("herald: configuration error: {e}"));
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::GenConfig => {
+            say_out(&herald_server::config::generated(
+                herald_server::session::random_id,
+            ));
+            ExitCode::SUCCESS
+        }
+        Command::Token {
+            user,
+            channels,
+            ttl,
+            config,
+        } => match mint_token(config.as_deref(), user, channels, &ttl) {
+            Ok(token) => {
+                say_out(&token);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                say_err(&format!("herald: {e:#}"));
+                ExitCode::from(2)
+            }
+        },
         Command::Serve {
             listen,
             api_listen,
