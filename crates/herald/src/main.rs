@@ -38,6 +38,10 @@ enum Command {
         /// `memory` (default) or `redis://host:port/db`.
         #[arg(long, env = "HERALD_ENGINE")]
         engine: Option<String>,
+        /// Log lines as `text` (for people) or `json` (one object a line:
+        /// time, level, target, message, fields).
+        #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Validate a configuration and print the effective settings, secrets
     /// redacted (exit 0, or 2 with a message naming the bad key).
@@ -64,6 +68,38 @@ enum Command {
         #[arg(long, env = "HERALD_CONFIG")]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the log writer: stderr, the `HERALD_LOG` filter (`info` when
+/// unset; a filter that does not parse is refused), colours only on a
+/// terminal.
+fn init_logging(format: LogFormat) -> Result<(), String> {
+    use std::io::IsTerminal;
+    let filter = match std::env::var("HERALD_LOG") {
+        Err(_) => tracing_subscriber::EnvFilter::new("info"),
+        Ok(text) => tracing_subscriber::EnvFilter::builder()
+            .parse(&text)
+            .map_err(|e| {
+                format!("HERALD_LOG={text:?} is not a log filter (e.g. info, herald=debug): {e}")
+            })?,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        // A closed stderr (a dead log collector) must not take the server down.
+        .log_internal_errors(false);
+    let installed = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    installed.map_err(|e| format!("cannot install the log writer: {e}"))
 }
 
 /// Writes to stdout, ignoring a closed stdout.
@@ -115,16 +151,15 @@ fn say_err(text: &str) {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // A closed stderr (a dead log collector) must not take the server down.
-        .log_internal_errors(false)
-        .init();
     let cli = Cli::parse();
+    let format = match &cli.command {
+        Command::Serve { log_format, .. } => *log_format,
+        _ => LogFormat::Text,
+    };
+    if let Err(e) = init_logging(format) {
+        say_err(&format!("herald: {e}"));
+        return ExitCode::from(2);
+    }
     match cli.command {
         Command::CheckConfig { config } => {
             match Config::load(config.as_deref(), Overrides::default()) {
@@ -166,6 +201,7 @@ fn main() -> ExitCode {
             api_key,
             config,
             engine,
+            log_format: _,
         } => {
             let overrides = Overrides {
                 listen,

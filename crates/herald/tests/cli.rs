@@ -118,3 +118,40 @@ async fn a_minted_token_opens_a_private_channel() {
     assert_eq!(code, 2);
     assert!(err.contains("hmac_secret"), "{err}");
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_a_line_and_a_bad_filter_is_refused() {
+    let s = Server::builder()
+        .env("HERALD_LOG_FORMAT", "json")
+        .start()
+        .await;
+    s.publish_text(&channel("logs"), "x").await;
+    let text = eventually(IO_TIMEOUT, "a log line", || async {
+        let t = s.process.stderr_text();
+        if t.lines().any(|l| !l.trim().is_empty()) {
+            Ok(t)
+        } else {
+            Err("no log line yet".to_string())
+        }
+    })
+    .await;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line:?}"));
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(v.get(field).is_some(), "{field} missing in {line}");
+        }
+        assert!(
+            !line.contains('\u{1b}'),
+            "ANSI colour in a log that is not a terminal"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("HERALD_LOG", "herald=[")
+        .env_remove("HERALD_CONFIG")
+        .output()
+        .expect("run herald");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HERALD_LOG"));
+}
