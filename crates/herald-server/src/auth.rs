@@ -82,12 +82,16 @@ pub fn is_loopback_host(host: &str) -> bool {
     let host = host.trim();
     let name = if let Some(rest) = host.strip_prefix('[') {
         match rest.split_once(']') {
-            Some((inside, after)) if after.is_empty() || valid_port(after) => inside,
+            Some((inside, after))
+                if after.is_empty() || after.strip_prefix(':').is_some_and(valid_port) =>
+            {
+                inside
+            }
             _ => return false,
         }
     } else {
         match host.rsplit_once(':') {
-            Some((name, port)) if valid_port(&format!(":{port}")) => name,
+            Some((name, port)) if valid_port(port) => name,
             Some(_) => return false,
             None => host,
         }
@@ -100,10 +104,9 @@ pub fn is_loopback_host(host: &str) -> bool {
         .is_ok_and(|ip| crate::client_addr::canonical(ip).is_loopback())
 }
 
-/// `:8080`.
+/// `8080`: one to five digits.
 fn valid_port(text: &str) -> bool {
-    text.strip_prefix(':')
-        .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+    !text.is_empty() && text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit())
 }
 
 #[cfg(test)]

@@ -171,6 +171,20 @@ impl EdgeIo {
         self.tcp
     }
 
+    /// Whether `first` (the start of a write) is hyper's own answer to a
+    /// head it could not parse, written while no request is being served;
+    /// if so, the JSON answer replaces it in `pending`.
+    fn replaces(&mut self, first: &[u8]) -> bool {
+        if self.phase.stage().0 != Stage::Head {
+            return false;
+        }
+        let Some(status) = response_status(first) else {
+            return false;
+        };
+        self.pending = hyper_error_answer(status);
+        true
+    }
+
     fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.pending.is_empty() {
             let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.pending))?;
@@ -286,14 +300,9 @@ impl AsyncWrite for EdgeIo {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         ready!(this.poll_pending(cx))?;
-        if this.phase.stage().0 == Stage::Head {
-            if let Some(status) = response_status(buf) {
-                // No request is being served, so this is hyper's own
-                // answer to a head it could not parse.
-                this.pending = hyper_error_answer(status);
-                ready!(this.poll_pending(cx))?;
-                return Poll::Ready(Ok(buf.len()));
-            }
+        if this.replaces(buf) {
+            ready!(this.poll_pending(cx))?;
+            return Poll::Ready(Ok(buf.len()));
         }
         Pin::new(&mut this.tcp).poll_write(cx, buf)
     }
@@ -305,14 +314,13 @@ impl AsyncWrite for EdgeIo {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         ready!(this.poll_pending(cx))?;
-        if this.phase.stage().0 == Stage::Head {
-            if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
-                if let Some(status) = response_status(first) {
-                    this.pending = hyper_error_answer(status);
-                    ready!(this.poll_pending(cx))?;
-                    return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
-                }
-            }
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        if this.replaces(first) {
+            ready!(this.poll_pending(cx))?;
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
         Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs)
     }

@@ -216,14 +216,20 @@ impl Down {
         }
     }
 
-    /// Resolves once a long-poll client is gone (checked each second).
+    /// Resolves once a long-poll client is gone: it wakes when the linger
+    /// since the last poll would end, not on a fixed tick.
     async fn abandoned(&self) {
         match self {
             Self::Stream(..) => std::future::pending().await,
             Self::Poll(pollbox, _) => loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                let due = *pollbox.last_poll.lock() + POLL_LINGER;
+                tokio::time::sleep_until(due).await;
                 if pollbox.abandoned() {
                     return;
+                }
+                if pollbox.waiting.load(Ordering::Acquire) > 0 {
+                    // A poll is waiting: look again once it could have ended.
+                    tokio::time::sleep(POLL_LINGER).await;
                 }
             },
         }
