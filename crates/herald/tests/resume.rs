@@ -400,6 +400,11 @@ async fn gap_when_resuming_from_an_unknown_id() {
         // An id this channel never had: one from another channel, made first.
         let other = channel("other");
         let foreign = s.publish_text(&other, "elsewhere").await;
+        // Ids are per channel `ms-seq` (Redis streams): two channels
+        // publishing in the same millisecond both get `ms-0`. Publish this
+        // channel's messages in a later millisecond so the foreign id is
+        // one this channel never had.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
         let ch = channel("unknown");
         let ids = s.publish_many(&ch, "u", 3).await;
         assert!(!ids.contains(&foreign));
