@@ -7,9 +7,12 @@
 #   bash bench/compare.sh                      # defaults: a few minutes
 #   IDLE_N=50000 FANOUT_N=30000 bash bench/compare.sh
 #   SERVERS="herald nchan" TRANSPORT=sse bash bench/compare.sh
+#   BASELINE_BIN=/path/to/old/herald SERVERS="herald baseline" bash bench/compare.sh
+#                                              # a change, before and after
 #
 # Knobs (environment):
 #   SERVERS         servers to run, in order          (herald nchan pushpin)
+#                   "baseline" is Herald again, from BASELINE_BIN
 #   TRANSPORT       ws or sse for every scenario       (ws)
 #   IDLE_N          idle connections held              (10000)
 #   IDLE_SECS       how long they are held             (5)
@@ -27,6 +30,10 @@
 #   CONNECT_RETRIES retries of a failed connect, counted (3)
 #   HERALD_BIN      herald binary   (target/release/herald, built if missing)
 #   BENCH_BIN       herald-bench    (target/release/herald-bench, built if missing)
+#   BASELINE_BIN    a herald binary from before a change, run as "baseline"
+#
+# Scenario by scenario, every server runs it back to back (a fresh server
+# each time), so a before/after pair sees the same machine state.
 #
 # One process may hold at most 20,000 open files here, so the load is spread
 # over ceil(N / PER_PROC) herald-bench processes (--procs) and many loopback
@@ -138,6 +145,12 @@ start_herald() {
     PUB_BODY='{payload}'
 }
 
+# Herald from before a change (BASELINE_BIN), for before/after tables.
+start_baseline() {
+    [ -x "${BASELINE_BIN:-}" ] || { log "BASELINE_BIN is not an executable"; return 1; }
+    HERALD_BIN="$BASELINE_BIN" start_herald
+}
+
 start_nchan() {
     need_nchan
     local p="$WORK/nchan"
@@ -212,26 +225,26 @@ bench() { # server case n [herald-bench args...]
 
 # Each scenario gets a freshly started server, so one scenario's leftovers
 # (closing connections, buffers, channel state) cannot skew the next.
-run_server() {
-    local server=$1
-    for s in $SCENARIOS; do
-        log "starting $server"
-        "start_$server"
-        case $s in
-        idle) bench "$server" idle "$IDLE_N" --scenario idle --duration "$IDLE_SECS" ;;
-        fanout) bench "$server" fanout-paced "$FANOUT_N" --scenario fanout \
-            -m $((FANOUT_RATE * FANOUT_SECS)) --rate "$FANOUT_RATE" ;;
-        flat) bench "$server" fanout-flat "$FLAT_N" --scenario fanout -m "$FLAT_M" ;;
-        unicast) bench "$server" unicast "$UNICAST_N" --scenario unicast -m "$UNICAST_M" ;;
-        *) log "unknown scenario $s" ;;
-        esac
-        cleanup
-        sleep 1
-    done
+run_one() { # server scenario
+    local server=$1 s=$2
+    log "starting $server"
+    "start_$server"
+    case $s in
+    idle) bench "$server" idle "$IDLE_N" --scenario idle --duration "$IDLE_SECS" ;;
+    fanout) bench "$server" fanout-paced "$FANOUT_N" --scenario fanout \
+        -m $((FANOUT_RATE * FANOUT_SECS)) --rate "$FANOUT_RATE" ;;
+    flat) bench "$server" fanout-flat "$FLAT_N" --scenario fanout -m "$FLAT_M" ;;
+    unicast) bench "$server" unicast "$UNICAST_N" --scenario unicast -m "$UNICAST_M" ;;
+    *) log "unknown scenario $s" ;;
+    esac
+    cleanup
+    sleep 1
 }
 
-for server in $SERVERS; do
-    run_server "$server"
+for s in $SCENARIOS; do
+    for server in $SERVERS; do
+        run_one "$server" "$s"
+    done
 done
 
 # --- the table --------------------------------------------------------------

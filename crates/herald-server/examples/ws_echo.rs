@@ -40,8 +40,8 @@ async fn main() -> std::io::Result<()> {
     let app = Router::new()
         .route("/", get(upgrade))
         .fallback(get(upgrade));
-    let edge = herald_server::serve::Edge::standalone("ws_echo");
-    herald_server::serve::serve(listener, app, CancellationToken::new(), edge).await;
+    let edge = herald_server::http::serve::Edge::standalone("ws_echo");
+    herald_server::http::serve::serve(listener, app, CancellationToken::new(), edge).await;
     Ok(())
 }
 

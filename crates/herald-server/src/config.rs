@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::access::hook::{HookEvent, HookSettings, DEFAULT_HOOK_TIMEOUT};
 use herald_core::namespace::{ChannelOptions, Namespaces};
 use serde::Deserialize;
+use std::collections::HashSet;
 
 /// Where the server listens unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -180,7 +182,7 @@ pub struct Config {
     /// Where the backend endpoints are served, when apart from `listen`.
     pub api_listen: Option<SocketAddr>,
     /// Peers whose forwarding headers name the client.
-    pub trusted_proxies: crate::client_addr::TrustedProxies,
+    pub trusted_proxies: crate::access::client_addr::TrustedProxies,
     /// See [`DEFAULT_HEADER_TIMEOUT`].
     pub header_timeout: Duration,
     /// See [`DEFAULT_IDLE_TIMEOUT`].
@@ -190,11 +192,11 @@ pub struct Config {
     pub api_keys: Vec<(String, String)>,
     /// Browser origins allowed; empty = same origin only; `*` = any.
     pub allowed_origins: Vec<String>,
-    pub tokens: crate::token::TokenSettings,
+    pub tokens: crate::access::token::TokenSettings,
     /// Longest TTL `/api/tokens` will sign.
     pub max_token_ttl: Duration,
     pub limits: Limits,
-    pub hooks: Option<crate::hook::HookSettings>,
+    pub hooks: Option<crate::access::hook::HookSettings>,
     /// `memory` or a `redis://` URL.
     pub engine: String,
     pub heartbeat: Duration,
@@ -249,7 +251,7 @@ pub enum ConfigError {
     #[error("api_listen must differ from listen ({0})")]
     SameListen(SocketAddr),
     #[error("{0}")]
-    TrustedProxies(#[from] crate::client_addr::BadProxy),
+    TrustedProxies(#[from] crate::access::client_addr::BadProxy),
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
     #[error("engine: {0:?} is neither \"memory\" nor a redis:// URL")]
@@ -323,7 +325,8 @@ impl Config {
         };
         let config = Self::resolve(file, overrides)?;
         // Read the key files now, so a bad one stops the start before binding.
-        crate::token::Tokens::new(&config.tokens).map_err(|e| ConfigError::Keys(e.to_string()))?;
+        crate::access::token::Tokens::new(&config.tokens)
+            .map_err(|e| ConfigError::Keys(e.to_string()))?;
         Ok(config)
     }
 
@@ -344,7 +347,7 @@ impl Config {
         if api_listen.is_some_and(|a| a == listen && a.port() != 0) {
             return Err(ConfigError::SameListen(listen));
         }
-        let trusted_proxies = crate::client_addr::TrustedProxies::parse(
+        let trusted_proxies = crate::access::client_addr::TrustedProxies::parse(
             &overrides
                 .trusted_proxies
                 .or(file.trusted_proxies)
@@ -411,9 +414,9 @@ impl Config {
         };
         let hooks = match file.hooks {
             None => None,
-            Some(h) => Some(crate::hook::HookSettings::parse(h)?),
+            Some(h) => Some(hook_settings(h)?),
         };
-        let tokens = crate::token::TokenSettings {
+        let tokens = crate::access::token::TokenSettings {
             hmac_secret: file.auth.hmac_secret,
             public_keys: file.auth.public_keys,
             jwks_file: file.auth.jwks_file,
@@ -526,6 +529,43 @@ impl Config {
 
 /// `127.0.0.1:7070`, `[::1]:7070`, or a name with a port (`localhost:7070`),
 /// resolved now (the first address).
+/// The `[hooks]` section, validated.
+fn hook_settings(section: HooksSection) -> Result<HookSettings, ConfigError> {
+    let url: hyper::Uri = section
+        .url
+        .parse()
+        .map_err(|_| ConfigError::Hooks(format!("url: {:?} is not a URL", section.url)))?;
+    if url.scheme_str() != Some("http") {
+        return Err(ConfigError::Hooks(
+            "url: only http:// URLs are supported (run the hook endpoint on a private network or loopback)".into(),
+        ));
+    }
+    let mut events = HashSet::new();
+    for name in &section.events {
+        let event = HookEvent::parse(name).ok_or_else(|| {
+            ConfigError::Hooks(format!(
+                "events: unknown event {name:?} (connect, subscribe, publish, disconnect, rpc)"
+            ))
+        })?;
+        events.insert(event);
+    }
+    let allow_on_error = match section.on_error.as_deref() {
+        None | Some("deny") => false,
+        Some("allow") => true,
+        Some(other) => {
+            return Err(ConfigError::Hooks(format!(
+                "on_error: {other:?} is neither \"deny\" nor \"allow\""
+            )))
+        }
+    };
+    Ok(HookSettings {
+        url,
+        events,
+        timeout: section.timeout.unwrap_or(DEFAULT_HOOK_TIMEOUT),
+        allow_on_error,
+    })
+}
+
 fn socket_addr(text: &str) -> Option<SocketAddr> {
     if let Ok(addr) = text.parse() {
         return Some(addr);

@@ -48,7 +48,7 @@ enum Stage {
 
 /// The stage of one connection, shared by its socket wrapper (which reads)
 /// and its service (which sees requests start and responses end).
-pub struct Phase {
+pub(crate) struct Phase {
     /// (stage, deadline of that stage). Locked only for a few instructions
     /// at each change, by the connection's own task or its response body.
     state: Mutex<(Stage, Instant)>,
@@ -60,7 +60,7 @@ pub struct Phase {
 }
 
 impl Phase {
-    pub fn new(header_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+    pub(crate) fn new(header_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new((Stage::Head, Instant::now() + header_timeout)),
             reader: Mutex::new(None),
@@ -70,13 +70,13 @@ impl Phase {
     }
 
     /// A request head was parsed and handed to the service.
-    pub fn request_started(&self) {
+    pub(crate) fn request_started(&self) {
         let mut state = self.state.lock();
         state.0 = Stage::Busy;
     }
 
     /// The response (body included) is done; idle until the next byte.
-    pub fn response_done(&self) {
+    pub(crate) fn response_done(&self) {
         {
             let mut state = self.state.lock();
             if state.0 != Stage::Busy {
@@ -104,13 +104,13 @@ impl Phase {
 
 /// A response body that tells the [`Phase`] when it is finished (sent whole
 /// or dropped).
-pub struct PhaseBody<B> {
+pub(crate) struct PhaseBody<B> {
     inner: B,
     phase: Arc<Phase>,
 }
 
 impl<B> PhaseBody<B> {
-    pub fn new(inner: B, phase: Arc<Phase>) -> Self {
+    pub(crate) fn new(inner: B, phase: Arc<Phase>) -> Self {
         Self { inner, phase }
     }
 }
@@ -146,7 +146,7 @@ where
 
 /// The socket as hyper sees it: reads run the clocks, hyper's own error
 /// answers are replaced.
-pub struct EdgeIo {
+pub(crate) struct EdgeIo {
     tcp: TcpStream,
     phase: Arc<Phase>,
     /// The clock for the current stage, set to the stage's deadline.
@@ -156,7 +156,7 @@ pub struct EdgeIo {
 }
 
 impl EdgeIo {
-    pub fn new(tcp: TcpStream, phase: Arc<Phase>) -> Self {
+    pub(crate) fn new(tcp: TcpStream, phase: Arc<Phase>) -> Self {
         let (_, deadline) = phase.stage();
         Self {
             tcp,
@@ -167,7 +167,7 @@ impl EdgeIo {
     }
 
     /// The plain socket, for an upgraded (WebSocket) connection.
-    pub fn into_inner(self) -> TcpStream {
+    pub(crate) fn into_inner(self) -> TcpStream {
         self.tcp
     }
 
@@ -208,7 +208,7 @@ fn timeout_answer() -> Bytes {
 }
 
 /// A whole `Connection: close` answer with the JSON error body.
-pub fn error_answer(status: u16, code: Refusal, message: &str) -> Bytes {
+pub(crate) fn error_answer(status: u16, code: Refusal, message: &str) -> Bytes {
     let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
     let reason = axum::http::StatusCode::from_u16(status)
         .ok()

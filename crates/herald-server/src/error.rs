@@ -1,11 +1,55 @@
-//! The one error type of the HTTP surface: a status, a stable code and a
-//! message for the client. Internal details are logged, never sent.
+//! Refusals as values: [`Refused`] is what a rule answers (a code from the
+//! table in [`herald_core::refusal`] and a message), before any wire form is
+//! chosen; [`ApiError`] is the same refusal as an HTTP answer (status and
+//! JSON body). The session protocol turns a [`Refused`] into a reply frame,
+//! the HTTP surface into an [`ApiError`]. Internal details are logged, never
+//! sent.
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_core::engine::EngineError;
 use herald_core::Refusal;
 use serde_json::json;
+
+/// A refusal and its message, as the rules give it.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub code: Refusal,
+    pub message: String,
+}
+
+impl Refused {
+    pub fn new(code: Refusal, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The refusal with its table message.
+    pub fn plain(code: Refusal) -> Self {
+        Self::new(code, code.message())
+    }
+}
+
+impl From<EngineError> for Refused {
+    fn from(e: EngineError) -> Self {
+        tracing::warn!(error = %e, "engine error");
+        Self::plain(Refusal::EngineUnavailable)
+    }
+}
+
+impl From<herald_core::channel::InvalidChannel> for Refused {
+    fn from(e: herald_core::channel::InvalidChannel) -> Self {
+        Self::new(Refusal::InvalidChannel, e.to_string())
+    }
+}
+
+impl From<Refused> for ApiError {
+    fn from(r: Refused) -> Self {
+        Self::new(r.code, r.message)
+    }
+}
 
 /// A refusal as an HTTP answer: `{"error": {"code", "message"}}` with the
 /// refusal's status (see [`herald_core::refusal`] for the table).
@@ -33,7 +77,7 @@ impl ApiError {
 
     /// The same refusal under another status: only where the table says
     /// so ([`Refusal::also_status`]: a wrong WebSocket version is 426), and
-    /// where the framework chose the status ([`json_errors`]).
+    /// where the framework chose the status (`http::response::json_errors`).
     pub fn with_status(mut self, status: StatusCode) -> Self {
         self.status = status;
         self
@@ -94,56 +138,4 @@ impl IntoResponse for ApiError {
         }
         response
     }
-}
-
-/// Most bytes of a non-JSON error body kept as the message.
-const MAX_ERROR_TEXT: usize = 1024;
-
-/// Middleware: every error answer has the JSON error body. Handlers answer
-/// with [`ApiError`] already; this catches what axum's extractors (query,
-/// path, body rejections) and defaults answer in plain text.
-pub async fn json_errors(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let response = next.run(request).await;
-    let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return response;
-    }
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    let text =
-        match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_ERROR_TEXT))
-            .await
-        {
-            Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
-            Err(_) => String::new(),
-        };
-    let message = if text.trim().is_empty() {
-        status
-            .canonical_reason()
-            .unwrap_or("the request failed")
-            .to_string()
-    } else {
-        text.trim().to_string()
-    };
-    let mut fixed = ApiError::new(Refusal::for_status(status.as_u16()), message)
-        .with_status(status)
-        .into_response();
-    // Keep what the original answer said beyond its body (Allow, Retry-After,
-    // Sec-WebSocket-Version, CORS).
-    for (name, value) in parts.headers.iter() {
-        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-            fixed.headers_mut().insert(name.clone(), value.clone());
-        }
-    }
-    fixed
 }

@@ -132,14 +132,14 @@ fn mint_token(
         );
     }
     herald_core::user::user_channel(&user).map_err(|e| anyhow::anyhow!("--user: {e}"))?;
-    let tokens = herald_server::token::Tokens::new(&config.tokens)?;
+    let tokens = herald_server::access::token::Tokens::new(&config.tokens)?;
     let now = herald_core::engine::now_ms() / 1000;
-    let claims = herald_server::token::Claims {
+    let claims = herald_server::access::token::Claims {
         sub: Some(user),
         exp: now + ttl.as_secs().max(1),
         iat: Some(now),
         channels,
-        ..herald_server::token::Claims::default()
+        ..herald_server::access::token::Claims::default()
     };
     Ok(tokens.sign(&claims))
 }
@@ -175,7 +175,7 @@ fn main() -> ExitCode {
         }
         Command::GenConfig => {
             say_out(&herald_server::config::generated(
-                herald_server::session::random_id,
+                herald_server::access::random_id,
             ));
             ExitCode::SUCCESS
         }

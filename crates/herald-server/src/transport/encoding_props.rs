@@ -17,10 +17,10 @@ use herald_core::{ChannelName, Message, MessageId, Payload};
 use proptest::prelude::*;
 use serde_json::Value;
 
-use super::iframe::Iframe;
+use super::iframe::{valid_callback, Iframe, MAX_CALLBACK_LEN};
 use super::sse::Sse;
-use super::stream::Framing;
-use crate::subscribe::{valid_callback, MAX_CALLBACK_LEN};
+use super::Encoder;
+use crate::protocol::{Dialect, Push};
 
 /// Text with what breaks naive encoders.
 pub(crate) fn tricky_text() -> impl Strategy<Value = String> {
@@ -162,30 +162,33 @@ proptest! {
         callback in callback(),
         which in 0..ALL.len(),
     ) {
-        let iframe = Iframe::new(&callback);
+        let iframe = Iframe::new(&callback, Dialect::Channel(notice.channel.clone()));
         let mut out = VecDeque::new();
-        iframe.message(&m, &mut out);
+        iframe.push(&Push::Message(m.clone()), &mut out);
         let chunk = concat(out);
         let arg = script_argument(iframe_argument(&chunk, &callback)?)?;
         let envelope: Value = serde_json::from_slice(m.envelope()).expect("JSON");
         prop_assert_eq!(arg, envelope);
 
+        let notice = Arc::new(notice);
         let mut out = VecDeque::new();
-        iframe.notice(&notice, &mut out);
+        iframe.push(&Push::Notice(notice.clone()), &mut out);
         let chunk = concat(out);
         let arg = script_argument(iframe_argument(&chunk, &callback)?)?;
         let sent: Value = serde_json::from_slice(&notice.json).expect("JSON");
         prop_assert_eq!(arg, sent);
 
-        for write in [Iframe::gap, Iframe::heartbeat] {
-            let mut out = VecDeque::new();
-            write(&iframe, &notice.channel, &mut out);
+        let mut gap = VecDeque::new();
+        iframe.push(&Push::Gap(notice.channel.clone()), &mut gap);
+        let mut beat = VecDeque::new();
+        iframe.heartbeat(&mut beat);
+        for out in [gap, beat] {
             let chunk = concat(out);
             let arg = script_argument(iframe_argument(&chunk, &callback)?)?;
             prop_assert_eq!(&arg["channel"], &Value::from(notice.channel.as_str()));
         }
         let mut out = VecDeque::new();
-        iframe.close(&notice.channel, ALL[which], &mut out);
+        iframe.push(&Push::End(ALL[which]), &mut out);
         let chunk = concat(out);
         let call = chunk.strip_suffix("</body></html>\n").expect("the document ends");
         let arg = script_argument(iframe_argument(call, &callback)?)?;
@@ -233,13 +236,14 @@ proptest! {
         notice in notice(),
         which in 0..ALL.len(),
     ) {
+        let sse = Sse { dialect: Dialect::Channel(notice.channel.clone()) };
         let mut out = VecDeque::new();
-        Sse.open(&mut out);
-        Sse.message(&m, &mut out);
-        Sse.notice(&notice, &mut out);
-        Sse.gap(&notice.channel, &mut out);
-        Sse.heartbeat(&notice.channel, &mut out);
-        Sse.close(&notice.channel, ALL[which], &mut out);
+        sse.open(&mut out);
+        sse.push(&Push::Message(m.clone()), &mut out);
+        sse.push(&Push::Notice(Arc::new(notice.clone())), &mut out);
+        sse.push(&Push::Gap(notice.channel.clone()), &mut out);
+        sse.heartbeat(&mut out);
+        sse.push(&Push::End(ALL[which]), &mut out);
         let events = parse_event_stream(&concat(out));
         prop_assert_eq!(events.len(), 4, "{:?}", events);
         prop_assert_eq!(events[0].0.as_str(), "message");

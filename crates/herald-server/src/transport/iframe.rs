@@ -7,19 +7,32 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use herald_core::disconnect::Disconnect;
 use herald_core::message::script_safe;
-use herald_core::{ChannelName, Message};
 use serde_json::json;
 
-use super::stream::Framing;
-use super::{disconnect_json, gap_json};
+use super::{disconnect_json, session_frame, Encoder};
+use crate::protocol::{Dialect, Push, PING};
+
+/// Longest JSONP / forever-frame callback name.
+pub(crate) const MAX_CALLBACK_LEN: usize = 64;
+
+/// A JavaScript identifier or dotted path of them (`cb`, `jQuery1_2`, `a.b$`).
+pub(crate) fn valid_callback(name: &str) -> bool {
+    name.len() <= MAX_CALLBACK_LEN
+        && name.split('.').all(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '$')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+        })
+}
 
 /// Bytes of padding at the start of the document.
-pub const PADDING: usize = 2048;
+pub(crate) const PADDING: usize = 2048;
 
 /// The start of a forever-frame document, padded.
-pub fn document_head() -> Bytes {
+pub(crate) fn document_head() -> Bytes {
     let mut head = String::from(
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>herald</title></head><body>\n<!--",
     );
@@ -28,18 +41,20 @@ pub fn document_head() -> Bytes {
     Bytes::from(head)
 }
 
-pub struct Iframe {
+pub(crate) struct Iframe {
     /// `<script>parent.NAME(`, built once per connection.
     call: Bytes,
+    dialect: Dialect,
 }
 
 const END_CALL: Bytes = Bytes::from_static(b");</script>\n");
 
 impl Iframe {
     /// `callback` must already be a validated identifier path.
-    pub fn new(callback: &str) -> Self {
+    pub(crate) fn new(callback: &str, dialect: Dialect) -> Self {
         Self {
             call: Bytes::from(format!("<script>parent.{callback}(")),
+            dialect,
         }
     }
 
@@ -50,7 +65,7 @@ impl Iframe {
     }
 }
 
-impl Framing for Iframe {
+impl Encoder for Iframe {
     fn content_type(&self) -> &'static str {
         "text/html; charset=utf-8"
     }
@@ -59,25 +74,26 @@ impl Framing for Iframe {
         out.push_back(document_head());
     }
 
-    fn message(&self, message: &Message, out: &mut VecDeque<Bytes>) {
-        self.call(message.script_envelope().clone(), out);
+    fn push(&self, push: &Push, out: &mut VecDeque<Bytes>) {
+        match (&self.dialect, push) {
+            (Dialect::Channel(channel), Push::End(why)) => {
+                self.call(script_safe(&disconnect_json(channel, *why)), out);
+                out.push_back(Bytes::from_static(b"</body></html>\n"));
+            }
+            (_, push) => {
+                let (json, shared) = session_frame(push);
+                self.call(shared.unwrap_or_else(|| script_safe(&json)), out);
+            }
+        }
     }
 
-    fn gap(&self, channel: &ChannelName, out: &mut VecDeque<Bytes>) {
-        self.call(script_safe(&gap_json(channel)), out);
-    }
-
-    fn heartbeat(&self, channel: &ChannelName, out: &mut VecDeque<Bytes>) {
-        let beat = json!({"channel": channel.as_str(), "heartbeat": true}).to_string();
-        self.call(script_safe(beat.as_bytes()), out);
-    }
-
-    fn close(&self, channel: &ChannelName, why: Disconnect, out: &mut VecDeque<Bytes>) {
-        self.call(script_safe(&disconnect_json(channel, why)), out);
-        out.push_back(Bytes::from_static(b"</body></html>\n"));
-    }
-
-    fn notice(&self, notice: &herald_core::presence::Notice, out: &mut VecDeque<Bytes>) {
-        self.call(script_safe(&notice.json), out);
+    fn heartbeat(&self, out: &mut VecDeque<Bytes>) {
+        let beat = match &self.dialect {
+            Dialect::Channel(channel) => {
+                Bytes::from(json!({"channel": channel.as_str(), "heartbeat": true}).to_string())
+            }
+            Dialect::Session => PING,
+        };
+        self.call(script_safe(&beat), out);
     }
 }

@@ -1,48 +1,49 @@
-//! HTTP streaming: one envelope per line (`application/x-ndjson`), so
-//! `curl -N` shows messages as they come. Heartbeats are empty lines.
+//! HTTP streaming: one JSON frame per line (`application/x-ndjson`), so
+//! `curl -N` shows messages as they come. Channel dialect: envelopes, and
+//! heartbeats are empty lines; session dialect: the session's frames.
 
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use herald_core::disconnect::Disconnect;
-use herald_core::{ChannelName, Message};
 
-use super::stream::Framing;
-use super::{disconnect_json, gap_json};
+use super::{disconnect_json, session_frame, Encoder};
+use crate::protocol::{Dialect, Push, PING};
 
-pub struct Ndjson;
+pub(crate) struct Ndjson {
+    pub(crate) dialect: Dialect,
+}
 
 const NEWLINE: Bytes = Bytes::from_static(b"\n");
 
-impl Framing for Ndjson {
+impl Encoder for Ndjson {
     fn content_type(&self) -> &'static str {
         "application/x-ndjson"
     }
 
     fn open(&self, out: &mut VecDeque<Bytes>) {
-        out.push_back(NEWLINE);
+        if let Dialect::Channel(_) = self.dialect {
+            out.push_back(NEWLINE);
+        }
     }
 
-    fn message(&self, message: &Message, out: &mut VecDeque<Bytes>) {
-        out.push_back(message.envelope_line().clone());
+    fn push(&self, push: &Push, out: &mut VecDeque<Bytes>) {
+        match (&self.dialect, push) {
+            (Dialect::Channel(_), Push::Message(m)) => out.push_back(m.envelope_line().clone()),
+            (Dialect::Channel(channel), Push::End(why)) => {
+                out.push_back(disconnect_json(channel, *why));
+                out.push_back(NEWLINE);
+            }
+            (_, push) => {
+                out.push_back(session_frame(push).0);
+                out.push_back(NEWLINE);
+            }
+        }
     }
 
-    fn gap(&self, channel: &ChannelName, out: &mut VecDeque<Bytes>) {
-        out.push_back(gap_json(channel));
-        out.push_back(NEWLINE);
-    }
-
-    fn heartbeat(&self, _channel: &ChannelName, out: &mut VecDeque<Bytes>) {
-        out.push_back(NEWLINE);
-    }
-
-    fn close(&self, channel: &ChannelName, why: Disconnect, out: &mut VecDeque<Bytes>) {
-        out.push_back(disconnect_json(channel, why));
-        out.push_back(NEWLINE);
-    }
-
-    fn notice(&self, notice: &herald_core::presence::Notice, out: &mut VecDeque<Bytes>) {
-        out.push_back(notice.json.clone());
+    fn heartbeat(&self, out: &mut VecDeque<Bytes>) {
+        if let Dialect::Session = self.dialect {
+            out.push_back(PING);
+        }
         out.push_back(NEWLINE);
     }
 }

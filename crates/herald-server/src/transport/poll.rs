@@ -1,31 +1,46 @@
-//! Long-polling, short-polling (`timeout=0`) and JSONP (`callback=NAME`).
+//! Long-polling in both dialects, over the one [`Downstream`] loop.
 //!
-//! One request, one answer: every message ready after the resume point at
-//! once, or else the first one published within the timeout, or an empty
-//! list. `last_id` tells the client where to poll from next.
+//! - Channel dialect (`GET /sub/{channel}`, also short-polling with
+//!   `timeout=0` and JSONP with `callback=NAME`): one request, one answer:
+//!   every message ready after the resume point at once, or else the first
+//!   one published within the timeout, or an empty list; `last_id` tells
+//!   the client where to poll from next. The request drives its session
+//!   itself, for as long as it waits.
+//! - Session dialect (`/connection/longpoll`): the session lives on between
+//!   polls, driven by a task ([`drive`]) that puts its frames in the
+//!   session's [`Mailbox`]; each `GET /connection/longpoll/{id}` takes what
+//!   is there, or waits for it.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::Response;
 use bytes::{BufMut, Bytes, BytesMut};
-use herald_core::disconnect::{Disconnect, SHUTDOWN};
-use herald_core::{ChannelName, Item, Message, MessageId, Subscriber};
-use std::sync::Arc;
+use herald_core::disconnect::{Disconnect, SLOW_CONSUMER};
+use herald_core::node::Subscribed;
+use herald_core::{ChannelName, Message, MessageId, Refusal};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
+use super::downstream::{ends, Downstream, Step};
+use super::session_frame;
 use crate::config::{Config, DEFAULT_POLL_TIMEOUT};
-use crate::error::ApiError;
-use crate::state::AppState;
-use crate::subscribe::{no_buffering, Connection};
-use herald_core::Refusal;
+use crate::error::Refused;
+use crate::protocol::{disconnect_frame, Push, PING};
+
+/// A long-poll session with no poll waiting for this long is abandoned and
+/// ends, so it lives at most its last poll's timeout plus this.
+pub(crate) const POLL_LINGER: Duration = Duration::from_secs(10);
 
 /// Parses `?timeout=` (whole seconds); longer than the configured maximum is clamped.
-pub fn timeout(text: Option<&str>, config: &Config) -> Result<Duration, ApiError> {
+pub(crate) fn timeout(text: Option<&str>, config: &Config) -> Result<Duration, Refused> {
     let Some(text) = text else {
         return Ok(DEFAULT_POLL_TIMEOUT.min(config.poll_timeout_max));
     };
     let secs: u64 = text.parse().map_err(|_| {
-        ApiError::new(
+        Refused::new(
             Refusal::InvalidTimeout,
             "timeout must be a whole number of seconds (0 for a short poll)",
         )
@@ -33,6 +48,9 @@ pub fn timeout(text: Option<&str>, config: &Config) -> Result<Duration, ApiError
     Ok(Duration::from_secs(secs).min(config.poll_timeout_max))
 }
 
+// ---- channel dialect: one request, one answer ----
+
+/// What a channel poll answers with.
 #[derive(Default)]
 struct Answer {
     messages: Vec<Arc<Message>>,
@@ -41,76 +59,65 @@ struct Answer {
 }
 
 impl Answer {
-    /// Takes one item; returns false when nothing more should be taken.
-    fn take(&mut self, item: Item) -> bool {
-        match item {
-            Item::Message(m) => self.messages.push(m),
-            Item::Gap(_) => self.gap = true,
-            Item::Closed(_, why) | Item::Disconnect(why) => {
-                self.ended = Some(why);
-                return false;
+    fn take(&mut self, pushes: &mut Vec<Push>) {
+        for push in pushes.drain(..) {
+            match push {
+                Push::Message(m) => self.messages.push(m),
+                Push::Gap(_) => self.gap = true,
+                Push::End(why) => self.ended = Some(why),
+                // Join/leave notices are for streams; a poll answer lists messages.
+                Push::Notice(_) | Push::Frame(_) => {}
             }
-            // Join/leave notices are for streams; a poll answer lists messages.
-            Item::Notice(_) => {}
         }
-        true
     }
 
-    fn drain(&mut self, sub: &mut Subscriber) {
-        while let Some(item) = sub.try_next() {
-            if !self.take(item) {
-                break;
-            }
-        }
+    fn is_empty(&self) -> bool {
+        self.messages.is_empty() && !self.gap && self.ended.is_none()
     }
 }
 
-pub async fn serve(
-    state: &AppState,
-    mut conn: Connection,
+/// Serves one channel poll: what is ready, else the first thing within
+/// `wait`. Returns the answer's body.
+pub(crate) async fn answer(
+    mut down: Downstream,
+    channel: &ChannelName,
+    subscribed: Subscribed,
     wait: Duration,
-    callback: Option<String>,
-) -> Response {
-    let sub = &mut conn.sub;
-    let subscribed = conn.subscribed;
+    callback: Option<&str>,
+) -> Bytes {
+    let mut pushes = Vec::new();
     let mut answer = Answer::default();
-    answer.drain(sub);
-    if answer.messages.is_empty() && !answer.gap && answer.ended.is_none() && !wait.is_zero() {
-        tokio::select! {
-            () = state.shutdown.cancelled() => answer.ended = Some(SHUTDOWN),
-            () = tokio::time::sleep(wait) => {}
-            item = sub.next() => {
-                if answer.take(item) {
-                    answer.drain(sub);
+    down.ready(&mut pushes);
+    answer.take(&mut pushes);
+    if answer.is_empty() && !wait.is_zero() {
+        let deadline = tokio::time::sleep(wait);
+        tokio::pin!(deadline);
+        while answer.is_empty() {
+            tokio::select! {
+                () = &mut deadline => break,
+                step = down.step(&mut pushes) => {
+                    if step == Step::Ended {
+                        break;
+                    }
+                    if !ends(&pushes) {
+                        down.ready(&mut pushes);
+                    }
+                    answer.take(&mut pushes);
                 }
             }
         }
     }
-    let channel = conn.channel.clone();
-    drop(conn);
+    // The session ends here, before the answer is written.
+    drop(down);
     let last_id = answer.messages.last().map(|m| m.id).or(subscribed.position);
-
-    let jsonp = callback.is_some();
-    let body = body(
-        &channel,
+    body(
+        channel,
         &answer.messages,
         last_id,
         answer.gap,
         answer.ended,
-        callback.as_deref(),
-    );
-    let content_type = if jsonp {
-        "application/javascript; charset=utf-8"
-    } else {
-        "application/json"
-    };
-    let mut response = Response::new(axum::body::Body::from(body));
-    *response.status_mut() = StatusCode::OK;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    no_buffering(&mut response);
-    response
+        callback,
+    )
 }
 
 /// The answer's body: `{"channel","messages","last_id","gap"}` (and
@@ -164,4 +171,177 @@ pub(crate) fn body(
         body.put_slice(b");");
     }
     body.freeze()
+}
+
+// ---- session dialect: a mailbox between polls ----
+
+/// Frames waiting for the next long-poll of a session, at most `cap`
+/// (beyond that the session ends as a slow consumer).
+pub(crate) struct Mailbox {
+    frames: Mutex<VecDeque<Bytes>>,
+    cap: usize,
+    notify: Notify,
+    ended: AtomicBool,
+    /// When a poll last started or ended.
+    last_poll: Mutex<Instant>,
+    /// Polls waiting now (a session with one waiting is not abandoned).
+    waiting: AtomicUsize,
+}
+
+impl Mailbox {
+    pub(crate) fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self {
+            frames: Mutex::new(VecDeque::new()),
+            cap,
+            notify: Notify::new(),
+            ended: AtomicBool::new(false),
+            last_poll: Mutex::new(Instant::now()),
+            waiting: AtomicUsize::new(0),
+        })
+    }
+
+    fn put(&self, frame: Bytes) -> Result<(), Disconnect> {
+        let mut frames = self.frames.lock();
+        if frames.len() >= self.cap {
+            return Err(SLOW_CONSUMER);
+        }
+        frames.push_back(frame);
+        drop(frames);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    fn abandoned(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) == 0 && self.last_poll.lock().elapsed() >= POLL_LINGER
+    }
+
+    /// Resolves once the client is gone: it wakes when the linger since the
+    /// last poll would end, not on a fixed tick.
+    async fn until_abandoned(&self) {
+        loop {
+            let due = *self.last_poll.lock() + POLL_LINGER;
+            tokio::time::sleep_until(due).await;
+            if self.abandoned() {
+                return;
+            }
+            if self.waiting.load(Ordering::Acquire) > 0 {
+                // A poll is waiting: look again once it could have ended.
+                tokio::time::sleep(POLL_LINGER).await;
+            }
+        }
+    }
+
+    /// The session ended: its last frames wait for one more poll.
+    fn end(&self, last: Option<Bytes>) {
+        if let Some(frame) = last {
+            self.frames.lock().push_back(frame);
+        }
+        self.ended.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Waits up to `wait` for frames; returns them (maybe none) and whether
+    /// the session has ended.
+    pub(crate) async fn take(
+        &self,
+        wait: Duration,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> (Vec<Bytes>, bool) {
+        let _waiting = Waiting::new(self);
+        let deadline = Instant::now() + wait;
+        loop {
+            let notified = self.notify.notified();
+            let taken: Vec<Bytes> = self.frames.lock().drain(..).collect();
+            let ended = self.ended.load(Ordering::Acquire);
+            if !taken.is_empty() || ended || Instant::now() >= deadline {
+                return (taken, ended);
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(deadline) => {}
+                () = shutdown.cancelled(), if !shutdown.is_cancelled() => {}
+            }
+        }
+    }
+}
+
+/// Counts a waiting poll for as long as it lives.
+struct Waiting<'a>(&'a Mailbox);
+
+impl<'a> Waiting<'a> {
+    fn new(mailbox: &'a Mailbox) -> Self {
+        *mailbox.last_poll.lock() = Instant::now();
+        mailbox.waiting.fetch_add(1, Ordering::AcqRel);
+        Self(mailbox)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        *self.0.last_poll.lock() = Instant::now();
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// `{"frames":[...]}`: a session poll's answer.
+pub(crate) fn frames_body(frames: &[Bytes]) -> Bytes {
+    let mut body = BytesMut::from(&b"{\"frames\":["[..]);
+    for (i, frame) in frames.iter().enumerate() {
+        if i > 0 {
+            body.put_u8(b',');
+        }
+        body.put_slice(frame);
+    }
+    body.put_slice(b"]}");
+    body.freeze()
+}
+
+/// Drives a long-poll session until it ends: its pushes go to `mailbox`
+/// as session frames. A client that stops polling for [`POLL_LINGER`] is
+/// gone; a session that ended with something to say keeps its entry one
+/// more linger, for the poll that takes the last frames.
+pub(crate) async fn drive(mut down: Downstream, mailbox: Arc<Mailbox>) {
+    let mut pushes = Vec::new();
+    let end: Option<Disconnect> = loop {
+        tokio::select! {
+            step = down.step(&mut pushes) => match step {
+                Step::Ended => break None,
+                Step::Heartbeat => {
+                    if mailbox.abandoned() {
+                        break None;
+                    }
+                    if let Err(why) = mailbox.put(PING) {
+                        break Some(why);
+                    }
+                }
+                Step::Pushed => {
+                    let mut end = None;
+                    for push in pushes.drain(..) {
+                        if let Push::End(why) = push {
+                            end = Some(why);
+                            break;
+                        }
+                        if let Err(why) = mailbox.put(session_frame(&push).0) {
+                            end = Some(why);
+                            break;
+                        }
+                    }
+                    pushes.clear();
+                    if end.is_some() {
+                        break end;
+                    }
+                }
+            },
+            () = mailbox.until_abandoned() => break None,
+        }
+    };
+    let registered = down.take_registration();
+    mailbox.end(end.map(disconnect_frame));
+    // The session ends now (its slot and the disconnect hook); the entry
+    // waits for the last poll unless the client is already gone.
+    drop(down);
+    if end.is_some() && !mailbox.abandoned() {
+        tokio::time::sleep(POLL_LINGER).await;
+    }
+    drop(registered);
 }

@@ -1,19 +1,22 @@
-//! Server-Sent Events: `id:` is the message id, `data:` the payload as sent.
+//! Server-Sent Events. Channel dialect: `id:` is the message id and `data:`
+//! the envelope, with `event: gap`, `event: join`/`leave` and a last
+//! `event: disconnect`. Session dialect: every frame is one `data:` event.
 
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
-use herald_core::disconnect::Disconnect;
 use herald_core::message::write_sse_data;
-use herald_core::{ChannelName, Message};
 use serde_json::json;
 
-use super::stream::Framing;
+use super::{session_frame, Encoder};
+use crate::protocol::{Dialect, Push, PING};
 
 /// How long a browser waits before reconnecting, sent as `retry:`.
-pub const RETRY_MS: u32 = 2000;
+pub(crate) const RETRY_MS: u32 = 2000;
 
-pub struct Sse;
+pub(crate) struct Sse {
+    pub(crate) dialect: Dialect,
+}
 
 fn event(name: &str, data: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(data.len() + 32);
@@ -25,42 +28,58 @@ fn event(name: &str, data: &str) -> Bytes {
     out.freeze()
 }
 
-impl Framing for Sse {
+/// One unnamed event whose data is a one-line JSON frame.
+pub(crate) fn data_event(json: Bytes, out: &mut VecDeque<Bytes>) {
+    out.push_back(Bytes::from_static(b"data: "));
+    out.push_back(json);
+    out.push_back(Bytes::from_static(b"\n\n"));
+}
+
+impl Encoder for Sse {
     fn content_type(&self) -> &'static str {
         "text/event-stream; charset=utf-8"
     }
 
     fn open(&self, out: &mut VecDeque<Bytes>) {
-        out.push_back(Bytes::from(format!("retry: {RETRY_MS}\n: herald\n\n")));
+        let open = match self.dialect {
+            Dialect::Channel(_) => format!("retry: {RETRY_MS}\n: herald\n\n"),
+            Dialect::Session => format!("retry: {RETRY_MS}\n\n"),
+        };
+        out.push_back(Bytes::from(open));
     }
 
-    fn message(&self, message: &Message, out: &mut VecDeque<Bytes>) {
-        out.push_back(message.sse_frame().clone());
+    fn push(&self, push: &Push, out: &mut VecDeque<Bytes>) {
+        let Dialect::Channel(channel) = &self.dialect else {
+            data_event(session_frame(push).0, out);
+            return;
+        };
+        match push {
+            Push::Message(m) => out.push_back(m.sse_frame().clone()),
+            Push::Gap(channel) => out.push_back(event(
+                "gap",
+                &json!({"channel": channel.as_str()}).to_string(),
+            )),
+            Push::Notice(notice) => {
+                let data = std::str::from_utf8(&notice.json).unwrap_or("{}");
+                out.push_back(event(notice.kind.as_str(), data));
+            }
+            Push::Frame(frame) => data_event(frame.clone(), out),
+            Push::End(why) => {
+                let data = json!({
+                    "channel": channel.as_str(),
+                    "code": why.code,
+                    "reason": why.reason,
+                    "reconnect": why.reconnect,
+                });
+                out.push_back(event("disconnect", &data.to_string()));
+            }
+        }
     }
 
-    fn gap(&self, channel: &ChannelName, out: &mut VecDeque<Bytes>) {
-        out.push_back(event(
-            "gap",
-            &json!({"channel": channel.as_str()}).to_string(),
-        ));
-    }
-
-    fn heartbeat(&self, _channel: &ChannelName, out: &mut VecDeque<Bytes>) {
-        out.push_back(Bytes::from_static(b": heartbeat\n\n"));
-    }
-
-    fn close(&self, channel: &ChannelName, why: Disconnect, out: &mut VecDeque<Bytes>) {
-        let data = json!({
-            "channel": channel.as_str(),
-            "code": why.code,
-            "reason": why.reason,
-            "reconnect": why.reconnect,
-        });
-        out.push_back(event("disconnect", &data.to_string()));
-    }
-
-    fn notice(&self, notice: &herald_core::presence::Notice, out: &mut VecDeque<Bytes>) {
-        let data = std::str::from_utf8(&notice.json).unwrap_or("{}");
-        out.push_back(event(notice.kind.as_str(), data));
+    fn heartbeat(&self, out: &mut VecDeque<Bytes>) {
+        match self.dialect {
+            Dialect::Channel(_) => out.push_back(Bytes::from_static(b": heartbeat\n\n")),
+            Dialect::Session => data_event(PING, out),
+        }
     }
 }

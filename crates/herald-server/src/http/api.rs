@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{json, value::RawValue};
 
-use crate::auth::check_backend;
+use crate::access::auth::check_backend;
 use crate::error::ApiError;
 use crate::state::AppState;
 use herald_core::Refusal;
@@ -24,7 +24,7 @@ use herald_core::Refusal;
 const API_BODY_SLACK: usize = 16 * 1024;
 
 /// A channel name from the path, or a 400.
-pub fn channel_from_path(
+pub(crate) fn channel_from_path(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<ChannelName, ApiError> {
     let Path(name) = path.map_err(|e| ApiError::new(Refusal::InvalidChannel, e.body_text()))?;
@@ -32,7 +32,7 @@ pub fn channel_from_path(
 }
 
 /// Longest time a request body may take to arrive once its head has.
-pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub(crate) const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Reads a whole body, refusing it past `limit` bytes (the limit is inclusive)
 /// or past [`BODY_TIMEOUT`].
@@ -41,7 +41,7 @@ pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30)
 /// piece is otherwise a slice of the connection's read buffer, and a message
 /// kept in history would keep that whole buffer alive (measured: ~4.6 KB per
 /// retained 60-byte message, against ~0.3 KB with the copy).
-pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let collect = http_body_util::Limited::new(body, limit).collect();
     let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, collect).await else {
         return Err(ApiError::new(
@@ -67,7 +67,10 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 /// A JSON request body of the shape `T`: `400 invalid_json` when it is not
 /// JSON at all (on every endpoint alike), `400 invalid_request` when it is
 /// JSON of the wrong shape, with `shape` telling what was expected.
-pub fn parse_json<T: serde::de::DeserializeOwned>(raw: &[u8], shape: &str) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    raw: &[u8],
+    shape: &str,
+) -> Result<T, ApiError> {
     serde_json::from_slice(raw).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             ApiError::new(Refusal::InvalidJson, format!("body is not valid JSON: {e}"))
@@ -140,20 +143,10 @@ async fn publish_once(
 }
 
 /// The request header naming a publish's idempotency key.
-pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
-
-/// A JSON value from a request body as a payload, within the size limit.
-pub fn json_payload(data: &RawValue, limit: usize) -> Result<Payload, ApiError> {
-    let text = data.get();
-    if text.len() > limit {
-        return Err(ApiError::payload_too_large(limit));
-    }
-    Payload::json(Bytes::copy_from_slice(text.as_bytes()))
-        .map_err(|e| ApiError::new(Refusal::InvalidJson, e.to_string()))
-}
+pub(crate) const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
 /// `POST /pub/{channel}`: the body is the message.
-pub async fn publish(
+pub(crate) async fn publish(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     path: Result<Path<String>, PathRejection>,
@@ -186,7 +179,7 @@ struct PublishRequest {
 }
 
 /// `POST /api/publish`: `{"channel": c, "data": …}` or `{"channels": […], "data": …}`.
-pub async fn api_publish(
+pub(crate) async fn api_publish(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -196,7 +189,7 @@ pub async fn api_publish(
     let limit = state.config.max_payload;
     let raw = read_body(body, limit + API_BODY_SLACK).await?;
     let request: PublishRequest = parse_json(&raw, "{\"channel\" or \"channels\", \"data\"}")?;
-    let payload = json_payload(&request.data, limit)?;
+    let payload = crate::access::json_payload(&request.data, limit)?;
     let key = idempotency_key(
         request.idempotency_key.as_deref(),
         "the idempotency_key field",
@@ -236,10 +229,10 @@ pub async fn api_publish(
 }
 
 /// Most channels one `/api/publish` may name.
-pub const MAX_CHANNELS_PER_PUBLISH: usize = 100;
+pub(crate) const MAX_CHANNELS_PER_PUBLISH: usize = 100;
 
 /// `GET /pub/{channel}`.
-pub async fn channel_info(
+pub(crate) async fn channel_info(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     path: Result<Path<String>, PathRejection>,
@@ -259,7 +252,7 @@ pub async fn channel_info(
 }
 
 /// `DELETE /pub/{channel}`: drops history and closes subscribers.
-pub async fn delete_channel(
+pub(crate) async fn delete_channel(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     path: Result<Path<String>, PathRejection>,
@@ -286,11 +279,11 @@ struct TokenRequest {
 }
 
 /// Token lifetime when `/api/tokens` is asked for none.
-pub const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
+pub(crate) const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
 
 /// `POST /api/tokens`: a connection token signed by Herald, for backends
 /// without a JWT library.
-pub async fn create_token(
+pub(crate) async fn create_token(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -312,15 +305,15 @@ pub async fn create_token(
             .map_err(|e| ApiError::new(Refusal::InvalidUser, format!("user id: {e}")))?;
     }
     let now = herald_core::engine::now_ms() / 1000;
-    let claims = crate::token::Claims {
+    let claims = crate::access::token::Claims {
         sub: request.user,
         exp: now + ttl,
         iat: Some(now),
         channels: request.channels,
         info: request.info,
-        ..crate::token::Claims::default()
+        ..crate::access::token::Claims::default()
     };
-    let token = state.tokens.sign(&claims);
+    let token = state.rules.tokens.sign(&claims);
     Ok((
         StatusCode::CREATED,
         Json(json!({"token": token, "expires_at": claims.exp})),
@@ -332,18 +325,18 @@ pub async fn create_token(
 /// short-lived single-use ticket to put in a URL (`?ticket=`), where
 /// headers cannot go (EventSource, iframes) and a long-lived token must not
 /// (URLs end up in logs).
-pub async fn create_ticket(
+pub(crate) async fn create_ticket(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let identity = crate::access::identify(&state, &headers, None).await?;
+    let identity = crate::access::identify(&state.rules, &headers, None).await?;
     if identity.is_anonymous() {
         return Err(ApiError::new(
             Refusal::TokenRequired,
             "send the token as Authorization: Bearer or in the herald_token cookie",
         ));
     }
-    let (ticket, expires_at) = state.tokens.ticket(&identity);
+    let (ticket, expires_at) = state.rules.tokens.ticket(&identity);
     Ok((
         StatusCode::CREATED,
         Json(json!({"ticket": ticket, "expires_at": expires_at})),
@@ -368,7 +361,7 @@ struct UserPublishRequest {
 
 /// `POST /api/users/{id}/publish`: to every connection of the user now, or
 /// queued until the user is back.
-pub async fn user_publish(
+pub(crate) async fn user_publish(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     path: Result<Path<String>, PathRejection>,
@@ -380,7 +373,7 @@ pub async fn user_publish(
     let limit = state.config.max_payload;
     let raw = read_body(body, limit + API_BODY_SLACK).await?;
     let request: UserPublishRequest = parse_json(&raw, "{\"data\": ...}")?;
-    let payload = json_payload(&request.data, limit)?;
+    let payload = crate::access::json_payload(&request.data, limit)?;
     let result = state.node.engine.publish_to_user(&channel, payload).await?;
     state.counters.published(&result.published, false);
     Ok((
@@ -398,7 +391,7 @@ pub async fn user_publish(
 
 /// `POST /api/users/{id}/disconnect`: closes every connection of the user
 /// (code 4006, no reconnect).
-pub async fn user_disconnect(
+pub(crate) async fn user_disconnect(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     path: Result<Path<String>, PathRejection>,
@@ -415,7 +408,7 @@ pub async fn user_disconnect(
 }
 
 /// `GET /api/presence/{channel}`: who is subscribed, grouped by user.
-pub async fn presence(
+pub(crate) async fn presence(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     path: Result<Path<String>, PathRejection>,

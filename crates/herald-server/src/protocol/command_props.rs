@@ -161,23 +161,26 @@ impl Valid {
             serde_json::from_str(r.get()).expect("raw values are JSON")
         };
         match (self, command) {
-            (Valid::Connect(a), Command::Connect { token }) => prop_assert_eq!(a, token),
-            (Valid::Subscribe(c, s), Command::Subscribe { channel, since })
-            | (Valid::History(c, s), Command::History { channel, since }) => {
-                prop_assert_eq!(c, channel);
-                prop_assert_eq!(s, since);
+            (Valid::Connect(a), Command::Connect(b)) => prop_assert_eq!(a, &b.token),
+            (Valid::Subscribe(c, s), Command::Subscribe(b)) => {
+                prop_assert_eq!(c, &b.channel);
+                prop_assert_eq!(s, &b.since);
             }
-            (Valid::Unsubscribe(c), Command::Unsubscribe { channel })
-            | (Valid::Presence(c), Command::Presence { channel }) => prop_assert_eq!(c, channel),
-            (Valid::Publish(c, d), Command::Publish { channel, data }) => {
-                prop_assert_eq!(c, channel);
-                prop_assert_eq!(&reparsed(d), &raw(data));
+            (Valid::History(c, s), Command::History(b)) => {
+                prop_assert_eq!(c, &b.channel);
+                prop_assert_eq!(s, &b.since);
             }
-            (Valid::Ping, Command::Ping) => {}
-            (Valid::Refresh(t), Command::Refresh { token }) => prop_assert_eq!(t, token),
-            (Valid::Rpc(m, p), Command::Rpc { method, params }) => {
-                prop_assert_eq!(m, method);
-                prop_assert_eq!(p.as_ref().map(reparsed), params.as_deref().map(raw));
+            (Valid::Unsubscribe(c), Command::Unsubscribe(b)) => prop_assert_eq!(c, &b.channel),
+            (Valid::Presence(c), Command::Presence(b)) => prop_assert_eq!(c, &b.channel),
+            (Valid::Publish(c, d), Command::Publish(b)) => {
+                prop_assert_eq!(c, &b.channel);
+                prop_assert_eq!(&reparsed(d), &raw(&b.data));
+            }
+            (Valid::Ping, Command::Ping(_)) => {}
+            (Valid::Refresh(t), Command::Refresh(b)) => prop_assert_eq!(t, &b.token),
+            (Valid::Rpc(m, p), Command::Rpc(b)) => {
+                prop_assert_eq!(m, &b.method);
+                prop_assert_eq!(p.as_ref().map(reparsed), b.params.as_deref().map(raw));
             }
             (want, got) => {
                 return Err(TestCaseError::fail(format!("{want:?} parsed as {got:?}")));

@@ -12,24 +12,24 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::http::HeaderMap;
+use http::HeaderMap;
 use ipnet::IpNet;
 
 /// `::ffff:a.b.c.d` as `a.b.c.d`; every other address unchanged.
-pub fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
 /// A socket address with its IP canonicalised.
-pub fn canonical_socket(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn canonical_socket(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(canonical(addr.ip()), addr.port())
 }
 
 /// The headers that say a request came through a proxy.
-pub const FORWARDING_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
+pub(crate) const FORWARDING_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
 
 /// Whether any forwarding header is present.
-pub fn has_forwarding_headers(headers: &HeaderMap) -> bool {
+pub(crate) fn has_forwarding_headers(headers: &HeaderMap) -> bool {
     FORWARDING_HEADERS
         .iter()
         .any(|name| headers.contains_key(*name))

@@ -19,7 +19,7 @@ use crate::state::AppState;
 use herald_core::Refusal;
 
 /// Whether a browser page at `origin` may use a server reached as `host`.
-pub fn allowed(list: &[String], origin: &str, host: Option<&str>) -> bool {
+pub(crate) fn allowed(list: &[String], origin: &str, host: Option<&str>) -> bool {
     let same_origin = host.is_some_and(|h| {
         origin
             .strip_prefix("http://")
@@ -29,7 +29,7 @@ pub fn allowed(list: &[String], origin: &str, host: Option<&str>) -> bool {
     same_origin || list.iter().any(|o| o == "*" || o == origin)
 }
 
-pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(origin) = request.headers().get(header::ORIGIN).cloned() else {
         return next.run(request).await;
     };

@@ -10,13 +10,22 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::Value;
 
-use super::Framing;
-use crate::transport::encoding_props::{
+use std::collections::VecDeque;
+
+use super::encoding_props::{
     callback, iframe_argument, message, parse_event_stream, script_argument, tricky_text,
 };
+use super::{iframe::Iframe, ndjson::Ndjson, sse::Sse, Encoder};
+use crate::protocol::{Dialect, Push};
 
-fn joined(chunks: Vec<Bytes>) -> String {
-    String::from_utf8(chunks.concat()).expect("UTF-8")
+fn joined(chunks: VecDeque<Bytes>) -> String {
+    String::from_utf8(chunks.into_iter().flat_map(|b| b.to_vec()).collect()).expect("UTF-8")
+}
+
+fn encoded(encoder: &impl Encoder, push: &Push) -> String {
+    let mut out = VecDeque::new();
+    encoder.push(push, &mut out);
+    joined(out)
 }
 
 proptest! {
@@ -29,27 +38,30 @@ proptest! {
         // A shared envelope (with its script-safe form) and a reply built
         // by the session (escaped on the spot).
         let reply = Bytes::from(serde_json::json!({ "id": 3, "error": { "message": said } }).to_string());
-        let frames = [
-            (m.envelope().clone(), Some(m.script_envelope().clone())),
-            (reply, None),
+        let pushes = [
+            (Push::Message(m.clone()), m.envelope().clone()),
+            (Push::Frame(reply.clone()), reply),
         ];
-        for (json, script) in frames {
+        let sse = Sse { dialect: Dialect::Session };
+        let ndjson = Ndjson { dialect: Dialect::Session };
+        let iframe = Iframe::new(&callback, Dialect::Session);
+        for (push, json) in pushes {
             let want: Value = serde_json::from_slice(&json).expect("JSON");
             let text = std::str::from_utf8(&json).expect("UTF-8");
 
-            let sse = joined(Framing::Sse.frame(json.clone(), script.clone()));
-            let stream = format!("{}{sse}", joined(Framing::Sse.open().into_iter().collect()));
+            let mut open = VecDeque::new();
+            sse.open(&mut open);
+            let stream = format!("{}{}", joined(open), encoded(&sse, &push));
             let events = parse_event_stream(&stream);
             prop_assert_eq!(events.len(), 1);
             prop_assert_eq!(events[0].0.as_str(), "message");
             prop_assert_eq!(events[0].1.as_str(), text);
 
-            let line = joined(Framing::Ndjson.frame(json.clone(), script.clone()));
+            let line = encoded(&ndjson, &push);
             prop_assert_eq!(line.strip_suffix('\n'), Some(text));
             prop_assert!(!text.contains('\n'));
 
-            let call = Bytes::from(format!("<script>parent.{callback}("));
-            let chunk = joined(Framing::Iframe(call).frame(json.clone(), script));
+            let chunk = encoded(&iframe, &push);
             let arg = script_argument(iframe_argument(&chunk, &callback)?)?;
             prop_assert_eq!(arg, want);
         }

@@ -1,24 +1,67 @@
-//! Who a request is, and what it may subscribe to. Every transport and the
-//! session protocol go through these functions, so a rule holds everywhere.
+//! The rules: who a request is, and what it may do. Every dialect and
+//! transport goes through these functions (by way of
+//! `protocol::admission` and the session's commands), so a rule holds
+//! everywhere. Nothing here knows HTTP routing or wire formats: a rule
+//! answers a [`Refused`], which the caller turns into an HTTP answer, a
+//! session reply or a close.
+//!
+//! - [`auth`]: the backend's credential (API key, keyless loopback).
+//! - [`client_addr`]: the client's address behind trusted proxies.
+//! - [`token`]: connection tokens and tickets.
+//! - [`hook`]: the application backend's say (connect, subscribe, publish, rpc).
+//! - [`limits`]: connection counts and rates.
 
-use axum::http::{header, HeaderMap};
+pub(crate) mod auth;
+pub(crate) mod client_addr;
+pub(crate) mod hook;
+pub(crate) mod limits;
+pub mod token;
+#[cfg(test)]
+mod token_props;
+
+use std::sync::Arc;
+
 use herald_core::engine::SubscriberSlot;
 use herald_core::presence::ClientInfo;
 use herald_core::user::channel_user;
 use herald_core::ChannelName;
+use herald_core::Node;
+use http::{header, HeaderMap};
 use serde_json::json;
 
-use crate::error::ApiError;
-use crate::hook::{HookEvent, Verdict};
-use crate::state::AppState;
-use crate::token::{Identity, TokenError};
+use crate::error::Refused;
 use herald_core::Refusal;
+use hook::{HookEvent, Hooks, Verdict};
+use token::{Identity, TokenError, Tokens};
+
+/// What the rules consult: the node (engine, namespaces), the token keys
+/// and the application backend's hooks.
+pub(crate) struct Rules {
+    pub(crate) node: Node,
+    pub(crate) tokens: Tokens,
+    pub(crate) hooks: Option<Arc<Hooks>>,
+}
+
+/// A random 128-bit id, hex-encoded: client ids, session ids (secrets),
+/// ticket ids and generated keys.
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness is a broken host; fall back to a unique (not
+        // secret) value so the server keeps serving.
+        static FALLBACK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = FALLBACK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        bytes[..8].copy_from_slice(&n.to_le_bytes());
+        bytes[8..].copy_from_slice(&herald_core::engine::now_ms().to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// The cookie a browser may carry its token in.
-pub const TOKEN_COOKIE: &str = "herald_token";
+pub(crate) const TOKEN_COOKIE: &str = "herald_token";
 
-pub fn token_error(e: &TokenError) -> ApiError {
-    ApiError::new(e.refusal(), e.to_string())
+pub(crate) fn token_error(e: &TokenError) -> Refused {
+    Refused::new(e.refusal(), e.to_string())
 }
 
 fn cookie_token(headers: &HeaderMap) -> Option<&str> {
@@ -35,18 +78,18 @@ fn cookie_token(headers: &HeaderMap) -> Option<&str> {
 /// The identity of a client request: a `?ticket=`, else `Authorization:
 /// Bearer`, else the `herald_token` cookie, else anonymous. A credential
 /// that is present but wrong is an error, never silently anonymous.
-pub async fn identify(
-    state: &AppState,
+pub(crate) async fn identify(
+    rules: &Rules,
     headers: &HeaderMap,
     ticket: Option<&str>,
-) -> Result<Identity, ApiError> {
+) -> Result<Identity, Refused> {
     if let Some(ticket) = ticket {
-        let (identity, id) = state
+        let (identity, id) = rules
             .tokens
             .verify_ticket(ticket)
             .map_err(|e| token_error(&e))?;
-        let ttl_ms = u64::try_from(state.tokens.ticket_ttl().as_millis()).unwrap_or(u64::MAX);
-        if !state
+        let ttl_ms = u64::try_from(rules.tokens.ticket_ttl().as_millis()).unwrap_or(u64::MAX);
+        if !rules
             .node
             .engine
             .claim_once(&format!("ticket:{id}"), ttl_ms.saturating_add(60_000))
@@ -56,15 +99,15 @@ pub async fn identify(
         }
         return Ok(identity);
     }
-    let token = crate::auth::bearer(headers).or_else(|| cookie_token(headers));
+    let token = auth::bearer(headers).or_else(|| cookie_token(headers));
     match token {
         None => Ok(Identity::default()),
-        Some(token) => state.tokens.verify(token).map_err(|e| token_error(&e)),
+        Some(token) => rules.tokens.verify(token).map_err(|e| token_error(&e)),
     }
 }
 
 /// The presence/queue view of an identity for a connection.
-pub fn client_info(identity: &Identity, client: &str) -> ClientInfo {
+pub(crate) fn client_info(identity: &Identity, client: &str) -> ClientInfo {
     ClientInfo {
         client: client.into(),
         user: identity.user.clone(),
@@ -74,8 +117,8 @@ pub fn client_info(identity: &Identity, client: &str) -> ClientInfo {
 
 /// When the connection must end because its token expires: the token's
 /// `exp` plus the leeway that also let it in.
-pub fn deadline(state: &AppState, identity: &Identity) -> Option<tokio::time::Instant> {
-    let leeway = u64::try_from(state.tokens.leeway().as_millis()).unwrap_or(u64::MAX);
+pub(crate) fn deadline(rules: &Rules, identity: &Identity) -> Option<tokio::time::Instant> {
+    let leeway = u64::try_from(rules.tokens.leeway().as_millis()).unwrap_or(u64::MAX);
     let at = identity.expires_at_ms?.saturating_add(leeway);
     let now = herald_core::engine::now_ms();
     let left = std::time::Duration::from_millis(at.saturating_sub(now));
@@ -84,27 +127,27 @@ pub fn deadline(state: &AppState, identity: &Identity) -> Option<tokio::time::In
 
 /// Whether `identity` may see `channel` at all: personal channels belong to
 /// their user, private namespaces need a grant.
-pub fn may_read(
-    state: &AppState,
+pub(crate) fn may_read(
+    rules: &Rules,
     identity: &Identity,
     channel: &ChannelName,
-) -> Result<(), ApiError> {
+) -> Result<(), Refused> {
     if let Some(owner) = channel_user(channel) {
         if identity.user.as_deref() != Some(owner) {
-            return Err(ApiError::new(
+            return Err(Refused::new(
                 Refusal::Forbidden,
                 format!("{channel} is the personal channel of another user; a token with sub={owner:?} is needed"),
             ));
         }
     }
-    let options = state.node.namespaces.options(channel.as_str());
+    let options = rules.node.namespaces.options(channel.as_str());
     if options.private && !identity.granted(channel.as_str()) {
         let refusal = if identity.is_anonymous() {
             Refusal::TokenRequired
         } else {
             Refusal::Forbidden
         };
-        return Err(ApiError::new(
+        return Err(Refused::new(
             refusal,
             format!("{channel} is private: a token granting it is needed"),
         ));
@@ -121,24 +164,24 @@ pub fn may_read(
 /// ([`herald_core::Subscriber::subscribe_holding`]) so that the place is
 /// given back when the subscription ends, on every transport. A refusal
 /// after the claim (the hook) drops the slot at once.
-pub async fn may_subscribe(
-    state: &AppState,
+pub(crate) async fn may_subscribe(
+    rules: &Rules,
     identity: &Identity,
     client: &str,
     channel: &ChannelName,
-) -> Result<Option<SubscriberSlot>, ApiError> {
-    may_read(state, identity, channel)?;
-    let options = state.node.namespaces.options(channel.as_str());
+) -> Result<Option<SubscriberSlot>, Refused> {
+    may_read(rules, identity, channel)?;
+    let options = rules.node.namespaces.options(channel.as_str());
     let mut slot = None;
     if options.max_subscribers > 0 {
-        slot = state
+        slot = rules
             .node
             .engine
             .claim_subscriber_slot(channel, options.max_subscribers)
             .await?;
     }
     if options.max_subscribers > 0 && slot.is_none() {
-        return Err(ApiError::new(
+        return Err(Refused::new(
             Refusal::ChannelFull,
             format!(
                 "{channel} has its maximum of {} subscribers",
@@ -146,7 +189,7 @@ pub async fn may_subscribe(
             ),
         ));
     }
-    if let Some(hooks) = &state.hooks {
+    if let Some(hooks) = &rules.hooks {
         let body = json!({
             "event": "subscribe",
             "client": client,
@@ -159,15 +202,15 @@ pub async fn may_subscribe(
 }
 
 /// Runs the connect hook for a new connection.
-pub async fn may_connect(
-    state: &AppState,
+pub(crate) async fn may_connect(
+    rules: &Rules,
     identity: &Identity,
     client: &str,
     transport: &str,
     peer: Option<std::net::IpAddr>,
-) -> Result<(), ApiError> {
+) -> Result<(), Refused> {
     tracing::debug!(client, transport, peer = ?peer, user = identity.user.as_deref(), "connection opened");
-    if let Some(hooks) = &state.hooks {
+    if let Some(hooks) = &rules.hooks {
         // `ip` is the client's address: the TCP peer, or what a trusted
         // proxy reported (`trusted_proxies`), in canonical form.
         let body = json!({
@@ -184,8 +227,8 @@ pub async fn may_connect(
 }
 
 /// Tells the backend a connection ended (fire and forget).
-pub fn disconnected(state: &AppState, identity_user: Option<&str>, client: &str) {
-    if let Some(hooks) = &state.hooks {
+pub(crate) fn disconnected(rules: &Rules, identity_user: Option<&str>, client: &str) {
+    if let Some(hooks) = &rules.hooks {
         hooks.notify(
             HookEvent::Disconnect,
             json!({"event": "disconnect", "client": client, "user": identity_user}),
@@ -194,15 +237,32 @@ pub fn disconnected(state: &AppState, identity_user: Option<&str>, client: &str)
 }
 
 /// A hook verdict as an error (the replacement data is dropped here).
-pub fn hook_verdict(
+pub(crate) fn hook_verdict(
     verdict: Verdict,
-) -> Result<Option<Box<serde_json::value::RawValue>>, ApiError> {
+) -> Result<Option<Box<serde_json::value::RawValue>>, Refused> {
     match verdict {
         Verdict::Allow(data) => Ok(data),
-        Verdict::Deny(reason) => Err(ApiError::new(Refusal::Denied, reason)),
-        Verdict::Unavailable => Err(ApiError::new(
+        Verdict::Deny(reason) => Err(Refused::new(Refusal::Denied, reason)),
+        Verdict::Unavailable => Err(Refused::new(
             Refusal::HookUnavailable,
             "the application backend did not answer; retry later",
         )),
     }
+}
+
+/// A JSON value from a client or backend as a payload: within the size
+/// limit, and valid (UTF-8, nesting at most `herald_core`'s limit).
+pub(crate) fn json_payload(
+    data: &serde_json::value::RawValue,
+    limit: usize,
+) -> Result<herald_core::Payload, Refused> {
+    let text = data.get();
+    if text.len() > limit {
+        return Err(Refused::new(
+            Refusal::PayloadTooLarge,
+            format!("payload is larger than {limit} bytes"),
+        ));
+    }
+    herald_core::Payload::json(bytes::Bytes::copy_from_slice(text.as_bytes()))
+        .map_err(|e| Refused::new(Refusal::InvalidJson, e.to_string()))
 }

@@ -41,9 +41,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
-use crate::client_addr::{canonical_socket, TrustedProxies};
+use crate::access::client_addr::{canonical_socket, TrustedProxies};
+use crate::access::limits::{Conn, ConnectionLimiter, LimitHit, TcpSlot};
 use crate::edge::{EdgeIo, Phase, PhaseBody};
-use crate::limits::{ConnectionLimiter, LimitHit, TcpSlot};
+use crate::error::ApiError;
 
 /// Connections answered "over the limit" at once; more are closed unanswered.
 pub const MAX_REFUSING: usize = 256;
@@ -69,19 +70,9 @@ pub async fn over_limit_guard(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     match request.extensions().get::<OverLimit>() {
-        Some(OverLimit(hit)) => hit.error().into_response(),
+        Some(OverLimit(hit)) => ApiError::from(hit.error()).into_response(),
         None => next.run(request).await,
     }
-}
-
-/// The request extension every handler can read: the TCP connection's slot
-/// and whether the request came through a trusted proxy.
-#[derive(Clone)]
-pub struct Conn {
-    pub slot: TcpSlot,
-    /// The client address (`ConnectInfo`) was taken from a trusted proxy's
-    /// forwarding header.
-    pub proxied: bool,
 }
 
 /// How many sockets the public listener may hold, from the process's

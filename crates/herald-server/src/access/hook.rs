@@ -23,8 +23,6 @@ use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::config::{ConfigError, HooksSection};
-
 /// Largest hook answer read.
 const MAX_ANSWER: usize = 1024 * 1024;
 /// Disconnect notifications in flight at once; more are dropped (logged).
@@ -50,7 +48,7 @@ impl HookEvent {
         }
     }
 
-    fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         [
             Self::Connect,
             Self::Subscribe,
@@ -73,49 +71,11 @@ pub struct HookSettings {
 }
 
 /// How long Herald waits for a hook answer unless configured otherwise.
-pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(2);
-
-impl HookSettings {
-    pub fn parse(section: HooksSection) -> Result<Self, ConfigError> {
-        let url: hyper::Uri = section
-            .url
-            .parse()
-            .map_err(|_| ConfigError::Hooks(format!("url: {:?} is not a URL", section.url)))?;
-        if url.scheme_str() != Some("http") {
-            return Err(ConfigError::Hooks(
-                "url: only http:// URLs are supported (run the hook endpoint on a private network or loopback)".into(),
-            ));
-        }
-        let mut events = HashSet::new();
-        for name in &section.events {
-            let event = HookEvent::parse(name).ok_or_else(|| {
-                ConfigError::Hooks(format!(
-                    "events: unknown event {name:?} (connect, subscribe, publish, disconnect, rpc)"
-                ))
-            })?;
-            events.insert(event);
-        }
-        let allow_on_error = match section.on_error.as_deref() {
-            None | Some("deny") => false,
-            Some("allow") => true,
-            Some(other) => {
-                return Err(ConfigError::Hooks(format!(
-                    "on_error: {other:?} is neither \"deny\" nor \"allow\""
-                )))
-            }
-        };
-        Ok(Self {
-            url,
-            events,
-            timeout: section.timeout.unwrap_or(DEFAULT_HOOK_TIMEOUT),
-            allow_on_error,
-        })
-    }
-}
+pub(crate) const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the backend answered.
 #[derive(Debug, Default, Deserialize)]
-pub struct Answer {
+pub(crate) struct Answer {
     pub allow: Option<bool>,
     pub reason: Option<String>,
     pub data: Option<Box<RawValue>>,
@@ -124,28 +84,28 @@ pub struct Answer {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct AnswerError {
+pub(crate) struct AnswerError {
     pub code: Option<String>,
     pub message: Option<String>,
 }
 
 /// The decision on an allow/deny hook.
 #[derive(Debug)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Allow(Option<Box<RawValue>>),
     Deny(String),
     /// The backend is down and the policy is to deny.
     Unavailable,
 }
 
-pub struct Hooks {
+pub(crate) struct Hooks {
     settings: HookSettings,
     client: Client<HttpConnector, Full<Bytes>>,
     notifications: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Hooks {
-    pub fn new(settings: HookSettings) -> Self {
+    pub(crate) fn new(settings: HookSettings) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.timeout));
         connector.set_nodelay(true);
@@ -156,12 +116,12 @@ impl Hooks {
         }
     }
 
-    pub fn wants(&self, event: HookEvent) -> bool {
+    pub(crate) fn wants(&self, event: HookEvent) -> bool {
         self.settings.events.contains(&event)
     }
 
     /// Posts `body` (which must carry `"event"`) and reads the answer.
-    pub async fn call(&self, event: HookEvent, body: &serde_json::Value) -> Option<Answer> {
+    pub(crate) async fn call(&self, event: HookEvent, body: &serde_json::Value) -> Option<Answer> {
         let request = hyper::Request::post(self.settings.url.clone())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header("x-herald-event", event.as_str())
@@ -192,7 +152,7 @@ impl Hooks {
     }
 
     /// Asks whether an action may go ahead (applies `on_error` when down).
-    pub async fn decide(&self, event: HookEvent, body: &serde_json::Value) -> Verdict {
+    pub(crate) async fn decide(&self, event: HookEvent, body: &serde_json::Value) -> Verdict {
         if !self.wants(event) {
             return Verdict::Allow(None);
         }
@@ -210,7 +170,7 @@ impl Hooks {
 
     /// Fire-and-forget notification (disconnects); dropped when too many
     /// are in flight.
-    pub fn notify(self: &std::sync::Arc<Self>, event: HookEvent, body: serde_json::Value) {
+    pub(crate) fn notify(self: &std::sync::Arc<Self>, event: HookEvent, body: serde_json::Value) {
         if !self.wants(event) {
             return;
         }

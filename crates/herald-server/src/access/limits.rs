@@ -10,7 +10,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::error::ApiError;
+use crate::error::Refused;
 use herald_core::Refusal;
 
 /// Counts open connections in total and per client IP, and refuses past
@@ -54,13 +54,13 @@ pub enum LimitHit {
 }
 
 impl LimitHit {
-    pub fn error(self) -> ApiError {
+    pub fn error(self) -> Refused {
         match self {
-            LimitHit::Total(max) => ApiError::new(
+            LimitHit::Total(max) => Refused::new(
                 Refusal::TooManyConnections,
                 format!("the server holds its maximum of {max} connections; retry later"),
             ),
-            LimitHit::PerIp(max) => ApiError::new(
+            LimitHit::PerIp(max) => Refused::new(
                 Refusal::TooManyConnectionsFromIp,
                 format!("at most {max} connections per client address"),
             ),
@@ -158,23 +158,33 @@ impl Drop for ConnectionGuard {
 /// The TCP connection's slot, shared with the requests on it: a WebSocket
 /// upgrade takes it, so that the upgraded socket keeps its count.
 #[derive(Clone, Default)]
-pub struct TcpSlot(Arc<Mutex<Option<ConnectionGuard>>>);
+pub(crate) struct TcpSlot(Arc<Mutex<Option<ConnectionGuard>>>);
 
 impl TcpSlot {
-    pub fn new(guard: Option<ConnectionGuard>) -> Self {
+    pub(crate) fn new(guard: Option<ConnectionGuard>) -> Self {
         Self(Arc::new(Mutex::new(guard)))
     }
 
-    pub fn take(&self) -> Option<ConnectionGuard> {
+    pub(crate) fn take(&self) -> Option<ConnectionGuard> {
         self.0.lock().take()
     }
+}
+
+/// The request extension every handler can read: the TCP connection's slot
+/// and whether the request came through a trusted proxy.
+#[derive(Clone)]
+pub(crate) struct Conn {
+    pub(crate) slot: TcpSlot,
+    /// The client address (`ConnectInfo`) was taken from a trusted proxy's
+    /// forwarding header.
+    pub(crate) proxied: bool,
 }
 
 /// What a long-lived request holds: the TCP slot it took over (upgrades)
 /// and, behind a trusted proxy, the slot of the client's own address. Each
 /// one is a client connection in the `herald_connections` gauge.
 #[derive(Debug)]
-pub struct Slot {
+pub(crate) struct Slot {
     _tcp: Option<ConnectionGuard>,
     /// Boxed: only clients behind a trusted proxy have one, and every idle
     /// connection carries a `Slot`.
@@ -183,7 +193,7 @@ pub struct Slot {
 }
 
 impl Slot {
-    pub fn new(
+    pub(crate) fn new(
         tcp: Option<ConnectionGuard>,
         client: Option<ConnectionGuard>,
         live: &Arc<AtomicUsize>,
@@ -204,7 +214,7 @@ impl Drop for Slot {
 }
 
 /// A token bucket: `rate` per second, up to `burst` at once.
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -212,7 +222,7 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    pub fn new(rate: u32, burst: u32) -> Self {
+    pub(crate) fn new(rate: u32, burst: u32) -> Self {
         let burst = f64::from(burst.max(1));
         Self {
             rate: f64::from(rate),
@@ -223,7 +233,7 @@ impl RateLimit {
     }
 
     /// Takes one token if there is one. A rate of 0 means unlimited.
-    pub fn try_take(&mut self) -> bool {
+    pub(crate) fn try_take(&mut self) -> bool {
         if self.rate <= 0.0 {
             return true;
         }

@@ -2,11 +2,12 @@
 //! module sees raw client JSON.
 
 use serde::Deserialize;
-use serde_json::value::RawValue;
+
+use super::cmd;
 
 /// One frame from a client.
 #[derive(Debug)]
-pub enum Frame {
+pub(crate) enum Frame {
     Command {
         id: u64,
         command: Command,
@@ -15,103 +16,48 @@ pub enum Frame {
     Pong,
 }
 
+/// A command and its arguments, as each command's file in [`super::cmd`]
+/// reads them.
 #[derive(Debug)]
-pub enum Command {
-    Connect {
-        token: Option<String>,
-    },
-    Subscribe {
-        channel: String,
-        since: Option<String>,
-    },
-    Unsubscribe {
-        channel: String,
-    },
-    Publish {
-        channel: String,
-        data: Box<RawValue>,
-    },
-    History {
-        channel: String,
-        since: Option<String>,
-    },
-    Ping,
-    Refresh {
-        token: String,
-    },
-    Presence {
-        channel: String,
-    },
-    Rpc {
-        method: String,
-        params: Option<Box<RawValue>>,
-    },
+pub(crate) enum Command {
+    Connect(cmd::connect::Args),
+    Subscribe(cmd::subscribe::Args),
+    Unsubscribe(cmd::unsubscribe::Args),
+    Publish(cmd::publish::Args),
+    History(cmd::history::Args),
+    Ping(Empty),
+    Refresh(cmd::refresh::Args),
+    Presence(cmd::presence::Args),
+    Rpc(cmd::rpc::Args),
 }
 
 /// Why a frame is not a command. `id` is set when the frame had a usable one.
 #[derive(Debug)]
-pub struct Invalid {
-    pub id: Option<u64>,
-    pub message: String,
+pub(crate) struct Invalid {
+    pub(crate) id: Option<u64>,
+    pub(crate) message: String,
 }
 
-#[derive(Deserialize)]
+/// `{}`: the arguments of `ping` and `pong`.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ConnectBody {
-    token: Option<String>,
-}
+pub(crate) struct Empty {}
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChannelSince {
-    channel: String,
-    since: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChannelOnly {
-    channel: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PublishBody {
-    channel: String,
-    data: Box<RawValue>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Empty {}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RefreshBody {
-    token: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RpcBody {
-    method: String,
-    params: Option<Box<RawValue>>,
-}
-
+/// A frame as JSON: at most one command key is expected; [`parse`] checks.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFrame {
     id: Option<serde_json::Value>,
-    connect: Option<ConnectBody>,
-    subscribe: Option<ChannelSince>,
-    unsubscribe: Option<ChannelOnly>,
-    publish: Option<PublishBody>,
-    history: Option<ChannelSince>,
+    connect: Option<cmd::connect::Args>,
+    subscribe: Option<cmd::subscribe::Args>,
+    unsubscribe: Option<cmd::unsubscribe::Args>,
+    publish: Option<cmd::publish::Args>,
+    history: Option<cmd::history::Args>,
     ping: Option<Empty>,
     pong: Option<Empty>,
-    refresh: Option<RefreshBody>,
-    presence: Option<ChannelOnly>,
-    rpc: Option<RpcBody>,
+    refresh: Option<cmd::refresh::Args>,
+    presence: Option<cmd::presence::Args>,
+    rpc: Option<cmd::rpc::Args>,
 }
 
 /// Reads the `id` alone, so that even a malformed command can be answered
@@ -136,7 +82,7 @@ fn is_object(text: &[u8]) -> bool {
     text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
-pub fn parse(text: &[u8]) -> Result<Frame, Invalid> {
+pub(crate) fn parse(text: &[u8]) -> Result<Frame, Invalid> {
     if !is_object(text) {
         return Err(Invalid {
             id: None,
@@ -155,45 +101,15 @@ pub fn parse(text: &[u8]) -> Result<Frame, Invalid> {
         })?),
     };
     let mut found = Vec::with_capacity(1);
-    if let Some(b) = raw.connect {
-        found.push(Command::Connect { token: b.token });
-    }
-    if let Some(b) = raw.subscribe {
-        found.push(Command::Subscribe {
-            channel: b.channel,
-            since: b.since,
-        });
-    }
-    if let Some(b) = raw.unsubscribe {
-        found.push(Command::Unsubscribe { channel: b.channel });
-    }
-    if let Some(b) = raw.publish {
-        found.push(Command::Publish {
-            channel: b.channel,
-            data: b.data,
-        });
-    }
-    if let Some(b) = raw.history {
-        found.push(Command::History {
-            channel: b.channel,
-            since: b.since,
-        });
-    }
-    if raw.ping.is_some() {
-        found.push(Command::Ping);
-    }
-    if let Some(b) = raw.refresh {
-        found.push(Command::Refresh { token: b.token });
-    }
-    if let Some(b) = raw.presence {
-        found.push(Command::Presence { channel: b.channel });
-    }
-    if let Some(b) = raw.rpc {
-        found.push(Command::Rpc {
-            method: b.method,
-            params: b.params,
-        });
-    }
+    found.extend(raw.connect.map(Command::Connect));
+    found.extend(raw.subscribe.map(Command::Subscribe));
+    found.extend(raw.unsubscribe.map(Command::Unsubscribe));
+    found.extend(raw.publish.map(Command::Publish));
+    found.extend(raw.history.map(Command::History));
+    found.extend(raw.ping.map(Command::Ping));
+    found.extend(raw.refresh.map(Command::Refresh));
+    found.extend(raw.presence.map(Command::Presence));
+    found.extend(raw.rpc.map(Command::Rpc));
     let pong = raw.pong.is_some();
     match (found.len(), pong, id) {
         (0, true, _) => Ok(Frame::Pong),
@@ -220,13 +136,13 @@ mod tests {
     fn commands() {
         assert!(matches!(
             parse(br#"{"id":3,"subscribe":{"channel":"a","since":"1-2"}}"#),
-            Ok(Frame::Command { id: 3, command: Command::Subscribe { ref channel, since: Some(ref s) } }) if channel == "a" && s == "1-2"
+            Ok(Frame::Command { id: 3, command: Command::Subscribe(ref a) }) if a.channel == "a" && a.since.as_deref() == Some("1-2")
         ));
         assert!(matches!(parse(br#"{"pong":{}}"#), Ok(Frame::Pong)));
         assert!(matches!(
             parse(br#"{"id":1,"publish":{"channel":"c","data":{"x":[1]}}}"#),
             Ok(Frame::Command {
-                command: Command::Publish { .. },
+                command: Command::Publish(_),
                 ..
             })
         ));
@@ -234,7 +150,7 @@ mod tests {
             parse(br#"{"id":9,"ping":{}}"#),
             Ok(Frame::Command {
                 id: 9,
-                command: Command::Ping
+                command: Command::Ping(_)
             })
         ));
     }

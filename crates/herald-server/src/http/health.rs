@@ -15,13 +15,13 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// `GET /health`: the process serves.
-pub async fn health() -> Response {
+pub(crate) async fn health() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
 /// `GET /ready`: 200 while the engine is reachable and the node is not
 /// shutting down; else 503 with the reason.
-pub async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub(crate) async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> {
     if state.shutdown.is_cancelled() {
         return Err(ApiError::new(
             Refusal::Unavailable,

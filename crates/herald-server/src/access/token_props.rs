@@ -13,7 +13,7 @@ use herald_core::engine::now_ms;
 use proptest::prelude::*;
 use serde_json::Value;
 
-use crate::token::{Claims, Grant, Identity, TokenSettings, Tokens};
+use crate::access::token::{Claims, Grant, Identity, TokenSettings, Tokens};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 

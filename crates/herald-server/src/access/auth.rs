@@ -12,14 +12,15 @@
 
 use std::net::SocketAddr;
 
-use axum::http::{header, HeaderMap};
+use http::{header, HeaderMap};
 
-use crate::error::ApiError;
+use super::client_addr;
+use crate::error::Refused;
 use herald_core::Refusal;
 
 /// Compares without an early exit, so timing does not reveal how much of a
 /// key matched.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();
     for (i, x) in a.iter().enumerate() {
         let y = b.get(i % b.len().max(1)).copied().unwrap_or(0);
@@ -29,7 +30,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The bearer token of a request, if any.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
@@ -39,22 +40,22 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Checks a backend request. Returns the name of the key used (`loopback`
 /// when no key is configured).
-pub fn check_backend(
+pub(crate) fn check_backend(
     keys: &[(String, String)],
     headers: &HeaderMap,
     peer: SocketAddr,
-) -> Result<String, ApiError> {
+) -> Result<String, Refused> {
     if keys.is_empty() {
-        if crate::client_addr::canonical(peer.ip()).is_loopback()
+        if client_addr::canonical(peer.ip()).is_loopback()
             && headers
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .is_some_and(is_loopback_host)
-            && !crate::client_addr::has_forwarding_headers(headers)
+            && !client_addr::has_forwarding_headers(headers)
         {
             return Ok("loopback".to_string());
         }
-        return Err(ApiError::new(
+        return Err(Refused::new(
             Refusal::Forbidden,
             "no API key is configured, so this endpoint answers only direct loopback requests \
              (loopback peer, Host localhost or a loopback address, no forwarding headers); \
@@ -62,7 +63,7 @@ pub fn check_backend(
         ));
     }
     let Some(given) = bearer(headers) else {
-        return Err(ApiError::new(
+        return Err(Refused::new(
             Refusal::Unauthorized,
             "missing Authorization: Bearer <API key>",
         ));
@@ -74,11 +75,11 @@ pub fn check_backend(
             matched = Some(name.clone());
         }
     }
-    matched.ok_or_else(|| ApiError::new(Refusal::Unauthorized, "the API key is not valid"))
+    matched.ok_or_else(|| Refused::new(Refusal::Unauthorized, "the API key is not valid"))
 }
 
 /// `localhost`, `127.0.0.1`, `[::1]`, with or without a port.
-pub fn is_loopback_host(host: &str) -> bool {
+pub(crate) fn is_loopback_host(host: &str) -> bool {
     let host = host.trim();
     let name = if let Some(rest) = host.strip_prefix('[') {
         match rest.split_once(']') {
@@ -101,7 +102,7 @@ pub fn is_loopback_host(host: &str) -> bool {
         return true;
     }
     name.parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| crate::client_addr::canonical(ip).is_loopback())
+        .is_ok_and(|ip| client_addr::canonical(ip).is_loopback())
 }
 
 /// `8080`: one to five digits.
@@ -163,10 +164,8 @@ mod tests {
         assert!(check_backend(&[], &h, remote).is_err());
         h.insert("x-forwarded-for", "203.0.113.1".parse().expect("header"));
         let e = check_backend(&[], &h, peer).expect_err("proxied");
-        assert_eq!(
-            (e.status, e.code),
-            (axum::http::StatusCode::FORBIDDEN, Refusal::Forbidden)
-        );
+        assert_eq!(e.code, Refusal::Forbidden);
+        assert_eq!(Refusal::Forbidden.status(), Some(403));
         let mut rebound = HeaderMap::new();
         rebound.insert(
             header::HOST,

@@ -4,15 +4,15 @@
 use axum::http::header;
 use axum::response::IntoResponse;
 
-const DEMO: &str = include_str!("../../../clients/js/demo/index.html");
-const CLIENT: &str = include_str!("../../../clients/js/herald.js");
-const TYPES: &str = include_str!("../../../clients/js/herald.d.ts");
+const DEMO: &str = include_str!("../../../../clients/js/demo/index.html");
+const CLIENT: &str = include_str!("../../../../clients/js/herald.js");
+const TYPES: &str = include_str!("../../../../clients/js/herald.d.ts");
 
-pub async fn demo() -> impl IntoResponse {
+pub(crate) async fn demo() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], DEMO)
 }
 
-pub async fn client() -> impl IntoResponse {
+pub(crate) async fn client() -> impl IntoResponse {
     (
         [
             (
@@ -25,7 +25,7 @@ pub async fn client() -> impl IntoResponse {
     )
 }
 
-pub async fn types() -> impl IntoResponse {
+pub(crate) async fn types() -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,

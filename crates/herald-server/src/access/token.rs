@@ -374,7 +374,7 @@ impl Tokens {
         if let Some(token_exp) = identity.expires_at_ms {
             exp = exp.min(token_exp / 1000);
         }
-        let claims = identity.ticket_claims(crate::session::random_id(), exp);
+        let claims = identity.ticket_claims(super::random_id(), exp);
         (self.sign(&claims), exp)
     }
 

@@ -1,0 +1,479 @@
+//! The one protocol core: a [`Session`] is one client connection's state
+//! machine, whatever the URL, dialect and wire format.
+//!
+//! Two dialects share it ([`Dialect`]):
+//! - **channel**: `GET /sub/{channel}`, a session with one implied
+//!   subscription, made at admission, on a one-way transport: the client
+//!   sends no commands;
+//! - **session**: `/connection/*`, the session protocol of
+//!   docs/session-protocol.md: commands in, replies and pushes out.
+//!
+//! The session applies every command and rule (through [`crate::access`]):
+//! the connect step, subscribe (with resume, private channels, full
+//! channels, hooks), publish, history, presence, rpc, token refresh. It does
+//! no I/O: a transport ([`crate::transport`]) feeds it command frames and
+//! writes out what it returns, a queue item turned into a [`Push`] by
+//! [`Session::push`] and then encoded by the transport's encoder for the
+//! dialect. Admission (limits and identity) is [`admission`]; each command
+//! is one file in [`cmd`] with its arguments and how it is applied.
+
+pub(crate) mod admission;
+pub(crate) mod cmd;
+pub(crate) mod command;
+#[cfg(test)]
+mod command_props;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_core::disconnect::Disconnect;
+use herald_core::node::{SubscribeError, Subscribed};
+use herald_core::presence::Notice;
+use herald_core::{ChannelName, Item, Message, Refusal, Since, Subscriber};
+use serde_json::json;
+
+use crate::access::limits::{RateLimit, Slot};
+use crate::access::token::Identity;
+use crate::access::{self, Rules};
+use crate::error::Refused;
+use crate::state::AppState;
+use command::Frame;
+
+/// `{"ping":{}}`, the session dialect's heartbeat.
+pub(crate) const PING: Bytes = Bytes::from_static(b"{\"ping\":{}}");
+
+/// What the client speaks, chosen by the URL it opened.
+#[derive(Debug, Clone)]
+pub(crate) enum Dialect {
+    /// `GET /sub/{channel}`: envelopes of one channel, no commands.
+    Channel(ChannelName),
+    /// `/connection/*`: the session protocol's frames.
+    Session,
+}
+
+impl Dialect {
+    /// What a queue item becomes in this dialect.
+    pub(crate) fn push(&self, item: Item) -> Push {
+        match item {
+            Item::Message(m) => Push::Message(m),
+            Item::Gap(channel) => Push::Gap(channel),
+            Item::Notice(notice) => Push::Notice(notice),
+            Item::Disconnect(why) => Push::End(why),
+            // A channel URL follows one channel: its end is the connection's.
+            Item::Closed(_, why) if matches!(self, Dialect::Channel(_)) => Push::End(why),
+            Item::Closed(channel, why) => Push::Frame(Bytes::from(
+                json!({"channel": channel.as_str(), "unsubscribed": why}).to_string(),
+            )),
+        }
+    }
+}
+
+/// What a queue item or a command becomes before a transport encodes it.
+/// Shared pieces (envelopes, notices) stay shared: the transport writes
+/// them out as they are, encoded once per publish.
+pub(crate) enum Push {
+    Message(Arc<Message>),
+    /// Messages may be missing before the next one of this channel.
+    Gap(ChannelName),
+    /// Someone joined or left a followed channel.
+    Notice(Arc<Notice>),
+    /// A frame of the session dialect built for this connection: a reply,
+    /// `{"channel","unsubscribed"}`, the opening `{"session"}` frame.
+    Frame(Bytes),
+    /// The connection ends, saying why.
+    End(Disconnect),
+}
+
+/// `{"channel":"c","gap":true}`: the gap notice of the JSON encodings.
+pub(crate) fn gap_json(channel: &ChannelName) -> Bytes {
+    Bytes::from(json!({"channel": channel.as_str(), "gap": true}).to_string())
+}
+
+/// `{"disconnect":{"code","reason","reconnect"}}`: the session's last frame.
+pub(crate) fn disconnect_frame(why: Disconnect) -> Bytes {
+    Bytes::from(json!({ "disconnect": why }).to_string())
+}
+
+/// A refused command's reply: `{"id": N, "error": {"code", "message"}}`.
+pub(crate) fn error_frame(id: Option<u64>, code: Refusal, message: &str) -> Bytes {
+    Bytes::from(json!({"id": id, "error": {"code": code, "message": message}}).to_string())
+}
+
+/// A command's reply: `{"id": N, "<key>": body}`.
+pub(crate) fn reply(id: u64, key: &str, body: serde_json::Value) -> Bytes {
+    let mut map = serde_json::Map::new();
+    map.insert("id".into(), id.into());
+    map.insert(key.into(), body);
+    Bytes::from(serde_json::Value::Object(map).to_string())
+}
+
+pub(crate) struct Session {
+    state: AppState,
+    sub: Subscriber,
+    dialect: Dialect,
+    /// The public client id others see (notices, presence, hooks); never
+    /// the secret id of an HTTP session.
+    client: String,
+    identity: Identity,
+    /// The transport named to the connect hook.
+    transport: &'static str,
+    /// Whether the connect step (hook) has run and let the client in.
+    connected: bool,
+    /// Whether the connect step refused the client: the backend is then
+    /// not told that the connection ended (it never began).
+    refused: bool,
+    publish_rate: RateLimit,
+    /// Set when a command ends the session (e.g. the connect hook refused).
+    closing: Option<Disconnect>,
+    /// The client's address, for hooks and logs.
+    peer: Option<IpAddr>,
+    /// The connection's slot under the limits, freed with the session.
+    _slot: Option<Slot>,
+}
+
+impl Session {
+    /// A session for a client admitted with `identity`, holding `slot`.
+    pub(crate) fn new(
+        state: AppState,
+        dialect: Dialect,
+        transport: &'static str,
+        admitted: admission::Admitted,
+    ) -> Self {
+        let client = access::random_id();
+        let sub = subscriber_for(&state, &client, &admitted.identity);
+        let limits = &state.config.limits;
+        let publish_rate = RateLimit::new(limits.client_publish_rate, limits.client_publish_burst);
+        Self {
+            state,
+            sub,
+            dialect,
+            client,
+            identity: admitted.identity,
+            transport,
+            connected: false,
+            refused: false,
+            publish_rate,
+            closing: None,
+            peer: admitted.peer,
+            _slot: admitted.slot,
+        }
+    }
+
+    /// The channel dialect's start: the connect step, then the implied
+    /// subscription to its channel from `since`.
+    pub(crate) async fn open_channel(&mut self, since: Since) -> Result<Subscribed, Refused> {
+        let Dialect::Channel(channel) = self.dialect.clone() else {
+            return Err(Refused::new(
+                Refusal::InvalidRequest,
+                "only a channel URL has an implied subscription",
+            ));
+        };
+        self.ensure_connected().await?;
+        self.subscribe(channel, since).await
+    }
+
+    pub(crate) fn dialect(&self) -> &Dialect {
+        &self.dialect
+    }
+
+    pub(crate) fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    fn rules(&self) -> &Rules {
+        &self.state.rules
+    }
+
+    pub(crate) fn subscriber(&mut self) -> &mut Subscriber {
+        &mut self.sub
+    }
+
+    /// Set when the session must end after its last reply.
+    pub(crate) fn closing(&self) -> Option<Disconnect> {
+        self.closing
+    }
+
+    /// The dialect and the subscriber at once, for a loop that takes
+    /// items and turns them into pushes ([`Dialect::push`]).
+    pub(crate) fn parts(&mut self) -> (&Dialect, &mut Subscriber) {
+        (&self.dialect, &mut self.sub)
+    }
+
+    /// Handles one frame from the client; returns the reply, if any. A
+    /// channel URL takes no commands: what its client sends is ignored.
+    pub(crate) async fn handle(&mut self, text: &[u8]) -> Option<Bytes> {
+        if matches!(self.dialect, Dialect::Channel(_)) {
+            return None;
+        }
+        let max = self.state.config.limits.max_command_size;
+        if text.len() > max {
+            return Some(error_frame(
+                None,
+                Refusal::LimitExceeded,
+                &format!("command frame larger than {max} bytes"),
+            ));
+        }
+        match command::parse(text) {
+            Ok(Frame::Pong) => None,
+            Ok(Frame::Command { id, command }) => Some(match self.execute(id, command).await {
+                Ok(reply) => reply,
+                Err(refused) => error_frame(Some(id), refused.code, &refused.message),
+            }),
+            Err(invalid) => Some(error_frame(
+                invalid.id,
+                Refusal::InvalidCommand,
+                &invalid.message,
+            )),
+        }
+    }
+
+    async fn execute(&mut self, id: u64, command: command::Command) -> Result<Bytes, Refused> {
+        use command::Command;
+        if !matches!(command, Command::Connect(_) | Command::Ping(_)) {
+            self.ensure_connected().await?;
+        }
+        match command {
+            Command::Connect(args) => cmd::connect::apply(self, id, args).await,
+            Command::Refresh(args) => cmd::refresh::apply(self, id, args),
+            Command::Ping(_) => Ok(reply(id, "pong", json!({}))),
+            Command::Subscribe(args) => cmd::subscribe::apply(self, id, args).await,
+            Command::Unsubscribe(args) => cmd::unsubscribe::apply(self, id, args),
+            Command::Publish(args) => cmd::publish::apply(self, id, args).await,
+            Command::History(args) => cmd::history::apply(self, id, args).await,
+            Command::Presence(args) => cmd::presence::apply(self, id, args).await,
+            Command::Rpc(args) => cmd::rpc::apply(self, id, args).await,
+        }
+    }
+
+    /// The connect step, once: the connect hook for this identity. A
+    /// refusal that ends connections (`denied`) ends the session.
+    async fn ensure_connected(&mut self) -> Result<(), Refused> {
+        if self.connected {
+            return Ok(());
+        }
+        if let Err(e) = access::may_connect(
+            self.rules(),
+            &self.identity,
+            &self.client,
+            self.transport,
+            self.peer,
+        )
+        .await
+        {
+            if let Some(close) = e.code.close() {
+                self.closing = Some(close);
+            }
+            self.refused = true;
+            return Err(e);
+        }
+        self.connected = true;
+        Ok(())
+    }
+
+    /// Follows `channel` from `since`, under every rule: the subscription
+    /// limit, private channels, a full channel, the subscribe hook.
+    pub(crate) async fn subscribe(
+        &mut self,
+        channel: ChannelName,
+        since: Since,
+    ) -> Result<Subscribed, Refused> {
+        let max = self.state.config.limits.max_subscriptions;
+        if self.sub.channel_count() >= max {
+            return Err(Refused::new(
+                Refusal::LimitExceeded,
+                format!("at most {max} subscriptions per connection"),
+            ));
+        }
+        if self.sub.is_subscribed(&channel) {
+            return Err(Refused::new(
+                Refusal::AlreadySubscribed,
+                format!("already subscribed to {channel}"),
+            ));
+        }
+        let place =
+            access::may_subscribe(&self.state.rules, &self.identity, &self.client, &channel)
+                .await?;
+        self.sub
+            .subscribe_holding(channel, since, place)
+            .await
+            .map_err(|e| match e {
+                SubscribeError::AlreadySubscribed(_) => {
+                    Refused::new(Refusal::AlreadySubscribed, e.to_string())
+                }
+                SubscribeError::Engine(e) => Refused::from(e),
+            })
+    }
+
+    /// A new identity (a `connect` token, or a `refresh` for the same
+    /// user): the subscriber's client info and deadline follow it.
+    fn set_identity(&mut self, identity: Identity, fresh_subscriber: bool) {
+        if fresh_subscriber {
+            self.sub = subscriber_for(&self.state, &self.client, &identity);
+        } else {
+            self.sub
+                .set_client(access::client_info(&identity, &self.client));
+            self.sub
+                .set_deadline(access::deadline(self.rules(), &identity));
+        }
+        self.identity = identity;
+    }
+}
+
+impl Drop for Session {
+    /// Tells the backend the connection ended (unless its connect step
+    /// refused it).
+    fn drop(&mut self) {
+        if !self.refused {
+            access::disconnected(
+                &self.state.rules,
+                self.identity.user.as_deref(),
+                &self.client,
+            );
+        }
+    }
+}
+
+fn subscriber_for(state: &AppState, client: &str, identity: &Identity) -> Subscriber {
+    let mut sub = state.node.subscriber_for(
+        state.config.queue_size,
+        access::client_info(identity, client),
+    );
+    sub.set_deadline(access::deadline(&state.rules, identity));
+    sub
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use tokio_util::sync::CancellationToken;
+
+    fn session() -> Session {
+        let config = Config::default();
+        let node = herald_core::Node::memory(config.namespaces.clone());
+        let state = AppState::new(node, config, CancellationToken::new()).expect("state");
+        Session::new(
+            state,
+            Dialect::Session,
+            "session",
+            admission::Admitted::anonymous(),
+        )
+    }
+
+    async fn ask(s: &mut Session, frame: &str) -> serde_json::Value {
+        let reply = s.handle(frame.as_bytes()).await.expect("a reply");
+        serde_json::from_slice(&reply).expect("json")
+    }
+
+    #[tokio::test]
+    async fn subscribe_publish_and_receive() {
+        let mut s = session();
+        let r = ask(&mut s, r#"{"id":1,"subscribe":{"channel":"chat:x"}}"#).await;
+        assert_eq!(r["subscribe"]["channel"], "chat:x");
+        assert_eq!(r["subscribe"]["position"], serde_json::Value::Null);
+        let r = ask(
+            &mut s,
+            r#"{"id":2,"publish":{"channel":"chat:x","data":{"t":"hi"}}}"#,
+        )
+        .await;
+        assert_eq!(r["id"], 2);
+        let id = r["publish"]["id"].as_str().expect("id").to_string();
+        // The demo namespace has join/leave on: our own join comes first.
+        loop {
+            let item = s.subscriber().next().await;
+            match s.dialect().push(item) {
+                Push::Message(m) => {
+                    assert_eq!(m.id.to_string(), id);
+                    break;
+                }
+                Push::End(_) => panic!("expected the message"),
+                _ => continue,
+            }
+        }
+        let r = ask(&mut s, r#"{"id":3,"history":{"channel":"chat:x"}}"#).await;
+        assert_eq!(r["history"]["messages"][0]["data"]["t"], "hi");
+        let r = ask(&mut s, r#"{"id":4,"presence":{"channel":"chat:x"}}"#).await;
+        assert_eq!(r["presence"]["connections"], 1);
+    }
+
+    #[tokio::test]
+    async fn refusals() {
+        let mut s = session();
+        let r = ask(&mut s, r#"{"id":1,"publish":{"channel":"news","data":1}}"#).await;
+        assert_eq!(r["error"]["code"], "forbidden");
+        let r = ask(&mut s, r#"{"id":2,"subscribe":{"channel":"a b"}}"#).await;
+        assert_eq!(r["error"]["code"], "invalid_channel");
+        let r = ask(
+            &mut s,
+            r#"{"id":3,"subscribe":{"channel":"a","since":"x"}}"#,
+        )
+        .await;
+        assert_eq!(r["error"]["code"], "invalid_since");
+        ask(&mut s, r#"{"id":4,"subscribe":{"channel":"a"}}"#).await;
+        let r = ask(&mut s, r#"{"id":5,"subscribe":{"channel":"a"}}"#).await;
+        assert_eq!(r["error"]["code"], "already_subscribed");
+        let r = ask(&mut s, r#"{"id":6,"unsubscribe":{"channel":"b"}}"#).await;
+        assert_eq!(r["error"]["code"], "not_subscribed");
+        let r = ask(&mut s, "{oops").await;
+        assert_eq!(r["error"]["code"], "invalid_command");
+        let r = ask(&mut s, r#"{"id":7,"subscribe":{"channel":"user:someone"}}"#).await;
+        assert_eq!(r["error"]["code"], "forbidden");
+        let r = ask(&mut s, r#"{"id":8,"rpc":{"method":"x"}}"#).await;
+        assert_eq!(r["error"]["code"], "not_available");
+        let r = ask(&mut s, r#"{"id":9,"connect":{"token":"nope"}}"#).await;
+        assert_eq!(
+            r["error"]["code"], "invalid_command",
+            "connect after other commands"
+        );
+        assert!(s.handle(br#"{"pong":{}}"#).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_channel_url_takes_no_commands() {
+        let config = Config::default();
+        let node = herald_core::Node::memory(config.namespaces.clone());
+        let state = AppState::new(node, config, CancellationToken::new()).expect("state");
+        let channel = ChannelName::new("news").expect("channel");
+        let mut s = Session::new(
+            state,
+            Dialect::Channel(channel.clone()),
+            "websocket",
+            admission::Admitted::anonymous(),
+        );
+        let done = s.open_channel(Since::Live).await.expect("subscribed");
+        assert!(!done.gap);
+        assert!(s.sub.is_subscribed(&channel));
+        assert!(s
+            .handle(br#"{"id":1,"subscribe":{"channel":"other"}}"#)
+            .await
+            .is_none());
+        assert_eq!(s.sub.channel_count(), 1, "a command did nothing");
+        // The end of its one channel is the end of the connection.
+        let why = herald_core::disconnect::SHUTDOWN;
+        assert!(matches!(
+            s.dialect().push(Item::Closed(channel, why)),
+            Push::End(w) if w == why
+        ));
+    }
+
+    #[tokio::test]
+    async fn publish_rate_is_limited() {
+        let mut s = session();
+        let mut limited = 0;
+        for i in 1..=40 {
+            let r = ask(
+                &mut s,
+                &format!(r#"{{"id":{i},"publish":{{"channel":"chat:r","data":{i}}}}}"#),
+            )
+            .await;
+            if r["error"]["code"] == "rate_limited" {
+                limited += 1;
+            }
+        }
+        assert!(
+            limited >= 15,
+            "burst 20 of 40 quick publishes: {limited} limited"
+        );
+    }
+}
