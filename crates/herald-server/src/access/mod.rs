@@ -107,9 +107,9 @@ pub(crate) async fn identify(
 }
 
 /// The presence/queue view of an identity for a connection.
-pub(crate) fn client_info(identity: &Identity, client: &str) -> ClientInfo {
+pub(crate) fn client_info(identity: &Identity, client: &Arc<str>) -> ClientInfo {
     ClientInfo {
-        client: client.into(),
+        client: Arc::clone(client),
         user: identity.user.clone(),
         info: identity.info.clone(),
     }

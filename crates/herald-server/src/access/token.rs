@@ -89,7 +89,12 @@ impl Identity {
         let exp = claims.token_exp.unwrap_or(claims.exp);
         Self {
             user: claims.sub.map(Arc::from),
-            grants: claims.channels.iter().map(|c| Grant::parse(c)).collect(),
+            // An empty list shares one static allocation (`Arc::default`).
+            grants: if claims.channels.is_empty() {
+                Arc::default()
+            } else {
+                claims.channels.iter().map(|c| Grant::parse(c)).collect()
+            },
             info: claims.info.map(Arc::new),
             expires_at_ms: Some(exp.saturating_mul(1000)),
             authenticated: true,

@@ -18,7 +18,7 @@ use super::api::channel_from_path;
 use crate::access::limits::Conn;
 use crate::error::ApiError;
 use crate::protocol::admission::{self, Hold, Opening};
-use crate::protocol::{Dialect, Session};
+use crate::protocol::{Dialect, Session, Transport};
 use crate::state::AppState;
 use crate::transport::downstream::Downstream;
 use crate::transport::iframe::{valid_callback, MAX_CALLBACK_LEN};
@@ -91,16 +91,16 @@ async fn open(
     opening: Opening<'_>,
     channel: ChannelName,
     since: Since,
-    transport: &'static str,
+    transport: Transport,
 ) -> Result<(Session, Subscribed), ApiError> {
     let admitted = admission::admit(state, hold, opening).await?;
     let mut session = Session::new(
         state.clone(),
-        Dialect::Channel(channel),
+        Dialect::Channel(channel.clone()),
         transport,
         admitted,
     );
-    let subscribed = session.open_channel(since).await?;
+    let subscribed = session.open_channel(channel, since).await?;
     Ok((session, subscribed))
 }
 
@@ -132,21 +132,28 @@ pub(crate) async fn subscribe(
             headers: &parts.headers,
             ticket,
         };
-        let (session, _) =
-            open(&state, Hold::Upgrade, opening, channel, since, "websocket").await?;
+        let (session, _) = open(
+            &state,
+            Hold::Upgrade,
+            opening,
+            channel,
+            since,
+            Transport::WebSocket,
+        )
+        .await?;
         return Ok(transport::ws::upgrade(accept, session));
     }
     let headers = &parts.headers;
     let forced = query.transport.as_deref();
     let chosen = match forced {
-        Some("iframe") => "iframe",
-        Some("sse") => "sse",
-        Some("stream") | Some("ndjson") => "stream",
-        Some("longpoll") | Some("poll") => "longpoll",
-        None if callback.is_some() => "longpoll",
-        None if accepts(headers, "text/event-stream") => "sse",
-        None if accepts(headers, "application/x-ndjson") => "stream",
-        None => "longpoll",
+        Some("iframe") => Transport::Iframe,
+        Some("sse") => Transport::Sse,
+        Some("stream") | Some("ndjson") => Transport::Stream,
+        Some("longpoll") | Some("poll") => Transport::LongPoll,
+        None if callback.is_some() => Transport::LongPoll,
+        None if accepts(headers, "text/event-stream") => Transport::Sse,
+        None if accepts(headers, "application/x-ndjson") => Transport::Stream,
+        None => Transport::LongPoll,
         Some(other) => {
             return Err(ApiError::new(
                 Refusal::InvalidTransport,
@@ -154,13 +161,13 @@ pub(crate) async fn subscribe(
             ))
         }
     };
-    if chosen == "iframe" && callback.is_none() {
+    if chosen == Transport::Iframe && callback.is_none() {
         return Err(ApiError::new(
             Refusal::InvalidCallback,
             "transport=iframe needs ?callback=NAME",
         ));
     }
-    let timeout = if chosen == "longpoll" {
+    let timeout = if chosen == Transport::LongPoll {
         transport::poll::timeout(query.timeout.as_deref(), &state.config)?
     } else {
         std::time::Duration::ZERO
@@ -183,9 +190,11 @@ pub(crate) async fn subscribe(
     let dialect = Dialect::Channel(channel.clone());
     let down = Downstream::new(session, None);
     Ok(match (chosen, callback) {
-        ("iframe", Some(name)) => transport::stream::serve(down, Iframe::new(&name, dialect), None),
-        ("sse", _) => transport::stream::serve(down, Sse { dialect }, None),
-        ("stream", _) => transport::stream::serve(down, Ndjson { dialect }, None),
+        (Transport::Iframe, Some(name)) => {
+            transport::stream::serve(down, Iframe::new(&name, dialect), None)
+        }
+        (Transport::Sse, _) => transport::stream::serve(down, Sse { dialect }, None),
+        (Transport::Stream, _) => transport::stream::serve(down, Ndjson { dialect }, None),
         (_, callback) => {
             let body =
                 transport::poll::answer(down, &channel, subscribed, timeout, callback.as_deref())

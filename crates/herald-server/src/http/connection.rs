@@ -29,7 +29,7 @@ use super::api::read_body;
 use crate::access::limits::Conn;
 use crate::error::ApiError;
 use crate::protocol::admission::{self, Hold, Opening};
-use crate::protocol::{Dialect, Push, Session};
+use crate::protocol::{Dialect, Push, Session, Transport};
 use crate::state::AppState;
 use crate::transport::downstream::Downstream;
 use crate::transport::iframe::{valid_callback, Iframe};
@@ -64,7 +64,7 @@ pub(crate) async fn websocket(
         ticket: query.ticket.as_deref(),
     };
     let admitted = admission::admit(&state, Hold::Upgrade, opening).await?;
-    let session = Session::new(state, Dialect::Session, "session", admitted);
+    let session = Session::new(state, Dialect::Session, Transport::Session, admitted);
     Ok(transport::ws::upgrade(accept, session))
 }
 
@@ -87,7 +87,7 @@ async fn open_session(
     Ok(Session::new(
         state.clone(),
         Dialect::Session,
-        "session",
+        Transport::Session,
         admitted,
     ))
 }

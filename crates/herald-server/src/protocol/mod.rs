@@ -26,7 +26,7 @@ mod command_props;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use herald_core::disconnect::Disconnect;
 use herald_core::node::{SubscribeError, Subscribed};
 use herald_core::presence::Notice;
@@ -53,15 +53,33 @@ pub(crate) enum Dialect {
 }
 
 impl Dialect {
+    /// Which dialect, without its data.
+    pub(crate) fn speaks(&self) -> Speaks {
+        match self {
+            Self::Channel(_) => Speaks::Channel,
+            Self::Session => Speaks::Session,
+        }
+    }
+}
+
+/// The dialect a session speaks, in one byte (every idle connection
+/// carries it; encoders carry the [`Dialect`] with its channel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Speaks {
+    Channel,
+    Session,
+}
+
+impl Speaks {
     /// What a queue item becomes in this dialect.
-    pub(crate) fn push(&self, item: Item) -> Push {
+    pub(crate) fn push(self, item: Item) -> Push {
         match item {
             Item::Message(m) => Push::Message(m),
             Item::Gap(channel) => Push::Gap(channel),
             Item::Notice(notice) => Push::Notice(notice),
             Item::Disconnect(why) => Push::End(why),
             // A channel URL follows one channel: its end is the connection's.
-            Item::Closed(_, why) if matches!(self, Dialect::Channel(_)) => Push::End(why),
+            Item::Closed(_, why) if self == Speaks::Channel => Push::End(why),
             Item::Closed(channel, why) => Push::Frame(Bytes::from(
                 json!({"channel": channel.as_str(), "unsubscribed": why}).to_string(),
             )),
@@ -100,6 +118,28 @@ pub(crate) fn error_frame(id: Option<u64>, code: Refusal, message: &str) -> Byte
     Bytes::from(json!({"id": id, "error": {"code": code, "message": message}}).to_string())
 }
 
+/// Writes `[a,b,…]` of values that are JSON already (shared envelopes,
+/// frames) as they are: the one place where JSON is spliced rather than
+/// serialised, so that what was encoded once per publish is not parsed and
+/// written again per connection.
+pub(crate) fn put_json_list<'a>(out: &mut BytesMut, items: impl IntoIterator<Item = &'a [u8]>) {
+    out.put_u8(b'[');
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        out.put_slice(item);
+    }
+    out.put_u8(b']');
+}
+
+/// Writes `text` as a JSON string.
+pub(crate) fn put_json_string(out: &mut BytesMut, text: &str) {
+    let mut quoted = Vec::with_capacity(text.len() + 2);
+    herald_core::message::write_json_string(&mut quoted, text);
+    out.put_slice(&quoted);
+}
+
 /// A command's reply: `{"id": N, "<key>": body}`.
 pub(crate) fn reply(id: u64, key: &str, body: serde_json::Value) -> Bytes {
     let mut map = serde_json::Map::new();
@@ -108,77 +148,140 @@ pub(crate) fn reply(id: u64, key: &str, body: serde_json::Value) -> Bytes {
     Bytes::from(serde_json::Value::Object(map).to_string())
 }
 
+/// The transport a session came over, as the connect hook names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    WebSocket,
+    Sse,
+    Stream,
+    LongPoll,
+    Iframe,
+    /// Any transport of the session protocol.
+    Session,
+}
+
+impl Transport {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::WebSocket => "websocket",
+            Self::Sse => "sse",
+            Self::Stream => "stream",
+            Self::LongPoll => "longpoll",
+            Self::Iframe => "iframe",
+            Self::Session => "session",
+        }
+    }
+}
+
 pub(crate) struct Session {
     state: AppState,
     sub: Subscriber,
-    dialect: Dialect,
-    /// The public client id others see (notices, presence, hooks); never
-    /// the secret id of an HTTP session.
-    client: String,
-    identity: Identity,
+    speaks: Speaks,
     /// The transport named to the connect hook.
-    transport: &'static str,
+    transport: Transport,
     /// Whether the connect step (hook) has run and let the client in.
     connected: bool,
     /// Whether the connect step refused the client: the backend is then
     /// not told that the connection ended (it never began).
     refused: bool,
-    publish_rate: RateLimit,
+
     /// Set when a command ends the session (e.g. the connect hook refused).
-    closing: Option<Disconnect>,
-    /// The client's address, for hooks and logs.
-    peer: Option<IpAddr>,
+    /// (A row of the close-code table: one word, not a copy.)
+    closing: Option<&'static Disconnect>,
     /// The connection's slot under the limits, freed with the session.
     _slot: Option<Slot>,
+    /// Who the client is, while it can still send commands; a channel URL
+    /// needs it only to open, then keeps none (boxed: every idle
+    /// connection carries this struct, most of them channel URLs).
+    who: Option<Box<Who>>,
 }
 
+/// What a session keeps about its client for its commands.
+struct Who {
+    identity: Identity,
+    /// The client's address, for hooks and logs.
+    peer: Option<IpAddr>,
+    /// Made at the first client publish.
+    publish_rate: Option<RateLimit>,
+}
+
+/// An anonymous identity, for a session that keeps none (a channel URL
+/// after it opened, which runs no more rules).
+static NO_ONE: std::sync::LazyLock<Identity> = std::sync::LazyLock::new(Identity::default);
+
 impl Session {
-    /// A session for a client admitted with `identity`, holding `slot`.
+    /// A session for an admitted client, holding its slot.
     pub(crate) fn new(
         state: AppState,
         dialect: Dialect,
-        transport: &'static str,
+        transport: Transport,
         admitted: admission::Admitted,
     ) -> Self {
-        let client = access::random_id();
+        // The public client id others see (notices, presence, hooks); never
+        // the secret id of an HTTP session. The subscriber keeps it.
+        let client: Arc<str> = Arc::from(access::random_id());
         let sub = subscriber_for(&state, &client, &admitted.identity);
-        let limits = &state.config.limits;
-        let publish_rate = RateLimit::new(limits.client_publish_rate, limits.client_publish_burst);
         Self {
             state,
             sub,
-            dialect,
-            client,
-            identity: admitted.identity,
+            speaks: dialect.speaks(),
             transport,
             connected: false,
             refused: false,
-            publish_rate,
             closing: None,
-            peer: admitted.peer,
             _slot: admitted.slot,
+            who: Some(Box::new(Who {
+                identity: admitted.identity,
+                peer: admitted.peer,
+                publish_rate: None,
+            })),
         }
     }
 
     /// The channel dialect's start: the connect step, then the implied
     /// subscription to its channel from `since`.
-    pub(crate) async fn open_channel(&mut self, since: Since) -> Result<Subscribed, Refused> {
-        let Dialect::Channel(channel) = self.dialect.clone() else {
+    pub(crate) async fn open_channel(
+        &mut self,
+        channel: ChannelName,
+        since: Since,
+    ) -> Result<Subscribed, Refused> {
+        if self.speaks != Speaks::Channel {
             return Err(Refused::new(
                 Refusal::InvalidRequest,
                 "only a channel URL has an implied subscription",
             ));
-        };
+        }
         self.ensure_connected().await?;
-        self.subscribe(channel, since).await
+        let done = self.subscribe(channel, since).await?;
+        // No command will come: the rules have run for good.
+        self.who = None;
+        Ok(done)
     }
 
-    pub(crate) fn dialect(&self) -> &Dialect {
-        &self.dialect
+    pub(crate) fn speaks(&self) -> Speaks {
+        self.speaks
+    }
+
+    /// Who the client is (anonymous once a channel URL has opened).
+    fn identity(&self) -> &Identity {
+        self.who.as_ref().map_or(&NO_ONE, |w| &w.identity)
     }
 
     pub(crate) fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// Takes one client publish from the connection's rate.
+    fn may_publish_now(&mut self) -> bool {
+        let limits = &self.state.config.limits;
+        let Some(who) = self.who.as_mut() else {
+            return false;
+        };
+        who.publish_rate
+            .get_or_insert_with(|| {
+                RateLimit::new(limits.client_publish_rate, limits.client_publish_burst)
+            })
+            .try_take()
     }
 
     fn rules(&self) -> &Rules {
@@ -191,19 +294,24 @@ impl Session {
 
     /// Set when the session must end after its last reply.
     pub(crate) fn closing(&self) -> Option<Disconnect> {
-        self.closing
+        self.closing.copied()
+    }
+
+    /// The public client id.
+    fn client(&self) -> &Arc<str> {
+        &self.sub.client().client
     }
 
     /// The dialect and the subscriber at once, for a loop that takes
     /// items and turns them into pushes ([`Dialect::push`]).
-    pub(crate) fn parts(&mut self) -> (&Dialect, &mut Subscriber) {
-        (&self.dialect, &mut self.sub)
+    pub(crate) fn parts(&mut self) -> (Speaks, &mut Subscriber) {
+        (self.speaks, &mut self.sub)
     }
 
     /// Handles one frame from the client; returns the reply, if any. A
     /// channel URL takes no commands: what its client sends is ignored.
     pub(crate) async fn handle(&mut self, text: &[u8]) -> Option<Bytes> {
-        if matches!(self.dialect, Dialect::Channel(_)) {
+        if self.speaks == Speaks::Channel {
             return None;
         }
         let max = self.state.config.limits.max_command_size;
@@ -254,15 +362,17 @@ impl Session {
         }
         if let Err(e) = access::may_connect(
             self.rules(),
-            &self.identity,
-            &self.client,
-            self.transport,
-            self.peer,
+            self.identity(),
+            self.client(),
+            self.transport.as_str(),
+            self.who.as_ref().and_then(|w| w.peer),
         )
         .await
         {
             if let Some(close) = e.code.close() {
-                self.closing = Some(close);
+                self.closing = herald_core::disconnect::ALL
+                    .iter()
+                    .find(|d| d.code == close.code);
             }
             self.refused = true;
             return Err(e);
@@ -292,7 +402,7 @@ impl Session {
             ));
         }
         let place =
-            access::may_subscribe(&self.state.rules, &self.identity, &self.client, &channel)
+            access::may_subscribe(&self.state.rules, self.identity(), self.client(), &channel)
                 .await?;
         self.sub
             .subscribe_holding(channel, since, place)
@@ -309,14 +419,24 @@ impl Session {
     /// user): the subscriber's client info and deadline follow it.
     fn set_identity(&mut self, identity: Identity, fresh_subscriber: bool) {
         if fresh_subscriber {
-            self.sub = subscriber_for(&self.state, &self.client, &identity);
+            let client = Arc::clone(self.client());
+            self.sub = subscriber_for(&self.state, &client, &identity);
         } else {
             self.sub
-                .set_client(access::client_info(&identity, &self.client));
+                .set_client(access::client_info(&identity, self.client()));
             self.sub
                 .set_deadline(access::deadline(self.rules(), &identity));
         }
-        self.identity = identity;
+        match self.who.as_mut() {
+            Some(who) => who.identity = identity,
+            None => {
+                self.who = Some(Box::new(Who {
+                    identity,
+                    peer: None,
+                    publish_rate: None,
+                }))
+            }
+        }
     }
 }
 
@@ -327,14 +447,14 @@ impl Drop for Session {
         if !self.refused {
             access::disconnected(
                 &self.state.rules,
-                self.identity.user.as_deref(),
-                &self.client,
+                self.sub.client().user.as_deref(),
+                self.client(),
             );
         }
     }
 }
 
-fn subscriber_for(state: &AppState, client: &str, identity: &Identity) -> Subscriber {
+fn subscriber_for(state: &AppState, client: &Arc<str>, identity: &Identity) -> Subscriber {
     let mut sub = state.node.subscriber_for(
         state.config.queue_size,
         access::client_info(identity, client),
@@ -356,7 +476,7 @@ mod tests {
         Session::new(
             state,
             Dialect::Session,
-            "session",
+            Transport::Session,
             admission::Admitted::anonymous(),
         )
     }
@@ -382,7 +502,7 @@ mod tests {
         // The demo namespace has join/leave on: our own join comes first.
         loop {
             let item = s.subscriber().next().await;
-            match s.dialect().push(item) {
+            match s.speaks().push(item) {
                 Push::Message(m) => {
                     assert_eq!(m.id.to_string(), id);
                     break;
@@ -438,10 +558,13 @@ mod tests {
         let mut s = Session::new(
             state,
             Dialect::Channel(channel.clone()),
-            "websocket",
+            Transport::WebSocket,
             admission::Admitted::anonymous(),
         );
-        let done = s.open_channel(Since::Live).await.expect("subscribed");
+        let done = s
+            .open_channel(channel.clone(), Since::Live)
+            .await
+            .expect("subscribed");
         assert!(!done.gap);
         assert!(s.sub.is_subscribed(&channel));
         assert!(s
@@ -452,7 +575,7 @@ mod tests {
         // The end of its one channel is the end of the connection.
         let why = herald_core::disconnect::SHUTDOWN;
         assert!(matches!(
-            s.dialect().push(Item::Closed(channel, why)),
+            s.speaks().push(Item::Closed(channel, why)),
             Push::End(w) if w == why
         ));
     }

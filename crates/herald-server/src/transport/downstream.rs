@@ -105,7 +105,9 @@ impl Downstream {
             }
             () = client_ended => Step::Ended,
             Some(command) = command => {
-                if let Some(reply) = session.handle(&command).await {
+                // Boxed: a command's future is large, and would otherwise
+                // be room in every idle downstream.
+                if let Some(reply) = Box::pin(session.handle(&command)).await {
                     out.push(Push::Frame(reply));
                 }
                 if let Some(why) = session.closing() {

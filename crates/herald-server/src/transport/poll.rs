@@ -28,7 +28,7 @@ use super::downstream::{ends, Downstream, Step};
 use super::session_frame;
 use crate::config::{Config, DEFAULT_POLL_TIMEOUT};
 use crate::error::Refused;
-use crate::protocol::{disconnect_frame, Push, PING};
+use crate::protocol::{disconnect_frame, put_json_list, put_json_string, Push, PING};
 
 /// A long-poll session with no poll waiting for this long is abandoned and
 /// ends, so it lives at most its last poll's timeout plus this.
@@ -138,21 +138,19 @@ pub(crate) fn body(
         body.put_u8(b'(');
     }
     body.put_slice(b"{\"channel\":");
-    let mut name = Vec::new();
-    herald_core::message::write_json_string(&mut name, channel.as_str());
-    body.put_slice(&name);
-    body.put_slice(b",\"messages\":[");
-    for (i, m) in messages.iter().enumerate() {
-        if i > 0 {
-            body.put_u8(b',');
-        }
-        body.put_slice(if jsonp {
-            m.script_envelope()
-        } else {
-            m.envelope()
-        });
-    }
-    body.put_slice(b"],\"last_id\":");
+    put_json_string(&mut body, channel.as_str());
+    body.put_slice(b",\"messages\":");
+    put_json_list(
+        &mut body,
+        messages.iter().map(|m| {
+            if jsonp {
+                &m.script_envelope()[..]
+            } else {
+                &m.envelope()[..]
+            }
+        }),
+    );
+    body.put_slice(b",\"last_id\":");
     match last_id {
         Some(id) => body.put_slice(format!("\"{id}\"").as_bytes()),
         None => body.put_slice(b"null"),
@@ -285,14 +283,9 @@ impl Drop for Waiting<'_> {
 
 /// `{"frames":[...]}`: a session poll's answer.
 pub(crate) fn frames_body(frames: &[Bytes]) -> Bytes {
-    let mut body = BytesMut::from(&b"{\"frames\":["[..]);
-    for (i, frame) in frames.iter().enumerate() {
-        if i > 0 {
-            body.put_u8(b',');
-        }
-        body.put_slice(frame);
-    }
-    body.put_slice(b"]}");
+    let mut body = BytesMut::from(&b"{\"frames\":"[..]);
+    put_json_list(&mut body, frames.iter().map(|f| &f[..]));
+    body.put_u8(b'}');
     body.freeze()
 }
 

@@ -32,9 +32,9 @@ pub(crate) async fn apply(session: &mut Session, id: u64, args: Args) -> Result<
         id,
         "connect",
         json!({
-            "client": session.client,
-            "user": session.identity.user.as_deref(),
-            "expires_at": session.identity.expires_at_ms.map(|ms| ms / 1000),
+            "client": &**session.client(),
+            "user": session.identity().user.as_deref(),
+            "expires_at": session.identity().expires_at_ms.map(|ms| ms / 1000),
             "ping": config.heartbeat.as_secs(),
             "version": env!("CARGO_PKG_VERSION"),
         }),

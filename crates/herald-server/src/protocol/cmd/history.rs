@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use crate::access;
 use crate::error::Refused;
-use crate::protocol::Session;
+use crate::protocol::{put_json_list, put_json_string, Session};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,23 +18,15 @@ pub(crate) struct Args {
 pub(crate) async fn apply(session: &mut Session, id: u64, args: Args) -> Result<Bytes, Refused> {
     let channel = super::channel_name(&args.channel)?;
     let since = super::since(args.since.as_deref(), Since::Earliest)?;
-    access::may_read(session.rules(), &session.identity, &channel)?;
+    access::may_read(session.rules(), session.identity(), &channel)?;
     let page = session.state.node.engine.history(&channel, since).await?;
-    // The stored envelopes are JSON already: spliced in as they are, not
-    // parsed and written again.
+    // The stored envelopes are JSON already: spliced in as they are.
     let mut out = BytesMut::new();
     out.put_slice(format!("{{\"id\":{id},\"history\":{{\"channel\":").as_bytes());
-    let mut name = Vec::new();
-    herald_core::message::write_json_string(&mut name, channel.as_str());
-    out.put_slice(&name);
-    out.put_slice(b",\"messages\":[");
-    for (i, m) in page.messages.iter().enumerate() {
-        if i > 0 {
-            out.put_u8(b',');
-        }
-        out.put_slice(m.envelope());
-    }
-    out.put_slice(format!("],\"gap\":{},\"last_id\":", page.gap).as_bytes());
+    put_json_string(&mut out, channel.as_str());
+    out.put_slice(b",\"messages\":");
+    put_json_list(&mut out, page.messages.iter().map(|m| &m.envelope()[..]));
+    out.put_slice(format!(",\"gap\":{},\"last_id\":", page.gap).as_bytes());
     match page.last_id {
         Some(last) => out.put_slice(format!("\"{last}\"").as_bytes()),
         None => out.put_slice(b"null"),

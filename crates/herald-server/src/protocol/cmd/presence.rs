@@ -18,7 +18,7 @@ pub(crate) struct Args {
 
 pub(crate) async fn apply(session: &mut Session, id: u64, args: Args) -> Result<Bytes, Refused> {
     let channel = super::channel_name(&args.channel)?;
-    access::may_read(session.rules(), &session.identity, &channel)?;
+    access::may_read(session.rules(), session.identity(), &channel)?;
     let node = &session.state.node;
     if !node.namespaces.options(channel.as_str()).presence {
         return Err(Refused::new(

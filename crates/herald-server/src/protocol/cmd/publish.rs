@@ -31,11 +31,11 @@ pub(crate) async fn apply(session: &mut Session, id: u64, args: Args) -> Result<
             format!("clients may not publish to {channel}"),
         ));
     }
-    access::may_read(&state.rules, &session.identity, &channel)?;
+    access::may_read(&state.rules, session.identity(), &channel)?;
     // Checked before the rate limit and the hook: a refused payload
     // costs neither.
     access::json_payload(&args.data, state.config.max_payload)?;
-    if !session.publish_rate.try_take() {
+    if !session.may_publish_now() {
         return Err(Refused::new(
             Refusal::RateLimited,
             format!(
@@ -48,8 +48,8 @@ pub(crate) async fn apply(session: &mut Session, id: u64, args: Args) -> Result<
     if let Some(hooks) = &state.rules.hooks {
         let body = json!({
             "event": "publish",
-            "client": session.client,
-            "user": session.identity.user.as_deref(),
+            "client": &**session.client(),
+            "user": session.identity().user.as_deref(),
             "channel": channel.as_str(),
             "data": &data,
         });

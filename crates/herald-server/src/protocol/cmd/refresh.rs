@@ -27,7 +27,7 @@ pub(super) fn verify(session: &Session, token: &str) -> Result<Identity, Refused
 
 pub(crate) fn apply(session: &mut Session, id: u64, args: Args) -> Result<Bytes, Refused> {
     let fresh = verify(session, &args.token)?;
-    if fresh.user != session.identity.user {
+    if fresh.user != session.identity().user {
         return Err(Refused::new(
             Refusal::Forbidden,
             "a refreshed token must be for the same user",

@@ -30,8 +30,8 @@ pub(crate) async fn apply(session: &mut Session, id: u64, args: Args) -> Result<
     };
     let body = json!({
         "event": "rpc",
-        "client": session.client,
-        "user": session.identity.user.as_deref(),
+        "client": &**session.client(),
+        "user": session.identity().user.as_deref(),
         "method": args.method,
         "params": args.params,
     });
