@@ -14,6 +14,7 @@
 
 mod cli;
 mod http;
+mod hyper_client;
 mod net;
 mod payload;
 mod publisher;
