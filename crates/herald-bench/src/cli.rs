@@ -51,19 +51,6 @@ pub enum Transport {
     LongPoll,
 }
 
-/// Which HTTP/1.1 client the SSE and long-poll subscribers and the
-/// publisher use (a measurement switch).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum HttpClient {
-    /// The hand-written client in `http.rs`.
-    Own,
-    /// hyper's `client::conn::http1`, its connection future in its own task.
-    Hyper,
-    /// hyper's `client::conn::http1`, its connection future polled by the
-    /// subscriber's (or publisher lane's) own task.
-    HyperInline,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     /// Human table then the JSON line, on stdout.
@@ -185,9 +172,6 @@ pub struct Args {
     /// Name of the server under test, copied into the report.
     #[arg(long, default_value = "")]
     pub label: String,
-    /// HTTP/1.1 client for SSE, long-poll and publishing.
-    #[arg(long, value_enum, default_value = "own")]
-    pub http_client: HttpClient,
     /// Output format.
     #[arg(long, value_enum, default_value = "both")]
     pub output: Output,

@@ -14,7 +14,6 @@
 
 mod cli;
 mod http;
-mod hyper_client;
 mod net;
 mod payload;
 mod publisher;

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::cli::Config;
-use crate::http::{Conn, Response};
-use crate::hyper_client::KeepAlive;
+use crate::http::Conn;
 use crate::payload;
 
 /// Jobs queued per lane before the dispatcher waits (back-pressure).
@@ -42,27 +41,6 @@ pub struct Published {
     pub first_send_ns: u64,
     /// True when the deadline cut publishing short.
     pub cut_short: bool,
-}
-
-/// A lane's keep-alive connection, by `--http-client`.
-enum Lane {
-    Own(Conn),
-    Hyper(KeepAlive),
-}
-
-impl Lane {
-    async fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(String, String)],
-        body: &[u8],
-    ) -> std::io::Result<Response> {
-        match self {
-            Lane::Own(c) => c.request(method, path, headers, body).await,
-            Lane::Hyper(c) => c.request(method, path, headers, body).await,
-        }
-    }
 }
 
 struct LaneResult {
@@ -147,11 +125,7 @@ async fn lane_loop(
 ) -> LaneResult {
     let url = &cfg.pub_url;
     let source = cfg.sources.for_index(lane, &url.addr);
-    let new_conn = || match crate::subscriber::drive(&cfg) {
-        None => Lane::Own(Conn::new(url.addr, url.host.clone(), source)),
-        Some(d) => Lane::Hyper(KeepAlive::new(url.addr, url.host.clone(), source, d)),
-    };
-    let mut conn = new_conn();
+    let mut conn = Conn::new(url.addr, url.host.clone(), source);
     let mut ok: BTreeMap<u64, u64> = BTreeMap::new();
     let mut errors = BTreeMap::new();
     let timeout = Duration::from_secs_f64(cfg.args.connect_timeout);
@@ -176,7 +150,7 @@ async fn lane_loop(
             Ok(Ok(r)) => format!("http-{}", r.head.status),
             Ok(Err(e)) => format!("{:?}", e.kind()).to_lowercase(),
             Err(_) => {
-                conn = new_conn();
+                conn = Conn::new(url.addr, url.host.clone(), source);
                 "timeout".to_string()
             }
         };

@@ -22,9 +22,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::cli::{Config, HttpClient, Transport};
+use crate::cli::{Config, Transport};
 use crate::http::{self, Body, Conn};
-use crate::hyper_client::{self, Drive};
 use crate::payload::{self, Mark};
 use crate::tally::{Counts, Latency, SeqTracker};
 use crate::template::render_command;
@@ -234,49 +233,11 @@ enum Open {
         stream: BufReader<TcpStream>,
         body: Body,
     },
-    HyperSse(hyper_client::Stream),
     LongPoll(Box<LongPoll>),
 }
 
-/// The long-poll's keep-alive connection, by `--http-client`.
-enum PollConn {
-    Own(Conn),
-    Hyper(hyper_client::KeepAlive),
-}
-
-impl PollConn {
-    async fn connect(&mut self) -> io::Result<()> {
-        match self {
-            PollConn::Own(c) => c.connect().await,
-            PollConn::Hyper(c) => c.connect().await,
-        }
-    }
-
-    async fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(String, String)],
-        body: &[u8],
-    ) -> io::Result<http::Response> {
-        match self {
-            PollConn::Own(c) => c.request(method, path, headers, body).await,
-            PollConn::Hyper(c) => c.request(method, path, headers, body).await,
-        }
-    }
-}
-
-/// The hyper drive for `--http-client`, `None` for the own client.
-pub fn drive(cfg: &Config) -> Option<Drive> {
-    match cfg.args.http_client {
-        HttpClient::Own => None,
-        HttpClient::Hyper => Some(Drive::Spawned),
-        HttpClient::HyperInline => Some(Drive::Inline),
-    }
-}
-
 struct LongPoll {
-    conn: PollConn,
+    conn: Conn,
     path: String,
     timeout: u32,
     since: Option<String>,
@@ -370,22 +331,6 @@ async fn open(
                 ("Accept".to_string(), "text/event-stream".to_string()),
                 ("Cache-Control".to_string(), "no-cache".to_string()),
             ];
-            if let Some(d) = drive(cfg) {
-                let (head, stream) = hyper_client::open_stream(
-                    cfg.sub_url.addr,
-                    source,
-                    &cfg.sub_url.host,
-                    &cfg.sub_url.path_for(channel),
-                    &headers,
-                    d,
-                )
-                .await
-                .map_err(|e| io_kind(&e))?;
-                if head.status != 200 {
-                    return Err(format!("http-{}", head.status));
-                }
-                return Ok(Open::HyperSse(stream));
-            }
             let (stream, head, body) = http::open_stream(
                 cfg.sub_url.addr,
                 source,
@@ -401,11 +346,7 @@ async fn open(
             Ok(Open::Sse { stream, body })
         }
         Transport::LongPoll => {
-            let (addr, host) = (cfg.sub_url.addr, cfg.sub_url.host.clone());
-            let mut conn = match drive(cfg) {
-                None => PollConn::Own(Conn::new(addr, host, source)),
-                Some(d) => PollConn::Hyper(hyper_client::KeepAlive::new(addr, host, source, d)),
-            };
+            let mut conn = Conn::new(cfg.sub_url.addr, cfg.sub_url.host.clone(), source);
             conn.connect().await.map_err(|e| io_kind(&e))?;
             Ok(Open::LongPoll(Box::new(LongPoll {
                 conn,
@@ -464,22 +405,6 @@ async fn receive(conn: Open, rx: &mut Receiver<'_>) -> String {
                     Err(e) => return io_kind(&e),
                 }
                 // Scan complete lines only; a mark never spans a line.
-                if let Some(end) = buf.iter().rposition(|&b| b == b'\n') {
-                    rx.on_bytes(&buf[..end]);
-                    buf.drain(..=end);
-                } else if buf.len() > MAX_SSE_LINE {
-                    return "sse-line-too-long".into();
-                }
-            }
-        }
-        Open::HyperSse(mut stream) => {
-            let mut buf = Vec::new();
-            loop {
-                match stream.next(&mut buf).await {
-                    Ok(true) => {}
-                    Ok(false) => return "closed".into(),
-                    Err(e) => return io_kind(&e),
-                }
                 if let Some(end) = buf.iter().rposition(|&b| b == b'\n') {
                     rx.on_bytes(&buf[..end]);
                     buf.drain(..=end);
