@@ -1,7 +1,10 @@
-//! A minimal HTTP/1.1 client: just what publishing, SSE and long-poll need.
+//! A minimal HTTP/1.1 client: what publishing, SSE and long-poll need, and
+//! what Herald's integration tests need of HTTP (they use this module too).
 //!
 //! Written by hand rather than pulled from a client library so that each
-//! connection costs one socket and a small buffer, the source address can be
+//! connection costs one socket and one 8 KiB buffer (hyper's client keeps a
+//! second 8 KiB buffer for request heads, and its connection task costs CPU
+//! per request: BENCHMARKS.md, "One HTTP client"), the source address can be
 //! chosen before connect, and a streaming body (SSE) can be read chunk by
 //! chunk. Everything read from the server is bounded: header lines, header
 //! count, and whole bodies when they are collected.
@@ -352,14 +355,36 @@ impl Conn {
         let stream = self.stream.insert(stream);
         let req = encode_request(method, &self.host, path, headers, body);
         stream.get_mut().write_all(&req).await?;
-        let head = read_head(stream).await?;
-        let mut reader = Body::new(head.framing(method == "HEAD")?);
-        let body = reader.collect(stream, MAX_BODY).await?;
-        if head.wants_close() || reader.framing == Framing::Close {
+        let (resp, framing) = read_framed(stream, method == "HEAD", MAX_BODY).await?;
+        if resp.head.wants_close() || framing == Framing::Close {
             self.stream = None;
         }
-        Ok(Response { head, body })
+        Ok(resp)
     }
+}
+
+/// Reads one whole response (head and body, the body at most `limit`
+/// bytes) from `r`: the answer to a request written by other means, such
+/// as the raw, deliberately broken requests of Herald's tests.
+pub async fn read_response<R: AsyncBufReadExt + Unpin>(
+    r: &mut R,
+    method_is_head: bool,
+    limit: usize,
+) -> io::Result<Response> {
+    read_framed(r, method_is_head, limit)
+        .await
+        .map(|(resp, _)| resp)
+}
+
+async fn read_framed<R: AsyncBufReadExt + Unpin>(
+    r: &mut R,
+    method_is_head: bool,
+    limit: usize,
+) -> io::Result<(Response, Framing)> {
+    let head = read_head(r).await?;
+    let framing = head.framing(method_is_head)?;
+    let body = Body::new(framing).collect(r, limit).await?;
+    Ok((Response { head, body }, framing))
 }
 
 /// Opens a streaming GET: returns the reader positioned at the body, the
@@ -371,11 +396,26 @@ pub async fn open_stream(
     path: &str,
     headers: &[(String, String)],
 ) -> io::Result<(BufReader<TcpStream>, Head, Body)> {
+    open_request(addr, source, host, "GET", path, headers, &[]).await
+}
+
+/// Opens a connection of its own for one request and reads the answer's
+/// head; the body is left to read incrementally with the returned reader
+/// (a stream, or an answer whose pieces matter, as in the tests).
+pub async fn open_request(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> io::Result<(BufReader<TcpStream>, Head, Body)> {
     let mut stream = BufReader::new(net::connect(addr, source).await?);
-    let req = encode_request("GET", host, path, headers, &[]);
+    let req = encode_request(method, host, path, headers, body);
     stream.get_mut().write_all(&req).await?;
     let head = read_head(&mut stream).await?;
-    let body = Body::new(head.framing(false)?);
+    let body = Body::new(head.framing(method == "HEAD")?);
     Ok((stream, head, body))
 }
 
@@ -439,6 +479,23 @@ mod tests {
         );
         let big = format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(20_000));
         assert!(parse_all(big.as_bytes()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn whole_response_from_bytes() {
+        let raw = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+        let resp = read_response(&mut raw.as_slice(), false, 1024)
+            .await
+            .expect("parse");
+        assert_eq!(resp.head.status, 408);
+        assert_eq!(resp.head.header("content-type"), Some("application/json"));
+        assert_eq!(resp.body, b"{}");
+        let head_only = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
+        let resp = read_response(&mut head_only.as_slice(), true, 1024)
+            .await
+            .expect("parse");
+        assert!(resp.body.is_empty());
+        assert!(read_response(&mut raw.as_slice(), false, 1).await.is_err());
     }
 
     #[test]

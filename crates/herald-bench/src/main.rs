@@ -5,7 +5,8 @@
 //! - `template`: URL/body templates and the loopback-only rule;
 //! - `payload`: the `{"seq":N,"t":NS}` mark and its tolerant scan;
 //! - `tally`: sequence tracking (lost/dup/out-of-order) and latency HDR histogram;
-//! - `net`, `http`: source-address-spread TCP and a small HTTP/1.1 client;
+//! - `net`, `http`: source-address-spread TCP and a small HTTP/1.1 client
+//!   (in the library, `src/lib.rs`, shared with Herald's integration tests);
 //! - `subscriber`: one subscriber per transport (ws, session-ws, sse, long-poll);
 //! - `worker`: a share of the subscribers, in-process or as a child process;
 //! - `publisher`: rate-paced or flat-out publishing over keep-alive lanes;
@@ -13,8 +14,6 @@
 //! - `run`: the phases of a run; `report`: derived figures, JSON and table.
 
 mod cli;
-mod http;
-mod net;
 mod payload;
 mod publisher;
 mod report;
@@ -30,6 +29,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use herald_bench::{http, net};
 
 use cli::{Args, Config, Output, FD_RESERVE};
 

@@ -478,8 +478,13 @@ async fn idle_connection_survives_pings() {
     sub.subscribe(c.clone(), Since::Live)
         .await
         .expect("subscribe");
-    // Time must pass on purpose: several pings on a subscribed connection.
-    sleep(Duration::from_millis(400)).await;
+    // Several pings on the subscribed connection: each tick pings it, then
+    // the command connection, so eight ticks are sixteen PINGs at Redis.
+    let before = redis.ping_calls().await;
+    eventually("eight ping ticks to be answered", || async {
+        (redis.ping_calls().await >= before + 16).then_some(())
+    })
+    .await;
     assert!(engine.is_healthy());
     let id = engine
         .publish(&c, text("still here"))
@@ -537,6 +542,33 @@ fn cluster_namespaces() -> Namespaces {
         },
         Vec::new(),
     )
+}
+
+/// Checks `holds` until every entry of the hash `key` (presence entries or
+/// subscriber places, each carrying its expiry) has been rewritten `ttls`
+/// node TTLs after the latest expiry it had at the start: that is, until
+/// each has outlived its first expiry by `ttls - 1` TTLs while refreshed.
+/// `holds` asserts what must stay true meanwhile; it runs once more after
+/// the rewrites were seen.
+async fn outlive<F, Fut>(redis: &RedisServer, key: &str, ttls: u32, holds: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let first = redis.hash_expiries(key).await;
+    assert!(!first.is_empty(), "{key} holds no entry");
+    let latest = first.iter().copied().max().unwrap_or(0);
+    let ttl_ms = i64::try_from(TEST_NODE_TTL.as_millis()).unwrap_or(i64::MAX);
+    let target = latest + i64::from(ttls) * ttl_ms;
+    let what = format!("every entry of {key} to be refreshed {ttls} TTLs on");
+    let holds = &holds;
+    eventually(&what, || async move {
+        holds().await;
+        let now = redis.hash_expiries(key).await;
+        (!now.is_empty() && now.iter().all(|&e| e >= target)).then_some(())
+    })
+    .await;
+    holds().await;
 }
 
 /// Calls `sweep` every 50 ms, as a server does every second, until aborted
@@ -665,9 +697,17 @@ async fn a_node_that_stops_refreshing_leaves_presence_within_node_ttl() {
     bob.subscribe(room.clone(), Since::Live)
         .await
         .expect("subscribe on b");
-    // Time must pass on purpose: refreshed, the entries outlive several TTLs.
-    sleep(TEST_NODE_TTL * 3).await;
-    assert_eq!(presence_users(&b, &room).await, ["ann", "bob"]);
+    // Refreshed, the entries outlive several TTLs: both stay present until
+    // each has been rewritten three TTLs after the latest first write.
+    let key = format!("herald:{{{room}}}:presence");
+    outlive(&redis, &key, 3, || async {
+        assert_eq!(
+            presence_users(&b, &room).await,
+            ["ann", "bob"],
+            "a refreshed entry dropped out"
+        );
+    })
+    .await;
 
     // Node a dies: its connections never leave, nothing refreshes them.
     a_sweeps.abort();
@@ -681,9 +721,15 @@ async fn a_node_that_stops_refreshing_leaves_presence_within_node_ttl() {
         took <= TEST_NODE_TTL + Duration::from_millis(300),
         "gone after {took:?}, the bound is {TEST_NODE_TTL:?}"
     );
-    // Time must pass on purpose: the living node's entry stays.
-    sleep(TEST_NODE_TTL * 2).await;
-    assert_eq!(presence_users(&a, &room).await, ["bob"]);
+    // The living node's entry stays, rewritten two TTLs on.
+    outlive(&redis, &key, 2, || async {
+        assert_eq!(
+            presence_users(&a, &room).await,
+            ["bob"],
+            "the living node's entry dropped out"
+        );
+    })
+    .await;
     b_sweeps.abort();
     drop(ann);
 }
@@ -911,15 +957,19 @@ async fn subscriber_places_are_exact_refreshed_and_reclaimed_from_dead_nodes() {
     })
     .await;
 
-    // Time must pass on purpose: held places outlive node_ttl while their
-    // node refreshes them.
-    sleep(TEST_NODE_TTL * 3).await;
-    assert!(a
-        .engine
-        .claim_subscriber_slot(&c, 2)
-        .await
-        .expect("claim")
-        .is_none());
+    // Held places outlive node_ttl while their node refreshes them: no
+    // place is free until both have been rewritten three TTLs on.
+    outlive(&redis, &format!("herald:{{{c}}}:slots"), 3, || async {
+        assert!(
+            a.engine
+                .claim_subscriber_slot(&c, 2)
+                .await
+                .expect("claim")
+                .is_none(),
+            "a refreshed place was free"
+        );
+    })
+    .await;
 
     // A dropped slot comes back (the HDEL is queued on the upkeep task).
     drop(on_a);

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
+use herald_bench::http;
 use serde_json::{json, Value};
 use support_security::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,25 +33,25 @@ async fn read_until_closed(tcp: &mut TcpStream, limit: Duration) -> (Vec<u8>, Du
     (out, started.elapsed(), closed)
 }
 
-/// The status and JSON body of a raw HTTP answer.
-fn parse_answer(bytes: &[u8]) -> (u16, Value) {
+/// The status and JSON body of a raw HTTP answer, parsed by the shared
+/// client's response reader.
+async fn parse_answer(bytes: &[u8]) -> (u16, Value) {
     let text = String::from_utf8_lossy(bytes);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("not an HTTP answer: {text:?}"));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let resp = http::read_response(&mut &bytes[..], false, bytes.len())
+        .await
+        .unwrap_or_else(|e| panic!("not an HTTP answer ({e}): {text:?}"));
+    let ct = resp.head.header("content-type").unwrap_or_default();
     assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: application/json"),
-        "error answer without a JSON content type: {head}"
+        ct.to_ascii_lowercase().starts_with("application/json"),
+        "error answer without a JSON content type: {text}"
     );
-    let body: Value = serde_json::from_str(body)
-        .unwrap_or_else(|e| panic!("error answer body is not JSON ({e}): {body:?}"));
-    (status, body)
+    let body: Value = serde_json::from_slice(&resp.body).unwrap_or_else(|e| {
+        panic!(
+            "error answer body is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&resp.body)
+        )
+    });
+    (resp.head.status, body)
 }
 
 async fn raw(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
@@ -84,7 +85,7 @@ async fn a_request_head_must_arrive_within_header_timeout() {
             took >= Duration::from_millis(900) && took < Duration::from_secs(2),
             "{what}: closed after {took:?}, header_timeout is 1 s"
         );
-        let (status, body) = parse_answer(&answer);
+        let (status, body) = parse_answer(&answer).await;
         assert_eq!(
             (status, &body["error"]["code"]),
             (408, &json!("request_timeout")),
@@ -708,7 +709,7 @@ async fn every_error_answer_has_the_json_body() {
     for (what, bytes, status, code) in cases {
         let mut tcp = raw(s.addr, &bytes).await;
         let (answer, _, _) = read_until_closed(&mut tcp, Duration::from_secs(3)).await;
-        let (got, body) = parse_answer(&answer);
+        let (got, body) = parse_answer(&answer).await;
         assert!(got >= 400, "{what}: {got}");
         assert!(
             body["error"]["code"].is_string() && body["error"]["message"].is_string(),

@@ -84,6 +84,51 @@ impl RedisServer {
             other => panic!("unexpected NUMSUB reply {other:?}"),
         }
     }
+
+    /// How many `PING` commands Redis has answered since it started, from
+    /// `INFO commandstats`.
+    pub async fn ping_calls(&self) -> u64 {
+        let info = match self.command(&["INFO", "commandstats"]).await {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            redis::Value::VerbatimString { text, .. } => text,
+            other => panic!("unexpected INFO reply {other:?}"),
+        };
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_ping:calls="))
+            .map(|rest| {
+                let calls = rest.split(',').next().unwrap_or("");
+                calls
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad cmdstat_ping line {l:?}", l = rest))
+            })
+            .unwrap_or(0)
+    }
+
+    /// The expiry (ms, Redis time) of every field of a hash whose values are
+    /// either an expiry (`slots`) or JSON with `expires_ms` (`presence`).
+    pub async fn hash_expiries(&self, key: &str) -> Vec<i64> {
+        let fields = match self.command(&["HGETALL", key]).await {
+            redis::Value::Array(v) => v,
+            redis::Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            other => panic!("unexpected HGETALL reply {other:?}"),
+        };
+        fields
+            .chunks(2)
+            .map(|pair| {
+                let value = match pair.get(1) {
+                    Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                    other => panic!("unexpected hash value {other:?} in {key}"),
+                };
+                value.parse().unwrap_or_else(|_| {
+                    let v: serde_json::Value = serde_json::from_str(&value)
+                        .unwrap_or_else(|e| panic!("{key} value {value:?}: {e}"));
+                    v["expires_ms"]
+                        .as_i64()
+                        .unwrap_or_else(|| panic!("{key} value without expires_ms: {value}"))
+                })
+            })
+            .collect()
+    }
 }
 
 impl Drop for RedisServer {

@@ -1,7 +1,8 @@
 //! The black-box harness: starts the real `herald` binary on port 0 and
-//! talks to it with real clients (a small HTTP/1.1 client written here so
-//! streaming bodies can be read byte by byte, and tokio-tungstenite for
-//! WebSockets).
+//! talks to it with real clients: herald-bench's HTTP/1.1 client (the one
+//! the load tool uses; it reads streaming bodies piece by piece) and
+//! tokio-tungstenite for WebSockets. Deliberately malformed requests are
+//! written raw by the tests that send them.
 //!
 //! Every wait is bounded: a read that does not complete in time fails the
 //! test with a message naming what was awaited, and asynchronous server state
@@ -26,8 +27,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
+use herald_bench::{http, net};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
@@ -686,7 +688,7 @@ fn ws_error_text(e: tokio_tungstenite::tungstenite::Error) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// A small HTTP/1.1 client
+// HTTP requests, through herald-bench's client (`herald_bench::http`)
 // ---------------------------------------------------------------------------
 
 /// One request being built.
@@ -754,15 +756,12 @@ impl Req<'_> {
     /// answer (for long-polls whose headers come only with the answer).
     pub async fn send_only(self) -> TcpStream {
         let addr = self.server.addr;
-        let mut tcp = within(IO_TIMEOUT, "TCP connect", TcpStream::connect(addr))
+        let mut tcp = within(IO_TIMEOUT, "TCP connect", net::connect(addr, None))
             .await
             .expect("connect");
-        let mut head = format!("{} {} HTTP/1.1\r\nHost: {addr}\r\n", self.method, self.path);
-        for (k, v) in &self.headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        tcp.write_all(head.as_bytes()).await.expect("write request");
+        let (host, headers) = split_host(addr, &self.headers);
+        let wire = http::encode_request(&self.method, &host, &self.path, &headers, &self.body);
+        tcp.write_all(&wire).await.expect("write request");
         tcp
     }
 
@@ -805,6 +804,23 @@ pub async fn request_at(
         .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
 }
 
+/// The `Host` to send and the other headers: a test that sets its own Host
+/// (e.g. a forged one) sends only that one.
+fn split_host(addr: SocketAddr, headers: &[(String, String)]) -> (String, Vec<(String, String)>) {
+    let mut host = addr.to_string();
+    let mut rest = Vec::with_capacity(headers.len() + 1);
+    for (k, v) in headers {
+        if k.eq_ignore_ascii_case("host") {
+            host = v.clone();
+        } else {
+            rest.push((k.clone(), v.clone()));
+        }
+    }
+    (host, rest)
+}
+
+/// One request on a connection of its own (`Connection: close`), through
+/// herald-bench's client; returns once the answer's head has arrived.
 async fn send_request(
     addr: SocketAddr,
     method: &str,
@@ -812,107 +828,31 @@ async fn send_request(
     headers: &[(String, String)],
     body: &[u8],
 ) -> std::io::Result<HttpStream> {
-    let mut tcp = TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    // A test that sets its own Host (e.g. a forged one) sends only that one.
-    let mut head = if headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n")
-    } else {
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n")
-    };
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() || method == "POST" || method == "PUT" {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    let mut wire = head.into_bytes();
-    wire.extend_from_slice(body);
-    tcp.write_all(&wire).await?;
-
-    let mut raw = Vec::new();
-    let header_end = loop {
-        if let Some(i) = find(&raw, b"\r\n\r\n") {
-            break i;
-        }
-        raw.reserve(8192);
-        let n = tcp.read_buf(&mut raw).await?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!(
-                    "connection closed before response headers (got {:?})",
-                    String::from_utf8_lossy(&raw)
-                ),
-            ));
-        }
-    };
-    let head = String::from_utf8_lossy(&raw[..header_end]).into_owned();
-    let rest = raw[header_end + 4..].to_vec();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("bad status line {status_line:?}"),
-            )
-        })?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let get = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
-    let mode = if method == "HEAD" || status == 204 || status == 304 {
-        BodyMode::Length(0)
-    } else if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
-        BodyMode::Chunked {
-            left: 0,
-            need_crlf: false,
-        }
-    } else if let Some(n) = get("content-length").and_then(|v| v.parse().ok()) {
-        BodyMode::Length(n)
-    } else {
-        BodyMode::Eof
-    };
+    let (host, mut headers) = split_host(addr, headers);
+    headers.insert(0, ("Connection".into(), "close".into()));
+    let (reader, head, body) =
+        http::open_request(addr, None, &host, method, path, &headers, body).await?;
     Ok(HttpStream {
-        tcp,
-        raw: rest,
-        status,
-        headers,
-        mode,
+        reader,
+        body,
         done: false,
+        status: head.status,
+        headers: head
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect(),
     })
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-enum BodyMode {
-    Chunked { left: usize, need_crlf: bool },
-    Length(usize),
-    Eof,
 }
 
 /// A response whose body is read incrementally (chunked, sized or to EOF).
 pub struct HttpStream {
-    tcp: TcpStream,
-    raw: Vec<u8>,
+    reader: tokio::io::BufReader<TcpStream>,
+    body: http::Body,
+    done: bool,
     pub status: u16,
     /// Lower-cased names.
     pub headers: Vec<(String, String)>,
-    mode: BodyMode,
-    done: bool,
 }
 
 impl HttpStream {
@@ -924,96 +864,19 @@ impl HttpStream {
             .map(|(_, v)| v.clone())
     }
 
-    /// Reads more raw bytes; false at EOF or on a reset.
-    async fn fill(&mut self) -> bool {
-        // Read into the heap buffer: large arrays in futures overflow the
-        // test threads' stacks in debug builds.
-        self.raw.reserve(64 * 1024);
-        matches!(self.tcp.read_buf(&mut self.raw).await, Ok(n) if n > 0)
-    }
-
     /// The next piece of body as soon as any arrives; `None` at the end of
-    /// the body (or when the connection ends).
+    /// the body, or when the connection ends or breaks first (a test that
+    /// cares about a cut body checks what it got).
     pub async fn next_data(&mut self) -> Option<Vec<u8>> {
-        loop {
-            if self.done {
-                return None;
-            }
-            match &mut self.mode {
-                BodyMode::Length(left) => {
-                    if *left == 0 {
-                        self.done = true;
-                        return None;
-                    }
-                    if self.raw.is_empty() && !self.fill().await {
-                        self.done = true;
-                        return None;
-                    }
-                    let BodyMode::Length(left) = &mut self.mode else {
-                        unreachable!()
-                    };
-                    let n = (*left).min(self.raw.len());
-                    *left -= n;
-                    return Some(self.raw.drain(..n).collect());
-                }
-                BodyMode::Eof => {
-                    if self.raw.is_empty() && !self.fill().await {
-                        self.done = true;
-                        return None;
-                    }
-                    return Some(std::mem::take(&mut self.raw));
-                }
-                BodyMode::Chunked { left, need_crlf } => {
-                    if *left > 0 {
-                        if self.raw.is_empty() && !self.fill().await {
-                            self.done = true;
-                            return None;
-                        }
-                        let BodyMode::Chunked { left, need_crlf } = &mut self.mode else {
-                            unreachable!()
-                        };
-                        let n = (*left).min(self.raw.len());
-                        *left -= n;
-                        if *left == 0 {
-                            *need_crlf = true;
-                        }
-                        return Some(self.raw.drain(..n).collect());
-                    }
-                    if *need_crlf {
-                        while self.raw.len() < 2 {
-                            if !self.fill().await {
-                                self.done = true;
-                                return None;
-                            }
-                        }
-                        self.raw.drain(..2);
-                        if let BodyMode::Chunked { need_crlf, .. } = &mut self.mode {
-                            *need_crlf = false;
-                        }
-                        continue;
-                    }
-                    let line_end = loop {
-                        if let Some(i) = find(&self.raw, b"\r\n") {
-                            break i;
-                        }
-                        if !self.fill().await {
-                            self.done = true;
-                            return None;
-                        }
-                    };
-                    let line = String::from_utf8_lossy(&self.raw[..line_end]).into_owned();
-                    self.raw.drain(..line_end + 2);
-                    let size_text = line.split(';').next().unwrap_or("").trim();
-                    let size = usize::from_str_radix(size_text, 16)
-                        .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
-                    if size == 0 {
-                        self.done = true;
-                        return None;
-                    }
-                    if let BodyMode::Chunked { left, .. } = &mut self.mode {
-                        *left = size;
-                    }
-                }
+        if self.done {
+            return None;
+        }
+        let mut piece = Vec::new();
+        match self.body.next(&mut self.reader, &mut piece).await {
+            Ok(true) => Some(piece),
+            Ok(false) | Err(_) => {
+                self.done = true;
+                None
             }
         }
     }
