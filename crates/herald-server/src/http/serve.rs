@@ -183,7 +183,11 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
                 }
             }
         }
+        // Biased: once shutdown began, a connection waiting in the backlog
+        // is not taken (an unbiased select picks one of two ready branches
+        // at random, and served a late request now and then).
         let accepted = tokio::select! {
+            biased;
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
