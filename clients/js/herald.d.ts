@@ -73,6 +73,8 @@ export interface DisconnectInfo {
   code: number | string | null;
   reason: string;
   reconnect: boolean;
+  /** A draining server's delay before reconnecting (ms), when it gave one. */
+  delay?: number;
 }
 
 export interface ConnectInfo {
@@ -226,6 +228,8 @@ export const DISCONNECTED: "disconnected";
 /** -1, 0 or 1 ordering two ids as integer pairs; null when either is not an id. */
 export function compareIds(a: string, b: string): -1 | 0 | 1 | null;
 export function isMessageId(id: unknown): id is MessageId;
+/** The delay (ms) a draining server asks before reconnecting: `delay_ms`, or the close reason's `reconnect in N ms`. */
+export function drainDelay(info: { delay_ms?: number; reason?: string } | null | undefined): number | undefined;
 /** Reconnect delay for attempt number `attempt` (0-based), ms. */
 export function backoffDelay(attempt: number, min: number, max: number, random?: () => number): number;
 export default Herald;

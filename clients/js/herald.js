@@ -145,6 +145,18 @@ export function isMessageId(id) {
 }
 
 /**
+ * The delay a draining server asks a client to wait before it reconnects:
+ * `delay_ms` of a `disconnect` frame or event, or the close reason
+ * `server shutting down; reconnect in N ms`; `undefined` when it asks none.
+ */
+export function drainDelay(info) {
+  if (!info) return undefined;
+  if (Number.isFinite(info.delay_ms) && info.delay_ms >= 0) return info.delay_ms;
+  const m = /reconnect in (\d+) ms/.exec(info.reason ?? "");
+  return m ? Number(m[1]) : undefined;
+}
+
+/**
  * The delay before reconnect attempt number `attempt` (0-based): exponential
  * from `min`, capped at `max`, with "equal jitter" (uniform in [d/2, d]) so a
  * crowd of clients spreads out after a server restart.
@@ -620,6 +632,7 @@ export class Herald extends Emitter {
       code: why?.code ?? null,
       reason: why?.reason ?? "connection closed",
       reconnect: !FINAL_CLOSE_CODES.has(why?.code),
+      delay: drainDelay(why),
     };
     this._log(attempt.name, "closed:", info, "connected:", attempt.connected);
     if (attempt.connected || attempt.disconnect) {
@@ -644,7 +657,10 @@ export class Herald extends Emitter {
       // turn into a tight loop.
       if (attempt.connected && Date.now() - attempt.connectedAt >= this.options.stableAfter) this._round = 0;
       this._tried = 0;
-      this._scheduleReconnect(backoffDelay(this._round++, this.options.minReconnectDelay, this.options.maxReconnectDelay));
+      // A draining server says when to come back (its clients spread over
+      // its drain window); otherwise the backoff decides.
+      const backoff = backoffDelay(this._round++, this.options.minReconnectDelay, this.options.maxReconnectDelay);
+      this._scheduleReconnect(info.delay ?? backoff);
       return;
     }
     // Could not connect with this transport: fall back to the next one at
@@ -848,6 +864,7 @@ export class Herald extends Emitter {
       code: info?.code ?? null,
       reason: info?.reason ?? "disconnected by the server",
       reconnect: info?.reconnect !== false,
+      delay: drainDelay(info),
     };
     this._onTransportClose(attempt, attempt.disconnect);
   }

@@ -23,6 +23,13 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 65_536;
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for connections to close after telling them.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long a stopping node serves on with `/ready` at 503.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
+/// Over how long a stopping node spreads its clients' reconnections.
+pub const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(10);
+/// The longest `drain_window` (the delay fits a `u32` of milliseconds, and
+/// a client should not wait longer).
+pub const MAX_DRAIN_WINDOW: Duration = Duration::from_secs(600);
 /// Long-poll wait when the request names none.
 pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest long-poll wait a request may ask for (longer asks are clamped).
@@ -58,6 +65,10 @@ pub struct FileConfig {
     pub write_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub shutdown_grace: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub drain_delay: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub drain_window: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub poll_timeout_max: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -204,6 +215,12 @@ pub struct Config {
     pub max_payload: usize,
     pub write_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long the node goes on serving with `/ready` at
+    /// 503, so that load balancers stop sending it new clients.
+    pub drain_delay: Duration,
+    /// Over how long the clients' reconnections are spread: each
+    /// connection is told to wait a random part of it (0: all at once).
+    pub drain_window: Duration,
     pub poll_timeout_max: Duration,
     /// How long a publish's idempotency key is remembered per channel.
     pub idempotency_window: Duration,
@@ -268,6 +285,8 @@ pub enum ConfigError {
     Hooks(String),
     #[error("auth: {0}")]
     Keys(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Protection limits; each violation has its own error or close code.
@@ -506,6 +525,17 @@ impl Config {
                 file.write_timeout.unwrap_or(DEFAULT_WRITE_TIMEOUT),
             )?,
             shutdown_grace: file.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+            drain_delay: file.drain_delay.unwrap_or(DEFAULT_DRAIN_DELAY),
+            drain_window: match file.drain_window {
+                Some(w) if w > MAX_DRAIN_WINDOW => {
+                    return Err(ConfigError::Invalid(format!(
+                        "drain_window: at most {} (it is a delay each client waits)",
+                        humantime::format_duration(MAX_DRAIN_WINDOW)
+                    )))
+                }
+                Some(w) => w,
+                None => DEFAULT_DRAIN_WINDOW,
+            },
             poll_timeout_max: file.poll_timeout_max.unwrap_or(DEFAULT_POLL_TIMEOUT_MAX),
             idempotency_window: positive_time(
                 "idempotency_window",
@@ -643,6 +673,8 @@ impl Config {
         let _ = writeln!(out, "idle_timeout = {}", d(self.idle_timeout));
         let _ = writeln!(out, "write_timeout = {}", d(self.write_timeout));
         let _ = writeln!(out, "shutdown_grace = {}", d(self.shutdown_grace));
+        let _ = writeln!(out, "drain_delay = {}", d(self.drain_delay));
+        let _ = writeln!(out, "drain_window = {}", d(self.drain_window));
         let _ = writeln!(out, "poll_timeout_max = {}", d(self.poll_timeout_max));
         let _ = writeln!(out, "idempotency_window = {}", d(self.idempotency_window));
         let _ = writeln!(out, "queue_size = {}", self.queue_size);
@@ -716,6 +748,8 @@ engine = \"memory\"                  # or redis://host:6379/0 to run many nodes 
 heartbeat = \"15s\"
 header_timeout = \"10s\"
 idle_timeout = \"60s\"
+drain_delay = \"5s\"               # on SIGTERM: /ready answers 503, the node serves on this long
+drain_window = \"10s\"             # then clients reconnect spread over this
 
 [history]
 size = 100

@@ -84,10 +84,23 @@ pub async fn run_with_listeners(
 
     let signal = {
         let token = token.clone();
+        let draining = state.draining.clone();
+        let delay = state.config.drain_delay;
         async move {
             shutdown.await;
+            // Drain: `/ready` turns 503 at once, and the node goes on
+            // serving for `drain_delay` so that load balancers stop sending
+            // it new clients.
+            draining.cancel();
+            if !delay.is_zero() {
+                tracing::info!(
+                    drain_delay = %humantime::format_duration(delay),
+                    "draining: /ready answers 503; serving on until the delay ends"
+                );
+                tokio::time::sleep(delay).await;
+            }
             // Cancel first: nothing (not even a failing log write) may stand
-            // between the signal and the shutdown.
+            // between the end of the drain and the shutdown.
             token.cancel();
             tracing::info!("shutting down: telling connections to reconnect");
         }

@@ -25,6 +25,9 @@ pub(crate) struct Inner {
     /// Cancelled once when shutdown begins; every connection watches it and
     /// tells its client to reconnect.
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled when the node starts draining (`drain_delay` before
+    /// `shutdown`): `/ready` answers 503 from then on.
+    pub(crate) draining: CancellationToken,
     /// Upgraded (WebSocket) connections, which the HTTP server no longer
     /// tracks: shutdown waits on these for the grace period.
     pub(crate) connections: TaskTracker,
@@ -64,6 +67,7 @@ impl AppState {
             node,
             config,
             shutdown,
+            draining: CancellationToken::new(),
             connections: TaskTracker::new(),
             limiter,
             session_limiter,

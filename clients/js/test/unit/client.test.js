@@ -210,6 +210,19 @@ test("a disconnect with reconnect:true reconnects on the same transport", async 
   assert.equal(c.transport, "websocket");
 });
 
+test("a draining server's delay_ms is how long the client waits before it reconnects", async () => {
+  // The backoff alone would come back within 400 ms here.
+  const c = client({ transports: ["websocket"] });
+  await nextEvent(c, "connect");
+  const info = nextEvent(c, "disconnect");
+  const told = Date.now();
+  fake.broadcast({ disconnect: { code: 1001, reason: "server shutting down", reconnect: true, delay_ms: 900 } });
+  assert.equal((await info).delay, 900);
+  await nextEvent(c, "connect", { timeout: 3000 });
+  const waited = Date.now() - told;
+  assert.ok(waited >= 850, `reconnected after ${waited} ms, before the 900 ms the server asked for`);
+});
+
 test("answers pings with pong, and treats silence as a dead connection", async () => {
   fake.ping = 0.2;
   const c = client({ transports: ["websocket"], pingSlack: 200 });

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { compareIds, isMessageId, backoffDelay, Emitter, Herald, HeraldError } from "../../herald.js";
+import { compareIds, isMessageId, backoffDelay, drainDelay, Emitter, Herald, HeraldError } from "../../herald.js";
 
 test("ids compare as two integers, not as text", () => {
   assert.equal(compareIds("1700000000000-9", "1700000000000-10"), -1);
@@ -64,4 +64,12 @@ test("transports this environment lacks are skipped", () => {
   // Node 20 has no global WebSocket or EventSource: sse runs as NDJSON, iframe needs a page.
   if (typeof globalThis.WebSocket !== "function") assert.deepEqual(c.transports, ["sse", "longpoll"]);
   assert.equal(c.url, "http://127.0.0.1:1");
+});
+
+test("drainDelay reads a draining server's delay from a frame or a close reason", () => {
+  assert.equal(drainDelay({ code: 1001, delay_ms: 1234 }), 1234);
+  assert.equal(drainDelay({ code: 1001, reason: "server shutting down; reconnect in 77 ms" }), 77);
+  assert.equal(drainDelay({ code: 1001, reason: "server shutting down" }), undefined);
+  assert.equal(drainDelay({ code: 1001, delay_ms: -5 }), undefined);
+  assert.equal(drainDelay(null), undefined);
 });

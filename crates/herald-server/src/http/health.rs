@@ -22,7 +22,7 @@ pub(crate) async fn health() -> Response {
 /// `GET /ready`: 200 while the engine is reachable and the node is not
 /// shutting down; else 503 with the reason.
 pub(crate) async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> {
-    if state.shutdown.is_cancelled() {
+    if state.shutdown.is_cancelled() || state.draining.is_cancelled() {
         return Err(ApiError::new(
             Refusal::Unavailable,
             "this node is shutting down; send new clients elsewhere",

@@ -27,7 +27,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use herald_core::disconnect::Disconnect;
+use herald_core::disconnect::{Disconnect, SHUTDOWN};
 use herald_core::node::{SubscribeError, Subscribed};
 use herald_core::presence::Notice;
 use herald_core::{ChannelName, Item, Message, Refusal, Since, Subscriber};
@@ -101,6 +101,34 @@ pub(crate) enum Push {
     Frame(Bytes),
     /// The connection ends, saying why.
     End(Disconnect),
+    /// The node is draining: the connection ends ([`SHUTDOWN`]) and its
+    /// client should reconnect after this many milliseconds (each
+    /// connection gets its own, spread over `drain_window`).
+    Leave(u32),
+}
+
+impl Push {
+    /// Whether this push ends the connection.
+    pub(crate) fn is_end(&self) -> bool {
+        matches!(self, Push::End(_) | Push::Leave(_))
+    }
+}
+
+/// `{"code","reason","reconnect","delay_ms"}`: the shutdown notice of a
+/// draining node, with the delay the client should wait.
+pub(crate) fn leave_json(delay_ms: u32) -> serde_json::Value {
+    json!({
+        "code": SHUTDOWN.code,
+        "reason": SHUTDOWN.reason,
+        "reconnect": SHUTDOWN.reconnect,
+        "delay_ms": delay_ms,
+    })
+}
+
+/// The close reason of a draining node's WebSocket close frame (at most
+/// 123 bytes, as RFC 6455 allows).
+pub(crate) fn leave_reason(delay_ms: u32) -> String {
+    format!("{}; reconnect in {delay_ms} ms", SHUTDOWN.reason)
 }
 
 /// `{"channel":"c","gap":true}`: the gap notice of the JSON encodings.

@@ -9,7 +9,6 @@
 
 use std::pin::Pin;
 
-use herald_core::disconnect::SHUTDOWN;
 use tokio::time::Interval;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
@@ -41,7 +40,7 @@ pub(crate) enum Step {
 
 /// Whether `pushes` ends the connection.
 pub(crate) fn ends(pushes: &[Push]) -> bool {
-    matches!(pushes.last(), Some(Push::End(_)))
+    pushes.last().is_some_and(Push::is_end)
 }
 
 impl Downstream {
@@ -100,7 +99,7 @@ impl Downstream {
         tokio::select! {
             biased;
             () = shutdown.as_mut() => {
-                out.push(Push::End(SHUTDOWN));
+                out.push(super::farewell(session.state()));
                 Step::Pushed
             }
             () = client_ended => Step::Ended,

@@ -204,9 +204,9 @@ proptest! {
         callback in callback(),
     ) {
         let last_id = messages.last().map(|m| m.id);
-        let ended = ended.map(|i| ALL[i]);
-        let plain = super::poll::body(&channel, &messages, last_id, gap, ended, None);
-        let jsonp = super::poll::body(&channel, &messages, last_id, gap, ended, Some(&callback));
+        let ended = ended.map(|i| serde_json::to_value(ALL[i]).expect("a disconnect is JSON"));
+        let plain = super::poll::body(&channel, &messages, last_id, gap, ended.clone(), None);
+        let jsonp = super::poll::body(&channel, &messages, last_id, gap, ended.clone(), Some(&callback));
         let jsonp = std::str::from_utf8(&jsonp).expect("UTF-8");
         let arg = jsonp
             .strip_prefix(&format!("{callback}("))

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use herald_core::message::script_safe;
 use serde_json::json;
 
-use super::{disconnect_json, session_frame, Encoder};
+use super::{disconnect_json, leave_line, session_frame, Encoder};
 use crate::protocol::{Dialect, Push, PING};
 
 /// Longest JSONP / forever-frame callback name.
@@ -78,6 +78,10 @@ impl Encoder for Iframe {
         match (&self.dialect, push) {
             (Dialect::Channel(channel), Push::End(why)) => {
                 self.call(script_safe(&disconnect_json(channel, *why)), out);
+                out.push_back(Bytes::from_static(b"</body></html>\n"));
+            }
+            (Dialect::Channel(channel), Push::Leave(delay_ms)) => {
+                self.call(script_safe(&leave_line(channel, *delay_ms)), out);
                 out.push_back(Bytes::from_static(b"</body></html>\n"));
             }
             (_, push) => {

@@ -35,7 +35,7 @@ use herald_core::ChannelName;
 use serde_json::json;
 use tokio::time::{Interval, MissedTickBehavior};
 
-use crate::protocol::{disconnect_frame, gap_json, Push};
+use crate::protocol::{disconnect_frame, gap_json, leave_json, Push};
 
 /// How one streaming format writes each thing a session pushes. Built with
 /// the session's dialect, so one encoder per format serves both.
@@ -53,6 +53,14 @@ pub(crate) fn disconnect_json(channel: &ChannelName, why: Disconnect) -> Bytes {
     Bytes::from(json!({"channel": channel.as_str(), "disconnect": why}).to_string())
 }
 
+/// `{"channel":"c","disconnect":{…,"delay_ms":N}}`: a draining node's last
+/// line of a channel URL's JSON encodings.
+pub(crate) fn leave_line(channel: &ChannelName, delay_ms: u32) -> Bytes {
+    Bytes::from(
+        json!({"channel": channel.as_str(), "disconnect": leave_json(delay_ms)}).to_string(),
+    )
+}
+
 /// A push as the session dialect's JSON frame, with its script-safe form
 /// when one is shared (message envelopes).
 pub(crate) fn session_frame(push: &Push) -> (Bytes, Option<Bytes>) {
@@ -62,7 +70,26 @@ pub(crate) fn session_frame(push: &Push) -> (Bytes, Option<Bytes>) {
         Push::Notice(notice) => (notice.json.clone(), None),
         Push::Frame(frame) => (frame.clone(), None),
         Push::End(why) => (disconnect_frame(*why), None),
+        Push::Leave(delay_ms) => (
+            Bytes::from(json!({ "disconnect": leave_json(*delay_ms) }).to_string()),
+            None,
+        ),
     }
+}
+
+/// How a connection is told the node stops: when a drain spreads
+/// reconnections (`drain_window` above zero), each connection gets its own
+/// delay, at random within the window; else the plain shutdown close.
+pub(crate) fn farewell(state: &crate::state::AppState) -> Push {
+    let window = state.config.drain_window.as_millis();
+    if window == 0 {
+        return Push::End(herald_core::disconnect::SHUTDOWN);
+    }
+    let mut bytes = [0u8; 4];
+    // No OS randomness: everyone reconnects at once, as without a window.
+    let random = getrandom::fill(&mut bytes).map_or(0, |()| u32::from_le_bytes(bytes));
+    let delay = u128::from(random) % window;
+    Push::Leave(u32::try_from(delay).unwrap_or(u32::MAX))
 }
 
 /// An interval whose first tick is one period from now.

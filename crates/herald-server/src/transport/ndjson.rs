@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use super::{disconnect_json, session_frame, Encoder};
+use super::{disconnect_json, leave_line, session_frame, Encoder};
 use crate::protocol::{Dialect, Push, PING};
 
 pub(crate) struct Ndjson {
@@ -31,6 +31,10 @@ impl Encoder for Ndjson {
             (Dialect::Channel(_), Push::Message(m)) => out.push_back(m.envelope_line().clone()),
             (Dialect::Channel(channel), Push::End(why)) => {
                 out.push_back(disconnect_json(channel, *why));
+                out.push_back(NEWLINE);
+            }
+            (Dialect::Channel(channel), Push::Leave(delay_ms)) => {
+                out.push_back(leave_line(channel, *delay_ms));
                 out.push_back(NEWLINE);
             }
             (_, push) => {

@@ -28,7 +28,7 @@ use super::downstream::{ends, Downstream, Step};
 use super::session_frame;
 use crate::config::{Config, DEFAULT_POLL_TIMEOUT};
 use crate::error::Refused;
-use crate::protocol::{disconnect_frame, put_json_list, put_json_string, Push, PING};
+use crate::protocol::{disconnect_frame, leave_json, put_json_list, put_json_string, Push, PING};
 
 /// A long-poll session with no poll waiting for this long is abandoned and
 /// ends, so it lives at most its last poll's timeout plus this.
@@ -55,7 +55,8 @@ pub(crate) fn timeout(text: Option<&str>, config: &Config) -> Result<Duration, R
 struct Answer {
     messages: Vec<Arc<Message>>,
     gap: bool,
-    ended: Option<Disconnect>,
+    /// The `disconnect` member, when the subscription ended.
+    ended: Option<serde_json::Value>,
 }
 
 impl Answer {
@@ -64,7 +65,8 @@ impl Answer {
             match push {
                 Push::Message(m) => self.messages.push(m),
                 Push::Gap(_) => self.gap = true,
-                Push::End(why) => self.ended = Some(why),
+                Push::End(why) => self.ended = Some(serde_json::to_value(why).unwrap_or_default()),
+                Push::Leave(delay_ms) => self.ended = Some(leave_json(delay_ms)),
                 // Join/leave notices are for streams; a poll answer lists messages.
                 Push::Notice(_) | Push::Frame(_) => {}
             }
@@ -128,7 +130,7 @@ pub(crate) fn body(
     messages: &[Arc<Message>],
     last_id: Option<MessageId>,
     gap: bool,
-    ended: Option<Disconnect>,
+    ended: Option<serde_json::Value>,
     callback: Option<&str>,
 ) -> Bytes {
     let jsonp = callback.is_some();
@@ -162,7 +164,7 @@ pub(crate) fn body(
     });
     if let Some(why) = ended {
         body.put_slice(b",\"disconnect\":");
-        body.put_slice(&serde_json::to_vec(&why).unwrap_or_default());
+        body.put_slice(why.to_string().as_bytes());
     }
     body.put_u8(b'}');
     if jsonp {
@@ -295,7 +297,8 @@ pub(crate) fn frames_body(frames: &[Bytes]) -> Bytes {
 /// more linger, for the poll that takes the last frames.
 pub(crate) async fn drive(mut down: Downstream, mailbox: Arc<Mailbox>) {
     let mut pushes = Vec::new();
-    let end: Option<Disconnect> = loop {
+    // The last frame, when the session ends with something to say.
+    let end: Option<Bytes> = loop {
         tokio::select! {
             step = down.step(&mut pushes) => match step {
                 Step::Ended => break None,
@@ -304,18 +307,18 @@ pub(crate) async fn drive(mut down: Downstream, mailbox: Arc<Mailbox>) {
                         break None;
                     }
                     if let Err(why) = mailbox.put(PING) {
-                        break Some(why);
+                        break Some(disconnect_frame(why));
                     }
                 }
                 Step::Pushed => {
                     let mut end = None;
                     for push in pushes.drain(..) {
-                        if let Push::End(why) = push {
-                            end = Some(why);
+                        if push.is_end() {
+                            end = Some(session_frame(&push).0);
                             break;
                         }
                         if let Err(why) = mailbox.put(session_frame(&push).0) {
-                            end = Some(why);
+                            end = Some(disconnect_frame(why));
                             break;
                         }
                     }
@@ -329,11 +332,12 @@ pub(crate) async fn drive(mut down: Downstream, mailbox: Arc<Mailbox>) {
         }
     };
     let registered = down.take_registration();
-    mailbox.end(end.map(disconnect_frame));
+    let said = end.is_some();
+    mailbox.end(end);
     // The session ends now (its slot and the disconnect hook); the entry
     // waits for the last poll unless the client is already gone.
     drop(down);
-    if end.is_some() && !mailbox.abandoned() {
+    if said && !mailbox.abandoned() {
         tokio::time::sleep(POLL_LINGER).await;
     }
     drop(registered);

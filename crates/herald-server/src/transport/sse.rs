@@ -9,7 +9,7 @@ use herald_core::message::write_sse_data;
 use serde_json::json;
 
 use super::{session_frame, Encoder};
-use crate::protocol::{Dialect, Push, PING};
+use crate::protocol::{leave_json, Dialect, Push, PING};
 
 /// How long a browser waits before reconnecting, sent as `retry:`.
 pub(crate) const RETRY_MS: u32 = 2000;
@@ -50,6 +50,9 @@ impl Encoder for Sse {
 
     fn push(&self, push: &Push, out: &mut VecDeque<Bytes>) {
         let Dialect::Channel(channel) = &self.dialect else {
+            if let Push::Leave(delay_ms) = push {
+                out.push_back(Bytes::from(format!("retry: {delay_ms}\n")));
+            }
             data_event(session_frame(push).0, out);
             return;
         };
@@ -71,6 +74,13 @@ impl Encoder for Sse {
                     "reason": why.reason,
                     "reconnect": why.reconnect,
                 });
+                out.push_back(event("disconnect", &data.to_string()));
+            }
+            Push::Leave(delay_ms) => {
+                // `retry:` makes a browser's EventSource wait that long.
+                out.push_back(Bytes::from(format!("retry: {delay_ms}\n")));
+                let mut data = leave_json(*delay_ms);
+                data["channel"] = json!(channel.as_str());
                 out.push_back(event("disconnect", &data.to_string()));
             }
         }

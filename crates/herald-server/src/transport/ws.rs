@@ -58,14 +58,38 @@ fn task(
         if let Some((tcp, early)) = handshake::upgraded(on_upgrade).await {
             let mut socket = WsSocket::new(tcp, early, limit);
             session.subscriber().set_writer(socket.writer());
-            if let Some((why, last)) = run(&mut socket, &mut session).await {
-                socket
-                    .close(session.state().config.write_timeout, why, last)
-                    .await;
+            if let Some(end) = run(&mut socket, &mut session).await {
+                let timeout = session.state().config.write_timeout;
+                match end.reason {
+                    Some(reason) => {
+                        socket
+                            .close_saying(timeout, end.why.code, &reason, end.last)
+                            .await
+                    }
+                    None => socket.close(timeout, end.why, end.last).await,
+                }
             }
         }
         drop(session);
         drop(token);
+    }
+}
+
+/// How the connection ends: the close, the frame before it, and a reason of
+/// its own when the table's will not do (a draining node's delay).
+struct Ending {
+    why: Disconnect,
+    last: Option<Bytes>,
+    reason: Option<String>,
+}
+
+impl From<(Disconnect, Option<Bytes>)> for Ending {
+    fn from((why, last): (Disconnect, Option<Bytes>)) -> Self {
+        Self {
+            why,
+            last,
+            reason: None,
+        }
     }
 }
 
@@ -79,15 +103,33 @@ fn out(speaks: Speaks, item: Item) -> Out {
 }
 
 /// How the connection ends in `dialect`: the close, and the frame before it.
-fn ending(speaks: Speaks, why: Disconnect) -> Option<(Disconnect, Option<Bytes>)> {
-    match speaks {
-        Speaks::Channel => Some((why, None)),
-        Speaks::Session => Some((why, Some(disconnect_frame(why)))),
-    }
+fn ending(speaks: Speaks, why: Disconnect) -> Option<Ending> {
+    let last = match speaks {
+        Speaks::Channel => None,
+        Speaks::Session => Some(disconnect_frame(why)),
+    };
+    Some((why, last).into())
+}
+
+/// How the connection ends when the node stops: with a drain window, the
+/// reconnect delay is in the close reason (and the session's last frame).
+fn leaving(speaks: Speaks, farewell: Push) -> Option<Ending> {
+    let Push::Leave(delay_ms) = farewell else {
+        return ending(speaks, SHUTDOWN);
+    };
+    let last = match speaks {
+        Speaks::Channel => None,
+        Speaks::Session => Some(session_frame(&farewell).0),
+    };
+    Some(Ending {
+        why: SHUTDOWN,
+        last,
+        reason: Some(crate::protocol::leave_reason(delay_ms)),
+    })
 }
 
 /// Serves until the connection ends; returns the close to send, if any.
-async fn run(socket: &mut WsSocket, session: &mut Session) -> Option<(Disconnect, Option<Bytes>)> {
+async fn run(socket: &mut WsSocket, session: &mut Session) -> Option<Ending> {
     let state = session.state().clone();
     let timeout = state.config.write_timeout;
     let speaks = session.speaks();
@@ -100,7 +142,7 @@ async fn run(socket: &mut WsSocket, session: &mut Session) -> Option<(Disconnect
     loop {
         tokio::select! {
             biased;
-            () = &mut shutdown => return ending(speaks, SHUTDOWN),
+            () = &mut shutdown => return leaving(speaks, super::farewell(&state)),
             ready = socket.readable() => {
                 // (Also ready when the hub left bytes to flush: only what the
                 // client sent counts as a sign of life.)
@@ -130,7 +172,7 @@ async fn run(socket: &mut WsSocket, session: &mut Session) -> Option<(Disconnect
                         Ok(Some(Incoming::Ping(payload))) => {
                             socket.queue_control(frame::PONG, &payload);
                         }
-                        Ok(Some(Incoming::Close(_))) => return Some((NORMAL, None)),
+                        Ok(Some(Incoming::Close(_))) => return Some((NORMAL, None).into()),
                         Err(ReadError::Gone) => return None,
                         Err(ReadError::Frame(e)) => return ending(speaks, e.disconnect()),
                     }
@@ -152,7 +194,7 @@ async fn run(socket: &mut WsSocket, session: &mut Session) -> Option<(Disconnect
                 };
                 socket.flush(timeout).await.ok()?;
                 if let Some(end) = end {
-                    return Some(end);
+                    return Some(end.into());
                 }
             }
             _ = heartbeat.tick() => {

@@ -334,10 +334,22 @@ impl<S: RawSocket> WsSocket<S> {
     /// and reason, then a bounded wait for the client's own close so that
     /// the TCP connection ends cleanly rather than with a reset.
     pub async fn close(&mut self, timeout: Duration, why: Disconnect, last: Option<Bytes>) {
+        self.close_saying(timeout, why.code, why.reason, last).await;
+    }
+
+    /// [`close`](Self::close) with a reason of the caller's (at most 123
+    /// bytes; longer is cut at a character boundary).
+    pub async fn close_saying(
+        &mut self,
+        timeout: Duration,
+        code: u16,
+        reason: &str,
+        last: Option<Bytes>,
+    ) {
         if let Some(last) = last {
             self.queue_text(&last);
         }
-        let payload = frame::close_payload(why.code, why.reason);
+        let payload = frame::close_payload(code, reason);
         self.queue_control(frame::CLOSE, &payload);
         if self.flush(timeout).await.is_err() {
             return;

@@ -207,6 +207,14 @@ impl ServerBuilder {
         for (k, v) in &self.top {
             text.push_str(&format!("{k} = {v}\n"));
         }
+        // A stop without the drain (its 5 s + 10 s defaults would make
+        // every shutdown test wait), unless a test asks for it:
+        // tests/drain.rs does.
+        for key in ["drain_delay", "drain_window"] {
+            if !self.top.iter().any(|(k, _)| k == key) {
+                text.push_str(&format!("{key} = \"0s\"\n"));
+            }
+        }
         text.push_str(
             "\n[history]\nsize = 100\nttl = \"10m\"\n\n\
              [[namespace]]\nprefix = \"short:\"\nhistory_size = 3\nhistory_ttl = \"10m\"\n\
