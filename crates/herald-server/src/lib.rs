@@ -3,15 +3,15 @@
 //! Layers, each a folder, with imports only going down (a test,
 //! `tests/layers.rs`, fails on an upward one):
 //!
-//! - [`http`]: the accept loop, the router and the handlers (top).
-//! - [`transport`]: the wire formats: one WebSocket loop, one loop of the
+//! - `http`: the accept loop, the router and the handlers (top).
+//! - `transport`: the wire formats: one WebSocket loop, one loop of the
 //!   HTTP downstreams, an encoder per format with the dialect as a
 //!   parameter.
-//! - [`protocol`]: the session state machine (both dialects), admission,
+//! - `protocol`: the session state machine (both dialects), admission,
 //!   one file per command.
 //! - `state`, `config`: what every connection shares; the settings.
-//! - [`access`]: the rules (tokens, backend keys, limits, hooks), no HTTP.
-//! - [`ws`]: WebSocket framing and the socket, under Autobahn.
+//! - `access`: the rules (tokens, backend keys, limits, hooks), no HTTP.
+//! - `ws`: WebSocket framing and the socket, under Autobahn.
 //! - `edge`, `error`, `metrics`: the socket's clocks, refusals as values,
 //!   the counters (bottom).
 //!
@@ -46,7 +46,7 @@ use state::AppState;
 use transport::registry::Registry;
 
 /// A node for the configured engine. The memory engine needs nothing; other
-/// engines are built by the caller and passed to [`run_with_node`].
+/// engines are built by the caller and passed to [`run_with_listeners`].
 pub fn memory_node(config: &Config) -> Node {
     Node::memory(config.namespaces.clone())
 }

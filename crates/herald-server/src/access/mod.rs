@@ -5,11 +5,11 @@
 //! answers a [`Refused`], which the caller turns into an HTTP answer, a
 //! session reply or a close.
 //!
-//! - [`auth`]: the backend's credential (API key, keyless loopback).
-//! - [`client_addr`]: the client's address behind trusted proxies.
-//! - [`token`]: connection tokens and tickets.
-//! - [`hook`]: the application backend's say (connect, subscribe, publish, rpc).
-//! - [`limits`]: connection counts and rates.
+//! - `auth`: the backend's credential (API key, keyless loopback).
+//! - `client_addr`: the client's address behind trusted proxies.
+//! - `token`: connection tokens and tickets.
+//! - `hook`: the application backend's say (connect, subscribe, publish, rpc).
+//! - `limits`: connection counts and rates.
 
 pub(crate) mod auth;
 pub(crate) mod client_addr;

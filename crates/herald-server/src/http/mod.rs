@@ -1,14 +1,14 @@
-//! The HTTP surface, the top layer: the accept loop ([`serve`]), the
-//! router ([`routes`]) and the handlers, each of which reads its request
+//! The HTTP surface, the top layer: the accept loop (`serve`), the
+//! router (`routes`) and the handlers, each of which reads its request
 //! and hands over to the layers below (the protocol core, the transports,
 //! the rules).
 //!
-//! - [`channel`]: `GET /sub/{channel}`, the channel URL on every transport.
-//! - [`connection`]: `/connection/*`, the session protocol's endpoints.
-//! - [`api`]: the backend's endpoints (publish, channels, tokens, users).
-//! - [`health`], [`metrics`], [`statics`]: probes, `/metrics`, the client files.
-//! - [`origin`]: the `allowed_origins` check and CORS.
-//! - [`response`]: the JSON body of every error answer.
+//! - `channel`: `GET /sub/{channel}`, the channel URL on every transport.
+//! - `connection`: `/connection/*`, the session protocol's endpoints.
+//! - `api`: the backend's endpoints (publish, channels, tokens, users).
+//! - `health`, `metrics`, `statics`: probes, `/metrics`, the client files.
+//! - `origin`: the `allowed_origins` check and CORS.
+//! - `response`: the JSON body of every error answer.
 
 pub(crate) mod api;
 pub(crate) mod channel;

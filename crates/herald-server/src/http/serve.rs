@@ -10,7 +10,7 @@
 //! on the same host as its clients must still be able to publish). At most
 //! [`MAX_REFUSING`] such connections are read at once; past that, they are
 //! closed unanswered.
-//! Each connection runs the header and idle clocks of [`crate::edge`].
+//! Each connection runs the header and idle clocks of `crate::edge`.
 //!
 //! The public listener also keeps the process under its open-file limit:
 //! past [`FdBudget::limit`] sockets it stops accepting (the kernel's backlog

@@ -13,7 +13,7 @@
 //! channels, hooks), publish, history, presence, rpc, token refresh. It does
 //! no I/O: a transport ([`crate::transport`]) feeds it command frames and
 //! writes out what it returns, a queue item turned into a [`Push`] by
-//! [`Session::push`] and then encoded by the transport's encoder for the
+//! [`Speaks::push`] and then encoded by the transport's encoder for the
 //! dialect. Admission (limits and identity) is [`admission`]; each command
 //! is one file in [`cmd`] with its arguments and how it is applied.
 
@@ -331,7 +331,7 @@ impl Session {
     }
 
     /// The dialect and the subscriber at once, for a loop that takes
-    /// items and turns them into pushes ([`Dialect::push`]).
+    /// items and turns them into pushes ([`Speaks::push`]).
     pub(crate) fn parts(&mut self) -> (Speaks, &mut Subscriber) {
         (self.speaks, &mut self.sub)
     }
