@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need
-# (Debian's redis-server and chromium, the JS client's npm packages), then
+# (Debian's redis-server, nginx and chromium, the JS client's npm packages), then
 # runs the Rust unit and integration tests (against the memory engine and
 # against a real Redis), the JavaScript client's unit and browser tests, and
 # Herald's WebSocket framing against Autobahn|Testsuite (scripts/autobahn.sh,
-# which installs the suite in a Python 2.7 virtualenv on first use).
+# which installs the suite in a Python 2.7 virtualenv on first use), and the
+# deployment files (scripts/deploy-check.sh: hadolint, systemd-analyze, the
+# Kubernetes manifests; nginx itself runs in crates/herald/tests/nginx.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -15,7 +17,7 @@ say() { printf '\n==> %s\n' "$*"; }
 
 # Every suite's output also goes to one log; at the end (pass or fail) one
 # line totals them: cargo's "test result" lines, the JS runner's and
-# Autobahn's "N passed, N failed" lines.
+# Autobahn's and deploy-check's "N passed, N failed" lines.
 tally_log=$(mktemp)
 redis_pid=""
 redis_dir=""
@@ -25,7 +27,7 @@ finish() {
   if [[ -n "$redis_dir" ]]; then rm -rf "$redis_dir"; fi
   awk -v status="$status" '
     /^test result: / { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-    /^(js|autobahn): [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
+    /^(js|autobahn|deploy): [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
     END { if (status != 0 && f == 0) f = 1; printf "%d passed, %d failed\n", p, f }
   ' "$tally_log"
   rm -f "$tally_log"
@@ -37,6 +39,8 @@ counted() { "$@" 2>&1 | tee -a "$tally_log"; }
 # --- what the tests need -----------------------------------------------------
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# nginx lives in /usr/sbin, which a non-root PATH may lack.
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_apt+=(nginx)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
   say "installing ${need_apt[*]}"
@@ -77,5 +81,9 @@ fi
 # --- Herald's WebSocket framing against Autobahn|Testsuite (about a minute) ---
 say "Autobahn|Testsuite (ws_echo)"
 counted scripts/autobahn.sh
+
+# --- deployment files: Dockerfile, systemd unit, Kubernetes manifests ---------
+say "deployment files"
+HERALD_BIN="$target_dir/debug/herald" counted scripts/deploy-check.sh
 
 say "all tests passed"

@@ -9,6 +9,10 @@
 //! prepending entries. Addresses are canonicalised everywhere, so an IPv4
 //! client on a dual-stack `[::]` listener (`::ffff:127.0.0.1`) is the same
 //! client, with the same loopback rule and per-IP count, as on `0.0.0.0`.
+//!
+//! The same trust covers the host the client asked for ([`forwarded_host`]):
+//! a proxy on another port or name rewrites `Host`, and the same-origin check
+//! (`http::origin`) needs the one the browser used.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -156,6 +160,38 @@ fn x_forwarded_for(headers: &HeaderMap) -> Option<Vec<Option<IpAddr>>> {
     found.then_some(chain)
 }
 
+/// The host the client asked for, as the proxy nearest to us reports it:
+/// the last `host=` of `Forwarded` (RFC 7239), else the last
+/// `X-Forwarded-Host` entry. Only for a request whose TCP peer is a trusted
+/// proxy: anyone else can write these headers. The last entry is the one
+/// our proxy wrote; entries to its left came from further away, possibly
+/// from the client itself.
+pub(crate) fn forwarded_host(headers: &HeaderMap) -> Option<String> {
+    last_entry(headers, "forwarded", |element| {
+        element.split(';').find_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            key.trim()
+                .eq_ignore_ascii_case("host")
+                .then(|| value.trim().trim_matches('"'))
+        })
+    })
+    .or_else(|| last_entry(headers, "x-forwarded-host", |entry| Some(entry)))
+}
+
+/// The last non-empty value `pick` finds in the comma-separated entries of
+/// every `name` header.
+fn last_entry(headers: &HeaderMap, name: &str, pick: fn(&str) -> Option<&str>) -> Option<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|text| text.split(','))
+        .filter_map(pick)
+        .map(str::trim)
+        .rfind(|host| !host.is_empty())
+        .map(str::to_string)
+}
+
 /// `192.0.2.1`, `192.0.2.1:4711`, `[2001:db8::1]`, `[2001:db8::1]:4711`,
 /// `2001:db8::1`.
 fn parse_node(text: &str) -> Option<IpAddr> {
@@ -227,6 +263,38 @@ mod tests {
         let (client, proxied) = t.client(peer("127.0.0.1:5000"), &h);
         assert_eq!(client, peer("127.0.0.1:5000"));
         assert!(proxied);
+    }
+
+    #[test]
+    fn forwarded_host_is_the_nearest_proxys() {
+        assert_eq!(forwarded_host(&headers(&[])), None);
+        let h = headers(&[("x-forwarded-host", "push.example:8443")]);
+        assert_eq!(forwarded_host(&h).as_deref(), Some("push.example:8443"));
+        // The last entry is the one the nearest proxy wrote.
+        let h = headers(&[
+            ("x-forwarded-host", "evil.example, push.example"),
+            ("x-forwarded-host", "push.example:8443"),
+        ]);
+        assert_eq!(forwarded_host(&h).as_deref(), Some("push.example:8443"));
+        // Forwarded wins over X-Forwarded-Host, as it does for `for=`.
+        let h = headers(&[
+            (
+                "forwarded",
+                "for=192.0.2.1;host=a.example, for=10.0.0.1;host=\"b.example:81\"",
+            ),
+            ("x-forwarded-host", "c.example"),
+        ]);
+        assert_eq!(forwarded_host(&h).as_deref(), Some("b.example:81"));
+        // A Forwarded without host= leaves X-Forwarded-Host in charge.
+        let h = headers(&[
+            ("forwarded", "for=192.0.2.1"),
+            ("x-forwarded-host", "c.example"),
+        ]);
+        assert_eq!(forwarded_host(&h).as_deref(), Some("c.example"));
+        assert_eq!(
+            forwarded_host(&headers(&[("x-forwarded-host", " , ")])),
+            None
+        );
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //! keeps pages on other sites from using a browser's cookies or loopback
 //! position against Herald. Allowed cross-origin requests get CORS headers,
 //! and preflights are answered here.
+//!
+//! Behind a reverse proxy the `Host` Herald sees is often not the one the
+//! browser used (nginx's usual `proxy_set_header Host $host` drops the port),
+//! so when the request came through a trusted proxy (`trusted_proxies`) the
+//! same-origin check uses the host that proxy reports (`Forwarded: host=` or
+//! `X-Forwarded-Host`). From any other peer those headers are ignored.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -14,6 +20,8 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use crate::access::client_addr::forwarded_host;
+use crate::access::limits::Conn;
 use crate::error::ApiError;
 use crate::state::AppState;
 use herald_core::Refusal;
@@ -33,10 +41,19 @@ pub(crate) async fn guard(State(state): State<AppState>, request: Request, next:
     let Some(origin) = request.headers().get(header::ORIGIN).cloned() else {
         return next.run(request).await;
     };
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok());
+    // `proxied`: the TCP peer is a trusted proxy and named the client
+    // (`Forwarded` / `X-Forwarded-For`); only then is its host believed.
+    let proxied = request
+        .extensions()
+        .get::<Conn>()
+        .is_some_and(|c| c.proxied);
+    let forwarded = proxied.then(|| forwarded_host(request.headers())).flatten();
+    let host = forwarded.as_deref().or_else(|| {
+        request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    });
     let origin_text = origin.to_str().unwrap_or("");
     if !allowed(&state.config.allowed_origins, origin_text, host) {
         return ApiError::new(
