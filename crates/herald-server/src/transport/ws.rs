@@ -60,14 +60,14 @@ fn task(
             session.subscriber().set_writer(socket.writer());
             if let Some(end) = run(&mut socket, &mut session).await {
                 let timeout = session.state().config.write_timeout;
-                match end.reason {
-                    Some(reason) => {
-                        socket
-                            .close_saying(timeout, end.why.code, &reason, end.last)
-                            .await
-                    }
-                    None => socket.close(timeout, end.why, end.last).await,
-                }
+                // One close path (two would both be room in this future).
+                let reason: std::borrow::Cow<'static, str> = match end.delay_ms {
+                    Some(ms) => crate::protocol::leave_reason(ms).into(),
+                    None => end.why.reason.into(),
+                };
+                socket
+                    .close_saying(timeout, end.why.code, &reason, end.last)
+                    .await;
             }
         }
         drop(session);
@@ -75,12 +75,12 @@ fn task(
     }
 }
 
-/// How the connection ends: the close, the frame before it, and a reason of
-/// its own when the table's will not do (a draining node's delay).
+/// How the connection ends: the close, the frame before it, and a
+/// draining node's reconnect delay (then the close reason says it).
 struct Ending {
     why: Disconnect,
     last: Option<Bytes>,
-    reason: Option<String>,
+    delay_ms: Option<u32>,
 }
 
 impl From<(Disconnect, Option<Bytes>)> for Ending {
@@ -88,7 +88,7 @@ impl From<(Disconnect, Option<Bytes>)> for Ending {
         Self {
             why,
             last,
-            reason: None,
+            delay_ms: None,
         }
     }
 }
@@ -124,7 +124,7 @@ fn leaving(speaks: Speaks, farewell: Push) -> Option<Ending> {
     Some(Ending {
         why: SHUTDOWN,
         last,
-        reason: Some(crate::protocol::leave_reason(delay_ms)),
+        delay_ms: Some(delay_ms),
     })
 }
 
