@@ -347,8 +347,7 @@ fn merge_env(
         let kind = env_kind(&path).ok_or_else(|| {
             err(format!(
                 "unknown key {key:?} (a variable is HERALD_ and a key path in upper case, \
-                 __ between levels, e.g. HERALD_HISTORY__SIZE; or one of {})",
-                NOT_CONFIG_VARS.join(", ")
+                 __ between levels, e.g. HERALD_HISTORY__SIZE: docs/configuration.md)"
             ))
         })?;
         let value = match kind {
@@ -407,6 +406,23 @@ fn merge_env(
         set.push((key, var.clone()));
     }
     Ok(set)
+}
+
+/// The shape error `error` of the file `doc` merged with `env`, named by
+/// the first variable that alone makes the file fail (e.g.
+/// `HERALD_HOOKS__TIMEOUT` with no `hooks.url` anywhere).
+fn blame_env(doc: &toml::Table, env: &[(String, String)], error: toml::de::Error) -> ConfigError {
+    let mut vars: Vec<&(String, String)> = env.iter().collect();
+    vars.sort();
+    let culprit = vars.into_iter().find(|var| {
+        let mut alone = doc.clone();
+        merge_env(&mut alone, std::slice::from_ref(*var)).is_ok()
+            && toml::Value::Table(alone).try_into::<FileConfig>().is_err()
+    });
+    ConfigError::Env {
+        var: culprit.map_or_else(|| "environment".to_string(), |(var, _)| var.clone()),
+        message: error.message().to_string(),
+    }
 }
 
 /// The secrets that may be given as a file path, `KEY_file`.
@@ -574,12 +590,10 @@ pub enum ConfigError {
     Ambiguous(&'static str),
     #[error("{var}: {message}")]
     Env { var: String, message: String },
-    #[error("environment: {0}")]
-    EnvShape(String),
-    #[error("{var}: {source}")]
+    #[error("{var}: {error}")]
     FromEnv {
         var: String,
-        source: Box<ConfigError>,
+        error: Box<ConfigError>,
     },
 }
 
@@ -663,11 +677,12 @@ impl Config {
             let _: FileConfig = toml::from_str(&text).map_err(parse_error)?;
             doc = toml::from_str(&text).map_err(parse_error)?;
         }
+        let file_doc = doc.clone();
         let from_env = merge_env(&mut doc, env)?;
         // The file alone was valid: what fails now is the environment's.
         let mut file: FileConfig = toml::Value::Table(doc)
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::EnvShape(e.message().to_string()))?;
+            .map_err(|e: toml::de::Error| blame_env(&file_doc, env, e))?;
         let (api_key_file, hmac_secret_file) = read_secret_files(&mut file, &overrides)?;
         // An error about a key the environment set names its variable
         // (unless a flag set the key after all).
@@ -679,7 +694,7 @@ impl Config {
             {
                 Some((_, var)) => ConfigError::FromEnv {
                     var: var.clone(),
-                    source: Box::new(e),
+                    error: Box::new(e),
                 },
                 None => e,
             },
@@ -1360,6 +1375,8 @@ mod tests {
             ("HERALD_LISTEN", "nowhere", "listen"),
             ("HERALD_ALLOWED_ORIGINS", "not a url", "not a url"),
             ("HERALD_AUTH__HMAC_SECRET", "short", "32 bytes"),
+            ("HERALD_HOOKS__TIMEOUT", "2s", "missing field `url`"),
+            ("HERALD_LIMITS__CLIENT_PUBLISH_RATE", "99999999999", "u32"),
         ] {
             let err = load_env("", &[(var, value)]).expect_err(var);
             assert!(err.starts_with(var), "{var}={value}: {err}");

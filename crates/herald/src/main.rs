@@ -130,7 +130,8 @@ fn herald_env() -> anyhow::Result<Vec<(String, String)>> {
 /// flags) over both.
 fn load_config(path: Option<&std::path::Path>, overrides: Overrides) -> anyhow::Result<Config> {
     let env = herald_env().context("configuration error")?;
-    Config::load(path, &env, overrides).context("configuration error")
+    // The message alone: a ConfigError already says all its sources say.
+    Config::load(path, &env, overrides).map_err(|e| anyhow::anyhow!("configuration error: {e}"))
 }
 
 /// Writes to stdout, ignoring a closed stdout.
