@@ -235,7 +235,7 @@ pub const NOT_CONFIG_VARS: &[&str] = &[
 
 /// How an environment variable's text becomes the key's TOML value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EnvKind {
+pub(crate) enum EnvKind {
     /// Taken as it is (`HERALD_API_KEY=12345` is the string "12345").
     Text,
     /// A whole number, e.g. `50`.
@@ -251,7 +251,7 @@ pub enum EnvKind {
 /// `*` stands for any name (`[api_keys]` is a map). `[[namespace]]` is
 /// absent on purpose: an array of tables has no name to address an entry by.
 /// A test checks this table against [`FileConfig`]'s fields.
-pub const ENV_KEYS: &[(&str, EnvKind)] = &[
+pub(crate) const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("listen", EnvKind::Text),
     ("api_listen", EnvKind::Text),
     ("trusted_proxies", EnvKind::List),
