@@ -310,7 +310,8 @@ fn env_kind(path: &[String]) -> Option<EnvKind> {
 
 /// Merges the `HERALD_*` variables of `env` into the parsed file `doc`.
 /// Returns the key paths set, each with the variable that set it. An empty
-/// value counts as unset. A variable that is neither a key nor in
+/// value is a value (`HERALD_API_KEY=` is refused as an empty key, as the
+/// file's `api_key = ""` is; an empty list clears the file's). A variable that is neither a key nor in
 /// [`NOT_CONFIG_VARS`] is an error naming it.
 fn merge_env(
     doc: &mut toml::Table,
@@ -319,10 +320,8 @@ fn merge_env(
     let mut set = Vec::new();
     let mut vars: Vec<&(String, String)> = env
         .iter()
-        .filter(|(name, value)| {
-            name.starts_with(ENV_PREFIX)
-                && !NOT_CONFIG_VARS.contains(&name.as_str())
-                && !value.is_empty()
+        .filter(|(name, _)| {
+            name.starts_with(ENV_PREFIX) && !NOT_CONFIG_VARS.contains(&name.as_str())
         })
         .collect();
     // A stable order, so that the first error is the same on every run.
@@ -1333,8 +1332,7 @@ mod tests {
                 ("HERALD_AUTH__MAX_TOKEN_TTL", "1h"),
                 ("HERALD_HOOKS__URL", "http://127.0.0.1:9/h"),
                 ("HERALD_HOOKS__EVENTS", "connect,publish"),
-                // Empty counts as unset; the binary's own are not keys.
-                ("HERALD_ENGINE", ""),
+                // The binary's own are not keys.
                 ("HERALD_LOG", "debug"),
                 ("HERALD_TEST_ENGINE", "redis://x"),
                 ("OTHER", "x"),
@@ -1376,6 +1374,8 @@ mod tests {
             ("HERALD_ALLOWED_ORIGINS", "not a url", "not a url"),
             ("HERALD_AUTH__HMAC_SECRET", "short", "32 bytes"),
             ("HERALD_HOOKS__TIMEOUT", "2s", "missing field `url`"),
+            ("HERALD_API_KEY", "", "must not be empty"),
+            ("HERALD_QUEUE_SIZE", "", "not a whole number"),
             ("HERALD_LIMITS__CLIENT_PUBLISH_RATE", "99999999999", "u32"),
         ] {
             let err = load_env("", &[(var, value)]).expect_err(var);
@@ -1396,6 +1396,18 @@ mod tests {
         // The file's errors still name their line.
         let err = load_env("[history]\nsize = \"x\"\n", &[]).expect_err("bad type");
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_list_clears_the_files() {
+        let file = "allowed_origins = [\"https://a.example\"]\napi_listen = \"127.0.0.1:7071\"";
+        let c = load_env(
+            file,
+            &[("HERALD_ALLOWED_ORIGINS", ""), ("HERALD_API_LISTEN", "")],
+        )
+        .expect("valid");
+        assert!(c.allowed_origins.is_empty());
+        assert!(c.api_listen.is_none());
     }
 
     #[test]
