@@ -1,6 +1,14 @@
-//! Server settings: read from a TOML file, overridden by the command line,
-//! validated as a whole before anything binds. An unknown key is an error
-//! that names it.
+//! Server settings: read from a TOML file, overridden by `HERALD_*`
+//! environment variables, overridden by the command line, validated as a
+//! whole before anything binds. An unknown key, in the file or in the
+//! environment, is an error that names it.
+//!
+//! The environment is an input like the file (the binary collects it;
+//! nothing here reads it): each `HERALD_A__B` variable is converted by the
+//! type [`ENV_KEYS`] gives its key path `a.b` and merged into the parsed
+//! file before the file's shape is deserialized, so one set of rules checks
+//! both. Secrets may be given as paths (`api_key_file`,
+//! `auth.hmac_secret_file`), read once at load.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -56,6 +64,9 @@ pub struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
     pub api_key: Option<String>,
+    /// A file holding `api_key` (a mounted container secret); exclusive
+    /// with `api_key`.
+    pub api_key_file: Option<std::path::PathBuf>,
     pub engine: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub heartbeat: Option<Duration>,
@@ -105,6 +116,8 @@ pub struct RedisSection {
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
     pub hmac_secret: Option<String>,
+    /// A file holding `hmac_secret`; exclusive with `hmac_secret`.
+    pub hmac_secret_file: Option<std::path::PathBuf>,
     #[serde(default)]
     pub public_keys: Vec<std::path::PathBuf>,
     pub jwks_file: Option<std::path::PathBuf>,
@@ -175,8 +188,8 @@ fn default_namespaces() -> Vec<NamespaceSection> {
     }]
 }
 
-/// Settings given on the command line (or their environment variables);
-/// each wins over the file.
+/// Settings given on the command line; each wins over the environment and
+/// the file.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub listen: Option<String>,
@@ -184,6 +197,278 @@ pub struct Overrides {
     pub trusted_proxies: Option<Vec<String>>,
     pub api_key: Option<String>,
     pub engine: Option<String>,
+}
+
+impl Overrides {
+    /// Whether a flag sets the key at `path` (then the environment's value
+    /// of it is not the one in use).
+    fn sets(&self, path: &str) -> bool {
+        match path {
+            "listen" => self.listen.is_some(),
+            "api_listen" => self.api_listen.is_some(),
+            "trusted_proxies" => self.trusted_proxies.is_some(),
+            "api_key" => self.api_key.is_some(),
+            "engine" => self.engine.is_some(),
+            _ => false,
+        }
+    }
+}
+
+/// What every configuration variable's name starts with.
+pub const ENV_PREFIX: &str = "HERALD_";
+
+/// `HERALD_` variables that are not config keys, and are therefore left
+/// alone by the rule that an unknown one is an error: the binary's own
+/// (`HERALD_CONFIG`: the file; `HERALD_LOG`: the log filter;
+/// `HERALD_LOG_FORMAT`: text or json), and those of Herald's test harnesses
+/// and scripts, which the servers they start inherit.
+pub const NOT_CONFIG_VARS: &[&str] = &[
+    "HERALD_CONFIG",
+    "HERALD_LOG",
+    "HERALD_LOG_FORMAT",
+    "HERALD_BIN",
+    "HERALD_TEST_ENGINE",
+    "HERALD_CLIENT_FROM_DISK",
+    "HERALD_PYTHON",
+    "HERALD_PYTHON27",
+];
+
+/// How an environment variable's text becomes the key's TOML value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EnvKind {
+    /// Taken as it is (`HERALD_API_KEY=12345` is the string "12345").
+    Text,
+    /// A whole number, e.g. `50`.
+    Number,
+    /// A duration string, checked here: `500ms`, `20s`, `10m`, `1h`.
+    Duration,
+    /// Comma-separated; spaces around each item are dropped
+    /// (`https://a.example,https://b.example`).
+    List,
+}
+
+/// Every key path the environment can set, with the type of its value.
+/// `*` stands for any name (`[api_keys]` is a map). `[[namespace]]` is
+/// absent on purpose: an array of tables has no name to address an entry by.
+/// A test checks this table against [`FileConfig`]'s fields.
+pub(crate) const ENV_KEYS: &[(&str, EnvKind)] = &[
+    ("listen", EnvKind::Text),
+    ("api_listen", EnvKind::Text),
+    ("trusted_proxies", EnvKind::List),
+    ("header_timeout", EnvKind::Duration),
+    ("idle_timeout", EnvKind::Duration),
+    ("api_key", EnvKind::Text),
+    ("api_key_file", EnvKind::Text),
+    ("engine", EnvKind::Text),
+    ("heartbeat", EnvKind::Duration),
+    ("queue_size", EnvKind::Number),
+    ("max_payload", EnvKind::Number),
+    ("write_timeout", EnvKind::Duration),
+    ("shutdown_grace", EnvKind::Duration),
+    ("drain_delay", EnvKind::Duration),
+    ("drain_window", EnvKind::Duration),
+    ("poll_timeout_max", EnvKind::Duration),
+    ("idempotency_window", EnvKind::Duration),
+    ("api_keys.*", EnvKind::Text),
+    ("allowed_origins", EnvKind::List),
+    ("history.size", EnvKind::Number),
+    ("history.ttl", EnvKind::Duration),
+    ("auth.hmac_secret", EnvKind::Text),
+    ("auth.hmac_secret_file", EnvKind::Text),
+    ("auth.public_keys", EnvKind::List),
+    ("auth.jwks_file", EnvKind::Text),
+    ("auth.leeway", EnvKind::Duration),
+    ("auth.ticket_ttl", EnvKind::Duration),
+    ("auth.max_token_ttl", EnvKind::Duration),
+    ("limits.max_connections", EnvKind::Number),
+    ("limits.max_connections_per_ip", EnvKind::Number),
+    ("limits.max_subscriptions", EnvKind::Number),
+    ("limits.client_publish_rate", EnvKind::Number),
+    ("limits.client_publish_burst", EnvKind::Number),
+    ("limits.max_command_size", EnvKind::Number),
+    ("hooks.url", EnvKind::Text),
+    ("hooks.events", EnvKind::List),
+    ("hooks.timeout", EnvKind::Duration),
+    ("hooks.on_error", EnvKind::Text),
+    ("redis.timeout", EnvKind::Duration),
+    ("redis.ping_interval", EnvKind::Duration),
+];
+
+/// The kind of the key at `path` (`["history", "size"]`), if the
+/// environment may set it.
+fn env_kind(path: &[String]) -> Option<EnvKind> {
+    ENV_KEYS.iter().find_map(|(key, kind)| {
+        let mut parts = key.split('.');
+        let matches = path.iter().all(|segment| {
+            parts
+                .next()
+                .is_some_and(|part| part == "*" || part == segment)
+        }) && parts.next().is_none();
+        matches.then_some(*kind)
+    })
+}
+
+/// Merges the `HERALD_*` variables of `env` into the parsed file `doc`.
+/// Returns the key paths set, each with the variable that set it. An empty
+/// value is a value (`HERALD_API_KEY=` is refused as an empty key, as the
+/// file's `api_key = ""` is; an empty list clears the file's). A variable that is neither a key nor in
+/// [`NOT_CONFIG_VARS`] is an error naming it.
+fn merge_env(
+    doc: &mut toml::Table,
+    env: &[(String, String)],
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut set = Vec::new();
+    let mut vars: Vec<&(String, String)> = env
+        .iter()
+        .filter(|(name, _)| {
+            name.starts_with(ENV_PREFIX) && !NOT_CONFIG_VARS.contains(&name.as_str())
+        })
+        .collect();
+    // A stable order, so that the first error is the same on every run.
+    vars.sort();
+    for (var, text) in vars {
+        let err = |message: String| ConfigError::Env {
+            var: var.clone(),
+            message,
+        };
+        let path: Vec<String> = var[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_lowercase)
+            .collect();
+        if path[0] == "namespace" || path[0] == "namespaces" {
+            return Err(err(
+                "namespaces cannot come from the environment: [[namespace]] is a list of tables, \
+                 and a variable has no name to pick an entry by; set them in the file"
+                    .into(),
+            ));
+        }
+        let key = path.join(".");
+        let kind = env_kind(&path).ok_or_else(|| {
+            err(format!(
+                "unknown key {key:?} (a variable is HERALD_ and a key path in upper case, \
+                 __ between levels, e.g. HERALD_HISTORY__SIZE: docs/configuration.md)"
+            ))
+        })?;
+        let value = match kind {
+            EnvKind::Text => toml::Value::String(text.clone()),
+            EnvKind::Number => text
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .map(toml::Value::Integer)
+                .ok_or_else(|| err(format!("{key}: {text:?} is not a whole number")))?,
+            EnvKind::Duration => {
+                humantime::parse_duration(text.trim()).map_err(|_| {
+                    err(format!(
+                        "{key}: {text:?} is not a duration like 500ms, 20s, 10m or 1h"
+                    ))
+                })?;
+                toml::Value::String(text.trim().to_string())
+            }
+            EnvKind::List => toml::Value::Array(
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(|item| toml::Value::String(item.to_string()))
+                    .collect(),
+            ),
+        };
+        // Walk to the key's table, making the sections the file left out.
+        let (last, sections) = path.split_last().ok_or_else(|| err("empty key".into()))?;
+        let mut table = &mut *doc;
+        for section in sections {
+            let entry = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry
+                .as_table_mut()
+                .ok_or_else(|| err(format!("{section} is not a section in the file")))?;
+        }
+        // A secret and its file are one setting: the environment's choice
+        // replaces the file's, whichever form each used.
+        let secret = key.strip_suffix("_file").unwrap_or(&key);
+        if let Some(secret) = SECRETS.iter().copied().find(|s| *s == secret) {
+            let partner = if key == secret {
+                format!("{secret}_file")
+            } else {
+                secret.to_string()
+            };
+            if set.iter().any(|(p, _): &(String, String)| *p == partner) {
+                return Err(ConfigError::Ambiguous(secret));
+            }
+            if let Some(name) = partner.rsplit('.').next() {
+                table.remove(name);
+            }
+        }
+        table.insert(last.clone(), value);
+        set.push((key, var.clone()));
+    }
+    Ok(set)
+}
+
+/// The shape error `error` of the file `doc` merged with `env`, named by
+/// the first variable that alone makes the file fail (e.g.
+/// `HERALD_HOOKS__TIMEOUT` with no `hooks.url` anywhere).
+fn blame_env(doc: &toml::Table, env: &[(String, String)], error: toml::de::Error) -> ConfigError {
+    let mut vars: Vec<&(String, String)> = env.iter().collect();
+    vars.sort();
+    let culprit = vars.into_iter().find(|var| {
+        let mut alone = doc.clone();
+        merge_env(&mut alone, std::slice::from_ref(*var)).is_ok()
+            && toml::Value::Table(alone).try_into::<FileConfig>().is_err()
+    });
+    ConfigError::Env {
+        var: culprit.map_or_else(|| "environment".to_string(), |(var, _)| var.clone()),
+        message: error.message().to_string(),
+    }
+}
+
+/// The secrets that may be given as a file path, `KEY_file`.
+const SECRETS: &[&str] = &["api_key", "auth.hmac_secret"];
+
+/// Reads `api_key_file` and `auth.hmac_secret_file` into their secrets
+/// (trailing newline dropped). A `--api-key` flag wins over both forms, and
+/// the file is then not read. Returns the paths read, for the summary.
+fn read_secret_files(
+    file: &mut FileConfig,
+    overrides: &Overrides,
+) -> Result<(Option<std::path::PathBuf>, Option<std::path::PathBuf>), ConfigError> {
+    fn read(key: &'static str, path: &Path) -> Result<String, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+            key,
+            path: shown.clone(),
+            source,
+        })?;
+        let secret = text.trim_end_matches(['\n', '\r']);
+        if secret.is_empty() {
+            return Err(ConfigError::EmptySecretFile { key, path: shown });
+        }
+        Ok(secret.to_string())
+    }
+    if file.api_key.is_some() && file.api_key_file.is_some() {
+        return Err(ConfigError::Ambiguous("api_key"));
+    }
+    if file.auth.hmac_secret.is_some() && file.auth.hmac_secret_file.is_some() {
+        return Err(ConfigError::Ambiguous("auth.hmac_secret"));
+    }
+    let api_key_file = match file.api_key_file.take() {
+        Some(_) if overrides.api_key.is_some() => None,
+        Some(path) => {
+            file.api_key = Some(read("api_key_file", &path)?);
+            Some(path)
+        }
+        None => None,
+    };
+    let hmac_secret_file = match file.auth.hmac_secret_file.take() {
+        Some(path) => {
+            file.auth.hmac_secret = Some(read("auth.hmac_secret_file", &path)?);
+            Some(path)
+        }
+        None => None,
+    };
+    Ok((api_key_file, hmac_secret_file))
 }
 
 /// The validated settings the server runs with.
@@ -201,6 +486,11 @@ pub struct Config {
     /// Keys accepted on `/pub` and `/api` (name, key); empty means
     /// "loopback peers only".
     pub api_keys: Vec<(String, String)>,
+    /// Where the `default` API key was read from, when from a file (shown
+    /// by `check-config` instead of the key).
+    pub api_key_file: Option<std::path::PathBuf>,
+    /// Where `auth.hmac_secret` was read from, when from a file.
+    pub hmac_secret_file: Option<std::path::PathBuf>,
     /// Browser origins allowed; empty = same origin only; `*` = any.
     pub allowed_origins: Vec<String>,
     pub tokens: crate::access::token::TokenSettings,
@@ -287,6 +577,41 @@ pub enum ConfigError {
     Keys(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("{key}: cannot read {path}: {source}")]
+    SecretFile {
+        key: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{key}: {path} is empty")]
+    EmptySecretFile { key: &'static str, path: String },
+    #[error("{0} and {0}_file are both set: give the secret or the file holding it, not both")]
+    Ambiguous(&'static str),
+    #[error("{var}: {message}")]
+    Env { var: String, message: String },
+    #[error("{var}: {error}")]
+    FromEnv {
+        var: String,
+        error: Box<ConfigError>,
+    },
+}
+
+impl ConfigError {
+    /// The key path a validation error is about, for naming the
+    /// environment variable that set it.
+    fn key(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::Listen(_) => "listen",
+            Self::ApiListen(_) | Self::SameListen(_) => "api_listen",
+            Self::Origin(_) => "allowed_origins",
+            Self::TrustedProxies(_) => "trusted_proxies",
+            Self::Zero(name) => name,
+            Self::Engine(_) => "engine",
+            Self::EmptyKey => "api_key",
+            Self::ShortSecret => "auth.hmac_secret",
+            _ => return None,
+        })
+    }
 }
 
 /// Protection limits; each violation has its own error or close code.
@@ -320,29 +645,63 @@ pub const DEFAULT_TICKET_TTL: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl Config {
-    /// Reads the file (if any) and applies the overrides.
-    pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
-        let file = match path {
-            None => FileConfig::default(),
-            Some(path) => {
-                let shown = path.display().to_string();
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: shown.clone(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: shown,
-                    message: match e.span() {
-                        Some(span) => {
-                            let (line, column) = line_column(&text, span.start);
-                            format!("line {line}, column {column}: {}", e.message())
-                        }
-                        None => e.message().to_string(),
-                    },
-                })?
-            }
+    /// Reads the file (if any), merges the `HERALD_*` variables of `env`
+    /// over it, reads the secret files and applies the command-line
+    /// overrides: file < environment < flags.
+    pub fn load(
+        path: Option<&Path>,
+        env: &[(String, String)],
+        overrides: Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut doc = toml::Table::new();
+        if let Some(path) = path {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: shown.clone(),
+                source,
+            })?;
+            let parse_error = |e: toml::de::Error| ConfigError::Parse {
+                path: shown.clone(),
+                message: match e.span() {
+                    Some(span) => {
+                        let (line, column) = line_column(&text, span.start);
+                        format!("line {line}, column {column}: {}", e.message())
+                    }
+                    None => e.message().to_string(),
+                },
+            };
+            // The file alone first, from its text: its errors keep their
+            // line and column, and what fails after the merge is the
+            // environment's.
+            let _: FileConfig = toml::from_str(&text).map_err(parse_error)?;
+            doc = toml::from_str(&text).map_err(parse_error)?;
+        }
+        let file_doc = doc.clone();
+        let from_env = merge_env(&mut doc, env)?;
+        // The file alone was valid: what fails now is the environment's.
+        let mut file: FileConfig = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| blame_env(&file_doc, env, e))?;
+        let (api_key_file, hmac_secret_file) = read_secret_files(&mut file, &overrides)?;
+        // An error about a key the environment set names its variable
+        // (unless a flag set the key after all).
+        let flags = overrides.clone();
+        let named = |e: ConfigError| match e.key() {
+            Some(key) if !flags.sets(key) => match from_env
+                .iter()
+                .find(|(path, _)| path == key || path.starts_with(&format!("{key}.")))
+            {
+                Some((_, var)) => ConfigError::FromEnv {
+                    var: var.clone(),
+                    error: Box::new(e),
+                },
+                None => e,
+            },
+            _ => e,
         };
-        let config = Self::resolve(file, overrides)?;
+        let mut config = Self::resolve(file, overrides).map_err(named)?;
+        config.api_key_file = api_key_file;
+        config.hmac_secret_file = hmac_secret_file;
         // Read the key files now, so a bad one stops the start before binding.
         crate::access::token::Tokens::new(&config.tokens)
             .map_err(|e| ConfigError::Keys(e.to_string()))?;
@@ -502,6 +861,8 @@ impl Config {
                 file.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
             )?,
             api_keys,
+            api_key_file: None,
+            hmac_secret_file: None,
             allowed_origins: {
                 let origins = file.allowed_origins.unwrap_or_default();
                 if let Some(bad) = origins.iter().find(|o| !valid_origin(o)) {
@@ -661,6 +1022,9 @@ impl Config {
             .map(|(name, _)| format!("\"{name} = <redacted>\""))
             .collect();
         let _ = writeln!(out, "api_keys = [{}]", keys.join(", "));
+        if let Some(path) = &self.api_key_file {
+            let _ = writeln!(out, "api_key_file = {:?}", path.display().to_string());
+        }
         let _ = writeln!(out, "engine = \"{}\"", redact_url(&self.engine));
         let _ = writeln!(
             out,
@@ -689,7 +1053,11 @@ impl Config {
         } else {
             "\"(none: a random one per process)\""
         };
-        let _ = writeln!(out, "\n[auth]\nhmac_secret = {secret}\npublic_keys = {:?}\njwks_file = {:?}\nleeway = {}\nticket_ttl = {}\nmax_token_ttl = {}",
+        let _ = writeln!(out, "\n[auth]\nhmac_secret = {secret}");
+        if let Some(path) = &self.hmac_secret_file {
+            let _ = writeln!(out, "hmac_secret_file = {:?}", path.display().to_string());
+        }
+        let _ = writeln!(out, "public_keys = {:?}\njwks_file = {:?}\nleeway = {}\nticket_ttl = {}\nmax_token_ttl = {}",
             t.public_keys, t.jwks_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             d(t.leeway), d(t.ticket_ttl), d(self.max_token_ttl));
         let _ = writeln!(
@@ -737,10 +1105,14 @@ pub fn generated(mut secret: impl FnMut() -> String) -> String {
     format!(
         "# Herald configuration (docs/configuration.md). Generated by `herald gen-config`.
 # Keep this file private: it holds the backend's API key and the token secret.
+# Every key can also come from the environment, which wins over this file:
+# HERALD_ and the key path in upper case, __ between levels
+# (HERALD_HEARTBEAT=20s, HERALD_HISTORY__SIZE=50); flags win over both.
 
 listen = \"127.0.0.1:7070\"          # clients connect here
 # api_listen = \"127.0.0.1:7071\"    # the backend API and metrics on their own address
 api_key = \"{api_key}\"               # the backend sends Authorization: Bearer <api_key>
+# api_key_file = \"/run/secrets/herald_api_key\"  # or read it from a file (instead of api_key)
 engine = \"memory\"                  # or redis://host:6379/0 to run many nodes as one
 # trusted_proxies = [\"127.0.0.1/32\"] # proxies whose X-Forwarded-For names the client
 # allowed_origins = [\"https://app.example.com\"]  # browser origins besides the server's own
@@ -757,6 +1129,7 @@ ttl = \"10m\"
 
 [auth]
 hmac_secret = \"{hmac}\"   # signs /api/tokens answers and tickets; verifies HS256 tokens
+# hmac_secret_file = \"/run/secrets/herald_hmac_secret\"  # or read it from a file (instead of hmac_secret)
 max_token_ttl = \"24h\"
 
 [limits]
@@ -881,6 +1254,263 @@ mod tests {
         let c = parse("listen = \"localhost:7070\"").expect("a name with a port");
         assert!(c.listen.ip().is_loopback() && c.listen.port() == 7070);
         assert_eq!(line_column("a = 1\nbb = x", 11), (2, 6));
+    }
+
+    /// Loads `toml` (as a file) with `env` and `overrides`, as `herald` does.
+    fn load_with(toml: &str, env: &[(&str, &str)], overrides: Overrides) -> Result<Config, String> {
+        let path = temp_path("config.toml", toml);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let result = Config::load(Some(&path), &env, overrides).map_err(|e| e.to_string());
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
+    fn load_env(toml: &str, env: &[(&str, &str)]) -> Result<Config, String> {
+        load_with(toml, env, Overrides::default())
+    }
+
+    fn temp_path(name: &str, text: &str) -> std::path::PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "herald-config-test-{}-{n}-{name}",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).expect("write temp file");
+        path
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_file_and_flags_over_both() {
+        let file =
+            "listen = \"127.0.0.1:1\"\nheartbeat = \"5s\"\n[history]\nsize = 7\nttl = \"1m\"\n";
+        let c = load_env(
+            file,
+            &[
+                ("HERALD_HEARTBEAT", "20s"),
+                ("HERALD_HISTORY__SIZE", "50"),
+                ("HERALD_LIMITS__MAX_CONNECTIONS_PER_IP", "100"),
+                ("HERALD_LISTEN", "127.0.0.1:2"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.heartbeat, Duration::from_secs(20));
+        let history = c.namespaces.options("x");
+        assert_eq!(history.history_size, 50);
+        // The rest of the file's section stays.
+        assert_eq!(history.history_ttl, Duration::from_secs(60));
+        assert_eq!(c.limits.max_connections_per_ip, 100);
+        assert_eq!(c.listen.port(), 2);
+        let flagged = load_with(
+            file,
+            &[("HERALD_LISTEN", "127.0.0.1:2")],
+            Overrides {
+                listen: Some("127.0.0.1:3".into()),
+                ..Overrides::default()
+            },
+        )
+        .expect("valid");
+        assert_eq!(flagged.listen.port(), 3);
+    }
+
+    #[test]
+    fn environment_values_take_the_keys_types() {
+        let c = load_env(
+            "",
+            &[
+                ("HERALD_API_KEY", "12345"),
+                ("HERALD_API_KEYS__BILLING", "k-billing"),
+                (
+                    "HERALD_ALLOWED_ORIGINS",
+                    "https://a.example, http://localhost:3000",
+                ),
+                ("HERALD_TRUSTED_PROXIES", "127.0.0.1/32,10.0.0.0/8"),
+                ("HERALD_AUTH__MAX_TOKEN_TTL", "1h"),
+                ("HERALD_HOOKS__URL", "http://127.0.0.1:9/h"),
+                ("HERALD_HOOKS__EVENTS", "connect,publish"),
+                // The binary's own are not keys.
+                ("HERALD_LOG", "debug"),
+                ("HERALD_TEST_ENGINE", "redis://x"),
+                ("OTHER", "x"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(
+            c.api_keys,
+            vec![
+                ("default".to_string(), "12345".to_string()),
+                ("billing".to_string(), "k-billing".to_string())
+            ]
+        );
+        assert_eq!(
+            c.allowed_origins,
+            vec!["https://a.example", "http://localhost:3000"]
+        );
+        assert!(c.trusted_proxies.contains("10.1.2.3".parse().expect("ip")));
+        assert_eq!(c.max_token_ttl, Duration::from_secs(3600));
+        assert_eq!(c.hooks.map(|h| h.events.len()), Some(2));
+        assert_eq!(c.engine, "memory");
+    }
+
+    #[test]
+    fn unknown_or_bad_environment_values_name_the_variable() {
+        for (var, value, named) in [
+            ("HERALD_HISTORY__SIZEE", "5", "history.sizee"),
+            ("HERALD_LISTN", "x", "listn"),
+            ("HERALD_NAMESPACE__PREFIX", "a:", "namespace"),
+            ("HERALD_HISTORY__SIZE", "many", "not a whole number"),
+            ("HERALD_HISTORY__SIZE", "-1", "not a whole number"),
+            ("HERALD_HEARTBEAT", "soon", "not a duration"),
+            (
+                "HERALD_HEARTBEAT",
+                "0s",
+                "heartbeat must be greater than zero",
+            ),
+            ("HERALD_LISTEN", "nowhere", "listen"),
+            ("HERALD_ALLOWED_ORIGINS", "not a url", "not a url"),
+            ("HERALD_AUTH__HMAC_SECRET", "short", "32 bytes"),
+            ("HERALD_HOOKS__TIMEOUT", "2s", "missing field `url`"),
+            ("HERALD_API_KEY", "", "must not be empty"),
+            ("HERALD_QUEUE_SIZE", "", "not a whole number"),
+            ("HERALD_LIMITS__CLIENT_PUBLISH_RATE", "99999999999", "u32"),
+        ] {
+            let err = load_env("", &[(var, value)]).expect_err(var);
+            assert!(err.starts_with(var), "{var}={value}: {err}");
+            assert!(err.contains(named), "{var}={value}: {err}");
+        }
+        // A flag's bad value is not blamed on the environment.
+        let err = load_with(
+            "",
+            &[("HERALD_LISTEN", "127.0.0.1:0")],
+            Overrides {
+                listen: Some("nowhere".into()),
+                ..Overrides::default()
+            },
+        )
+        .expect_err("bad flag");
+        assert!(!err.contains("HERALD_LISTEN"), "{err}");
+        // The file's errors still name their line.
+        let err = load_env("[history]\nsize = \"x\"\n", &[]).expect_err("bad type");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_list_clears_the_files() {
+        let file = "allowed_origins = [\"https://a.example\"]\napi_listen = \"127.0.0.1:7071\"";
+        let c = load_env(
+            file,
+            &[("HERALD_ALLOWED_ORIGINS", ""), ("HERALD_API_LISTEN", "")],
+        )
+        .expect("valid");
+        assert!(c.allowed_origins.is_empty());
+        assert!(c.api_listen.is_none());
+    }
+
+    #[test]
+    fn secrets_can_be_read_from_files() {
+        let key = temp_path("key", "from-a-file\n");
+        let secret = temp_path("secret", &format!("{}\r\n", "s".repeat(32)));
+        let file = format!(
+            "api_key_file = {:?}\n[auth]\nhmac_secret_file = {:?}\n",
+            key.display().to_string(),
+            secret.display().to_string()
+        );
+        let c = load_env(&file, &[]).expect("valid");
+        assert_eq!(c.api_keys[0].1, "from-a-file");
+        assert_eq!(c.tokens.hmac_secret.as_deref(), Some(&*"s".repeat(32)));
+        let summary = c.summary();
+        assert!(summary.contains(&format!("api_key_file = {:?}", key.display().to_string())));
+        assert!(summary.contains("hmac_secret_file = "), "{summary}");
+        assert!(!summary.contains("from-a-file") && !summary.contains(&"s".repeat(32)));
+        // From the environment, replacing the file's api_key.
+        let key_path = key.display().to_string();
+        let c = load_env(
+            "api_key = \"in-file\"",
+            &[("HERALD_API_KEY_FILE", &key_path)],
+        )
+        .expect("valid");
+        assert_eq!(c.api_keys[0].1, "from-a-file");
+        // The flag wins, and the file is not read.
+        let c = load_with(
+            "api_key_file = \"/nonexistent/key\"",
+            &[],
+            Overrides {
+                api_key: Some("flag".into()),
+                ..Overrides::default()
+            },
+        )
+        .expect("valid");
+        assert_eq!(c.api_keys[0].1, "flag");
+        // Both forms in one place is ambiguous; a missing file is named.
+        let both = load_env(&format!("api_key = \"k\"\n{file}"), &[]).expect_err("both");
+        assert!(both.contains("api_key and api_key_file"), "{both}");
+        let both = load_env(
+            "",
+            &[
+                ("HERALD_AUTH__HMAC_SECRET", "x"),
+                ("HERALD_AUTH__HMAC_SECRET_FILE", "/y"),
+            ],
+        )
+        .expect_err("both");
+        assert!(
+            both.contains("auth.hmac_secret and auth.hmac_secret_file"),
+            "{both}"
+        );
+        let missing =
+            load_env("[auth]\nhmac_secret_file = \"/nonexistent/s\"", &[]).expect_err("missing");
+        assert!(
+            missing.contains("auth.hmac_secret_file") && missing.contains("/nonexistent/s"),
+            "{missing}"
+        );
+        let empty = temp_path("empty", "\n");
+        let err = load_env("", &[("HERALD_API_KEY_FILE", &empty.display().to_string())])
+            .expect_err("empty");
+        assert!(err.contains("empty"), "{err}");
+        for p in [key, secret, empty] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// The fields serde expects in a section, from its unknown-field error.
+    fn fields_of(section: &str) -> HashSet<String> {
+        let text = if section.is_empty() {
+            "zz_probe = 1".to_string()
+        } else {
+            format!("[{section}]\nzz_probe = 1")
+        };
+        let err = toml::from_str::<FileConfig>(&text)
+            .expect_err("unknown field")
+            .message()
+            .to_string();
+        // "unknown field `zz_probe`, expected `a` or `b`" / "expected one of `a`, ..."
+        let list = err.split_once("expected").map_or("", |(_, list)| list);
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_environment_table_covers_every_key() {
+        let top: HashSet<String> = ENV_KEYS
+            .iter()
+            .map(|(k, _)| k.split('.').next().unwrap_or(k).to_string())
+            .chain(["namespace".to_string()])
+            .collect();
+        assert_eq!(top, fields_of(""));
+        for section in ["history", "auth", "limits", "hooks", "redis"] {
+            let keys: HashSet<String> = ENV_KEYS
+                .iter()
+                .filter_map(|(k, _)| k.strip_prefix(&format!("{section}.")))
+                .map(str::to_string)
+                .collect();
+            assert_eq!(keys, fields_of(section), "[{section}]");
+        }
     }
 
     #[test]

@@ -18,25 +18,32 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve {
-        /// Address to listen on (default 127.0.0.1:7070; port 0 picks a free one).
-        #[arg(long, env = "HERALD_LISTEN")]
+        // Every config key can also come from the environment (HERALD_LISTEN,
+        // HERALD_HISTORY__SIZE, ...: docs/configuration.md); the config
+        // layer reads those, below the flags and above the file.
+        /// Address to listen on (default 127.0.0.1:7070; port 0 picks a free
+        /// one). Environment: HERALD_LISTEN.
+        #[arg(long)]
         listen: Option<String>,
         /// A separate address for the backend API, metrics and admin
         /// (e.g. 127.0.0.1:7071); the public address then serves clients only.
-        #[arg(long, env = "HERALD_API_LISTEN")]
+        /// Environment: HERALD_API_LISTEN.
+        #[arg(long)]
         api_listen: Option<String>,
         /// Proxies whose Forwarded / X-Forwarded-For is believed (comma-separated
         /// addresses or CIDR blocks, e.g. 127.0.0.1/32,10.0.0.0/8).
-        #[arg(long, env = "HERALD_TRUSTED_PROXIES", value_delimiter = ',')]
+        /// Environment: HERALD_TRUSTED_PROXIES.
+        #[arg(long, value_delimiter = ',')]
         trusted_proxies: Option<Vec<String>>,
         /// API key the backend must send as `Authorization: Bearer KEY`.
-        #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+        /// Environment: HERALD_API_KEY, or HERALD_API_KEY_FILE for a file holding it.
+        #[arg(long)]
         api_key: Option<String>,
         /// TOML config file (see docs/configuration.md).
         #[arg(long, env = "HERALD_CONFIG")]
         config: Option<PathBuf>,
-        /// `memory` (default) or `redis://host:port/db`.
-        #[arg(long, env = "HERALD_ENGINE")]
+        /// `memory` (default) or `redis://host:port/db`. Environment: HERALD_ENGINE.
+        #[arg(long)]
         engine: Option<String>,
         /// Log lines as `text` (for people) or `json` (one object a line:
         /// time, level, target, message, fields).
@@ -102,6 +109,31 @@ fn init_logging(format: LogFormat) -> Result<(), String> {
     installed.map_err(|e| format!("cannot install the log writer: {e}"))
 }
 
+/// The `HERALD_*` variables, for the config layer (which reads none
+/// itself). A value that is not UTF-8 is refused, naming the variable.
+fn herald_env() -> anyhow::Result<Vec<(String, String)>> {
+    let mut vars = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with(herald_server::config::ENV_PREFIX) {
+            continue;
+        }
+        match value.into_string() {
+            Ok(value) => vars.push((name.to_string(), value)),
+            Err(_) => anyhow::bail!("{name} is not valid UTF-8"),
+        }
+    }
+    Ok(vars)
+}
+
+/// The configuration: the file, the environment over it, `overrides` (the
+/// flags) over both.
+fn load_config(path: Option<&std::path::Path>, overrides: Overrides) -> anyhow::Result<Config> {
+    let env = herald_env().context("configuration error")?;
+    // The message alone: a ConfigError already says all its sources say.
+    Config::load(path, &env, overrides).map_err(|e| anyhow::anyhow!("configuration error: {e}"))
+}
+
 /// Writes to stdout, ignoring a closed stdout.
 fn say_out(text: &str) {
     use std::io::Write;
@@ -118,7 +150,7 @@ fn mint_token(
     channels: Vec<String>,
     ttl: &str,
 ) -> anyhow::Result<String> {
-    let config = Config::load(config, Overrides::default()).context("configuration error")?;
+    let config = load_config(config, Overrides::default())?;
     if config.tokens.hmac_secret.is_none() {
         anyhow::bail!(
             "auth.hmac_secret is not configured: a token needs the secret the servers verify with (herald gen-config makes one)"
@@ -162,13 +194,13 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::CheckConfig { config } => {
-            match Config::load(config.as_deref(), Overrides::default()) {
+            match load_config(config.as_deref(), Overrides::default()) {
                 Ok(config) => {
                     say_out(&config.summary());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    say_err(&format!("herald: configuration error: {e}"));
+                    say_err(&format!("herald: {e:#}"));
                     ExitCode::from(2)
                 }
             }
@@ -210,10 +242,10 @@ fn main() -> ExitCode {
                 api_key,
                 engine,
             };
-            let config = match Config::load(config.as_deref(), overrides) {
+            let config = match load_config(config.as_deref(), overrides) {
                 Ok(config) => config,
                 Err(e) => {
-                    say_err(&format!("herald: configuration error: {e}"));
+                    say_err(&format!("herald: {e:#}"));
                     return ExitCode::from(2);
                 }
             };

@@ -5,17 +5,27 @@
 mod common;
 mod support_security;
 
+use std::path::Path;
+
 use std::process::Command;
 
 use common::*;
 use serde_json::json;
 
 fn herald(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(args)
-        .env_remove("HERALD_CONFIG")
-        .output()
-        .expect("run herald");
+    herald_with(args, &[])
+}
+
+/// Runs herald with `env` and none of the test run's own HERALD_ variables.
+fn herald_with(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.args(args);
+    for (var, _) in std::env::vars_os() {
+        if var.to_str().is_some_and(|v| v.starts_with("HERALD_")) {
+            cmd.env_remove(var);
+        }
+    }
+    let out = cmd.envs(env.iter().copied()).output().expect("run herald");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -154,4 +164,186 @@ async fn json_logs_are_one_object_a_line_and_a_bad_filter_is_refused() {
         .expect("run herald");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("HERALD_LOG"));
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn the_environment_wins_over_the_file_and_check_config_shows_it() {
+    let file = temp_file(
+        "env.toml",
+        "heartbeat = \"5s\"\nallowed_origins = [\"https://file.example\"]\n\
+         [history]\nsize = 7\n[limits]\nmax_connections_per_ip = 9\n",
+    );
+    let (code, summary, err) = herald_with(
+        &["check-config", path_str(&file)],
+        &[
+            ("HERALD_HEARTBEAT", "20s"),
+            ("HERALD_HISTORY__SIZE", "50"),
+            ("HERALD_LIMITS__MAX_CONNECTIONS_PER_IP", "100"),
+            (
+                "HERALD_ALLOWED_ORIGINS",
+                "https://a.example, http://localhost:3000",
+            ),
+            ("HERALD_API_KEY", "12345"),
+            // Not config keys: the harnesses' own, tolerated.
+            ("HERALD_BIN", "/somewhere/herald"),
+            ("HERALD_TEST_ENGINE", "redis://127.0.0.1:1/0"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "heartbeat = \"20s\"",
+        "\n[history]\nsize = 50\n",
+        "max_connections_per_ip = 100\n",
+        "allowed_origins = [\"https://a.example\", \"http://localhost:3000\"]",
+        "api_keys = [\"default = <redacted>\"]",
+    ] {
+        assert!(summary.contains(line), "{line:?} not in\n{summary}");
+    }
+    assert!(!summary.contains("12345"), "the key was printed");
+}
+
+#[test]
+fn unknown_and_bad_environment_values_exit_2_naming_the_variable() {
+    for (var, value, named) in [
+        ("HERALD_HISTORY__SIZEE", "5", "history.sizee"),
+        ("HERALD_NAMESPACE__PREFIX", "chat:", "namespace"),
+        ("HERALD_HISTORY__SIZE", "many", "whole number"),
+        ("HERALD_HEARTBEAT", "soon", "duration"),
+        ("HERALD_LISTEN", "nowhere", "listen"),
+        ("HERALD_TRUSTED_PROXIES", "10.0.0.0/8,everyone", "everyone"),
+    ] {
+        for args in [
+            &["check-config"][..],
+            &["serve", "--log-format", "text"][..],
+        ] {
+            let (code, _, err) = herald_with(args, &[(var, value)]);
+            assert_eq!(code, 2, "{args:?} {var}={value}: {err}");
+            assert!(
+                err.contains(&format!("{var}: ")) && err.contains(named),
+                "{args:?} {var}={value}: {err}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn flags_win_over_the_environment() {
+    // An unusable HERALD_LISTEN under the harness's --listen, and a key in
+    // the environment under --api-key.
+    let s = Server::builder()
+        .api_key("flag-key")
+        .env("HERALD_LISTEN", "192.0.2.1:1")
+        .env("HERALD_API_KEY", "env-key")
+        .env("HERALD_HISTORY__SIZE", "2")
+        .start()
+        .await;
+    let ch = channel("flags");
+    let resp = s
+        .post(&format!("/pub/{ch}"))
+        .bearer("env-key")
+        .body("x")
+        .send()
+        .await;
+    resp.assert_error(401, "unauthorized");
+    // The environment's history size wins over the file's 100.
+    s.publish_many(&ch, "m", 3).await;
+    assert_eq!(s.info(&ch).await["messages"], 2);
+}
+
+#[tokio::test]
+async fn the_api_key_can_be_read_from_a_file() {
+    let key_file = temp_file("api-key", "key-from-a-file\n");
+    let mut s = Server::builder()
+        .env("HERALD_API_KEY_FILE", path_str(&key_file))
+        .start()
+        .await;
+    let ch = channel("keyfile");
+    let resp = s.post(&format!("/pub/{ch}")).body("x").send().await;
+    resp.assert_error(401, "unauthorized");
+    s.key = Some("key-from-a-file".into());
+    s.publish_text(&ch, "x").await;
+    // In the file too; and both forms at once are refused.
+    let mut s = Server::builder()
+        .set("api_key_file", &format!("{:?}", path_str(&key_file)))
+        .start()
+        .await;
+    s.key = Some("key-from-a-file".into());
+    s.publish_text(&ch, "y").await;
+    let both = temp_file(
+        "both.toml",
+        &format!(
+            "api_key = \"k\"\napi_key_file = {:?}\n",
+            path_str(&key_file)
+        ),
+    );
+    let (code, _, err) = herald(&["check-config", path_str(&both)]);
+    assert_eq!(code, 2);
+    assert!(err.contains("api_key and api_key_file"), "{err}");
+    let (code, _, err) = herald_with(
+        &["check-config"],
+        &[("HERALD_API_KEY_FILE", "/nonexistent/herald-key")],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("api_key_file") && err.contains("/nonexistent/herald-key"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_hmac_secret_can_be_read_from_a_file() {
+    let secret = temp_file("hmac", &format!("{}\n", support_security::SECRET));
+    let secret_path = path_str(&secret);
+    let (code, token, err) = herald_with(
+        &["token", "--user", "ann", "--channel", "priv:*"],
+        &[("HERALD_AUTH__HMAC_SECRET_FILE", secret_path)],
+    );
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_string();
+    let s = Server::builder()
+        .extra_config(&format!(
+            "\n[auth]\nhmac_secret_file = {secret_path:?}\n\n[[namespace]]\nprefix = \"priv:\"\nprivate = true\n"
+        ))
+        .start()
+        .await;
+    let ch = channel("priv:file");
+    let mut ws = s
+        .ws_with(
+            &format!("/sub/{ch}"),
+            &[("Authorization", &format!("Bearer {token}"))],
+        )
+        .await;
+    let id = s.publish_json(&ch, &json!({"n": 1}).to_string()).await;
+    assert_eq!(ws.next_json().await["id"], id.as_str());
+}
+
+#[test]
+fn check_config_shows_secret_files_by_path_not_content() {
+    let key = temp_file("key", "the-key-itself\n");
+    let secret = temp_file("secret", &format!("{}\n", support_security::SECRET));
+    let (code, summary, err) = herald_with(
+        &["check-config"],
+        &[
+            ("HERALD_API_KEY_FILE", path_str(&key)),
+            ("HERALD_AUTH__HMAC_SECRET_FILE", path_str(&secret)),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        summary.contains(&format!("api_key_file = {:?}", path_str(&key))),
+        "{summary}"
+    );
+    assert!(
+        summary.contains(&format!("hmac_secret_file = {:?}", path_str(&secret))),
+        "{summary}"
+    );
+    assert!(!summary.contains("the-key-itself"), "{summary}");
+    assert!(!summary.contains(support_security::SECRET), "{summary}");
+    let (_, generated, _) = herald(&["gen-config"]);
+    assert!(generated.contains("# api_key_file = "), "{generated}");
+    assert!(generated.contains("# hmac_secret_file = "), "{generated}");
 }

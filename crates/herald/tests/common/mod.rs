@@ -242,14 +242,16 @@ impl ServerBuilder {
         if let Some(engine) = test_engine() {
             cmd.args(["--engine", &engine]);
         }
-        // The environment of the test run must not leak into the server.
-        for var in [
-            "HERALD_LISTEN",
-            "HERALD_API_KEY",
-            "HERALD_CONFIG",
-            "HERALD_ENGINE",
-        ] {
-            cmd.env_remove(var);
+        // The environment of the test run must not leak into the server:
+        // every HERALD_ variable is a config key (docs/configuration.md)
+        // but the log filter, kept for debugging a test.
+        for (var, _) in std::env::vars_os() {
+            if var
+                .to_str()
+                .is_some_and(|v| v.starts_with("HERALD_") && v != "HERALD_LOG")
+            {
+                cmd.env_remove(var);
+            }
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
