@@ -6,10 +6,12 @@
 //! - [`channel`]: `GET /sub/{channel}`, the channel URL on every transport.
 //! - [`connection`]: `/connection/*`, the session protocol's endpoints.
 //! - [`api`]: the backend's endpoints (publish, channels, tokens, users).
+//! - [`admin`]: the admin page and its data (`/api/stats`, `/api/history`).
 //! - [`health`], [`metrics`], [`statics`]: probes, `/metrics`, the client files.
 //! - [`origin`]: the `allowed_origins` check and CORS.
 //! - [`response`]: the JSON body of every error answer.
 
+pub(crate) mod admin;
 pub(crate) mod api;
 pub(crate) mod channel;
 pub(crate) mod connection;
@@ -65,7 +67,7 @@ pub(crate) fn routes(state: AppState, sessions: Arc<Registry>, serves: Serves) -
     }
     if serves == Serves::Public {
         // Backend endpoints live on the API listener: say so, not just 404.
-        for path in ["/pub/{channel}", "/api/{*rest}", "/metrics"] {
+        for path in ["/pub/{channel}", "/api/{*rest}", "/metrics", "/admin"] {
             router = router.route(
                 path,
                 axum::routing::any(|| async { ApiError::on_api_listener() }),
@@ -84,7 +86,10 @@ pub(crate) fn routes(state: AppState, sessions: Arc<Registry>, serves: Serves) -
             .route("/api/users/{id}/publish", post(api::user_publish))
             .route("/api/users/{id}/disconnect", post(api::user_disconnect))
             .route("/api/presence/{channel}", get(api::presence))
-            .route("/metrics", get(metrics::metrics));
+            .route("/metrics", get(metrics::metrics))
+            .route("/api/stats", get(admin::stats))
+            .route("/api/history/{channel}", get(admin::history))
+            .route("/admin", get(admin::page));
     }
     // On every listener, outside the over-limit guard: probes are served
     // even when clients fill the connection quota.
