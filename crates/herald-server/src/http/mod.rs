@@ -7,6 +7,7 @@
 //! - [`connection`]: `/connection/*`, the session protocol's endpoints.
 //! - [`api`]: the backend's endpoints (publish, channels, tokens, users).
 //! - [`admin`]: the admin page and its data (`/api/stats`, `/api/history`).
+//! - [`openapi`]: `/api/openapi.json`, the description of all of them.
 //! - [`health`], [`metrics`], [`statics`]: probes, `/metrics`, the client files.
 //! - [`origin`]: the `allowed_origins` check and CORS.
 //! - [`response`]: the JSON body of every error answer.
@@ -17,6 +18,7 @@ pub(crate) mod channel;
 pub(crate) mod connection;
 pub(crate) mod health;
 pub(crate) mod metrics;
+pub(crate) mod openapi;
 pub(crate) mod origin;
 pub(crate) mod response;
 pub mod serve;
@@ -89,6 +91,7 @@ pub(crate) fn routes(state: AppState, sessions: Arc<Registry>, serves: Serves) -
             .route("/metrics", get(metrics::metrics))
             .route("/api/stats", get(admin::stats))
             .route("/api/history/{channel}", get(admin::history))
+            .route("/api/openapi.json", get(openapi::spec))
             .route("/admin", get(admin::page));
     }
     // On every listener, outside the over-limit guard: probes are served
