@@ -39,7 +39,31 @@ mod tests {
         let table: Vec<&str> = herald_core::refusal::ALL.iter().map(|r| r.code()).collect();
         assert_eq!(
             codes, table,
-            "docs/openapi.json's error codes differ from refusal.rs (regenerate them)"
+            "docs/openapi.json's error codes differ from refusal.rs: update the Error schema's enum"
         );
+    }
+
+    /// Every path `routes` serves (read from its source, `.route("…"`) is
+    /// described, and nothing else is: a new endpoint fails here until
+    /// docs/openapi.json has it.
+    #[test]
+    fn the_spec_describes_every_route_and_only_those() {
+        let spec: serde_json::Value = serde_json::from_str(super::SPEC).expect("JSON");
+        let described: std::collections::BTreeSet<&str> = spec["paths"]
+            .as_object()
+            .expect("paths")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let routes: std::collections::BTreeSet<&str> = include_str!("mod.rs")
+            .split(".route(")
+            .skip(1)
+            .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next())
+            .collect();
+        assert!(
+            routes.contains("/pub/{channel}") && routes.len() > 20,
+            "{routes:?}"
+        );
+        assert_eq!(described, routes);
     }
 }
