@@ -27,7 +27,7 @@ finish() {
   if [[ -n "$redis_dir" ]]; then rm -rf "$redis_dir"; fi
   awk -v status="$status" '
     /^test result: / { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-    /^(js|autobahn|deploy): [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
+    /^(js|autobahn|deploy|openapi): [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
     END { if (status != 0 && f == 0) f = 1; printf "%d passed, %d failed\n", p, f }
   ' "$tally_log"
   rm -f "$tally_log"
@@ -77,6 +77,10 @@ if [[ -x clients/js/test/run.sh ]]; then
   say "JavaScript client tests"
   HERALD_BIN="$target_dir/debug/herald" counted clients/js/test/run.sh
 fi
+
+# --- docs/openapi.json: valid, served, and held by the live server (under a minute) ---
+say "OpenAPI description and schemathesis (scripts/openapi.sh)"
+counted scripts/openapi.sh
 
 # --- Herald's WebSocket framing against Autobahn|Testsuite (about a minute) ---
 say "Autobahn|Testsuite (ws_echo)"

@@ -21,7 +21,12 @@ use crate::sharded::Sharded;
 pub const USER_PREFIX: &str = "user:";
 
 /// The personal channel of `user`, if the id makes a valid channel name.
+/// An empty id is refused: `user:` alone would be a channel, but names no
+/// one.
 pub fn user_channel(user: &str) -> Result<ChannelName, crate::channel::InvalidChannel> {
+    if user.is_empty() {
+        return Err(crate::channel::InvalidChannel::Empty);
+    }
     ChannelName::new(&format!("{USER_PREFIX}{user}"))
 }
 
@@ -134,6 +139,13 @@ mod tests {
     use crate::id::MessageId;
     use crate::message::Payload;
     use bytes::Bytes;
+
+    #[test]
+    fn an_empty_user_id_names_no_channel() {
+        assert!(user_channel("").is_err());
+        assert!(user_channel(&"u".repeat(123)).is_ok());
+        assert!(user_channel(&"u".repeat(124)).is_err());
+    }
 
     #[test]
     fn bounded_and_taken_in_order() {

@@ -205,6 +205,10 @@ async fn the_api_listener_serves_the_backend_and_only_the_backend() {
     for (method, path) in [
         ("GET", "/metrics".to_string()),
         ("GET", format!("/pub/{ch}")),
+        ("GET", "/api/stats".to_string()),
+        ("GET", format!("/api/history/{ch}")),
+        ("GET", "/api/openapi.json".to_string()),
+        ("GET", "/admin".to_string()),
     ] {
         let on_api = request_at(api, method, &path, &[], b"", IO_TIMEOUT)
             .await
@@ -229,6 +233,9 @@ async fn the_api_listener_serves_the_backend_and_only_the_backend() {
         ("GET", "/metrics".to_string()),
         ("POST", "/api/publish".to_string()),
         ("POST", "/api/tokens".to_string()),
+        ("GET", "/api/stats".to_string()),
+        ("GET", "/api/openapi.json".to_string()),
+        ("GET", "/admin".to_string()),
     ] {
         let r = s.req(method, &path).body("{}").send().await;
         r.assert_error(404, "not_found");

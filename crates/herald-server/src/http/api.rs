@@ -274,8 +274,26 @@ struct TokenRequest {
     user: Option<String>,
     #[serde(default)]
     channels: Vec<String>,
+    #[serde(default, deserialize_with = "whole_number")]
     ttl: Option<u64>,
     info: Option<serde_json::Value>,
+}
+
+/// A non-negative whole number, also when written `940.0` (JSON has one
+/// number type: OpenAPI's `integer` takes it, so the server does too).
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+                // In range and whole: the cast is exact enough for a ttl.
+                .map(|f| f as u64)
+        })
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number of seconds")))
 }
 
 /// Token lifetime when `/api/tokens` is asked for none.

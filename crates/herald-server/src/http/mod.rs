@@ -6,15 +6,19 @@
 //! - `channel`: `GET /sub/{channel}`, the channel URL on every transport.
 //! - `connection`: `/connection/*`, the session protocol's endpoints.
 //! - `api`: the backend's endpoints (publish, channels, tokens, users).
+//! - `admin`: the admin page and its data (`/api/stats`, `/api/history`).
+//! - `openapi`: `/api/openapi.json`, the description of all of them.
 //! - `health`, `metrics`, `statics`: probes, `/metrics`, the client files.
 //! - `origin`: the `allowed_origins` check and CORS.
 //! - `response`: the JSON body of every error answer.
 
+pub(crate) mod admin;
 pub(crate) mod api;
 pub(crate) mod channel;
 pub(crate) mod connection;
 pub(crate) mod health;
 pub(crate) mod metrics;
+pub(crate) mod openapi;
 pub(crate) mod origin;
 pub(crate) mod response;
 pub mod serve;
@@ -65,7 +69,7 @@ pub(crate) fn routes(state: AppState, sessions: Arc<Registry>, serves: Serves) -
     }
     if serves == Serves::Public {
         // Backend endpoints live on the API listener: say so, not just 404.
-        for path in ["/pub/{channel}", "/api/{*rest}", "/metrics"] {
+        for path in ["/pub/{channel}", "/api/{*rest}", "/metrics", "/admin"] {
             router = router.route(
                 path,
                 axum::routing::any(|| async { ApiError::on_api_listener() }),
@@ -84,7 +88,11 @@ pub(crate) fn routes(state: AppState, sessions: Arc<Registry>, serves: Serves) -
             .route("/api/users/{id}/publish", post(api::user_publish))
             .route("/api/users/{id}/disconnect", post(api::user_disconnect))
             .route("/api/presence/{channel}", get(api::presence))
-            .route("/metrics", get(metrics::metrics));
+            .route("/metrics", get(metrics::metrics))
+            .route("/api/stats", get(admin::stats))
+            .route("/api/history/{channel}", get(admin::history))
+            .route("/api/openapi.json", get(openapi::spec))
+            .route("/admin", get(admin::page));
     }
     // On every listener, outside the over-limit guard: probes are served
     // even when clients fill the connection quota.

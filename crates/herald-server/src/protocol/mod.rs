@@ -189,6 +189,17 @@ pub(crate) enum Transport {
 }
 
 impl Transport {
+    /// Every transport, in declaration order (the index of
+    /// `Counters::open_by_transport`).
+    pub(crate) const ALL: [Transport; crate::metrics::TRANSPORT_SLOTS] = [
+        Self::WebSocket,
+        Self::Sse,
+        Self::Stream,
+        Self::LongPoll,
+        Self::Iframe,
+        Self::Session,
+    ];
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::WebSocket => "websocket",
@@ -249,6 +260,7 @@ impl Session {
         // the secret id of an HTTP session. The subscriber keeps it.
         let client: Arc<str> = Arc::from(access::random_id());
         let sub = subscriber_for(&state, &client, &admitted.identity);
+        state.counters.session(transport as usize, true);
         Self {
             state,
             sub,
@@ -472,6 +484,7 @@ impl Drop for Session {
     /// Tells the backend the connection ended (unless its connect step
     /// refused it).
     fn drop(&mut self) {
+        self.state.counters.session(self.transport as usize, false);
         if !self.refused {
             access::disconnected(
                 &self.state.rules,
