@@ -174,6 +174,12 @@ impl Subscriber {
         self.channels.contains_key(channel)
     }
 
+    /// Whether the hub found this connection's queue full: it must close
+    /// as a slow consumer (whichever way its transport then ends).
+    pub fn overflowed(&self) -> bool {
+        self.outbox.overflowed()
+    }
+
     pub fn channel_count(&self) -> usize {
         self.channels.len()
     }
@@ -405,6 +411,7 @@ impl Subscriber {
                     return None;
                 }
                 *position = Some(message.id);
+                self.node.hub.count_written(&message, 1);
                 Some(Item::Message(message))
             }
             Event::ChannelClosed(closed) => {
