@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need
-# (Debian's redis-server and chromium, the JS client's npm packages), then
+# (Debian's redis-server, chromium and prometheus for promtool, the JS client's npm packages), then
 # runs the Rust unit and integration tests (against the memory engine and
 # against a real Redis), the JavaScript client's unit and browser tests, and
 # Herald's WebSocket framing against Autobahn|Testsuite (scripts/autobahn.sh,
@@ -38,6 +38,8 @@ counted() { "$@" 2>&1 | tee -a "$tally_log"; }
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# promtool (checks a real /metrics scrape) comes with Debian's prometheus.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if ((${#need_apt[@]})); then
   say "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

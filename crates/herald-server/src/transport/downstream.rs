@@ -70,6 +70,18 @@ impl Downstream {
             let Some(item) = sub.try_next() else { break };
             out.push(dialect.push(item));
         }
+        self.note_end(out);
+    }
+
+    /// The connection ends with `why` (counted and logged with the session).
+    pub(crate) fn ended(&mut self, why: herald_core::disconnect::Disconnect) {
+        self.session.ended(why);
+    }
+
+    fn note_end(&mut self, out: &[Push]) {
+        if let Some(Push::End(why)) = out.last() {
+            self.session.ended(*why);
+        }
     }
 
     /// Waits for the next thing to send. Cancel-safe while it waits; a
@@ -97,7 +109,7 @@ impl Downstream {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
+        let step = tokio::select! {
             biased;
             () = shutdown.as_mut() => {
                 out.push(Push::End(SHUTDOWN));
@@ -127,6 +139,8 @@ impl Downstream {
                 Step::Pushed
             }
             _ = heartbeat.tick() => Step::Heartbeat,
-        }
+        };
+        self.note_end(out);
+        step
     }
 }

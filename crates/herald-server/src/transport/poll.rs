@@ -328,6 +328,9 @@ pub(crate) async fn drive(mut down: Downstream, mailbox: Arc<Mailbox>) {
             () = mailbox.until_abandoned() => break None,
         }
     };
+    if let Some(why) = end {
+        down.ended(why);
+    }
     let registered = down.take_registration();
     mailbox.end(end.map(disconnect_frame));
     // The session ends now (its slot and the disconnect hook); the entry

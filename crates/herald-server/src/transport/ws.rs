@@ -59,6 +59,7 @@ fn task(
             let mut socket = WsSocket::new(tcp, early, limit);
             session.subscriber().set_writer(socket.writer());
             if let Some((why, last)) = run(&mut socket, &mut session).await {
+                session.ended(why);
                 socket
                     .close(session.state().config.write_timeout, why, last)
                     .await;
@@ -150,6 +151,11 @@ async fn run(socket: &mut WsSocket, session: &mut Session) -> Option<(Disconnect
                         return None;
                     }
                 };
+                if let Some((why, _)) = &end {
+                    // Said before the flush, which a client that stopped
+                    // reading (a slow consumer) may never let finish.
+                    session.ended(*why);
+                }
                 socket.flush(timeout).await.ok()?;
                 if let Some(end) = end {
                     return Some(end);
