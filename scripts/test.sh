@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need
-# (Debian's redis-server, nginx and chromium, the JS client's npm packages), then
+# (Debian's redis-server, nginx, chromium and prometheus for promtool, the JS client's npm packages), then
 # runs the Rust unit and integration tests (against the memory engine and
 # against a real Redis), the JavaScript client's unit and browser tests, and
 # Herald's WebSocket framing against Autobahn|Testsuite (scripts/autobahn.sh,
@@ -42,6 +42,8 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # nginx lives in /usr/sbin, which a non-root PATH may lack.
 command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_apt+=(nginx)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# promtool (checks a real /metrics scrape) comes with Debian's prometheus.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if ((${#need_apt[@]})); then
   say "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

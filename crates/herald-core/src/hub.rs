@@ -62,6 +62,13 @@
 //! the channel's publisher busy most of the time; it lasts while the gaps
 //! stay shorter than a whole round (a publisher held up by direct rounds
 //! looks paced, so leaving the burst must take a clearly longer pause).
+//!
+//! Deliveries are counted where this node hands a message to a socket: a
+//! direct write (counted once per round, not per subscriber) or a live
+//! message taken from a queue by its connection's task
+//! ([`Hub::count_written`]). Each is observed in one latency histogram,
+//! from the message's publish time; on the Redis engine every node counts
+//! its own subscribers.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
@@ -74,6 +81,7 @@ use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use crate::channel::ChannelName;
 use crate::disconnect::Disconnect;
+use crate::histogram::Histogram;
 use crate::id::MessageId;
 use crate::message::Message;
 use crate::presence::Notice;
@@ -180,7 +188,7 @@ impl Queue {
     /// Writes `message` to the socket if the connection is armed for its
     /// channel and nothing is queued ahead of it. `None`: not written, it must
     /// be queued (and from then on everything queues until the task re-arms).
-    /// `Some(All)` also for a message already sent, which is dropped.
+    /// `Some(Nothing)` for a message already sent, which is dropped.
     fn write_direct(&mut self, message: &Message) -> Option<Written> {
         if !self.events.is_empty() {
             return None;
@@ -192,7 +200,7 @@ impl Queue {
             .filter(|a| a.live && a.channel == message.channel)?;
         if armed.position.is_some_and(|p| message.id <= p) {
             // Already sent (e.g. replayed from history).
-            return Some(Written::All);
+            return Some(Written::Nothing);
         }
         match direct.writer.try_write(message) {
             Written::Nothing => {
@@ -234,13 +242,20 @@ impl Outbox {
     /// Gives a published message to the connection: straight to its socket
     /// when armed (see the module docs), else through the queue.
     pub fn push_message(&self, message: &Arc<Message>) -> bool {
+        self.offer(message) != Offer::Refused
+    }
+
+    /// `push_message`, saying whether the message went to the socket.
+    fn offer(&self, message: &Arc<Message>) -> Offer {
         if self.closed.load(Ordering::Acquire) {
-            return false;
+            return Offer::Refused;
         }
         let mut queue = self.queue.lock();
         match queue.write_direct(message) {
-            Some(Written::All) => true,
-            Some(_) => {
+            Some(Written::All) => Offer::Written,
+            // Already sent: taken, not written again.
+            Some(Written::Nothing) => Offer::Queued,
+            Some(Written::Spilled) => {
                 // Part written: the task must flush the rest before anything
                 // else (and disarm), so wake it.
                 let waiter = queue.waiter.take();
@@ -248,9 +263,10 @@ impl Outbox {
                 if let Some(waker) = waiter {
                     waker.wake();
                 }
-                true
+                Offer::Written
             }
-            None => self.enqueue(queue, Event::Message(Arc::clone(message))),
+            None if self.enqueue(queue, Event::Message(Arc::clone(message))) => Offer::Queued,
+            None => Offer::Refused,
         }
     }
 
@@ -316,6 +332,17 @@ impl Outbox {
         let armed = self.queue.lock().direct.as_mut()?.armed.take()?;
         Some((armed.channel, armed.position))
     }
+}
+
+/// What [`Outbox::offer`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offer {
+    /// Written to the socket by the publishing thread.
+    Written,
+    /// Queued for the connection's task (or dropped as already sent).
+    Queued,
+    /// Refused: the connection is gone or its queue full.
+    Refused,
 }
 
 /// The taking side of a connection's queue (one per connection).
@@ -400,6 +427,9 @@ pub struct Hub {
     /// Whether bursts go through the queues (off only in tests that need
     /// every message of a parked subscriber written directly).
     batch_bursts: AtomicBool,
+    /// Publish-to-socket latency of every live message this node handed
+    /// to a socket; its count is the node's deliveries.
+    written: Histogram,
 }
 
 impl Default for Hub {
@@ -416,7 +446,40 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             epoch: Instant::now(),
             batch_bursts: AtomicBool::new(true),
+            written: Histogram::default(),
         }
+    }
+
+    /// Counts `n` deliveries of `message` written (or about to be) to
+    /// sockets now, observing their latency since it was published.
+    pub fn count_written(&self, message: &Message, n: u64) {
+        let waited_ms = crate::engine::now_ms().saturating_sub(message.time_ms);
+        self.written
+            .observe_n_us(waited_ms.saturating_mul(1_000), n);
+    }
+
+    /// Live messages this node has handed to sockets.
+    pub fn delivered(&self) -> u64 {
+        self.written.count()
+    }
+
+    /// How long those took from publish to socket (millisecond resolution:
+    /// a message carries its publish time in milliseconds).
+    pub fn delivery_latency(&self) -> &Histogram {
+        &self.written
+    }
+
+    /// Subscriptions (connection and channel pairs) on this node.
+    pub fn subscription_count(&self) -> usize {
+        self.channels
+            .shards()
+            .map(|s| {
+                s.lock()
+                    .values()
+                    .map(|subs| subs.read().by_conn.len())
+                    .sum::<usize>()
+            })
+            .sum()
     }
 
     /// Turns the burst rule (see the module docs) off, so that every
@@ -565,6 +628,7 @@ impl Hub {
         };
         let mut dead = Vec::new();
         let mut delivered = 0;
+        let mut written = 0;
         {
             // Read lock only: concurrent deliveries to one channel are
             // ordered by the engine, which calls us in id order.
@@ -583,15 +647,21 @@ impl Hub {
                 && self.batch_bursts.load(Ordering::Relaxed);
             guard.in_burst.store(burst, Ordering::Relaxed);
             for outbox in guard.by_conn.values() {
-                let taken = if burst {
-                    outbox.push(Event::Message(Arc::clone(message)))
+                let offer = if burst {
+                    match outbox.push(Event::Message(Arc::clone(message))) {
+                        true => Offer::Queued,
+                        false => Offer::Refused,
+                    }
                 } else {
-                    outbox.push_message(message)
+                    outbox.offer(message)
                 };
-                if taken {
-                    delivered += 1;
-                } else {
-                    dead.push(outbox.id);
+                match offer {
+                    Offer::Written => {
+                        delivered += 1;
+                        written += 1;
+                    }
+                    Offer::Queued => delivered += 1,
+                    Offer::Refused => dead.push(outbox.id),
                 }
             }
             let end = self.nanos();
@@ -599,6 +669,9 @@ impl Hub {
             if !burst {
                 guard.direct_round.store(end - start, Ordering::Relaxed);
             }
+        }
+        if written > 0 {
+            self.count_written(message, written);
         }
         for conn in dead {
             self.remove(&message.channel, conn);

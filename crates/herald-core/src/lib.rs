@@ -21,6 +21,7 @@
 pub mod channel;
 pub mod disconnect;
 pub mod engine;
+pub mod histogram;
 pub mod history;
 pub mod hub;
 pub mod id;

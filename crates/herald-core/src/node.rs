@@ -174,6 +174,12 @@ impl Subscriber {
         self.channels.contains_key(channel)
     }
 
+    /// Whether the hub found this connection's queue full: it must close
+    /// as a slow consumer (whichever way its transport then ends).
+    pub fn overflowed(&self) -> bool {
+        self.outbox.overflowed()
+    }
+
     pub fn channel_count(&self) -> usize {
         self.channels.len()
     }
@@ -405,6 +411,7 @@ impl Subscriber {
                     return None;
                 }
                 *position = Some(message.id);
+                self.node.hub.count_written(&message, 1);
                 Some(Item::Message(message))
             }
             Event::ChannelClosed(closed) => {
@@ -624,6 +631,45 @@ mod tests {
 
     fn woken(wakes: &Wakes) -> usize {
         wakes.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn deliveries_are_counted_once_each_direct_or_queued_but_not_replays() {
+        let node = node();
+        node.hub.set_batch_bursts(false);
+        let ch = ChannelName::new("news").expect("valid");
+        let old = publish(&node, &ch, "old").await;
+        // One parked with a writer (direct), one plain (queued); both
+        // replay `old` first, which is no delivery.
+        let mut direct = node.subscriber(16);
+        direct
+            .subscribe(ch.clone(), Since::Earliest)
+            .await
+            .expect("subscribe");
+        let mut queued = node.subscriber(16);
+        queued
+            .subscribe(ch.clone(), Since::Earliest)
+            .await
+            .expect("subscribe");
+        assert_eq!(expect_message(queued.next().await).id, old);
+        let (socket, wakes) = wire(&direct);
+        let mut next = Box::pin(direct.next());
+        assert_eq!(
+            expect_message(poll_once(&mut next, &wakes).expect("replay")).id,
+            old
+        );
+        drop(next);
+        let mut next = Box::pin(direct.next());
+        assert!(poll_once(&mut next, &wakes).is_none());
+        assert_eq!(node.hub.delivered(), 0, "replays are not deliveries");
+
+        let live = publish(&node, &ch, "live").await;
+        assert_eq!(socket.sent(), vec![live]);
+        assert_eq!(node.hub.delivered(), 1, "the direct write, at once");
+        assert_eq!(expect_message(queued.next().await).id, live);
+        assert_eq!(node.hub.delivered(), 2, "and the queued one when taken");
+        assert_eq!(node.hub.delivery_latency().count(), 2);
+        assert_eq!(node.hub.subscription_count(), 2);
     }
 
     #[tokio::test]

@@ -24,6 +24,7 @@ use herald_core::engine::{
     Broker, ChannelStats, Claims, EngineError, PresenceStore, Published, SubscriberSlot,
     UserPublished, UserQueue, UserQueues,
 };
+use herald_core::histogram::Histogram;
 use herald_core::history::{unknown_channel_page, HistoryPage};
 use herald_core::hub::Hub;
 use herald_core::namespace::{ChannelOptions, Namespaces};
@@ -84,6 +85,8 @@ pub struct RedisEngine {
     upkeep: mpsc::Sender<Job>,
     /// Set while a sweep job waits in the upkeep queue (cleared by the task).
     sweep_queued: Arc<AtomicBool>,
+    /// How long each command of `call` took, answered or not.
+    latency: Histogram,
 }
 
 impl Drop for RedisEngine {
@@ -199,6 +202,7 @@ impl RedisEngine {
             counts,
             upkeep,
             sweep_queued,
+            latency: Histogram::default(),
         }))
     }
 
@@ -212,7 +216,9 @@ impl RedisEngine {
     /// Runs one command within the timeout, mapping failures and keeping the
     /// health flag.
     async fn call<T>(&self, fut: impl Future<Output = RedisResult<T>>) -> Result<T, EngineError> {
+        let started = std::time::Instant::now();
         let result = bounded(self.options.timeout, fut).await;
+        self.latency.observe(started.elapsed());
         match &result {
             Ok(_) => self.pubsub.commands_ok.store(true, Ordering::Release),
             Err(EngineError::Unavailable(_)) => {
@@ -381,6 +387,10 @@ fn check_version(info: &str) -> Result<(), EngineError> {
 
 #[async_trait]
 impl Broker for RedisEngine {
+    fn command_latency(&self) -> Option<&Histogram> {
+        Some(&self.latency)
+    }
+
     fn name(&self) -> &'static str {
         "redis"
     }

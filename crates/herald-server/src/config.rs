@@ -29,6 +29,8 @@ pub const DEFAULT_QUEUE_SIZE: usize = 256;
 pub const DEFAULT_MAX_PAYLOAD: usize = 65_536;
 /// How long one socket write may take before the connection is dropped.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The summary line's default period.
+pub const DEFAULT_LOG_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 /// How long shutdown waits for connections to close after telling them.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long a stopping node serves on with `/ready` at 503.
@@ -84,6 +86,9 @@ pub struct FileConfig {
     pub poll_timeout_max: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub idempotency_window: Option<Duration>,
+    /// How often the one-line summary is logged (info); `0s`: never.
+    #[serde(default, with = "humantime_serde")]
+    pub log_summary_interval: Option<Duration>,
     /// Named API keys, in addition to `api_key`.
     #[serde(default)]
     pub api_keys: std::collections::BTreeMap<String, String>,
@@ -514,6 +519,8 @@ pub struct Config {
     pub poll_timeout_max: Duration,
     /// How long a publish's idempotency key is remembered per channel.
     pub idempotency_window: Duration,
+    /// How often the one-line summary is logged; zero: never.
+    pub log_summary_interval: Duration,
     pub namespaces: Namespaces,
     /// Redis engine: bound on connecting and on every command; past it the
     /// engine counts as unavailable (503, and `4005` when pub/sub is lost).
@@ -903,6 +910,9 @@ impl Config {
                 file.idempotency_window
                     .unwrap_or(DEFAULT_IDEMPOTENCY_WINDOW),
             )?,
+            log_summary_interval: file
+                .log_summary_interval
+                .unwrap_or(DEFAULT_LOG_SUMMARY_INTERVAL),
             namespaces: Namespaces::new(defaults, prefixes),
             redis_timeout: positive_time(
                 "redis.timeout",
@@ -1041,6 +1051,11 @@ impl Config {
         let _ = writeln!(out, "drain_window = {}", d(self.drain_window));
         let _ = writeln!(out, "poll_timeout_max = {}", d(self.poll_timeout_max));
         let _ = writeln!(out, "idempotency_window = {}", d(self.idempotency_window));
+        let _ = writeln!(
+            out,
+            "log_summary_interval = {}",
+            d(self.log_summary_interval)
+        );
         let _ = writeln!(out, "queue_size = {}", self.queue_size);
         let _ = writeln!(out, "max_payload = {}", self.max_payload);
         let l = &self.limits;

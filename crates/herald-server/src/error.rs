@@ -127,10 +127,22 @@ impl From<herald_core::channel::InvalidChannel> for ApiError {
     }
 }
 
+/// What an error answer said, kept in its extensions for the log.
+#[derive(Debug, Clone)]
+pub(crate) struct Answered {
+    pub(crate) code: Refusal,
+    pub(crate) message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
         let mut response = (self.status, axum::Json(body)).into_response();
+        // For the log of backend refusals (`http::response::log_refusals`).
+        response.extensions_mut().insert(Answered {
+            code: self.code,
+            message: self.message,
+        });
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

@@ -106,6 +106,10 @@ pub async fn run_with_listeners(
         }
     };
     tokio::spawn(signal);
+    tokio::spawn(http::metrics::log_summary(
+        state.clone(),
+        state.config.log_summary_interval,
+    ));
 
     let refusing = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let budget = serve::open_file_budget().map(|(soft, limit)| {

@@ -8,7 +8,8 @@
 //! - `max_subscribers` holds when subscribers race on several nodes, a
 //!   place comes back when its subscriber leaves, and a killed node's
 //!   places come back within `node_ttl`;
-//! - a user queue filled on one node and overflowed says gap on another.
+//! - a user queue filled on one node and overflowed says gap on another;
+//! - each node's `/metrics` counts the deliveries it writes itself.
 
 mod common;
 mod support_redis;
@@ -256,4 +257,55 @@ async fn an_overflowed_user_queue_says_gap_on_another_node() {
         .zip([json!(3), json!(4), json!(5)])
         .collect();
     assert_eq!(got, want, "the newest three, oldest first");
+}
+
+fn deliveries(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("herald_deliveries_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("herald_deliveries_total missing in:\n{text}"))
+}
+
+async fn scraped_deliveries(node: &Server) -> u64 {
+    let resp = node.get("/metrics").send().await;
+    assert_eq!(resp.status, 200);
+    deliveries(&resp.text())
+}
+
+#[tokio::test]
+async fn each_node_counts_the_deliveries_it_writes() {
+    let cluster = Cluster::start().await;
+    let ch = channel("mn:deliveries");
+    // Two subscribers on a, one on b, none on c; five messages from c:
+    // a writes ten, b five, c none (each node counts its own sockets, not
+    // every node's subscribers at publish time).
+    let mut subs = Vec::new();
+    for node in [cluster.a(), cluster.a(), cluster.b()] {
+        subs.push(Sub::open(node, Kind::Ws, &format!("/sub/{ch}"), &[]).await);
+    }
+    eventually(WAIT, "three subscribers seen", || async {
+        match cluster.c().info(&ch).await["subscribers"].as_u64() {
+            Some(3) => Ok(()),
+            n => Err(format!("{n:?} subscribers")),
+        }
+    })
+    .await;
+    let before = [
+        scraped_deliveries(cluster.a()).await,
+        scraped_deliveries(cluster.b()).await,
+        scraped_deliveries(cluster.c()).await,
+    ];
+    for i in 0..5 {
+        cluster.c().publish_text(&ch, &format!("m{i}")).await;
+    }
+    for sub in &mut subs {
+        assert_eq!(sub.messages(&ch, 5).await.len(), 5);
+    }
+    let after = [
+        scraped_deliveries(cluster.a()).await,
+        scraped_deliveries(cluster.b()).await,
+        scraped_deliveries(cluster.c()).await,
+    ];
+    let written: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    assert_eq!(written, vec![10, 5, 0], "deliveries by node a, b, c");
 }

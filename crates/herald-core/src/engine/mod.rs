@@ -135,6 +135,12 @@ pub trait Broker: Send + Sync + 'static {
         Ok(())
     }
 
+    /// How long the engine's commands to its store take, for metrics; an
+    /// engine with no store (memory) has none.
+    fn command_latency(&self) -> Option<&crate::histogram::Histogram> {
+        None
+    }
+
     /// Stores a message and delivers it to every node's subscribers. Answers
     /// only once the message is stored.
     async fn publish(

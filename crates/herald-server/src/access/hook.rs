@@ -23,6 +23,8 @@ use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::metrics::HookCalls;
+
 /// Largest hook answer read.
 const MAX_ANSWER: usize = 1024 * 1024;
 /// Disconnect notifications in flight at once; more are dropped (logged).
@@ -38,6 +40,15 @@ pub enum HookEvent {
 }
 
 impl HookEvent {
+    /// Every event, in the order of [`Hooks::calls`].
+    pub(crate) const ALL: [HookEvent; 5] = [
+        Self::Connect,
+        Self::Subscribe,
+        Self::Publish,
+        Self::Disconnect,
+        Self::Rpc,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Connect => "connect",
@@ -102,6 +113,8 @@ pub(crate) struct Hooks {
     settings: HookSettings,
     client: Client<HttpConnector, Full<Bytes>>,
     notifications: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Calls by event (`HookEvent as usize`), for `/metrics`.
+    calls: [HookCalls; 5],
 }
 
 impl Hooks {
@@ -113,7 +126,13 @@ impl Hooks {
             settings,
             client: Client::builder(TokioExecutor::new()).build(connector),
             notifications: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_NOTIFICATIONS)),
+            calls: Default::default(),
         }
+    }
+
+    /// The calls of `event` so far.
+    pub(crate) fn calls(&self, event: HookEvent) -> &HookCalls {
+        &self.calls[event as usize]
     }
 
     pub(crate) fn wants(&self, event: HookEvent) -> bool {
@@ -142,7 +161,17 @@ impl Hooks {
             }
             serde_json::from_slice::<Answer>(&bytes).ok()
         };
-        match tokio::time::timeout(self.settings.timeout, exchange).await {
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(self.settings.timeout, exchange).await;
+        let calls = self.calls(event);
+        calls.latency.observe(started.elapsed());
+        let outcome = match &answer {
+            Ok(Some(a)) if a.allow == Some(false) => 1,
+            Ok(Some(_)) => 0,
+            _ => 2,
+        };
+        calls.outcomes[outcome].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match answer {
             Ok(Some(answer)) => Some(answer),
             _ => {
                 tracing::warn!(event = event.as_str(), url = %self.settings.url, "hook backend unavailable");

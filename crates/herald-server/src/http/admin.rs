@@ -78,7 +78,7 @@ pub(crate) async fn stats(
     top.truncate(TOP_CHANNELS);
     let by_transport: serde_json::Map<String, serde_json::Value> = Transport::ALL
         .iter()
-        .map(|t| (t.as_str().to_string(), json!(c.open(*t as usize))))
+        .map(|t| (t.as_str().to_string(), json!(c.open_now(*t as usize))))
         .collect();
     let engine = state.node.engine.name();
     Ok(Json(json!({
@@ -95,7 +95,7 @@ pub(crate) async fn stats(
             .collect::<Vec<_>>(),
         "published": c.published.load(Ordering::Relaxed),
         "client_published": c.client_published.load(Ordering::Relaxed),
-        "deliveries": c.deliveries.load(Ordering::Relaxed),
+        "deliveries": hub.delivered(),
         // The engines keep no list of the nodes sharing them (on Redis each
         // node writes its counts under its own id, with no registry to
         // read): this node is the one that can be named.

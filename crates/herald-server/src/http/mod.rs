@@ -104,6 +104,7 @@ pub(crate) fn routes(state: AppState, sessions: Arc<Registry>, serves: Serves) -
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(Extension(sessions))
         .layer(axum::middleware::from_fn(response::json_errors))
+        .layer(axum::middleware::from_fn(response::log_refusals))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             origin::guard,

@@ -5,7 +5,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use herald_core::Refusal;
 
-use crate::error::ApiError;
+use crate::error::{Answered, ApiError};
 
 /// Most bytes of a non-JSON error body kept as the message.
 const MAX_ERROR_TEXT: usize = 1024;
@@ -57,4 +57,39 @@ pub(crate) async fn json_errors(
         }
     }
     fixed
+}
+
+/// Middleware: every refusal of a backend request (`/pub/…`, `/api/…`,
+/// `/metrics`: an error status) is logged at info, with the error code and
+/// message the backend was given. Client endpoints are not logged here: a
+/// flood of refused clients must not flood the log.
+pub(crate) async fn log_refusals(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    let backend = path.starts_with("/pub/") || path.starts_with("/api/") || path == "/metrics";
+    if !backend {
+        return next.run(request).await;
+    }
+    let (method, path) = (request.method().clone(), path.to_string());
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    let response = next.run(request).await;
+    let status = response.status();
+    if status.is_client_error() || status.is_server_error() {
+        let answered = response.extensions().get::<Answered>();
+        tracing::info!(
+            method = %method,
+            path,
+            status = status.as_u16(),
+            code = answered.map(|a| a.code.code()),
+            detail = answered.map(|a| a.message.as_str()),
+            peer = peer.map(tracing::field::display),
+            "backend request refused"
+        );
+    }
+    response
 }

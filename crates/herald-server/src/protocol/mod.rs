@@ -189,9 +189,9 @@ pub(crate) enum Transport {
 }
 
 impl Transport {
-    /// Every transport, in declaration order (the index of
-    /// `Counters::open_by_transport`).
-    pub(crate) const ALL: [Transport; crate::metrics::TRANSPORT_SLOTS] = [
+    /// Every transport, in the order of the per-transport gauges
+    /// (`metrics::Counters::open`).
+    pub(crate) const ALL: [Transport; crate::metrics::TRANSPORTS] = [
         Self::WebSocket,
         Self::Sse,
         Self::Stream,
@@ -227,6 +227,9 @@ pub(crate) struct Session {
     /// Set when a command ends the session (e.g. the connect hook refused).
     /// (A row of the close-code table: one word, not a copy.)
     closing: Option<&'static Disconnect>,
+    /// The close its transport sent, counted and logged when the session
+    /// is dropped (`None`: the client went away without one).
+    ended: Option<&'static Disconnect>,
     /// The connection's slot under the limits, freed with the session.
     _slot: Option<Slot>,
     /// Who the client is, while it can still send commands; a channel URL
@@ -260,7 +263,7 @@ impl Session {
         // the secret id of an HTTP session. The subscriber keeps it.
         let client: Arc<str> = Arc::from(access::random_id());
         let sub = subscriber_for(&state, &client, &admitted.identity);
-        state.counters.session(transport as usize, true);
+        state.counters.opened(transport as usize);
         Self {
             state,
             sub,
@@ -269,6 +272,7 @@ impl Session {
             connected: false,
             refused: false,
             closing: None,
+            ended: None,
             _slot: admitted.slot,
             who: Some(Box::new(Who {
                 identity: admitted.identity,
@@ -335,6 +339,16 @@ impl Session {
     /// Set when the session must end after its last reply.
     pub(crate) fn closing(&self) -> Option<Disconnect> {
         self.closing.copied()
+    }
+
+    /// The transport closes the connection with `why` (counted and logged
+    /// when the session is dropped).
+    pub(crate) fn ended(&mut self, why: Disconnect) {
+        if self.ended.is_none() {
+            self.ended = herald_core::disconnect::ALL
+                .iter()
+                .find(|d| d.code == why.code);
+        }
     }
 
     /// The public client id.
@@ -444,15 +458,23 @@ impl Session {
         let place =
             access::may_subscribe(&self.state.rules, self.identity(), self.client(), &channel)
                 .await?;
-        self.sub
-            .subscribe_holding(channel, since, place)
+        let done = self
+            .sub
+            .subscribe_holding(channel.clone(), since, place)
             .await
             .map_err(|e| match e {
                 SubscribeError::AlreadySubscribed(_) => {
                     Refused::new(Refusal::AlreadySubscribed, e.to_string())
                 }
                 SubscribeError::Engine(e) => Refused::from(e),
-            })
+            })?;
+        tracing::debug!(
+            client = &**self.client(),
+            channel = channel.as_str(),
+            replayed = done.replayed,
+            "subscribed"
+        );
+        Ok(done)
     }
 
     /// A new identity (a `connect` token, or a `refresh` for the same
@@ -484,7 +506,21 @@ impl Drop for Session {
     /// Tells the backend the connection ended (unless its connect step
     /// refused it).
     fn drop(&mut self) {
-        self.state.counters.session(self.transport as usize, false);
+        if self.ended.is_none() && self.sub.overflowed() {
+            // Cut as a slow consumer, though its transport could not say so
+            // (the socket stayed full until the write timeout).
+            self.ended = Some(&herald_core::disconnect::SLOW_CONSUMER);
+        }
+        self.state
+            .counters
+            .closed(self.transport as usize, self.ended.map(|d| d.code));
+        tracing::debug!(
+            client = &**self.client(),
+            transport = self.transport.as_str(),
+            code = self.ended.map(|d| d.code),
+            reason = self.ended.map(|d| d.reason),
+            "connection closed"
+        );
         if !self.refused {
             access::disconnected(
                 &self.state.rules,

@@ -69,6 +69,20 @@ impl Downstream {
             let Some(item) = sub.try_next() else { break };
             out.push(dialect.push(item));
         }
+        self.note_end(out);
+    }
+
+    /// The connection ends with `why` (counted and logged with the session).
+    pub(crate) fn ended(&mut self, why: herald_core::disconnect::Disconnect) {
+        self.session.ended(why);
+    }
+
+    fn note_end(&mut self, out: &[Push]) {
+        match out.last() {
+            Some(Push::End(why)) => self.session.ended(*why),
+            Some(Push::Leave(_)) => self.session.ended(herald_core::disconnect::SHUTDOWN),
+            _ => {}
+        }
     }
 
     /// Waits for the next thing to send. Cancel-safe while it waits; a
@@ -96,7 +110,7 @@ impl Downstream {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
+        let step = tokio::select! {
             biased;
             () = shutdown.as_mut() => {
                 out.push(super::farewell(session.state()));
@@ -126,6 +140,8 @@ impl Downstream {
                 Step::Pushed
             }
             _ = heartbeat.tick() => Step::Heartbeat,
-        }
+        };
+        self.note_end(out);
+        step
     }
 }

@@ -307,6 +307,7 @@ pub(crate) async fn drive(mut down: Downstream, mailbox: Arc<Mailbox>) {
                         break None;
                     }
                     if let Err(why) = mailbox.put(PING) {
+                        down.ended(why);
                         break Some(disconnect_frame(why));
                     }
                 }
@@ -318,6 +319,7 @@ pub(crate) async fn drive(mut down: Downstream, mailbox: Arc<Mailbox>) {
                             break;
                         }
                         if let Err(why) = mailbox.put(session_frame(&push).0) {
+                            down.ended(why);
                             end = Some(disconnect_frame(why));
                             break;
                         }

@@ -59,6 +59,7 @@ fn task(
             let mut socket = WsSocket::new(tcp, early, limit);
             session.subscriber().set_writer(socket.writer());
             if let Some(end) = run(&mut socket, &mut session).await {
+                session.ended(end.why);
                 let timeout = session.state().config.write_timeout;
                 // One close path (two would both be room in this future).
                 let reason: std::borrow::Cow<'static, str> = match end.delay_ms {
@@ -192,6 +193,11 @@ async fn run(socket: &mut WsSocket, session: &mut Session) -> Option<Ending> {
                         return None;
                     }
                 };
+                if let Some((why, _)) = &end {
+                    // Said before the flush, which a client that stopped
+                    // reading (a slow consumer) may never let finish.
+                    session.ended(*why);
+                }
                 socket.flush(timeout).await.ok()?;
                 if let Some(end) = end {
                     return Some(end.into());

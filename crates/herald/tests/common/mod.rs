@@ -1038,6 +1038,10 @@ impl Ws {
         let _ = self.stream.close(None).await;
     }
 
+    pub async fn send_binary(&mut self, bytes: &[u8]) {
+        let _ = self.stream.send(Message::binary(bytes.to_vec())).await;
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         let _ = self.stream.send(Message::text(text)).await;
     }
