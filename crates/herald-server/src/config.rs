@@ -272,6 +272,7 @@ pub(crate) const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("shutdown_grace", EnvKind::Duration),
     ("drain_delay", EnvKind::Duration),
     ("drain_window", EnvKind::Duration),
+    ("log_summary_interval", EnvKind::Duration),
     ("poll_timeout_max", EnvKind::Duration),
     ("idempotency_window", EnvKind::Duration),
     ("api_keys.*", EnvKind::Text),

@@ -38,7 +38,9 @@ impl Counters {
 
     /// Open connections of the transport at `index` now.
     pub(crate) fn open_now(&self, index: usize) -> usize {
-        self.open.get(index).map_or(0, |n| n.load(Ordering::Relaxed))
+        self.open
+            .get(index)
+            .map_or(0, |n| n.load(Ordering::Relaxed))
     }
 
     pub(crate) fn opened(&self, transport: usize) {
