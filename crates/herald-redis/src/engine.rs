@@ -391,6 +391,33 @@ impl Broker for RedisEngine {
         Some(&self.latency)
     }
 
+    /// The registry `nodes` (identity → expiry), the live entries only:
+    /// every node rewrites its own at each sweep, so a node that stopped
+    /// drops out within `node_ttl`.
+    async fn nodes(&self) -> Result<Vec<herald_core::engine::NodeInfo>, EngineError> {
+        let mut conn = self.conn.clone();
+        let entries: Vec<(String, u64)> = self
+            .call(
+                redis::cmd("HGETALL")
+                    .arg(self.keys.nodes())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let (own, _) = self.counts.identity();
+        let now = herald_core::engine::now_ms();
+        let mut nodes: Vec<_> = entries
+            .into_iter()
+            .filter(|(_, expires)| *expires > now)
+            .map(|(id, expires_at_ms)| herald_core::engine::NodeInfo {
+                this: id == *own,
+                id,
+                expires_at_ms,
+            })
+            .collect();
+        nodes.sort_by(|a, b| b.this.cmp(&a.this).then_with(|| a.id.cmp(&b.id)));
+        Ok(nodes)
+    }
+
     fn name(&self) -> &'static str {
         "redis"
     }

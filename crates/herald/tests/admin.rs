@@ -127,3 +127,38 @@ async fn history_answers_the_retained_messages_after_a_point() {
         .await
         .assert_error(400, "invalid_channel");
 }
+
+#[tokio::test]
+async fn stats_list_the_nodes_sharing_the_engine() {
+    let a = Server::builder().api_key(KEY).start().await;
+    if test_engine().is_none() {
+        // The memory engine serves one node: it names itself.
+        let s = stats(&a).await;
+        let nodes = s["nodes"].as_array().expect("a list");
+        assert_eq!(nodes.len(), 1, "{s}");
+        assert_eq!(nodes[0]["this"], true, "{s}");
+        return;
+    }
+    // On Redis every live node of the registry, this one first and marked:
+    // a second node shows up within a sweep.
+    let b = Server::builder().api_key(KEY).start().await;
+    eventually(Duration::from_secs(10), "both nodes listed", || async {
+        let s = stats(&a).await;
+        let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
+        let mine = nodes.iter().filter(|n| n["this"] == true).count();
+        if nodes.len() >= 2 && mine == 1 && nodes[0]["this"] == true {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    })
+    .await;
+    let seen_by_b = stats(&b).await;
+    let mine = seen_by_b["nodes"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|n| n["this"] == true)
+        .count();
+    assert_eq!(mine, 1, "{seen_by_b}");
+}

@@ -122,6 +122,18 @@ pub struct ChannelStats {
     pub last_id: Option<MessageId>,
 }
 
+/// A node sharing an engine, as the engine's registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node's identity in the registry.
+    pub id: String,
+    /// Whether it is the node asking.
+    pub this: bool,
+    /// When its registration expires unless it beats again (ms since the
+    /// Unix epoch).
+    pub expires_at_ms: u64,
+}
+
 /// Messages: ids, history, live fan-out to every node's hub, subscriber
 /// counts and `max_subscribers` places.
 #[async_trait]
@@ -133,6 +145,13 @@ pub trait Broker: Send + Sync + 'static {
     /// engine always can; a networked engine checks its store is reachable.
     async fn ready(&self) -> Result<(), EngineError> {
         Ok(())
+    }
+
+    /// The nodes sharing this engine that are alive now, for the admin
+    /// page: an engine shared by many nodes lists them (this one marked);
+    /// an engine of one node (memory) answers an empty list.
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
+        Ok(Vec::new())
     }
 
     /// How long the engine's commands to its store take, for metrics; an

@@ -81,6 +81,22 @@ pub(crate) async fn stats(
         .map(|t| (t.as_str().to_string(), json!(c.open_now(*t as usize))))
         .collect();
     let engine = state.node.engine.name();
+    // The engine's registry of the nodes sharing it (Redis), or this node
+    // alone (memory, or a registry that cannot be read now).
+    let nodes: Vec<serde_json::Value> = match state.node.engine.nodes().await {
+        Ok(list) if !list.is_empty() => list
+            .iter()
+            .map(|n| {
+                json!({
+                    "name": if n.this { format!("{} (this node)", n.id) } else { n.id.clone() },
+                    "engine": engine,
+                    "this": n.this,
+                    "expires_at_ms": n.expires_at_ms,
+                })
+            })
+            .collect(),
+        _ => vec![json!({"name": "this node", "engine": engine, "this": true})],
+    };
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "engine": engine,
@@ -96,10 +112,7 @@ pub(crate) async fn stats(
         "published": c.published.load(Ordering::Relaxed),
         "client_published": c.client_published.load(Ordering::Relaxed),
         "deliveries": hub.delivered(),
-        // The engines keep no list of the nodes sharing them (on Redis each
-        // node writes its counts under its own id, with no registry to
-        // read): this node is the one that can be named.
-        "nodes": [{"name": "this node", "engine": engine, "this": true}],
+        "nodes": nodes,
     }))
     .into_response())
 }
