@@ -414,6 +414,14 @@ impl Broker for RedisEngine {
                 expires_at_ms,
             })
             .collect();
+        if !nodes.iter().any(|n| n.this) {
+            // This node serves, though its first beat is not in yet.
+            nodes.push(herald_core::engine::NodeInfo {
+                id: own.to_string(),
+                this: true,
+                expires_at_ms: now,
+            });
+        }
         nodes.sort_by(|a, b| b.this.cmp(&a.this).then_with(|| a.id.cmp(&b.id)));
         Ok(nodes)
     }

@@ -153,6 +153,7 @@ async fn stats_list_the_nodes_sharing_the_engine() {
         }
     })
     .await;
+    // b names itself at once, even before its first beat is in.
     let seen_by_b = stats(&b).await;
     let mine = seen_by_b["nodes"]
         .as_array()
@@ -161,4 +162,5 @@ async fn stats_list_the_nodes_sharing_the_engine() {
         .filter(|n| n["this"] == true)
         .count();
     assert_eq!(mine, 1, "{seen_by_b}");
+    assert_eq!(seen_by_b["nodes"][0]["this"], true, "{seen_by_b}");
 }
