@@ -21,6 +21,14 @@ export interface Message<T = unknown> {
   data: T;
   /** "base64" when `data` is a base64 string of binary bytes. */
   encoding?: "base64";
+  /**
+   * Present on a message from the user's mailbox, which waits until a
+   * client of the user acknowledges it: the client calls it when the
+   * subscription's callback returns (or its promise resolves), or the
+   * application does with `manualAck`. Idempotent; resolves once the
+   * server removed it.
+   */
+  ack?: () => Promise<{ acknowledged: number }>;
 }
 
 export interface HeraldOptions {
@@ -52,6 +60,8 @@ export interface HeraldOptions {
   withCredentials?: boolean;
   /** Start connecting at construction. Default true; otherwise call `connect()`. */
   autoConnect?: boolean;
+  /** Mailbox messages are acknowledged only by `message.ack()`, not when the callback returns. Default false. */
+  manualAck?: boolean;
   /** Log to console.debug. Default false. */
   debug?: boolean;
   /** A WebSocket constructor, e.g. `(await import("ws")).WebSocket` in Node 20. Default: globalThis.WebSocket. */
@@ -169,6 +179,8 @@ export class Herald extends Emitter<HeraldEvents> {
   subscribe<T = unknown>(channel: string, callback?: (message: Message<T>) => void, options?: { since?: Since }): Subscription<T>;
   publish(channel: string, data: unknown, options?: { timeout?: number }): Promise<PublishReply>;
   history<T = unknown>(channel: string, options?: { since?: Since; timeout?: number }): Promise<HistoryReply<T>>;
+  /** Acknowledges mailbox messages by id, for every connection of this user. */
+  ack(ids: MessageId | MessageId[]): Promise<{ removed: number; pending: number }>;
   /** Starts connecting again after close() or a final disconnect. */
   connect(): void;
   /** Closes and stops reconnecting; subscriptions are kept for a later connect(). */

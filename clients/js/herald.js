@@ -40,6 +40,7 @@ export const DEFAULT_OPTIONS = Object.freeze({
   maxBatch: 64,
   withCredentials: false,
   autoConnect: true,
+  manualAck: false,
   debug: false,
 });
 
@@ -298,12 +299,25 @@ export class Subscription extends Emitter {
       this._cursor = message.id;
     }
     this._gapOpen = false;
+    // A message to acknowledge (`"ack": true`, from the user's mailbox)
+    // gets `ack()`: acknowledged once the callback returned (or its
+    // promise resolved), or by the application with `manualAck`.
+    const acked = message.ack === true ? this._client._acker(message) : null;
+    let result;
+    let failed = false;
     try {
-      this._callback?.(message);
+      result = this._callback?.(message);
     } catch (error) {
+      failed = true;
       report(error);
     }
     this._emit("message", message);
+    if (!acked || failed || this._client.options.manualAck) return;
+    if (result && typeof result.then === "function") {
+      result.then(() => message.ack(), report);
+    } else {
+      message.ack();
+    }
   }
 
   _gap(source) {
@@ -428,6 +442,9 @@ export class Herald extends Emitter {
     this._pending = new Map(); // command id -> command awaiting its reply
     this._queue = []; // commands waiting for a connection (bounded: maxQueue)
     this._nextId = 1;
+    // Mailbox acknowledgements waiting to go out together (one `ack`
+    // command per turn of the event loop).
+    this._acks = null;
     this._conn = null; // the current connection attempt
     this._running = false; // between connect() and close() / a final disconnect
     this._preferred = 0; // index of the transport that last worked
@@ -490,6 +507,55 @@ export class Herald extends Emitter {
   /** Publishes on a channel whose namespace allows client publishing. Resolves `{channel, id}`. */
   publish(channel, data, options = {}) {
     return this._call("publish", { channel, data }, options);
+  }
+
+  /**
+   * Acknowledges mailbox messages by id (what `message.ack()` does), for
+   * every connection of this user. Resolves `{removed, pending}`.
+   */
+  ack(ids) {
+    const list = (Array.isArray(ids) ? ids : [ids]).filter(isMessageId);
+    if (list.length === 0) return Promise.reject(new TypeError("ack needs message ids"));
+    return this._call("ack", { ids: list });
+  }
+
+  // Gives a mailbox message its `ack()`: idempotent, batched with the
+  // others of the same turn, retried after a lost connection (an ack is
+  // safe to repeat) and, when it fails otherwise, a few times more.
+  _acker(message) {
+    let done = null;
+    message.ack = () => {
+      done ??= this._queueAck(message.id);
+      return done;
+    };
+    return message.ack;
+  }
+
+  _queueAck(id) {
+    if (!this._acks) {
+      const batch = { ids: [], promise: null };
+      batch.promise = new Promise((resolve) => setTimeout(resolve, 0)).then(() => {
+        if (this._acks === batch) this._acks = null;
+        return this._sendAck(batch.ids, 0);
+      });
+      this._acks = batch;
+    }
+    this._acks.ids.push(id);
+    return this._acks.promise;
+  }
+
+  async _sendAck(ids, attempt) {
+    for (let i = 0; i < ids.length; i += 1000) {
+      const part = ids.slice(i, i + 1000);
+      try {
+        await this.ack(part);
+      } catch (error) {
+        if (error.code === "closed" || attempt >= 4) throw error;
+        await new Promise((resolve) => setTimeout(resolve, backoffDelay(attempt + 1, this.options.minReconnectDelay, this.options.maxReconnectDelay)));
+        return this._sendAck(ids.slice(i), attempt + 1);
+      }
+    }
+    return { acknowledged: ids.length };
   }
 
   /** Reads a channel's retained history. Resolves `{channel, messages, gap, last_id}`. */
@@ -781,7 +847,7 @@ export class Herald extends Emitter {
     // publish may or may not have happened, so its caller decides.
     const requeue = [];
     for (const cmd of this._pending.values()) {
-      if (cmd.name === "history") requeue.push(cmd);
+      if (cmd.name === "history" || cmd.name === "ack") requeue.push(cmd);
       else if (cmd.name === "unsubscribe") this._settle(cmd, null, {});
       else this._settle(cmd, new HeraldError("connection_lost", "connection lost before the reply; the command may or may not have been applied"));
     }

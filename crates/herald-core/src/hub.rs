@@ -100,6 +100,9 @@ pub enum Event {
     Disconnect(Box<Disconnect>),
     /// A join or leave on a channel the connection follows.
     Notice(Arc<Notice>),
+    /// Messages of the channel were lost (a user's mailbox dropped pending
+    /// ones, see [`crate::mailbox`]): the connection must hear of the gap.
+    Gap(Box<ChannelName>),
 }
 
 /// What a [`DirectWriter`] did with a message.
@@ -569,6 +572,20 @@ impl Hub {
             .by_conn
             .values()
             .filter(|o| o.push(Event::Notice(Arc::clone(notice))))
+            .count()
+    }
+
+    /// Tells every local subscriber of `channel` that messages of it were
+    /// lost. Returns how many took it.
+    pub fn deliver_gap(&self, channel: &ChannelName) -> usize {
+        let Some(subs) = self.shard(channel).lock().get(channel).cloned() else {
+            return 0;
+        };
+        let guard = subs.read();
+        guard
+            .by_conn
+            .values()
+            .filter(|o| o.push(Event::Gap(Box::new(channel.clone()))))
             .count()
     }
 

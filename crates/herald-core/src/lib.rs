@@ -15,6 +15,7 @@
 //! - [`refusal`]: the table of refusal (error) codes, beside it.
 //! - [`presence`]: who follows a channel; join/leave notices.
 //! - [`user`]: personal channels and offline queues.
+//! - [`mailbox`]: acknowledged user mailboxes (at-least-once to a person).
 //! - `testing` (cargo feature `testing`): the engine contract suite every
 //!   engine runs, and the bounded `eventually` wait.
 
@@ -25,6 +26,7 @@ pub mod histogram;
 pub mod history;
 pub mod hub;
 pub mod id;
+pub mod mailbox;
 pub mod message;
 pub mod namespace;
 pub mod node;

@@ -219,6 +219,9 @@ pub struct Message {
     pub payload: Payload,
     /// When the engine stored it, in milliseconds since the Unix epoch.
     pub time_ms: u64,
+    /// It waits in its user's mailbox until a client acknowledges it (see
+    /// [`crate::mailbox`]); its envelope says `"ack":true`.
+    pub ack: bool,
     envelope: OnceLock<Bytes>,
     sse: OnceLock<Bytes>,
     script: OnceLock<Bytes>,
@@ -232,6 +235,7 @@ impl Message {
             id,
             payload,
             time_ms,
+            ack: false,
             envelope: OnceLock::new(),
             sse: OnceLock::new(),
             script: OnceLock::new(),
@@ -239,7 +243,14 @@ impl Message {
         }
     }
 
-    /// `{"channel":…,"id":…,"data":…}` on one line, built once.
+    /// The message marked as one to acknowledge (before it is shared).
+    pub fn acknowledged(mut self, ack: bool) -> Self {
+        self.ack = ack;
+        self
+    }
+
+    /// `{"channel":…,"id":…,"data":…}` on one line, built once; a message
+    /// to acknowledge adds `"ack":true`.
     pub fn envelope(&self) -> &Bytes {
         self.envelope.get_or_init(|| {
             let mut out = Vec::with_capacity(self.payload.len() + self.channel.as_str().len() + 48);
@@ -251,6 +262,9 @@ impl Message {
             self.payload.write_json_value(&mut out);
             if self.payload.kind() == PayloadKind::Binary {
                 out.extend_from_slice(b",\"encoding\":\"base64\"");
+            }
+            if self.ack {
+                out.extend_from_slice(b",\"ack\":true");
             }
             out.push(b'}');
             Bytes::from(out)

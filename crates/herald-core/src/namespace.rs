@@ -22,7 +22,20 @@ pub struct ChannelOptions {
     pub join_leave: bool,
     /// Most subscribers at once (0: no limit).
     pub max_subscribers: usize,
+    /// Messages to a user of this namespace wait in the user's mailbox
+    /// until acknowledged, unless the publish says otherwise (see
+    /// [`crate::mailbox`]).
+    pub ack: bool,
+    /// Pending messages one user's mailbox keeps at most.
+    pub mailbox_size: usize,
+    /// How long a message may stay pending in a mailbox.
+    pub mailbox_ttl: Duration,
 }
+
+/// Pending messages per mailbox unless configured otherwise.
+pub const DEFAULT_MAILBOX_SIZE: usize = 100;
+/// How long a message may stay pending unless configured otherwise.
+pub const DEFAULT_MAILBOX_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Retained messages per channel unless configured otherwise.
 pub const DEFAULT_HISTORY_SIZE: usize = 100;
@@ -39,6 +52,9 @@ impl Default for ChannelOptions {
             presence: false,
             join_leave: false,
             max_subscribers: 0,
+            ack: false,
+            mailbox_size: DEFAULT_MAILBOX_SIZE,
+            mailbox_ttl: DEFAULT_MAILBOX_TTL,
         }
     }
 }
@@ -46,6 +62,14 @@ impl Default for ChannelOptions {
 impl ChannelOptions {
     pub fn history_ttl_ms(&self) -> u64 {
         u64::try_from(self.history_ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The bounds of a mailbox under these options.
+    pub fn mailbox_limits(&self) -> crate::mailbox::MailboxLimits {
+        crate::mailbox::MailboxLimits {
+            size: self.mailbox_size,
+            ttl_ms: u64::try_from(self.mailbox_ttl.as_millis()).unwrap_or(u64::MAX),
+        }
     }
 }
 

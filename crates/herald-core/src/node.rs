@@ -263,10 +263,19 @@ impl Subscriber {
         // A personal channel hands over what was queued while the user was
         // away. Those messages are in history too, so a resume from an id
         // covers them; the queue is emptied either way.
-        let queued = if channel_user(channel).is_some() {
+        let personal = channel_user(channel).is_some();
+        let queued = if personal {
             self.node.engine.take_user_queue(channel).await?
         } else {
             crate::engine::UserQueue::default()
+        };
+        // Its mailbox too: every message still waiting for an
+        // acknowledgement comes again, whatever the resume point (a client
+        // that got one but crashed before acknowledging resumes after it).
+        let mailbox = if personal {
+            self.node.engine.read_mailbox(channel).await?
+        } else {
+            crate::mailbox::MailboxRead::default()
         };
         // A queue that dropped messages is a gap, said as a channel resume
         // says it: only where the queue is what the client gets (a resume
@@ -288,18 +297,27 @@ impl Subscriber {
             (Since::After(id), None) => Some(id),
             (_, None) => None,
         };
-        if page.gap || queue_gap {
+        let gap = page.gap || queue_gap || mailbox.gap;
+        if gap {
             self.pending.push_back(Item::Gap(channel.clone()));
         }
         let mut replay = page.messages;
-        if since == Since::Live && !queued.messages.is_empty() {
-            replay.extend(queued.messages);
-            replay.sort_by_key(|m| m.id);
+        let queued = if since == Since::Live {
+            queued.messages
+        } else {
+            Vec::new()
+        };
+        if !queued.is_empty() || !mailbox.messages.is_empty() {
+            // A pending message may also be in history: once, marked as
+            // one to acknowledge.
+            replay.extend(mailbox.messages);
+            replay.extend(queued);
+            replay.sort_by_key(|m| (m.id, !m.ack));
             replay.dedup_by_key(|m| m.id);
         }
         let replayed = replay.len();
         for message in replay {
-            position = Some(message.id);
+            position = position.max(Some(message.id));
             self.pending.push_back(Item::Message(message));
         }
         // Messages queued meanwhile at or before `position` are skipped.
@@ -308,7 +326,7 @@ impl Subscriber {
         }
         self.channels.insert(channel.clone(), position);
         Ok(Subscribed {
-            gap: page.gap || queue_gap,
+            gap,
             replayed,
             position,
         })
@@ -426,6 +444,10 @@ impl Subscriber {
                 .channels
                 .contains_key(&notice.channel)
                 .then_some(Item::Notice(notice)),
+            Event::Gap(channel) => self
+                .channels
+                .contains_key(&*channel)
+                .then(|| Item::Gap(*channel)),
         }
     }
 }

@@ -21,12 +21,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald_core::disconnect::Disconnect;
 use herald_core::engine::{
-    Broker, ChannelStats, Claims, EngineError, PresenceStore, Published, SubscriberSlot,
+    Broker, ChannelStats, Claims, EngineError, Mailboxes, PresenceStore, Published, SubscriberSlot,
     UserPublished, UserQueue, UserQueues,
 };
 use herald_core::histogram::Histogram;
 use herald_core::history::{unknown_channel_page, HistoryPage};
 use herald_core::hub::Hub;
+use herald_core::mailbox::{Ack, Acked, MailboxRead, MailboxState};
 use herald_core::namespace::{ChannelOptions, Namespaces};
 use herald_core::presence::{Notice, NoticeKind, PresenceEntry};
 use herald_core::user::GAP_MEMORY_MS;
@@ -40,6 +41,7 @@ use crate::call::{bounded, millis, UNLIMITED};
 use crate::counts::Counts;
 use crate::frame;
 use crate::keys::Keys;
+use crate::mailbox::{self as mbox, MailboxScripts};
 use crate::options::RedisOptions;
 use crate::presence::{self, LocalPresence};
 use crate::pubsub::{Command, State, Task};
@@ -87,6 +89,9 @@ pub struct RedisEngine {
     sweep_queued: Arc<AtomicBool>,
     /// How long each command of `call` took, answered or not.
     latency: Histogram,
+    mailbox_scripts: Arc<MailboxScripts>,
+    /// Set while a mailbox sweep runs (one at a time per node).
+    mailbox_sweeping: Arc<AtomicBool>,
 }
 
 impl Drop for RedisEngine {
@@ -203,6 +208,8 @@ impl RedisEngine {
             upkeep,
             sweep_queued,
             latency: Histogram::default(),
+            mailbox_scripts: Arc::new(MailboxScripts::default()),
+            mailbox_sweeping: Arc::new(AtomicBool::new(false)),
         }))
     }
 
@@ -333,6 +340,67 @@ impl RedisEngine {
             .arg(limits.ttl_ms);
         let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
         parse_read(reply, channel)
+    }
+}
+
+impl RedisEngine {
+    /// Whether `user.mailbox_dropped` events go into the webhook outbox.
+    fn records_mailbox_events(&self) -> bool {
+        false
+    }
+
+    /// The webhook outbox stream and its bound.
+    fn outbox(&self) -> (String, u64) {
+        (format!("{}:webhooks", self.keys.prefix()), 100_000)
+    }
+
+    /// Runs the mailbox sweep script in the background until it finds
+    /// fewer due mailboxes than a batch; one at a time per node (every node
+    /// sweeps, and the script makes each expiry happen once).
+    fn sweep_mailboxes(&self) {
+        if self.mailbox_sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.mailbox_sweeping.store(false, Ordering::Release);
+            return;
+        };
+        let mut conn = self.conn.clone();
+        let scripts = Arc::clone(&self.mailbox_scripts);
+        let sweeping = Arc::clone(&self.mailbox_sweeping);
+        let index = self.keys.mailboxes();
+        let prefix = self.keys.prefix().to_owned();
+        let (outbox, outbox_max) = self.outbox();
+        let record = if self.records_mailbox_events() {
+            "1"
+        } else {
+            "0"
+        };
+        let t = self.options.timeout;
+        runtime.spawn(async move {
+            // Bounded: a backlog is worked off over later sweeps.
+            for _ in 0..50 {
+                let mut invocation = scripts.sweep.prepare_invoke();
+                invocation
+                    .key(&index)
+                    .key(&outbox)
+                    .arg(&prefix)
+                    .arg(mbox::SWEEP_BATCH)
+                    .arg(record)
+                    .arg(outbox_max)
+                    .arg(GAP_MEMORY_MS);
+                match bounded(t, invocation.invoke_async::<Value>(&mut conn)).await {
+                    Ok(Value::Int(n))
+                        if usize::try_from(n).is_ok_and(|n| n >= mbox::SWEEP_BATCH) => {}
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "mailbox sweep failed; the next one retries");
+                        break;
+                    }
+                }
+            }
+            sweeping.store(false, Ordering::Release);
+        });
     }
 }
 
@@ -533,7 +601,7 @@ impl Broker for RedisEngine {
         })
     }
 
-    /// Deletes the stream, queue and presence and tells every node
+    /// Deletes the stream, queue, mailbox and presence and tells every node
     /// following the channel (this one included) to close its subscribers
     /// with `CHANNEL_DELETED` and forget their presence there.
     async fn remove(&self, channel: &ChannelName) -> Result<(), EngineError> {
@@ -544,8 +612,12 @@ impl Broker for RedisEngine {
             .key(self.keys.queue(channel))
             .key(self.keys.presence(channel))
             .key(self.keys.queue_gap(channel))
+            .key(self.keys.mailbox(channel))
+            .key(self.keys.mailbox_gap(channel))
+            .key(self.keys.mailboxes())
             .arg(self.keys.live(channel))
-            .arg(frame::removed(channel));
+            .arg(frame::removed(channel))
+            .arg(channel.as_str());
         let _: Value = self.call(invocation.invoke_async(&mut conn)).await?;
         Ok(())
     }
@@ -593,6 +665,7 @@ impl Broker for RedisEngine {
     /// has the upkeep task rewrite this node's changed subscriber counts and,
     /// every `refresh_interval`, its presence entries.
     fn sweep(&self, now_ms: u64) {
+        self.sweep_mailboxes();
         if self.sweeps.fetch_add(1, Ordering::Relaxed) % RECONCILE_EVERY == RECONCILE_EVERY - 1 {
             let _ = self.commands.try_send(Command::Reconcile);
         }
@@ -735,6 +808,96 @@ impl PresenceStore for RedisEngine {
                 }
             })
             .collect())
+    }
+}
+
+#[async_trait]
+impl Mailboxes for RedisEngine {
+    /// One script: history, mailbox (and overflow), index, then the frame
+    /// (see the `mailbox` module).
+    async fn publish_to_mailbox(
+        &self,
+        channel: &ChannelName,
+        payload: Payload,
+    ) -> Result<UserPublished, EngineError> {
+        let options = self.namespaces.options(channel.as_str());
+        let limits = Limits::of(options);
+        let mailbox = options.mailbox_limits();
+        let expiry_ms = limits.ttl_ms.max(MIN_KEY_EXPIRY_MS);
+        let (outbox, outbox_max) = self.outbox();
+        let mut conn = self.conn.clone();
+        let mut invocation = self.mailbox_scripts.publish.prepare_invoke();
+        invocation
+            .key(self.keys.stream(channel))
+            .key(self.keys.subs(channel))
+            .key(self.keys.mailbox(channel))
+            .key(self.keys.mailbox_gap(channel))
+            .key(self.keys.mailboxes())
+            .key(outbox)
+            .arg(self.keys.live(channel))
+            .arg(channel.as_str())
+            .arg(payload.kind().as_str())
+            .arg(&payload.raw()[..])
+            .arg(limits.max_len)
+            .arg(limits.ttl_ms)
+            .arg(expiry_ms);
+        let (me, dead) = self.counts.view();
+        invocation
+            .arg(&*me)
+            .arg(&*dead)
+            .arg(mailbox.size.max(1))
+            .arg(mailbox.ttl_ms.min(UNLIMITED))
+            .arg(if self.records_mailbox_events() {
+                "1"
+            } else {
+                "0"
+            })
+            .arg(outbox_max)
+            .arg(GAP_MEMORY_MS);
+        let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
+        let reply = parse_publish(reply)?;
+        let mut published = self.published(channel, payload, &reply);
+        if let Some(message) = Arc::get_mut(&mut published.message) {
+            message.ack = true;
+        }
+        let queued = published.subscribers == 0;
+        Ok(UserPublished { published, queued })
+    }
+
+    async fn read_mailbox(&self, channel: &ChannelName) -> Result<MailboxRead, EngineError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.mailbox_scripts.read.prepare_invoke();
+        invocation
+            .key(self.keys.mailbox(channel))
+            .key(self.keys.mailbox_gap(channel));
+        let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
+        mbox::parse_read(reply, channel)
+    }
+
+    async fn ack(&self, channel: &ChannelName, ack: &Ack) -> Result<Acked, EngineError> {
+        let (mode, ids) = mbox::ack_args(ack);
+        let mut conn = self.conn.clone();
+        let mut invocation = self.mailbox_scripts.ack.prepare_invoke();
+        invocation
+            .key(self.keys.mailbox(channel))
+            .key(self.keys.mailboxes())
+            .arg(channel.as_str())
+            .arg(mode);
+        for id in &ids {
+            invocation.arg(id);
+        }
+        let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
+        mbox::parse_ack(reply)
+    }
+
+    async fn mailbox_state(&self, channel: &ChannelName) -> Result<MailboxState, EngineError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.mailbox_scripts.state.prepare_invoke();
+        invocation
+            .key(self.keys.mailbox(channel))
+            .key(self.keys.mailbox_gap(channel));
+        let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
+        mbox::parse_state(reply, channel)
     }
 }
 

@@ -5,13 +5,18 @@
 //!
 //! ```text
 //! h1 m <channel> <id> <kind> <time_ms>\n<payload bytes>
+//! h1 a <channel> <id> <kind> <time_ms>\n<payload bytes>
+//! h1 g <channel>\n
 //! h1 x <channel>\n
 //! h1 j <channel>\n<notice JSON>
 //! h1 l <channel>\n<notice JSON>
 //! h1 d <personal channel> <code>\n
 //! ```
 //!
-//! `m` is a published message, `x` says the channel was removed, `j` and `l`
+//! `m` is a published message, `a` one to acknowledge (it waits in its
+//! user's mailbox, see [`herald_core::mailbox`]), `g` says messages of the
+//! channel were lost (a mailbox dropped pending ones), `x` says the channel
+//! was removed, `j` and `l`
 //! carry a presence join or leave notice exactly as subscribers receive it
 //! ([`Notice::json`], encoded once by the node where it happened). These go
 //! out on the channel's `live` pub/sub channel, so they reach the nodes that
@@ -44,6 +49,8 @@ pub enum Frame {
     Message(Arc<Message>),
     /// The channel was removed: close its local subscribers.
     Removed(ChannelName),
+    /// Messages of the channel were lost: tell its local subscribers.
+    Gap(ChannelName),
     /// A join or leave, for the channel's local subscribers.
     Notice(Arc<Notice>),
     /// Close every local connection of the user whose personal channel this is.
@@ -111,7 +118,7 @@ pub fn decode(frame: &[u8]) -> Result<Frame, FrameError> {
         .and_then(|c| ChannelName::new(c).ok())
         .ok_or(FrameError::Field("channel"))?;
     match kind {
-        "m" => {
+        "m" | "a" => {
             let id: MessageId = fields
                 .next()
                 .and_then(|s| s.parse().ok())
@@ -129,9 +136,15 @@ pub fn decode(frame: &[u8]) -> Result<Frame, FrameError> {
             }
             let payload = Payload::from_stored(payload_kind, Bytes::copy_from_slice(body))
                 .map_err(|_| FrameError::Payload)?;
-            Ok(Frame::Message(Arc::new(Message::new(
-                channel, id, payload, time_ms,
-            ))))
+            Ok(Frame::Message(Arc::new(
+                Message::new(channel, id, payload, time_ms).acknowledged(kind == "a"),
+            )))
+        }
+        "g" => {
+            if fields.next().is_some() || !body.is_empty() {
+                return Err(FrameError::Fields);
+            }
+            Ok(Frame::Gap(channel))
         }
         "x" => {
             if fields.next().is_some() || !body.is_empty() {

@@ -12,6 +12,8 @@
 //! | `herald:{C}:queue_gap` | string       | `1` if the queue dropped messages since it was last taken, `0` if it holds (or held) messages |
 //! | `herald:{C}:slots`  | hash            | field `<node>/<seq>` per `max_subscribers` place held, value its expiry (ms) |
 //! | `herald:{C}:idem:<key>` | string      | `<id> <time_ms>` of the publish that used idempotency key `<key>`, until the window ends |
+//! | `herald:{C}:mbox`   | stream          | a personal channel's acknowledged mailbox: entry id = message id, fields `k`, `t`, `d`, `x` (expiry ms) ([`crate::mailbox`]) |
+//! | `herald:{C}:mbox_gap` | string        | set while the mailbox dropped messages no client heard of |
 //!
 //! and once per deployment:
 //!
@@ -19,6 +21,7 @@
 //! |---------------------|-----------------|-----------------------------------------|
 //! | `herald:control`    | pub/sub channel | node-wide commands (`h1 d` disconnect a user), every node subscribes |
 //! | `herald:claim:<key>` | string         | a used single-use key, until its expiry  |
+//! | `herald:mailboxes`  | sorted set      | personal channel → expiry (ms) of its mailbox's oldest entry |
 //! | `herald:nodes`      | hash            | node count identity `<node>.<epoch>` → expiry ms (the registry of live nodes) |
 //! | `herald:nodecounts:<identity>` | set  | the `subs` keys where that identity wrote a count (for cleanup when it dies) |
 //!
@@ -85,6 +88,26 @@ impl Keys {
         format!("{}:{{{channel}}}:idem:{key}", self.prefix)
     }
 
+    /// A personal channel's acknowledged mailbox.
+    pub fn mailbox(&self, channel: &ChannelName) -> String {
+        format!("{}:{{{channel}}}:mbox", self.prefix)
+    }
+
+    /// The mark of a mailbox that dropped messages no client heard of.
+    pub fn mailbox_gap(&self, channel: &ChannelName) -> String {
+        format!("{}:{{{channel}}}:mbox_gap", self.prefix)
+    }
+
+    /// Every mailbox holding messages, by the expiry of its oldest.
+    pub fn mailboxes(&self) -> String {
+        format!("{}:mailboxes", self.prefix)
+    }
+
+    /// The key prefix (the mailbox sweep builds names from it).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The pub/sub channel every node subscribes to for node-wide commands.
     pub fn control(&self) -> String {
         format!("{}:control", self.prefix)
@@ -119,6 +142,9 @@ mod tests {
         assert_eq!(keys.presence(&c), "herald:{chat:lobby}:presence");
         assert_eq!(keys.subs(&c), "herald:{chat:lobby}:subs");
         assert_eq!(keys.queue(&c), "herald:{chat:lobby}:queue");
+        // The mailbox sweep builds these from the prefix itself.
+        assert_eq!(keys.mailbox(&c), "herald:{chat:lobby}:mbox");
+        assert_eq!(keys.mailbox_gap(&c), "herald:{chat:lobby}:mbox_gap");
         assert_eq!(keys.control(), "herald:control");
         assert_eq!(keys.claim("t1"), "herald:claim:t1");
     }

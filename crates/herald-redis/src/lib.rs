@@ -117,6 +117,7 @@ mod counts;
 pub mod engine;
 pub mod frame;
 pub mod keys;
+mod mailbox;
 pub mod options;
 mod presence;
 mod pubsub;

@@ -188,6 +188,9 @@ impl Task {
                 Ok(Frame::Notice(notice)) => {
                     self.state.hub.deliver_notice(&notice);
                 }
+                Ok(Frame::Gap(channel)) => {
+                    self.state.hub.deliver_gap(&channel);
+                }
                 Ok(Frame::DisconnectUser(user, why)) => {
                     self.state.hub.disconnect_user(&user, why);
                 }

@@ -57,7 +57,7 @@ use crate::frame::{self, Frame};
 
 /// Redis' clock, shared by every script: all expiries compare against the
 /// one Redis clock, never a node's, so node clock skew does not matter.
-const CLOCK_LUA: &str = r"
+pub(crate) const CLOCK_LUA: &str = r"
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -73,7 +73,7 @@ end
 ";
 
 /// Shared by the scripts that trim. `min_ms <= 0` means no age limit.
-const TRIM_LUA: &str = r"
+pub(crate) const TRIM_LUA: &str = r"
 local function delete(key, entries)
   for i = 1, #entries, 500 do
     local ids = {}
@@ -95,7 +95,7 @@ end
 /// Shared by the scripts that sum subscriber counts: the fields of a
 /// `subs` hash except this node's own and those of identities known dead
 /// (`dead`: space-separated), see the `counts` module.
-const COUNTS_LUA: &str = r"
+pub(crate) const COUNTS_LUA: &str = r"
 local function others(key, me, dead)
   local skip = {[me] = true}
   for d in string.gmatch(dead, '%S+') do skip[d] = true end
@@ -247,10 +247,12 @@ end
 return {1, last, deleted, retained, redis.call('XLEN', key), entries}
 ";
 
-/// KEYS: stream, queue, presence, queue gap marker. ARGV: live channel,
-/// removal frame. Returns the receivers.
+/// KEYS: stream, queue, presence, queue gap marker, mailbox, mailbox gap
+/// mark, mailbox index. ARGV: live channel, removal frame, channel name.
+/// Returns the receivers.
 const REMOVE_LUA: &str = r"
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+redis.call('ZREM', KEYS[7], ARGV[3])
 return redis.call('PUBLISH', ARGV[1], ARGV[2])
 ";
 
@@ -591,8 +593,10 @@ pub fn parse_read(reply: Value, channel: &ChannelName) -> Result<ReadReply, Engi
     })
 }
 
-/// One stream entry: `[id, [field, value, ...]]` with fields `k`, `t`, `d`.
-fn parse_entry(entry: Value, channel: &ChannelName) -> Result<Message, EngineError> {
+/// One stream entry: `[id, [field, value, ...]]` with fields `k`, `t`, `d`
+/// and, for a message to acknowledge, `a` = `1` (other fields, such as a
+/// mailbox entry's expiry `x`, are skipped).
+pub(crate) fn parse_entry(entry: Value, channel: &ChannelName) -> Result<Message, EngineError> {
     let mut parts = array(entry)
         .ok_or_else(|| corrupt("entry is not an array"))?
         .into_iter();
@@ -607,12 +611,13 @@ fn parse_entry(entry: Value, channel: &ChannelName) -> Result<Message, EngineErr
         .next()
         .and_then(array)
         .ok_or_else(|| corrupt("entry has no fields"))?;
-    let (mut kind, mut time, mut data) = (None, None, None);
+    let (mut kind, mut time, mut data, mut ack) = (None, None, None, false);
     let mut fields = fields.into_iter();
     while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
         match bytes(&name) {
             Some(b"k") => kind = text(&value).and_then(PayloadKind::parse),
             Some(b"t") => time = int(&value).and_then(|t| u64::try_from(t).ok()),
+            Some(b"a") => ack = bytes(&value) == Some(b"1"),
             Some(b"d") => {
                 data = match value {
                     Value::BulkString(b) => Some(Bytes::from(b)),
@@ -629,7 +634,7 @@ fn parse_entry(entry: Value, channel: &ChannelName) -> Result<Message, EngineErr
     };
     let payload = Payload::from_stored(kind, data)
         .map_err(|e| EngineError::Corrupt(format!("stream entry {id} of {channel}: {e}")))?;
-    Ok(Message::new(channel.clone(), id, payload, time))
+    Ok(Message::new(channel.clone(), id, payload, time).acknowledged(ack))
 }
 
 #[cfg(test)]

@@ -175,7 +175,14 @@ pub struct NamespaceSection {
     pub presence: Option<bool>,
     pub join_leave: Option<bool>,
     pub max_subscribers: Option<usize>,
+    pub ack: Option<bool>,
+    pub mailbox_size: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub mailbox_ttl: Option<Duration>,
 }
+
+/// Most pending messages a mailbox may be configured to keep.
+pub const MAX_MAILBOX_SIZE: usize = 100_000;
 
 /// With no `[[namespace]]` in the file: a `chat:` prefix where connected
 /// clients may publish, so the demo chat works out of the box. A file that
@@ -190,6 +197,9 @@ fn default_namespaces() -> Vec<NamespaceSection> {
         presence: Some(true),
         join_leave: Some(true),
         max_subscribers: None,
+        ack: None,
+        mailbox_size: None,
+        mailbox_ttl: None,
     }]
 }
 
@@ -853,7 +863,26 @@ impl Config {
                 presence: ns.presence.unwrap_or(false) || ns.join_leave.unwrap_or(false),
                 join_leave: ns.join_leave.unwrap_or(false),
                 max_subscribers: ns.max_subscribers.unwrap_or(0),
+                ack: ns.ack.unwrap_or(false),
+                mailbox_size: ns
+                    .mailbox_size
+                    .unwrap_or(herald_core::namespace::DEFAULT_MAILBOX_SIZE),
+                mailbox_ttl: ns
+                    .mailbox_ttl
+                    .unwrap_or(herald_core::namespace::DEFAULT_MAILBOX_TTL),
             };
+            if !(1..=MAX_MAILBOX_SIZE).contains(&options.mailbox_size) {
+                return Err(ConfigError::Invalid(format!(
+                    "namespace {:?}: mailbox_size must be 1 to {MAX_MAILBOX_SIZE}",
+                    ns.prefix
+                )));
+            }
+            if options.mailbox_ttl.is_zero() {
+                return Err(ConfigError::Invalid(format!(
+                    "namespace {:?}: mailbox_ttl must be greater than zero",
+                    ns.prefix
+                )));
+            }
             prefixes.push((ns.prefix, options));
         }
         Ok(Self {
@@ -1106,8 +1135,8 @@ impl Config {
             d(default.history_ttl)
         );
         for (prefix, o) in prefixes {
-            let _ = writeln!(out, "\n[[namespace]]\nprefix = \"{prefix}\"\nhistory_size = {}\nhistory_ttl = {}\nclient_publish = {}\nprivate = {}\npresence = {}\njoin_leave = {}\nmax_subscribers = {}",
-                o.history_size, d(o.history_ttl), o.client_publish, o.private, o.presence, o.join_leave, o.max_subscribers);
+            let _ = writeln!(out, "\n[[namespace]]\nprefix = \"{prefix}\"\nhistory_size = {}\nhistory_ttl = {}\nclient_publish = {}\nprivate = {}\npresence = {}\njoin_leave = {}\nmax_subscribers = {}\nack = {}\nmailbox_size = {}\nmailbox_ttl = {}",
+                o.history_size, d(o.history_ttl), o.client_publish, o.private, o.presence, o.join_leave, o.max_subscribers, o.ack, o.mailbox_size, d(o.mailbox_ttl));
         }
         out
     }

@@ -26,13 +26,14 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{now_ms, Broker, ChannelStats, Claims, EngineError, PresenceStore, Published};
-use super::{SubscriberSlot, UserPublished, UserQueue, UserQueues};
+use super::{Mailboxes, SubscriberSlot, UserPublished, UserQueue, UserQueues};
 use crate::channel::ChannelName;
 use crate::disconnect::Disconnect;
 use crate::disconnect::CHANNEL_DELETED;
 use crate::history::{unknown_channel_page, History, HistoryPage};
 use crate::hub::Hub;
 use crate::id::{MessageId, Since};
+use crate::mailbox::{Ack, Acked, Dropped, LocalMailboxes, MailboxRead, MailboxState};
 use crate::message::{Message, Payload};
 use crate::namespace::Namespaces;
 use crate::presence::{LocalPresence, Notice, NoticeKind, PresenceEntry};
@@ -111,6 +112,7 @@ pub struct MemoryEngine {
     channels: Sharded<Entry>,
     presence: LocalPresence,
     queues: LocalQueues,
+    mailboxes: LocalMailboxes,
     /// Subscriber slots taken per channel (`max_subscribers`).
     slots: Arc<Sharded<usize>>,
     /// Used single-use keys and when they may be forgotten (ms).
@@ -127,6 +129,7 @@ impl MemoryEngine {
             channels: Sharded::new(),
             presence: LocalPresence::default(),
             queues: LocalQueues::default(),
+            mailboxes: LocalMailboxes::default(),
             slots: Arc::new(Sharded::new()),
             claims: Mutex::new(std::collections::HashMap::new()),
         }
@@ -152,6 +155,19 @@ impl MemoryEngine {
         channel: &ChannelName,
         payload: Payload,
         idempotency: Option<(&str, u64)>,
+    ) -> Published {
+        self.publish_with(channel, payload, idempotency, false)
+    }
+
+    /// `publish_now`, with `ack`: also into the user's mailbox, before the
+    /// hub delivers it (a subscribe that joins the hub after the delivery
+    /// reads the mailbox after this), all under the channel lock.
+    fn publish_with(
+        &self,
+        channel: &ChannelName,
+        payload: Payload,
+        idempotency: Option<(&str, u64)>,
+        ack: bool,
     ) -> Published {
         let options = self.namespaces.options(channel.as_str());
         loop {
@@ -182,7 +198,21 @@ impl MemoryEngine {
                 ch.idempotency
                     .insert(key, id, now, now.saturating_add(window_ms));
             }
-            let message = Arc::new(Message::new(channel.clone(), id, payload, now));
+            let message =
+                Arc::new(Message::new(channel.clone(), id, payload, now).acknowledged(ack));
+            let dropped = if ack {
+                let live = self.hub.count(channel) > 0;
+                let dropped =
+                    self.mailboxes
+                        .push(Arc::clone(&message), options.mailbox_limits(), live, now);
+                if live && dropped.is_some() {
+                    // Before the message: its subscribers hear of the gap first.
+                    self.hub.deliver_gap(channel);
+                }
+                dropped
+            } else {
+                None
+            };
             ch.history.push(
                 Arc::clone(&message),
                 options.history_size,
@@ -196,12 +226,25 @@ impl MemoryEngine {
             if empty {
                 self.free_if_empty(channel, &entry);
             }
+            if let Some(dropped) = dropped {
+                self.report_dropped(&dropped);
+            }
             return Published {
                 message,
                 subscribers,
                 duplicate: false,
             };
         }
+    }
+
+    /// Tells the backend of pending messages a mailbox dropped.
+    fn report_dropped(&self, dropped: &Dropped) {
+        tracing::info!(
+            channel = dropped.channel.as_str(),
+            reason = dropped.reason.as_str(),
+            count = dropped.ids.len(),
+            "mailbox dropped messages unacknowledged"
+        );
     }
 
     fn queue_limits(&self, channel: &ChannelName) -> QueueLimits {
@@ -281,6 +324,7 @@ impl Broker for MemoryEngine {
         if let Some(entry) = self.shard(channel).lock().remove(channel) {
             entry.lock().removed = true;
         }
+        self.mailboxes.remove(channel);
         self.hub.close_channel(channel, CHANNEL_DELETED);
         Ok(())
     }
@@ -336,6 +380,14 @@ impl Broker for MemoryEngine {
             now_ms,
         );
         self.claims.lock().retain(|_, until| *until > now_ms);
+        let dropped = self.mailboxes.sweep(
+            now_ms,
+            |channel| self.namespaces.options(channel.as_str()).mailbox_limits(),
+            |channel| self.hub.deliver_gap(channel) > 0,
+        );
+        for dropped in &dropped {
+            self.report_dropped(dropped);
+        }
         for shard in self.channels.shards() {
             let mut shard = shard.lock();
             shard.retain(|name, entry| {
@@ -419,6 +471,31 @@ impl UserQueues for MemoryEngine {
     ) -> Result<(), EngineError> {
         self.hub.disconnect_user(channel, why);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Mailboxes for MemoryEngine {
+    async fn publish_to_mailbox(
+        &self,
+        channel: &ChannelName,
+        payload: Payload,
+    ) -> Result<UserPublished, EngineError> {
+        let published = self.publish_with(channel, payload, None, true);
+        let queued = published.subscribers == 0;
+        Ok(UserPublished { published, queued })
+    }
+
+    async fn read_mailbox(&self, channel: &ChannelName) -> Result<MailboxRead, EngineError> {
+        Ok(self.mailboxes.read(channel))
+    }
+
+    async fn ack(&self, channel: &ChannelName, ack: &Ack) -> Result<Acked, EngineError> {
+        Ok(self.mailboxes.ack(channel, ack))
+    }
+
+    async fn mailbox_state(&self, channel: &ChannelName) -> Result<MailboxState, EngineError> {
+        Ok(self.mailboxes.state(channel))
     }
 }
 

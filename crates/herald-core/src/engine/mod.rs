@@ -6,8 +6,8 @@
 //! Everything above this seam (the node, the transports) is the same for
 //! both.
 //!
-//! The seam is four traits, one per concern, and [`Engine`], which is
-//! implemented for every type that implements all four (so a node holds one
+//! The seam is five traits, one per concern, and [`Engine`], which is
+//! implemented for every type that implements all five (so a node holds one
 //! `Arc<dyn Engine>` and calls any of them):
 //!
 //! - [`Broker`]: publish (also with an idempotency key), history, stats,
@@ -15,6 +15,7 @@
 //! - [`PresenceStore`]: join, leave, list;
 //! - [`UserQueues`]: publish to a user, take a user's offline queue,
 //!   disconnect a user;
+//! - [`Mailboxes`]: acknowledged user mailboxes (see [`crate::mailbox`]);
 //! - [`Claims`]: single-use keys.
 //!
 //! What every engine must do is tested once, by the contract suite in
@@ -33,6 +34,7 @@ use crate::channel::ChannelName;
 use crate::disconnect::Disconnect;
 use crate::history::HistoryPage;
 use crate::id::{MessageId, Since};
+use crate::mailbox::{Ack, Acked, MailboxRead, MailboxState};
 use crate::message::{Message, Payload};
 use crate::presence::PresenceEntry;
 
@@ -262,6 +264,34 @@ pub trait UserQueues: Send + Sync + 'static {
     ) -> Result<(), EngineError>;
 }
 
+/// Acknowledged user mailboxes, shared by every node (see
+/// [`crate::mailbox`] for the rules).
+#[async_trait]
+pub trait Mailboxes: Send + Sync + 'static {
+    /// Publishes on a user's personal channel a message to acknowledge: it
+    /// is stored in history and in the user's mailbox, then delivered live,
+    /// in one step (a subscribe that follows the channel and then reads
+    /// the mailbox misses it nowhere). A pending message dropped to make
+    /// room is reported (the `user.mailbox_dropped` event) and its gap told
+    /// to the user.
+    async fn publish_to_mailbox(
+        &self,
+        channel: &ChannelName,
+        payload: Payload,
+    ) -> Result<UserPublished, EngineError>;
+
+    /// Every message pending in a user's mailbox, oldest first, and whether
+    /// it dropped messages no client heard of (the mark is taken).
+    async fn read_mailbox(&self, channel: &ChannelName) -> Result<MailboxRead, EngineError>;
+
+    /// Removes what `ack` covers from a user's mailbox, for every
+    /// connection of the user.
+    async fn ack(&self, channel: &ChannelName, ack: &Ack) -> Result<Acked, EngineError>;
+
+    /// A mailbox's pending count and oldest message, for the backend.
+    async fn mailbox_state(&self, channel: &ChannelName) -> Result<MailboxState, EngineError>;
+}
+
 /// Single-use keys shared by every node.
 #[async_trait]
 pub trait Claims: Send + Sync + 'static {
@@ -272,10 +302,10 @@ pub trait Claims: Send + Sync + 'static {
 
 /// Everything a [`Node`](crate::node::Node) needs from its engine, held as
 /// one `Arc<dyn Engine>`. Implemented for every type that implements the
-/// four parts.
-pub trait Engine: Broker + PresenceStore + UserQueues + Claims {}
+/// five parts.
+pub trait Engine: Broker + PresenceStore + UserQueues + Mailboxes + Claims {}
 
-impl<T: Broker + PresenceStore + UserQueues + Claims + ?Sized> Engine for T {}
+impl<T: Broker + PresenceStore + UserQueues + Mailboxes + Claims + ?Sized> Engine for T {}
 
 /// The result of [`UserQueues::publish_to_user`].
 #[derive(Debug, Clone)]

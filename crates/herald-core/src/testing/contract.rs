@@ -43,6 +43,7 @@ use crate::channel::ChannelName;
 use crate::disconnect::{CHANNEL_DELETED, FORCED, TOKEN_EXPIRED};
 use crate::history::HistoryPage;
 use crate::id::{MessageId, Since};
+use crate::mailbox::{Ack, Acked};
 use crate::message::{Message, Payload};
 use crate::namespace::{ChannelOptions, Namespaces};
 use crate::node::{Item, Node, Subscriber};
@@ -79,6 +80,9 @@ macro_rules! contract_tests {
             idempotent_publish_stores_once_per_channel,
             subscriber_slots_honour_max_and_come_back,
             subscriber_count_is_live_for_this_node,
+            mailbox_keeps_messages_until_acknowledged,
+            mailbox_overflow_drops_the_oldest_as_a_gap,
+            mailbox_expiry_drops_pending_messages_as_a_gap,
         );
     };
     (@each $backend:expr; $($name:ident),* $(,)?) => {
@@ -653,4 +657,160 @@ pub async fn subscriber_count_is_live_for_this_node(backend: &dyn Backend) {
     assert_eq!(done.subscribers, 2, "the publish answer counts them");
     subs.pop();
     assert_eq!(count().await, 1, "an unsubscribe counts at once");
+}
+
+fn mailbox_sized(size: usize, ttl: Duration) -> Namespaces {
+    Namespaces::new(
+        ChannelOptions {
+            mailbox_size: size,
+            mailbox_ttl: ttl,
+            ..ChannelOptions::default()
+        },
+        Vec::new(),
+    )
+}
+
+async fn to_mailbox(node: &Node, channel: &ChannelName, body: &str) -> Arc<Message> {
+    let done = node
+        .engine
+        .publish_to_mailbox(channel, text(body))
+        .await
+        .expect("publish to mailbox");
+    assert!(done.published.message.ack, "marked as one to acknowledge");
+    done.published.message
+}
+
+async fn subscribed_user(node: &Node, user: &str, since: Since) -> Subscriber {
+    let mut sub = node.subscriber_for(32, client(&format!("c-{user}"), user));
+    sub.subscribe(user_channel(user).expect("valid"), since)
+        .await
+        .expect("subscribe");
+    sub
+}
+
+/// A message to acknowledge reaches every connection of the user, on every
+/// node, and comes again, in order with its id, to every later subscribe,
+/// whatever its resume point, until a client on any node acknowledges it.
+pub async fn mailbox_keeps_messages_until_acknowledged(backend: &dyn Backend) {
+    let [a, b] = backend.pair(Namespaces::default()).await;
+    let me = user_channel("mb1").expect("valid");
+    let mut sent = Vec::new();
+    for n in 0..3 {
+        sent.push(to_mailbox(&a, &me, &format!("m{n}")).await);
+    }
+    let state = b.engine.mailbox_state(&me).await.expect("state");
+    assert_eq!(state.pending, 3);
+    assert_eq!(state.oldest.map(|o| o.0), Some(sent[0].id));
+    // Two connections, two nodes: each gets all three, marked.
+    let mut on_b = subscribed_user(&b, "mb1", Since::Live).await;
+    let mut on_a = subscribed_user(&a, "mb1", Since::After(sent[2].id)).await;
+    for sub in [&mut on_b, &mut on_a] {
+        for want in &sent {
+            let got = next_message(sub).await;
+            assert_eq!((got.id, got.ack), (want.id, true));
+            assert_eq!(got.payload, want.payload);
+        }
+    }
+    // Live ones reach both, marked.
+    let live = to_mailbox(&b, &me, "live").await;
+    for sub in [&mut on_b, &mut on_a] {
+        let got = next_message(sub).await;
+        assert_eq!((got.id, got.ack), (live.id, true));
+    }
+    // One acknowledgement on a node removes it for everyone.
+    let acked = a
+        .engine
+        .ack(&me, &Ack::Ids(vec![sent[1].id]))
+        .await
+        .expect("ack");
+    assert_eq!(
+        acked,
+        Acked {
+            removed: 1,
+            pending: 3
+        }
+    );
+    let mut again = subscribed_user(&b, "mb1", Since::Live).await;
+    for want in [&sent[0], &sent[2], &live] {
+        assert_eq!(next_message(&mut again).await.id, want.id);
+    }
+    let acked = b
+        .engine
+        .ack(&me, &Ack::UpTo(sent[2].id))
+        .await
+        .expect("ack");
+    assert_eq!(
+        acked,
+        Acked {
+            removed: 2,
+            pending: 1
+        }
+    );
+    let acked = a.engine.ack(&me, &Ack::UpTo(live.id)).await.expect("ack");
+    assert_eq!(
+        acked,
+        Acked {
+            removed: 1,
+            pending: 0
+        }
+    );
+    let state = a.engine.mailbox_state(&me).await.expect("state");
+    assert_eq!((state.pending, state.oldest, state.gap), (0, None, false));
+    let read = b.engine.read_mailbox(&me).await.expect("read");
+    assert!(read.messages.is_empty() && !read.gap);
+}
+
+/// Past `mailbox_size` the oldest pending message is dropped: a subscriber
+/// there hears of the gap before the new message; with no one there the
+/// next read of the mailbox carries the gap, once.
+pub async fn mailbox_overflow_drops_the_oldest_as_a_gap(backend: &dyn Backend) {
+    let [a, b] = backend
+        .pair(mailbox_sized(2, Duration::from_secs(600)))
+        .await;
+    let me = user_channel("mb2").expect("valid");
+    let mut sent = Vec::new();
+    for n in 0..3 {
+        sent.push(to_mailbox(&a, &me, &format!("m{n}")).await);
+    }
+    let read = b.engine.read_mailbox(&me).await.expect("read");
+    assert!(read.gap, "the oldest was dropped unheard");
+    assert_eq!(ids(&read.messages), ids(&sent[1..]));
+    let read = a.engine.read_mailbox(&me).await.expect("read");
+    assert!(!read.gap, "the gap is told once");
+    assert_eq!(read.messages.len(), 2, "reading removes nothing");
+
+    let mut sub = subscribed_user(&b, "mb2", Since::Live).await;
+    for want in &sent[1..] {
+        assert_eq!(next_message(&mut sub).await.id, want.id);
+    }
+    let newest = to_mailbox(&a, &me, "over").await;
+    match next(&mut sub).await {
+        Item::Gap(channel) => assert_eq!(channel, me),
+        other => panic!("expected the gap first, got {other:?}"),
+    }
+    assert_eq!(next_message(&mut sub).await.id, newest.id);
+    let state = a.engine.mailbox_state(&me).await.expect("state");
+    assert_eq!(state.pending, 2);
+    assert!(!state.gap, "heard live: nothing kept");
+}
+
+/// A message pending longer than `mailbox_ttl` is dropped by the sweep and
+/// that is a gap for the next read.
+pub async fn mailbox_expiry_drops_pending_messages_as_a_gap(backend: &dyn Backend) {
+    let [a, b] = backend
+        .pair(mailbox_sized(10, Duration::from_millis(300)))
+        .await;
+    let me = user_channel("mb3").expect("valid");
+    to_mailbox(&a, &me, "stale").await;
+    eventually("the pending message to expire", || async {
+        let now = crate::engine::now_ms();
+        a.engine.sweep(now);
+        b.engine.sweep(now);
+        let state = b.engine.mailbox_state(&me).await.expect("state");
+        (state.pending == 0).then_some(())
+    })
+    .await;
+    let read = a.engine.read_mailbox(&me).await.expect("read");
+    assert!(read.messages.is_empty());
+    assert!(read.gap, "an expired message is a gap");
 }

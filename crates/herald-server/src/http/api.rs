@@ -362,6 +362,36 @@ pub(crate) async fn create_ticket(
         .into_response())
 }
 
+/// `POST /ack`: acknowledges messages of the client's own mailbox, for
+/// clients whose transport has no way up (the session protocol has the
+/// `ack` command). The user is the one the token names (`Authorization:
+/// Bearer` or the token cookie); the body is the `ack` command's arguments.
+pub(crate) async fn ack(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let identity = crate::access::identify(&state.rules, &headers, None).await?;
+    if identity.is_anonymous() {
+        return Err(ApiError::new(
+            Refusal::TokenRequired,
+            "send the token as Authorization: Bearer or in the herald_token cookie",
+        ));
+    }
+    let raw = read_body(body, API_BODY_SLACK + 64 * 1024).await?;
+    let args: crate::protocol::cmd::ack::Args =
+        parse_json(&raw, "{\"ids\": [\"<id>\", ...]} or {\"upto\": \"<id>\"}")?;
+    let ack = args.ack(Refusal::InvalidRequest)?;
+    let done =
+        crate::protocol::cmd::ack::acknowledge(&state, identity.user.as_deref(), &ack).await?;
+    Ok(Json(json!({
+        "user": identity.user.as_deref(),
+        "removed": done.removed,
+        "pending": done.pending,
+    }))
+    .into_response())
+}
+
 fn user_channel_from_path(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<(String, ChannelName), ApiError> {
@@ -375,6 +405,9 @@ fn user_channel_from_path(
 #[serde(deny_unknown_fields)]
 struct UserPublishRequest {
     data: Box<RawValue>,
+    /// Keep it in the user's mailbox until a client acknowledges it; the
+    /// user namespace's `ack` when absent.
+    ack: Option<bool>,
 }
 
 /// `POST /api/users/{id}/publish`: to every connection of the user now, or
@@ -390,9 +423,20 @@ pub(crate) async fn user_publish(
     let (user, channel) = user_channel_from_path(path)?;
     let limit = state.config.max_payload;
     let raw = read_body(body, limit + API_BODY_SLACK).await?;
-    let request: UserPublishRequest = parse_json(&raw, "{\"data\": ...}")?;
+    let request: UserPublishRequest = parse_json(&raw, "{\"data\": ..., \"ack\": bool}")?;
     let payload = crate::access::json_payload(&request.data, limit)?;
-    let result = state.node.engine.publish_to_user(&channel, payload).await?;
+    let ack = request
+        .ack
+        .unwrap_or_else(|| state.node.namespaces.options(channel.as_str()).ack);
+    let result = if ack {
+        state
+            .node
+            .engine
+            .publish_to_mailbox(&channel, payload)
+            .await?
+    } else {
+        state.node.engine.publish_to_user(&channel, payload).await?
+    };
     state.counters.published(&result.published, false);
     Ok((
         StatusCode::CREATED,
@@ -402,9 +446,32 @@ pub(crate) async fn user_publish(
             "id": result.published.message.id.to_string(),
             "subscribers": result.published.subscribers,
             "queued": result.queued,
+            "ack": ack,
         })),
     )
         .into_response())
+}
+
+/// `GET /api/users/{id}/mailbox`: how many messages wait for an
+/// acknowledgement, and the oldest of them.
+pub(crate) async fn user_mailbox(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_backend(&state.config.api_keys, &headers, peer)?;
+    let (user, channel) = user_channel_from_path(path)?;
+    let mailbox = state.node.engine.mailbox_state(&channel).await?;
+    let now = herald_core::engine::now_ms();
+    Ok(Json(json!({
+        "user": user,
+        "pending": mailbox.pending,
+        "oldest_id": mailbox.oldest.map(|(id, _)| id.to_string()),
+        "oldest_age_ms": mailbox.oldest.map(|(_, t)| now.saturating_sub(t)),
+        "gap": mailbox.gap,
+    }))
+    .into_response())
 }
 
 /// `POST /api/users/{id}/disconnect`: closes every connection of the user

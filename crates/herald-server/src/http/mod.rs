@@ -51,6 +51,7 @@ pub(crate) fn routes(state: AppState, sessions: Arc<Registry>, serves: Serves) -
     if serves != Serves::Api {
         router = router
             .route("/auth/ticket", post(api::create_ticket))
+            .route("/ack", post(api::ack))
             .route("/sub/{channel}", get(channel::subscribe))
             .route("/connection/websocket", get(connection::websocket))
             .route("/connection/sse", get(connection::sse))
@@ -87,6 +88,7 @@ pub(crate) fn routes(state: AppState, sessions: Arc<Registry>, serves: Serves) -
             .route("/api/tokens", post(api::create_token))
             .route("/api/users/{id}/publish", post(api::user_publish))
             .route("/api/users/{id}/disconnect", post(api::user_disconnect))
+            .route("/api/users/{id}/mailbox", get(api::user_mailbox))
             .route("/api/presence/{channel}", get(api::presence))
             .route("/metrics", get(metrics::metrics))
             .route("/api/stats", get(admin::stats))

@@ -29,6 +29,7 @@ pub(crate) enum Command {
     Refresh(cmd::refresh::Args),
     Presence(cmd::presence::Args),
     Rpc(cmd::rpc::Args),
+    Ack(cmd::ack::Args),
 }
 
 /// Why a frame is not a command. `id` is set when the frame had a usable one.
@@ -58,6 +59,7 @@ struct RawFrame {
     refresh: Option<cmd::refresh::Args>,
     presence: Option<cmd::presence::Args>,
     rpc: Option<cmd::rpc::Args>,
+    ack: Option<cmd::ack::Args>,
 }
 
 /// Reads the `id` alone, so that even a malformed command can be answered
@@ -110,6 +112,7 @@ pub(crate) fn parse(text: &[u8]) -> Result<Frame, Invalid> {
     found.extend(raw.refresh.map(Command::Refresh));
     found.extend(raw.presence.map(Command::Presence));
     found.extend(raw.rpc.map(Command::Rpc));
+    found.extend(raw.ack.map(Command::Ack));
     let pong = raw.pong.is_some();
     match (found.len(), pong, id) {
         (0, true, _) => Ok(Frame::Pong),

@@ -405,6 +405,7 @@ impl Session {
             Command::History(args) => cmd::history::apply(self, id, args).await,
             Command::Presence(args) => cmd::presence::apply(self, id, args).await,
             Command::Rpc(args) => cmd::rpc::apply(self, id, args).await,
+            Command::Ack(args) => cmd::ack::apply(self, id, args).await,
         }
     }
 

@@ -3,6 +3,7 @@
 //! is applied to a [`Session`](super::Session). Each `apply` answers the
 //! reply frame, or the [`Refused`] that becomes the error reply.
 
+pub(crate) mod ack;
 pub(crate) mod connect;
 pub(crate) mod history;
 pub(crate) mod presence;
