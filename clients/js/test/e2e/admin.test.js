@@ -142,6 +142,25 @@ test("disconnect user closes the user's connections with 4006", async () => {
   assert.deepEqual(consoleErrors, []);
 });
 
+test("the mailbox view shows what a user has not acknowledged", async () => {
+  const post = (path, body) =>
+    fetch(`${server.url}${path}`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${KEY}`, "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+  for (const n of [1, 2]) {
+    const res = await post("/api/users/admin-e2e-mb/publish", { data: { n }, ack: true });
+    assert.equal(res.status, 201);
+  }
+  const first = await (await fetch(`${server.url}/api/users/admin-e2e-mb/mailbox`, { headers: { Authorization: `Bearer ${KEY}` } })).json();
+  await page.fill("#mb-user", "admin-e2e-mb");
+  await page.click("#mailbox");
+  await page.locator("#mb-result", { hasText: `admin-e2e-mb: 2 pending, oldest ${first.oldest_id}` }).waitFor();
+  assert.deepEqual(pageErrors, []);
+  assert.deepEqual(consoleErrors, []);
+});
+
 test("a wrong key is refused and stops the polling", async () => {
   const other = await browser.context.newPage();
   await other.goto(`${server.url}/admin`);
