@@ -166,6 +166,15 @@ pub struct Args {
     /// session-ws: answer sent to a server ping push (a frame starting `{"ping"`); empty = none.
     #[arg(long, default_value = r#"{"pong":{}}"#)]
     pub session_pong: String,
+    /// session-ws: command sent for every received message marked `"ack":true`
+    /// ({id}: a fresh command id, {msgid}: the message's id), e.g.
+    /// `{"id":{id},"ack":{"ids":["{msgid}"]}}`; empty = none.
+    #[arg(long, default_value = "")]
+    pub session_ack_each: String,
+    /// HS256 secret: {token} in session commands becomes a token for the user
+    /// named like the subscriber's channel (valid one hour).
+    #[arg(long, default_value = "")]
+    pub hmac_secret: String,
     /// long-poll: timeout query parameter, in seconds.
     #[arg(long, default_value_t = 30)]
     pub poll_timeout: u32,

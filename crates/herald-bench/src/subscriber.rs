@@ -26,7 +26,7 @@ use crate::cli::{Config, Transport};
 use crate::http::{self, Body, Conn};
 use crate::payload::{self, Mark};
 use crate::tally::{Counts, Latency, SeqTracker};
-use crate::template::render_command;
+use crate::template::{acked_message_id, render_command, user_token};
 
 /// WebSocket read buffer per connection: frames here are small.
 const WS_READ_BUFFER: usize = 4 * 1024;
@@ -227,8 +227,13 @@ pub async fn run(spec: Spec, cfg: Arc<Config>, shared: Arc<Shared>) -> Counts {
 
 /// An open subscription.
 enum Open {
-    /// A WebSocket, and for sessions the answer to the server's ping push.
-    Ws(Box<WebSocketStream<TcpStream>>, Option<String>),
+    /// A WebSocket, and for sessions the answer to the server's ping push
+    /// and the command acknowledging a marked message.
+    Ws(
+        Box<WebSocketStream<TcpStream>>,
+        Option<String>,
+        Option<String>,
+    ),
     Sse {
         stream: BufReader<TcpStream>,
         body: Body,
@@ -293,13 +298,20 @@ async fn open(
     match a.transport {
         Transport::Ws => {
             let url = cfg.sub_url.ws_url_for(channel);
-            Ok(Open::Ws(Box::new(open_ws(cfg, url, source).await?), None))
+            Ok(Open::Ws(
+                Box::new(open_ws(cfg, url, source).await?),
+                None,
+                None,
+            ))
         }
         Transport::SessionWs => {
             let url = cfg.sub_url.ws_url_for(channel);
             let mut ws = open_ws(cfg, url, source).await?;
             if !a.session_connect.is_empty() {
-                let cmd = render_command(&a.session_connect, channel, 0);
+                let mut cmd = render_command(&a.session_connect, channel, 0);
+                if !a.hmac_secret.is_empty() {
+                    cmd = cmd.replace("{token}", &user_token(&a.hmac_secret, channel));
+                }
                 ws.send(Message::text(cmd)).await.map_err(|e| ws_kind(&e))?;
             }
             let cmd = render_command(&a.session_subscribe, channel, 1);
@@ -324,7 +336,8 @@ async fn open(
                 }
             }
             let pong = (!a.session_pong.is_empty()).then(|| a.session_pong.clone());
-            Ok(Open::Ws(Box::new(ws), pong))
+            let ack = (!a.session_ack_each.is_empty()).then(|| a.session_ack_each.clone());
+            Ok(Open::Ws(Box::new(ws), pong, ack))
         }
         Transport::Sse => {
             let headers = vec![
@@ -374,25 +387,39 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// signal). Returns why it ended.
 async fn receive(conn: Open, rx: &mut Receiver<'_>) -> String {
     match conn {
-        Open::Ws(mut ws, pong) => loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => {
-                    if let Some(p) = &pong {
-                        if is_ping_push(t.as_bytes()) {
-                            if let Err(e) = ws.send(Message::text(p.clone())).await {
-                                return ws_kind(&e);
+        Open::Ws(mut ws, pong, ack) => {
+            let mut next_id = 2u64;
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        if let Some(p) = &pong {
+                            if is_ping_push(t.as_bytes()) {
+                                if let Err(e) = ws.send(Message::text(p.clone())).await {
+                                    return ws_kind(&e);
+                                }
+                                continue;
                             }
-                            continue;
+                        }
+                        rx.on_bytes(t.as_bytes());
+                        if let Some(template) = &ack {
+                            if let Some(id) = acked_message_id(t.as_bytes()) {
+                                let cmd = template
+                                    .replace("{id}", &next_id.to_string())
+                                    .replace("{msgid}", id);
+                                next_id += 1;
+                                if let Err(e) = ws.send(Message::text(cmd)).await {
+                                    return ws_kind(&e);
+                                }
+                            }
                         }
                     }
-                    rx.on_bytes(t.as_bytes());
+                    Some(Ok(Message::Binary(b))) => rx.on_bytes(&b),
+                    Some(Ok(Message::Close(_))) | None => return "closed".into(),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return ws_kind(&e),
                 }
-                Some(Ok(Message::Binary(b))) => rx.on_bytes(&b),
-                Some(Ok(Message::Close(_))) | None => return "closed".into(),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return ws_kind(&e),
             }
-        },
+        }
         Open::Sse {
             mut stream,
             mut body,

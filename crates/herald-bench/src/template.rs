@@ -222,9 +222,46 @@ pub fn render_command(template: &str, channel: &str, id: u64) -> String {
         .replace("{id}", &id.to_string())
 }
 
+/// An HS256 connection token for user `user`, valid for an hour (what
+/// `{token}` in a session command becomes with `--hmac-secret`).
+pub fn user_token(secret: &str, user: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": user, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
+/// The id of a message envelope marked `"ack":true`, if `frame` is one.
+pub fn acked_message_id(frame: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(frame).ok()?;
+    if !text.contains("\"ack\":true") || !text.starts_with("{\"channel\"") {
+        return None;
+    }
+    let rest = &text[text.find("\"id\":\"")? + 6..];
+    Some(&rest[..rest.find('"')?])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_id_of_a_message_to_acknowledge() {
+        let m = br#"{"channel":"user:b-1","id":"17-3","data":{"x":1},"ack":true}"#;
+        assert_eq!(acked_message_id(m), Some("17-3"));
+        assert_eq!(
+            acked_message_id(br#"{"channel":"c","id":"1-1","data":1}"#),
+            None
+        );
+        assert_eq!(acked_message_id(br#"{"id":4,"ack":{"removed":1}}"#), None);
+        assert!(!user_token("secret", "u").is_empty());
+    }
 
     #[test]
     fn parses_ws_template_and_substitutes_channel() {

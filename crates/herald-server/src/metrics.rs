@@ -18,6 +18,10 @@ pub(crate) const TRANSPORTS: usize = 6;
 pub(crate) struct Counters {
     pub(crate) published: AtomicU64,
     pub(crate) client_published: AtomicU64,
+    /// Messages published to a user's mailbox (to acknowledge) through
+    /// this node, and pending messages acknowledged through it.
+    pub(crate) mailbox_published: AtomicU64,
+    pub(crate) mailbox_acknowledged: AtomicU64,
     /// Open connections by transport (`Transport as usize`).
     pub(crate) open: [AtomicUsize; TRANSPORTS],
     /// Ended connections by close code; `None`: the client went away

@@ -166,6 +166,17 @@ async fn pending_messages_come_again_on_every_transport_until_acknowledged() {
     let mut again = s.ws_with(&format!("/sub/{uch}"), &headers).await;
     let next = fill(&s, &user, 5..=5).await;
     assert_eq!(ids_and_marks(&[again.next_json().await]), marked(&next));
+
+    // The node counts them (this test's server is its own).
+    let metrics = s.get("/metrics").send().await.text();
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    assert_eq!(value("herald_mailbox_messages_published_total"), Some(5));
+    assert_eq!(value("herald_mailbox_messages_acknowledged_total"), Some(4));
 }
 
 #[tokio::test]

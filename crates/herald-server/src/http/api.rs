@@ -429,11 +429,16 @@ pub(crate) async fn user_publish(
         .ack
         .unwrap_or_else(|| state.node.namespaces.options(channel.as_str()).ack);
     let result = if ack {
-        state
+        let done = state
             .node
             .engine
             .publish_to_mailbox(&channel, payload)
-            .await?
+            .await?;
+        state
+            .counters
+            .mailbox_published
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        done
     } else {
         state.node.engine.publish_to_user(&channel, payload).await?
     };

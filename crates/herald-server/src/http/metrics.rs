@@ -148,6 +148,18 @@ pub(crate) async fn metrics(
         c.client_published.load(Ordering::Relaxed),
     );
     out.single(
+        "herald_mailbox_messages_published_total",
+        "counter",
+        "Of those, sent to a user's mailbox, to be acknowledged.",
+        c.mailbox_published.load(Ordering::Relaxed),
+    );
+    out.single(
+        "herald_mailbox_messages_acknowledged_total",
+        "counter",
+        "Pending mailbox messages removed by acknowledgements through this node.",
+        c.mailbox_acknowledged.load(Ordering::Relaxed),
+    );
+    out.single(
         "herald_deliveries_total",
         "counter",
         "Live messages this node wrote to its clients' sockets (each node counts its own; history replays excluded).",

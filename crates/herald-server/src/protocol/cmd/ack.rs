@@ -64,7 +64,12 @@ pub(crate) async fn acknowledge(
     };
     let channel = herald_core::user::user_channel(user)
         .map_err(|e| Refused::new(Refusal::InvalidUser, format!("user id: {e}")))?;
-    Ok(state.node.engine.ack(&channel, ack).await?)
+    let done = state.node.engine.ack(&channel, ack).await?;
+    state.counters.mailbox_acknowledged.fetch_add(
+        u64::try_from(done.removed).unwrap_or(u64::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    Ok(done)
 }
 
 pub(crate) async fn apply(session: &mut Session, id: u64, args: Args) -> Result<Bytes, Refused> {
