@@ -22,6 +22,9 @@ pub struct ChannelOptions {
     pub join_leave: bool,
     /// Most subscribers at once (0: no limit).
     pub max_subscribers: usize,
+    /// A subscriber without a resume point first gets the channel's newest
+    /// retained message, marked as such (see [`crate::node::Item::Latest`]).
+    pub latest_on_subscribe: bool,
 }
 
 /// Retained messages per channel unless configured otherwise.
@@ -39,6 +42,7 @@ impl Default for ChannelOptions {
             presence: false,
             join_leave: false,
             max_subscribers: 0,
+            latest_on_subscribe: false,
         }
     }
 }

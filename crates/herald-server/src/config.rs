@@ -175,6 +175,7 @@ pub struct NamespaceSection {
     pub presence: Option<bool>,
     pub join_leave: Option<bool>,
     pub max_subscribers: Option<usize>,
+    pub latest_on_subscribe: Option<bool>,
 }
 
 /// With no `[[namespace]]` in the file: a `chat:` prefix where connected
@@ -190,6 +191,7 @@ fn default_namespaces() -> Vec<NamespaceSection> {
         presence: Some(true),
         join_leave: Some(true),
         max_subscribers: None,
+        latest_on_subscribe: None,
     }]
 }
 
@@ -853,6 +855,7 @@ impl Config {
                 presence: ns.presence.unwrap_or(false) || ns.join_leave.unwrap_or(false),
                 join_leave: ns.join_leave.unwrap_or(false),
                 max_subscribers: ns.max_subscribers.unwrap_or(0),
+                latest_on_subscribe: ns.latest_on_subscribe.unwrap_or(false),
             };
             prefixes.push((ns.prefix, options));
         }
@@ -1106,8 +1109,8 @@ impl Config {
             d(default.history_ttl)
         );
         for (prefix, o) in prefixes {
-            let _ = writeln!(out, "\n[[namespace]]\nprefix = \"{prefix}\"\nhistory_size = {}\nhistory_ttl = {}\nclient_publish = {}\nprivate = {}\npresence = {}\njoin_leave = {}\nmax_subscribers = {}",
-                o.history_size, d(o.history_ttl), o.client_publish, o.private, o.presence, o.join_leave, o.max_subscribers);
+            let _ = writeln!(out, "\n[[namespace]]\nprefix = \"{prefix}\"\nhistory_size = {}\nhistory_ttl = {}\nclient_publish = {}\nprivate = {}\npresence = {}\njoin_leave = {}\nmax_subscribers = {}\nlatest_on_subscribe = {}",
+                o.history_size, d(o.history_ttl), o.client_publish, o.private, o.presence, o.join_leave, o.max_subscribers, o.latest_on_subscribe);
         }
         out
     }
@@ -1211,6 +1214,25 @@ mod tests {
         assert_eq!(chat.history_size, 7);
         assert_eq!(chat.history_ttl, Duration::from_secs(60));
         assert!(chat.client_publish);
+        assert!(!chat.latest_on_subscribe, "off unless asked for");
+    }
+
+    #[test]
+    fn latest_on_subscribe_is_per_namespace_and_shown() {
+        let c = parse(
+            "[[namespace]]\nprefix = \"price:\"\nlatest_on_subscribe = true\n[[namespace]]\nprefix = \"news:\"",
+        )
+        .expect("valid");
+        assert!(c.namespaces.options("price:eur").latest_on_subscribe);
+        assert!(!c.namespaces.options("news:x").latest_on_subscribe);
+        assert!(!c.namespaces.options("other").latest_on_subscribe);
+        let summary = c.summary();
+        assert!(
+            summary.contains("prefix = \"price:\"\nhistory_size = 100\nhistory_ttl = \"10m\"\nclient_publish = false\nprivate = false\npresence = false\njoin_leave = false\nmax_subscribers = 0\nlatest_on_subscribe = true"),
+            "{summary}"
+        );
+        assert!(summary.contains("prefix = \"news:\""), "{summary}");
+        assert!(parse("[[namespace]]\nprefix = \"a:\"\nlatest_on_subscribe = 1").is_err());
     }
 
     #[test]
