@@ -29,6 +29,13 @@ export interface Message<T = unknown> {
    * server removed it.
    */
   ack?: () => Promise<{ acknowledged: number }>;
+  /**
+   * `true` on the channel's newest retained message that a subscription
+   * without `since` opens with, in a namespace with `latest_on_subscribe`:
+   * the current state, published before the subscription was made. Absent
+   * on every other message (live ones, replays after a resume).
+   */
+  latest?: true;
 }
 
 export interface HeraldOptions {

@@ -901,6 +901,8 @@ export class Herald extends Emitter {
     } else if (frame.unsubscribed) {
       this._onUnsubscribedPush(sub, frame.unsubscribed);
     } else if ("id" in frame && "data" in frame) {
+      // The envelope as the server sent it, `latest: true` included (the
+      // newest message a `latest_on_subscribe` channel opens with).
       sub._deliver(frame);
     } else {
       // Other channel pushes ({"channel", "join": {...}} and the like) are

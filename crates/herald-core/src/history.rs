@@ -100,6 +100,17 @@ impl History {
             last_id: self.last_id,
         }
     }
+
+    /// The newest id and the newest retained message, if any (`messages`
+    /// holds at most that one; never a gap): what a subscribe with
+    /// `latest_on_subscribe` reads instead of [`Since::Live`].
+    pub fn latest(&self) -> HistoryPage {
+        HistoryPage {
+            messages: self.messages.back().cloned().into_iter().collect(),
+            gap: false,
+            last_id: self.last_id,
+        }
+    }
 }
 
 /// The resume rule for an engine that knows nothing of a channel (never
@@ -192,6 +203,30 @@ mod tests {
         h.push(m(1, 0), 0, 1_000, 0);
         assert!(h.is_empty());
         assert_eq!(h.last_id(), Some(MessageId::new(1, 1)));
+        let latest = h.latest();
+        assert!(
+            latest.messages.is_empty(),
+            "nothing retained, nothing latest"
+        );
+        assert_eq!(latest.last_id, Some(MessageId::new(1, 1)));
+    }
+
+    #[test]
+    fn latest_is_the_newest_retained_message() {
+        let mut h = History::default();
+        assert!(h.latest().messages.is_empty());
+        assert_eq!(h.latest().last_id, None);
+        for seq in 1..=4 {
+            h.push(m(seq, 1_000), 3, 500, 1_000);
+        }
+        let page = h.latest();
+        assert_eq!(ids(&page), vec![4]);
+        assert_eq!(page.last_id, Some(MessageId::new(1, 4)));
+        assert!(!page.gap);
+        // Aged out: the id is still known, the message is not.
+        h.trim(3, 500, 2_000);
+        assert!(h.latest().messages.is_empty());
+        assert_eq!(h.latest().last_id, Some(MessageId::new(1, 4)));
     }
 
     #[test]

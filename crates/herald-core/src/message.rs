@@ -289,6 +289,20 @@ impl Message {
         self.script.get_or_init(|| script_safe(self.envelope()))
     }
 
+    /// The envelope with `"latest":true` last: the message as a subscriber
+    /// with `latest_on_subscribe` opens with it ([`crate::node::Item::Latest`]).
+    /// Built for that one subscriber, a copy of the shared envelope with the
+    /// mark, which stays as it is for everyone else.
+    pub fn latest_envelope(&self) -> Bytes {
+        with_latest_mark(self.envelope())
+    }
+
+    /// [`Message::latest_envelope`] in its script-safe form (the mark holds
+    /// nothing to escape).
+    pub fn latest_script_envelope(&self) -> Bytes {
+        with_latest_mark(self.script_envelope())
+    }
+
     /// One Server-Sent Events frame: `id:`, one `data:` line per payload line,
     /// and a blank line. Built once.
     pub fn sse_frame(&self) -> &Bytes {
@@ -304,6 +318,19 @@ impl Message {
         })
     }
 }
+
+/// `{…}` as `{…,"latest":true}`. Every envelope is one JSON object, so
+/// it ends with its closing brace.
+fn with_latest_mark(envelope: &[u8]) -> Bytes {
+    let open = envelope.strip_suffix(b"}").unwrap_or(envelope);
+    let mut out = BytesMut::with_capacity(open.len() + LATEST_MARK.len());
+    out.put_slice(open);
+    out.put_slice(LATEST_MARK);
+    out.freeze()
+}
+
+/// The end of an envelope marked as the latest message.
+const LATEST_MARK: &[u8] = b",\"latest\":true}";
 
 /// Writes `text` as SSE `data:` lines. Lines end at `\r\n`, `\r` or `\n`, as
 /// the SSE parser splits them, so `event.data` joins them back with `\n`.
@@ -424,6 +451,26 @@ mod tests {
         );
         let empty = msg(Payload::from_bytes(Bytes::new()));
         assert_eq!(&empty.sse_frame()[..], b"id: 1-2\ndata: \n\n");
+    }
+
+    #[test]
+    fn the_latest_mark_is_a_copy_and_leaves_the_shared_forms_alone() {
+        let m = msg(Payload::from_bytes(Bytes::from_static(&[0xff, b'<'])));
+        let shared = m.envelope().clone();
+        let latest = m.latest_envelope();
+        assert_eq!(
+            &latest[..],
+            br#"{"channel":"news","id":"1-2","data":"/zw=","encoding":"base64","latest":true}"#
+        );
+        assert_eq!(m.envelope(), &shared, "the shared envelope is untouched");
+        assert!(!m.envelope_line().windows(6).any(|w| w == b"latest"));
+        let t = msg(Payload::from_bytes(Bytes::from_static(b"</script>")));
+        let script = t.latest_script_envelope();
+        let v: serde_json::Value =
+            serde_json::from_slice(&script).expect("the marked script form is JSON");
+        assert_eq!(v["latest"], true);
+        assert_eq!(v["data"], "</script>");
+        assert!(!script.contains(&b'<'));
     }
 
     #[test]

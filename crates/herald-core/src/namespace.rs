@@ -30,6 +30,9 @@ pub struct ChannelOptions {
     pub mailbox_size: usize,
     /// How long a message may stay pending in a mailbox.
     pub mailbox_ttl: Duration,
+    /// A subscriber without a resume point first gets the channel's newest
+    /// retained message, marked as such (see [`crate::node::Item::Latest`]).
+    pub latest_on_subscribe: bool,
 }
 
 /// Pending messages per mailbox unless configured otherwise.
@@ -55,6 +58,7 @@ impl Default for ChannelOptions {
             ack: false,
             mailbox_size: DEFAULT_MAILBOX_SIZE,
             mailbox_ttl: DEFAULT_MAILBOX_TTL,
+            latest_on_subscribe: false,
         }
     }
 }

@@ -14,6 +14,13 @@
 //!    that channel. Ids grow per channel, so nothing is lost or repeated at
 //!    the seam between history and live messages.
 //!
+//! A subscribe without a resume point, in a namespace with
+//! `latest_on_subscribe`, also opens with the channel's newest retained
+//! message ([`Item::Latest`]): it comes in the one read that a live
+//! subscribe makes anyway (the channel's newest id, before following), and
+//! is yielded like history, before the queue; a resume is answered as
+//! above, without it.
+//!
 //! A connection whose transport installed a [`DirectWriter`] and that
 //! follows one channel is armed while it waits in [`Subscriber::next`] with
 //! nothing to yield: the hub then writes that channel's messages to its
@@ -97,6 +104,12 @@ impl Node {
 #[derive(Debug, Clone)]
 pub enum Item {
     Message(Arc<Message>),
+    /// The channel's newest retained message, which a subscribe without a
+    /// resume point opens with where the namespace has
+    /// `latest_on_subscribe`: sent before the live messages and marked as
+    /// such by every wire format (it was published before the client came).
+    /// Its id is the subscription's position, so nothing is sent twice.
+    Latest(Arc<Message>),
     /// Messages may be missing before the next message of this channel.
     Gap(ChannelName),
     /// The channel ended for this connection (it is no longer subscribed).
@@ -218,12 +231,9 @@ impl Subscriber {
         // read before following: with an engine whose follow takes a round
         // trip (Redis), a message published while the follow was under way
         // would otherwise reach neither the history read nor the queue.
-        let start = match since {
-            Since::Live => match self.node.engine.history(&channel, Since::Live).await {
-                Ok(now) => Some(now.last_id.map_or(Since::Earliest, Since::After)),
-                Err(e) => return Err(e.into()),
-            },
-            _ => None,
+        let (start, latest) = match since {
+            Since::Live => self.live_start(&channel).await?,
+            _ => (None, None),
         };
         self.node.hub.add(&channel, &self.outbox);
         // Registered at once, so that a subscribe cancelled half-way (its
@@ -234,8 +244,12 @@ impl Subscriber {
             self.slots.retain(|(c, _)| c != &channel);
             self.slots.push((channel.clone(), slot));
         }
+        let joined_from = self.pending.len();
         match self.join(&channel, since, start).await {
-            Ok(done) => Ok(done),
+            Ok(done) => Ok(match latest {
+                Some(message) => self.open_with_latest(joined_from, message, done),
+                None => done,
+            }),
             Err(e) => {
                 self.channels.remove(&channel);
                 self.slots.retain(|(c, _)| c != &channel);
@@ -243,6 +257,63 @@ impl Subscriber {
                 Err(e.into())
             }
         }
+    }
+
+    /// Where a subscribe without a resume point starts: after the channel's
+    /// newest id now. Where the namespace has `latest_on_subscribe`, the
+    /// same one read also brings that newest message, if it is still
+    /// retained, for the subscription to open with.
+    async fn live_start(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<(Option<Since>, Option<Arc<Message>>), EngineError> {
+        let options = self.node.namespaces.options(channel.as_str());
+        let now = if options.latest_on_subscribe {
+            self.node.engine.latest(channel).await?
+        } else {
+            self.node.engine.history(channel, Since::Live).await?
+        };
+        let start = now.last_id.map_or(Since::Earliest, Since::After);
+        // Only the newest id itself: a retained message older than it is
+        // not the channel's current state.
+        let latest = now
+            .messages
+            .into_iter()
+            .last()
+            .filter(|m| Some(m.id) == now.last_id);
+        Ok((Some(start), latest))
+    }
+
+    /// Opens the subscription `join` just made with `latest` (see
+    /// [`Item::Latest`]): placed in id order among what `join` queued for
+    /// the channel (`pending` from `joined_from` on: a gap notice first, a
+    /// personal channel's offline queue, messages published while
+    /// following), and the position moved to it, so that the queue skips
+    /// it. When the offline queue holds that very message, it goes out
+    /// there, unmarked: the user never received it.
+    fn open_with_latest(
+        &mut self,
+        joined_from: usize,
+        latest: Arc<Message>,
+        mut done: Subscribed,
+    ) -> Subscribed {
+        let mut at = self.pending.len();
+        for (i, item) in self.pending.iter().enumerate().skip(joined_from) {
+            match item {
+                Item::Message(m) if m.id == latest.id => return done,
+                Item::Message(m) if m.id > latest.id => {
+                    at = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        done.position = done.position.max(Some(latest.id));
+        if let Some(position) = self.channels.get_mut(&latest.channel) {
+            *position = done.position;
+        }
+        self.pending.insert(at, Item::Latest(latest));
+        done
     }
 
     /// The part of `subscribe` that waits on the engine.
@@ -348,7 +419,7 @@ impl Subscriber {
         }
         self.slots.retain(|(c, _)| c != channel);
         self.pending.retain(|item| match item {
-            Item::Message(m) => &m.channel != channel,
+            Item::Message(m) | Item::Latest(m) => &m.channel != channel,
             Item::Gap(c) | Item::Closed(c, _) => c != channel,
             Item::Notice(n) => &n.channel != channel,
             Item::Disconnect(_) => true,
@@ -572,6 +643,191 @@ mod tests {
         let id = publish(&node, &ch, "x").await;
         assert!(matches!(other.next().await, Item::Gap(_)));
         assert_eq!(expect_message(other.next().await).id, id);
+    }
+
+    /// A node whose `live:` channels have `latest_on_subscribe` (and
+    /// `live:none:` ones keep no history), as do personal channels.
+    fn latest_node() -> Node {
+        let latest = |history_size| crate::namespace::ChannelOptions {
+            history_size,
+            latest_on_subscribe: true,
+            ..crate::namespace::ChannelOptions::default()
+        };
+        Node::memory(Namespaces::new(
+            crate::namespace::ChannelOptions::default(),
+            vec![
+                ("live:".into(), latest(100)),
+                ("live:none:".into(), latest(0)),
+                ("user:".into(), latest(100)),
+            ],
+        ))
+    }
+
+    fn expect_latest(item: Item) -> Arc<Message> {
+        match item {
+            Item::Latest(m) => m,
+            other => panic!("expected the latest message, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_live_subscribe_opens_with_the_newest_message_then_live_ones() {
+        let node = latest_node();
+        let ch = ChannelName::new("live:price").expect("valid");
+        publish(&node, &ch, "1").await;
+        publish(&node, &ch, "2").await;
+        let newest = publish(&node, &ch, "3").await;
+        let mut sub = node.subscriber(16);
+        let done = sub
+            .subscribe(ch.clone(), Since::Live)
+            .await
+            .expect("subscribe");
+        assert_eq!(done.position, Some(newest), "the position is the latest id");
+        assert!(!done.gap);
+        assert_eq!(done.replayed, 0, "the latest message is no replay");
+        let latest = expect_latest(sub.next().await);
+        assert_eq!(
+            (latest.id, latest.payload.raw().as_ref()),
+            (newest, &b"3"[..])
+        );
+        assert!(sub.try_next().is_none(), "only the newest one");
+        // The same message delivered live again (a late fan-out) is skipped.
+        node.hub.deliver(&latest);
+        assert!(sub.try_next().is_none(), "never twice");
+        let live = publish(&node, &ch, "4").await;
+        assert_eq!(expect_message(sub.next().await).id, live);
+        assert!(sub.try_next().is_none());
+        assert_eq!(node.hub.delivered(), 1, "only the live one is a delivery");
+    }
+
+    #[tokio::test]
+    async fn a_resume_gets_no_latest_message() {
+        let node = latest_node();
+        let ch = ChannelName::new("live:score").expect("valid");
+        let first = publish(&node, &ch, "1").await;
+        let second = publish(&node, &ch, "2").await;
+        let mut from_id = node.subscriber(16);
+        from_id
+            .subscribe(ch.clone(), Since::After(first))
+            .await
+            .expect("subscribe");
+        assert_eq!(expect_message(from_id.next().await).id, second);
+        assert!(from_id.try_next().is_none());
+        let mut at_newest = node.subscriber(16);
+        let done = at_newest
+            .subscribe(ch.clone(), Since::After(second))
+            .await
+            .expect("subscribe");
+        assert_eq!(done.position, Some(second));
+        assert!(at_newest.try_next().is_none(), "nothing: it has the newest");
+        let mut earliest = node.subscriber(16);
+        earliest
+            .subscribe(ch.clone(), Since::Earliest)
+            .await
+            .expect("subscribe");
+        assert_eq!(expect_message(earliest.next().await).id, first);
+        assert_eq!(expect_message(earliest.next().await).id, second);
+        assert!(earliest.try_next().is_none());
+    }
+
+    #[tokio::test]
+    async fn without_the_option_or_a_retained_message_nothing_comes_first() {
+        let node = latest_node();
+        // Not in a namespace with the option.
+        let plain = ChannelName::new("news").expect("valid");
+        let old = publish(&node, &plain, "old").await;
+        let mut sub = node.subscriber(16);
+        let done = sub
+            .subscribe(plain.clone(), Since::Live)
+            .await
+            .expect("subscribe");
+        assert_eq!(done.position, Some(old));
+        assert!(sub.try_next().is_none());
+        // Never published.
+        let empty = ChannelName::new("live:empty").expect("valid");
+        let mut sub = node.subscriber(16);
+        let done = sub
+            .subscribe(empty.clone(), Since::Live)
+            .await
+            .expect("subscribe");
+        assert_eq!((done.position, done.gap), (None, false));
+        assert!(sub.try_next().is_none());
+        let first = publish(&node, &empty, "first").await;
+        assert_eq!(expect_message(sub.next().await).id, first);
+        // Published, but not retained (aged out: the engine contract's
+        // `latest_on_subscribe_opens_with_the_newest_retained_message`):
+        // no latest, and no gap notice either.
+        let unkept = ChannelName::new("live:none:x").expect("valid");
+        publish(&node, &unkept, "gone").await;
+        let mut sub = node.subscriber(16);
+        let done = sub
+            .subscribe(unkept.clone(), Since::Live)
+            .await
+            .expect("subscribe");
+        assert!(!done.gap);
+        assert!(sub.try_next().is_none(), "no latest, no gap notice");
+    }
+
+    #[tokio::test]
+    async fn an_unsubscribe_drops_the_latest_message_not_yet_taken() {
+        let node = latest_node();
+        let ch = ChannelName::new("live:status").expect("valid");
+        publish(&node, &ch, "up").await;
+        let mut sub = node.subscriber(16);
+        sub.subscribe(ch.clone(), Since::Live)
+            .await
+            .expect("subscribe");
+        assert!(sub.unsubscribe(&ch));
+        assert!(sub.try_next().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_parked_subscriber_gets_the_latest_message_from_next_not_the_hub() {
+        let node = latest_node();
+        node.hub.set_batch_bursts(false);
+        let ch = ChannelName::new("live:direct").expect("valid");
+        let newest = publish(&node, &ch, "now").await;
+        let mut sub = node.subscriber(16);
+        sub.subscribe(ch.clone(), Since::Live)
+            .await
+            .expect("subscribe");
+        let (socket, wakes) = wire(&sub);
+        let mut next = Box::pin(sub.next());
+        let item = poll_once(&mut next, &wakes).expect("the latest message is ready");
+        assert_eq!(expect_latest(item).id, newest);
+        drop(next);
+        let mut next = Box::pin(sub.next());
+        assert!(poll_once(&mut next, &wakes).is_none());
+        let live = publish(&node, &ch, "later").await;
+        assert_eq!(socket.sent(), vec![live], "live ones go direct, after it");
+    }
+
+    #[tokio::test]
+    async fn an_offline_queue_holding_the_newest_message_hands_it_over_unmarked() {
+        let node = latest_node();
+        let me = user_channel("ann").expect("valid");
+        let mut queued = Vec::new();
+        for text in ["a", "b"] {
+            let done = node
+                .engine
+                .publish_to_user(
+                    &me,
+                    Payload::from_bytes(Bytes::from_static(text.as_bytes())),
+                )
+                .await
+                .expect("publish to user");
+            assert!(done.queued, "the user is away");
+            queued.push(done.published.message.id);
+        }
+        let mut sub = node.subscriber(16);
+        let done = sub
+            .subscribe(me.clone(), Since::Live)
+            .await
+            .expect("subscribe");
+        assert_eq!(done.position, queued.last().copied());
+        assert_eq!(expect_message(sub.next().await).id, queued[0]);
+        assert_eq!(expect_message(sub.next().await).id, queued[1]);
+        assert!(sub.try_next().is_none(), "the newest one once, as queued");
     }
 
     #[tokio::test]

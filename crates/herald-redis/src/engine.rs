@@ -329,6 +329,17 @@ impl RedisEngine {
             Since::Earliest => ("earliest", String::new()),
             Since::After(id) => ("after", id.to_string()),
         };
+        self.read_as(channel, mode, id).await
+    }
+
+    /// Runs the read script in `mode` (`live`, `earliest`, `after` with
+    /// the resume `id`, or `latest`).
+    async fn read_as(
+        &self,
+        channel: &ChannelName,
+        mode: &str,
+        id: String,
+    ) -> Result<ReadReply, EngineError> {
         let limits = Limits::of(self.namespaces.options(channel.as_str()));
         let mut conn = self.conn.clone();
         let mut invocation = self.scripts.read.prepare_invoke();
@@ -589,6 +600,21 @@ impl Broker for RedisEngine {
             gap,
             last_id,
         })
+    }
+
+    async fn latest(&self, channel: &ChannelName) -> Result<HistoryPage, EngineError> {
+        Ok(
+            match self.read_as(channel, "latest", String::new()).await? {
+                ReadReply::Unknown => unknown_channel_page(Since::Live),
+                ReadReply::Known {
+                    last_id, messages, ..
+                } => HistoryPage {
+                    messages,
+                    gap: false,
+                    last_id,
+                },
+            },
+        )
     }
 
     async fn stats(&self, channel: &ChannelName) -> Result<ChannelStats, EngineError> {

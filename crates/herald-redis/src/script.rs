@@ -223,9 +223,11 @@ extend(KEYS[1], ARGV[1])
 return 1
 ";
 
-/// KEYS: stream. ARGV: mode (`live`, `earliest`, `after`), resume id, max
-/// length, ttl ms. Returns `{0}` for an unknown channel, else
-/// `{1, last_id, max_deleted_id, retained, length, entries}`.
+/// KEYS: stream. ARGV: mode (`live`, `earliest`, `after`, `latest`),
+/// resume id, max length, ttl ms. Returns `{0}` for an unknown channel,
+/// else `{1, last_id, max_deleted_id, retained, length, entries}`; the
+/// entries are none (`live`), all (`earliest`), those after the resume id
+/// (`after`), or the newest one (`latest`).
 const READ_LUA: &str = r"
 local key = KEYS[1]
 if redis.call('EXISTS', key) == 0 then return {0} end
@@ -243,6 +245,8 @@ elseif ARGV[1] == 'after' then
   if #redis.call('XRANGE', key, ARGV[2], ARGV[2]) > 0 then retained = 1 end
   local r = redis.pcall('XRANGE', key, '(' .. ARGV[2], '+')
   if r.err == nil then entries = r end
+elseif ARGV[1] == 'latest' then
+  entries = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
 end
 return {1, last, deleted, retained, redis.call('XLEN', key), entries}
 ";
@@ -425,7 +429,8 @@ pub enum ReadReply {
         /// Whether the resume id is still in the stream.
         retained: bool,
         len: usize,
-        /// Entries after the resume id (all of them for `earliest`).
+        /// Entries after the resume id (all of them for `earliest`, the
+        /// newest one for `latest`).
         messages: Vec<Arc<Message>>,
     },
 }

@@ -179,6 +179,7 @@ pub struct NamespaceSection {
     pub mailbox_size: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub mailbox_ttl: Option<Duration>,
+    pub latest_on_subscribe: Option<bool>,
 }
 
 /// Most pending messages a mailbox may be configured to keep.
@@ -200,6 +201,7 @@ fn default_namespaces() -> Vec<NamespaceSection> {
         ack: None,
         mailbox_size: None,
         mailbox_ttl: None,
+        latest_on_subscribe: None,
     }]
 }
 
@@ -870,6 +872,7 @@ impl Config {
                 mailbox_ttl: ns
                     .mailbox_ttl
                     .unwrap_or(herald_core::namespace::DEFAULT_MAILBOX_TTL),
+                latest_on_subscribe: ns.latest_on_subscribe.unwrap_or(false),
             };
             if !(1..=MAX_MAILBOX_SIZE).contains(&options.mailbox_size) {
                 return Err(ConfigError::Invalid(format!(
@@ -1135,8 +1138,8 @@ impl Config {
             d(default.history_ttl)
         );
         for (prefix, o) in prefixes {
-            let _ = writeln!(out, "\n[[namespace]]\nprefix = \"{prefix}\"\nhistory_size = {}\nhistory_ttl = {}\nclient_publish = {}\nprivate = {}\npresence = {}\njoin_leave = {}\nmax_subscribers = {}\nack = {}\nmailbox_size = {}\nmailbox_ttl = {}",
-                o.history_size, d(o.history_ttl), o.client_publish, o.private, o.presence, o.join_leave, o.max_subscribers, o.ack, o.mailbox_size, d(o.mailbox_ttl));
+            let _ = writeln!(out, "\n[[namespace]]\nprefix = \"{prefix}\"\nhistory_size = {}\nhistory_ttl = {}\nclient_publish = {}\nprivate = {}\npresence = {}\njoin_leave = {}\nmax_subscribers = {}\nack = {}\nmailbox_size = {}\nmailbox_ttl = {}\nlatest_on_subscribe = {}",
+                o.history_size, d(o.history_ttl), o.client_publish, o.private, o.presence, o.join_leave, o.max_subscribers, o.ack, o.mailbox_size, d(o.mailbox_ttl), o.latest_on_subscribe);
         }
         out
     }
@@ -1240,6 +1243,25 @@ mod tests {
         assert_eq!(chat.history_size, 7);
         assert_eq!(chat.history_ttl, Duration::from_secs(60));
         assert!(chat.client_publish);
+        assert!(!chat.latest_on_subscribe, "off unless asked for");
+    }
+
+    #[test]
+    fn latest_on_subscribe_is_per_namespace_and_shown() {
+        let c = parse(
+            "[[namespace]]\nprefix = \"price:\"\nlatest_on_subscribe = true\n[[namespace]]\nprefix = \"news:\"",
+        )
+        .expect("valid");
+        assert!(c.namespaces.options("price:eur").latest_on_subscribe);
+        assert!(!c.namespaces.options("news:x").latest_on_subscribe);
+        assert!(!c.namespaces.options("other").latest_on_subscribe);
+        let summary = c.summary();
+        assert!(
+            summary.contains("prefix = \"price:\"\nhistory_size = 100\nhistory_ttl = \"10m\"\nclient_publish = false\nprivate = false\npresence = false\njoin_leave = false\nmax_subscribers = 0\nack = false\nmailbox_size = 100\nmailbox_ttl = \"1day\"\nlatest_on_subscribe = true"),
+            "{summary}"
+        );
+        assert!(summary.contains("prefix = \"news:\""), "{summary}");
+        assert!(parse("[[namespace]]\nprefix = \"a:\"\nlatest_on_subscribe = 1").is_err());
     }
 
     #[test]

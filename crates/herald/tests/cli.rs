@@ -83,6 +83,39 @@ fn bad_configs_exit_2_naming_what_is_wrong() {
     }
 }
 
+#[test]
+fn check_config_shows_latest_on_subscribe_per_namespace() {
+    let path = temp_file(
+        "latest.toml",
+        "[[namespace]]\nprefix = \"price:\"\nlatest_on_subscribe = true\n\
+         [[namespace]]\nprefix = \"news:\"\n",
+    );
+    let (code, summary, err) = herald(&["check-config", path_str(&path)]);
+    assert_eq!(code, 0, "{err}");
+    let section = |prefix: &str| {
+        summary
+            .split("[[namespace]]")
+            .find(|s| s.contains(&format!("prefix = \"{prefix}\"")))
+            .unwrap_or_else(|| panic!("no {prefix} namespace in\n{summary}"))
+            .to_string()
+    };
+    assert!(
+        section("price:").contains("latest_on_subscribe = true\n"),
+        "{summary}"
+    );
+    assert!(
+        section("news:").contains("latest_on_subscribe = false\n"),
+        "{summary}"
+    );
+    let bad = temp_file(
+        "latest-bad.toml",
+        "[[namespace]]\nprefix = \"a:\"\nlatest_on_subscribe = \"yes\"\n",
+    );
+    let (code, _, err) = herald(&["check-config", path_str(&bad)]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("line 3") && err.contains("boolean"), "{err}");
+}
+
 #[tokio::test]
 async fn a_minted_token_opens_a_private_channel() {
     let secret = support_security::SECRET;

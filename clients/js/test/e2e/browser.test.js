@@ -93,6 +93,65 @@ for (const transport of ["websocket", "sse", "stream", "longpoll", "iframe"]) {
   });
 }
 
+test("latest_on_subscribe in the browser, every transport: the newest message with latest: true, then live ones", async () => {
+  // The demo's chat: namespace, plus state: channels with the option.
+  const own = new HeraldServer({
+    config:
+      '[[namespace]]\nprefix = "chat:"\nclient_publish = true\npresence = true\njoin_leave = true\n\n' +
+      '[[namespace]]\nprefix = "state:"\nlatest_on_subscribe = true\n',
+  });
+  await own.start();
+  try {
+    for (const transport of ["websocket", "sse", "stream", "longpoll", "iframe"]) {
+      const channel = `state:browser-${transport}`;
+      await own.publish(channel, { v: 1 });
+      const newest = await own.publish(channel, { v: "2 </script>" });
+      const page = await openDemo(own.url, `?transport=${transport}`);
+      assert.equal(await page.evaluate(() => window.herald.transport), transport);
+      await page.evaluate((channel) => {
+        window.got = [];
+        window.herald.subscribe(channel, (m) => window.got.push(m));
+      }, channel);
+      await page.waitForFunction(() => window.got.length === 1);
+      const live = await own.publish(channel, { v: 3 });
+      await page.waitForFunction(() => window.got.length === 2);
+      assert.deepEqual(await page.evaluate(() => window.got), [
+        { channel, id: newest.id, data: { v: "2 </script>" }, latest: true },
+        { channel, id: live.id, data: { v: 3 } },
+      ], transport);
+      assert.deepEqual(page.errors, [], transport);
+      await page.close();
+    }
+    // A plain EventSource on the channel URL: onmessage gets the value like
+    // any message (the payload as published: JSON text here); the "latest"
+    // event, just before it, names it and moves no lastEventId.
+    const channel = "state:eventsource";
+    await own.publish(channel, "old");
+    const newest = await own.publish(channel, "current");
+    const page = await openDemo(own.url);
+    await page.evaluate((channel) => {
+      window.seen = [];
+      const es = new EventSource(`/sub/${channel}`);
+      es.onmessage = (e) => window.seen.push(["message", e.data, e.lastEventId]);
+      es.addEventListener("latest", (e) => window.seen.push(["latest", JSON.parse(e.data).id, e.lastEventId]));
+      window.es = es;
+    }, channel);
+    await page.waitForFunction(() => window.seen.length === 2);
+    const live = await own.publish(channel, "next");
+    await page.waitForFunction(() => window.seen.length === 3);
+    assert.deepEqual(await page.evaluate(() => window.seen), [
+      ["latest", newest.id, ""],
+      ["message", '"current"', newest.id],
+      ["message", '"next"', live.id],
+    ]);
+    await page.evaluate(() => window.es.close());
+    assert.deepEqual(page.errors, []);
+    await page.close();
+  } finally {
+    await own.stop();
+  }
+});
+
 test("falls back past a silent WebSocket and a buffered SSE stream to long-poll", async () => {
   const page = await openDemo(server.url);
   // From now on: WebSocket upgrades are accepted but nothing ever arrives

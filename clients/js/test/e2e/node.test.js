@@ -94,6 +94,49 @@ test("resubscribing from a retained id replays what was missed, once", async () 
   c.close();
 });
 
+for (const transport of ["websocket", "stream", "longpoll"]) {
+  test(`${transport}: latest_on_subscribe opens with the newest message (latest: true), once`, async () => {
+    const own = new HeraldServer({ config: '[[namespace]]\nprefix = "state:"\nlatest_on_subscribe = true\n' });
+    await own.start();
+    try {
+      const channel = `state:${transport}`;
+      await own.publish(channel, { v: 1 });
+      const newest = await own.publish(channel, { v: 2 });
+      const c = client(own.url, { transports: [transport] });
+      const got = [];
+      const sub = c.subscribe(channel, (m) => got.push(m));
+      const reply = await nextEvent(sub, "subscribed");
+      assert.equal(reply.position, newest.id);
+      await eventually(() => got.length === 1, { what: "the latest message" });
+      assert.deepEqual(got[0], { channel, id: newest.id, data: { v: 2 }, latest: true });
+      assert.equal(got[0].latest, true);
+      const live = await own.publish(channel, { v: 3 });
+      await eventually(() => got.length === 2, { what: "the live message" });
+      assert.deepEqual(got[1], { channel, id: live.id, data: { v: 3 } });
+      // Reconnected, the subscription resumes from its last id: what it
+      // missed comes unmarked, and the latest one is not sent again.
+      c.close();
+      const missed = await own.publish(channel, { v: 4 });
+      c.connect();
+      await eventually(() => got.length === 3, { what: "the message missed while away" });
+      assert.deepEqual(got[2], { channel, id: missed.id, data: { v: 4 } });
+      assert.equal(got.filter((m) => m.latest === true).length, 1);
+      // Without the option (this server's other channels): nothing first.
+      const plainChannel = `plain-${transport}`;
+      await own.publish(plainChannel, "old");
+      const plain = [];
+      const other = c.subscribe(plainChannel, (m) => plain.push(m));
+      await nextEvent(other, "subscribed");
+      const fresh = await own.publish(plainChannel, "new");
+      await eventually(() => plain.length === 1, { what: "the live message without the option" });
+      assert.deepEqual(plain, [{ channel: plainChannel, id: fresh.id, data: "new" }]);
+      c.close();
+    } finally {
+      await own.stop();
+    }
+  });
+}
+
 test("a channel deleted by the backend ends the subscription (unsubscribed, reconnect:false)", async () => {
   const c = client(server.url, { transports: ["websocket"] });
   const sub = c.subscribe("e2e-deleted", () => {});

@@ -309,6 +309,17 @@ impl Broker for MemoryEngine {
         Ok(ch.history.after(since))
     }
 
+    async fn latest(&self, channel: &ChannelName) -> Result<HistoryPage, EngineError> {
+        let Some(entry) = self.get(channel) else {
+            return Ok(unknown_channel_page(Since::Live));
+        };
+        let options = self.namespaces.options(channel.as_str());
+        let mut ch = entry.lock();
+        ch.history
+            .trim(options.history_size, options.history_ttl_ms(), now_ms());
+        Ok(ch.history.latest())
+    }
+
     async fn stats(&self, channel: &ChannelName) -> Result<ChannelStats, EngineError> {
         let Some(entry) = self.get(channel) else {
             return Ok(ChannelStats::default());

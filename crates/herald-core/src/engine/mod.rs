@@ -190,6 +190,12 @@ pub trait Broker: Send + Sync + 'static {
         since: Since,
     ) -> Result<HistoryPage, EngineError>;
 
+    /// The channel's newest id (as `history` with [`Since::Live`] gives it)
+    /// and its newest retained message, if any: `messages` holds at most
+    /// that one and `gap` is false. One read, so that a subscribe with
+    /// `latest_on_subscribe` costs no more round trips than a live one.
+    async fn latest(&self, channel: &ChannelName) -> Result<HistoryPage, EngineError>;
+
     async fn stats(&self, channel: &ChannelName) -> Result<ChannelStats, EngineError>;
 
     /// Drops the channel's history and closes its subscribers on every node.

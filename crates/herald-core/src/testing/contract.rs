@@ -70,6 +70,7 @@ macro_rules! contract_tests {
             history_is_trimmed_by_count,
             history_is_trimmed_by_age,
             resume_follows_the_gap_rule,
+            latest_on_subscribe_opens_with_the_newest_retained_message,
             remove_drops_history_and_closes_subscribers,
             presence_entries_come_and_go_with_notices,
             user_queue_is_bounded_and_reports_its_gap,
@@ -239,6 +240,103 @@ pub async fn history_is_trimmed_by_age(backend: &dyn Backend) {
     .await;
     let stats = b.engine.stats(&c).await.expect("stats");
     assert_eq!(stats.messages, 0);
+}
+
+/// `latest` answers the newest id and the newest retained message; a live
+/// subscribe in a namespace with `latest_on_subscribe` opens with that
+/// message ([`Item::Latest`], at its id), then live ones without a
+/// duplicate; a resume, a namespace without the option, an empty channel
+/// and a message aged out of history open with nothing (and no gap).
+pub async fn latest_on_subscribe_opens_with_the_newest_retained_message(backend: &dyn Backend) {
+    let latest = |history_ttl| ChannelOptions {
+        history_ttl,
+        latest_on_subscribe: true,
+        ..ChannelOptions::default()
+    };
+    let namespaces = Namespaces::new(
+        ChannelOptions::default(),
+        vec![
+            ("live:".into(), latest(Duration::from_secs(600))),
+            ("live:brief:".into(), latest(Duration::from_millis(500))),
+        ],
+    );
+    let [a, b] = backend.pair(namespaces).await;
+    let c = ch("live:price");
+    let sent = [
+        publish(&a, &c, "1").await,
+        publish(&a, &c, "2").await,
+        publish(&a, &c, "3").await,
+    ];
+    let page = b.engine.latest(&c).await.expect("latest");
+    assert_eq!(ids(&page.messages), [sent[2]], "the newest only");
+    assert_eq!(page.last_id, Some(sent[2]));
+    assert!(!page.gap);
+
+    let mut live = b.subscriber(64);
+    let done = live
+        .subscribe(c.clone(), Since::Live)
+        .await
+        .expect("subscribe");
+    assert_eq!(
+        (done.position, done.gap, done.replayed),
+        (Some(sent[2]), false, 0)
+    );
+    match next(&mut live).await {
+        Item::Latest(m) => {
+            assert_eq!(m.id, sent[2]);
+            assert_eq!(m.payload, text("3"));
+        }
+        other => panic!("expected the latest message, got {other:?}"),
+    }
+    let fourth = publish(&a, &c, "4").await;
+    assert_eq!(next_message(&mut live).await.id, fourth, "then live, once");
+
+    let mut resumed = b.subscriber(64);
+    resumed
+        .subscribe(c.clone(), Since::After(sent[0]))
+        .await
+        .expect("resume");
+    for want in [sent[1], sent[2], fourth] {
+        assert_eq!(
+            next_message(&mut resumed).await.id,
+            want,
+            "a resume as ever"
+        );
+    }
+
+    let plain = ch("plain");
+    publish(&a, &plain, "old").await;
+    let mut sub = b.subscriber(64);
+    sub.subscribe(plain.clone(), Since::Live)
+        .await
+        .expect("subscribe");
+    let empty = ch("live:empty");
+    let page = b.engine.latest(&empty).await.expect("latest");
+    assert!(page.messages.is_empty() && page.last_id.is_none());
+    let done = sub
+        .subscribe(empty.clone(), Since::Live)
+        .await
+        .expect("subscribe");
+    assert_eq!((done.position, done.gap), (None, false));
+
+    let brief = ch("live:brief:status");
+    publish(&a, &brief, "soon gone").await;
+    eventually("the message to age out", || async {
+        let page = b.engine.latest(&brief).await.expect("latest");
+        page.messages.is_empty().then_some(())
+    })
+    .await;
+    let done = sub
+        .subscribe(brief.clone(), Since::Live)
+        .await
+        .expect("subscribe");
+    assert!(!done.gap, "an aged-out latest is no gap");
+    let next_plain = publish(&a, &plain, "new").await;
+    assert_eq!(
+        next_message(&mut sub).await.id,
+        next_plain,
+        "nothing came first on any of the three"
+    );
 }
 
 /// The resume rule of [`crate::history`]: continuous from a retained id,

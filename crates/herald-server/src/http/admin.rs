@@ -141,7 +141,14 @@ pub(crate) async fn history(
         }
     };
     let page = state.node.engine.history(&channel, since).await?;
-    let body =
-        crate::transport::poll::body(&channel, &page.messages, page.last_id, page.gap, None, None);
+    let body = crate::transport::poll::body(
+        &channel,
+        &page.messages,
+        None,
+        page.last_id,
+        page.gap,
+        None,
+        None,
+    );
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

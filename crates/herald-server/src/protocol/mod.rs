@@ -75,6 +75,7 @@ impl Speaks {
     pub(crate) fn push(self, item: Item) -> Push {
         match item {
             Item::Message(m) => Push::Message(m),
+            Item::Latest(m) => Push::Latest(m),
             Item::Gap(channel) => Push::Gap(channel),
             Item::Notice(notice) => Push::Notice(notice),
             Item::Disconnect(why) => Push::End(why),
@@ -92,6 +93,10 @@ impl Speaks {
 /// them out as they are, encoded once per publish.
 pub(crate) enum Push {
     Message(Arc<Message>),
+    /// The channel's newest message, which a subscribe without a resume
+    /// point opens with (`latest_on_subscribe`): each format marks it
+    /// (docs/protocol.md), in bytes built for this connection only.
+    Latest(Arc<Message>),
     /// Messages may be missing before the next one of this channel.
     Gap(ChannelName),
     /// Someone joined or left a followed channel.

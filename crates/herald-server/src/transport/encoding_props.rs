@@ -167,8 +167,15 @@ proptest! {
         iframe.push(&Push::Message(m.clone()), &mut out);
         let chunk = concat(out);
         let arg = script_argument(iframe_argument(&chunk, &callback)?)?;
-        let envelope: Value = serde_json::from_slice(m.envelope()).expect("JSON");
-        prop_assert_eq!(arg, envelope);
+        let mut envelope: Value = serde_json::from_slice(m.envelope()).expect("JSON");
+        prop_assert_eq!(&arg, &envelope);
+
+        let mut out = VecDeque::new();
+        iframe.push(&Push::Latest(m.clone()), &mut out);
+        let chunk = concat(out);
+        let arg = script_argument(iframe_argument(&chunk, &callback)?)?;
+        envelope["latest"] = Value::Bool(true);
+        prop_assert_eq!(arg, envelope, "the latest one, marked");
 
         let notice = Arc::new(notice);
         let mut out = VecDeque::new();
@@ -202,11 +209,13 @@ proptest! {
         gap in any::<bool>(),
         ended in proptest::option::of(0..ALL.len()),
         callback in callback(),
+        first_is_latest in any::<bool>(),
     ) {
         let last_id = messages.last().map(|m| m.id);
+        let latest = messages.first().filter(|_| first_is_latest).map(|m| m.id);
         let ended = ended.map(|i| serde_json::to_value(ALL[i]).expect("a disconnect is JSON"));
-        let plain = super::poll::body(&channel, &messages, last_id, gap, ended.clone(), None);
-        let jsonp = super::poll::body(&channel, &messages, last_id, gap, ended.clone(), Some(&callback));
+        let plain = super::poll::body(&channel, &messages, latest, last_id, gap, ended.clone(), None);
+        let jsonp = super::poll::body(&channel, &messages, latest, last_id, gap, ended.clone(), Some(&callback));
         let jsonp = std::str::from_utf8(&jsonp).expect("UTF-8");
         let arg = jsonp
             .strip_prefix(&format!("{callback}("))
@@ -219,8 +228,11 @@ proptest! {
         prop_assert_eq!(&arg["gap"], &Value::from(gap));
         let got = arg["messages"].as_array().expect("a list");
         prop_assert_eq!(got.len(), messages.len());
-        for (got, m) in got.iter().zip(&messages) {
-            let envelope: Value = serde_json::from_slice(m.envelope()).expect("JSON");
+        for (i, (got, m)) in got.iter().zip(&messages).enumerate() {
+            let mut envelope: Value = serde_json::from_slice(m.envelope()).expect("JSON");
+            if i == 0 && latest.is_some() {
+                envelope["latest"] = Value::Bool(true);
+            }
             prop_assert_eq!(got, &envelope);
         }
         match last_id {
@@ -244,8 +256,9 @@ proptest! {
         sse.push(&Push::Gap(notice.channel.clone()), &mut out);
         sse.heartbeat(&mut out);
         sse.push(&Push::End(ALL[which]), &mut out);
+        sse.push(&Push::Latest(m.clone()), &mut out);
         let events = parse_event_stream(&concat(out));
-        prop_assert_eq!(events.len(), 4, "{:?}", events);
+        prop_assert_eq!(events.len(), 6, "{:?}", events);
         prop_assert_eq!(events[0].0.as_str(), "message");
         let text = m.payload.text().replace("\r\n", "\n").replace('\r', "\n");
         prop_assert_eq!(&events[0].1, &text);
@@ -258,6 +271,14 @@ proptest! {
         prop_assert_eq!(events[3].0.as_str(), "disconnect");
         let close: Value = serde_json::from_str(&events[3].1).expect("JSON");
         prop_assert_eq!(&close["code"], &Value::from(ALL[which].code));
+        // The latest message: its mark, then the value as a plain message
+        // event (which `onmessage` gets).
+        prop_assert_eq!(events[4].0.as_str(), "latest");
+        let mark: Value = serde_json::from_str(&events[4].1).expect("JSON");
+        prop_assert_eq!(&mark["channel"], &Value::from(notice.channel.as_str()));
+        prop_assert_eq!(&mark["id"], &Value::from(m.id.to_string()));
+        prop_assert_eq!(events[5].0.as_str(), "message");
+        prop_assert_eq!(&events[5].1, &text);
     }
 
     #[test]

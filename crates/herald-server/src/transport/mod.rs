@@ -12,6 +12,8 @@
 //!
 //! A message's bytes for each format are built once per publish
 //! ([`herald_core::Message`] caches them) and shared by every subscriber.
+//! The one exception is the latest message a subscription opens with
+//! ([`Push::Latest`]): its marked form is built for that connection alone.
 
 pub(crate) mod downstream;
 #[cfg(test)]
@@ -66,6 +68,8 @@ pub(crate) fn leave_line(channel: &ChannelName, delay_ms: u32) -> Bytes {
 pub(crate) fn session_frame(push: &Push) -> (Bytes, Option<Bytes>) {
     match push {
         Push::Message(m) => (m.envelope().clone(), Some(m.script_envelope().clone())),
+        // Built for this connection; the script-safe form only where needed.
+        Push::Latest(m) => (m.latest_envelope(), None),
         Push::Gap(channel) => (gap_json(channel), None),
         Push::Notice(notice) => (notice.json.clone(), None),
         Push::Frame(frame) => (frame.clone(), None),

@@ -54,6 +54,9 @@ pub(crate) fn timeout(text: Option<&str>, config: &Config) -> Result<Duration, R
 #[derive(Default)]
 struct Answer {
     messages: Vec<Arc<Message>>,
+    /// The id of the latest message the subscription opened with, if it is
+    /// among `messages`.
+    latest: Option<MessageId>,
     gap: bool,
     /// The `disconnect` member, when the subscription ended.
     ended: Option<serde_json::Value>,
@@ -64,6 +67,10 @@ impl Answer {
         for push in pushes.drain(..) {
             match push {
                 Push::Message(m) => self.messages.push(m),
+                Push::Latest(m) => {
+                    self.latest = Some(m.id);
+                    self.messages.push(m);
+                }
                 Push::Gap(_) => self.gap = true,
                 Push::End(why) => self.ended = Some(serde_json::to_value(why).unwrap_or_default()),
                 Push::Leave(delay_ms) => self.ended = Some(leave_json(delay_ms)),
@@ -115,6 +122,7 @@ pub(crate) async fn answer(
     body(
         channel,
         &answer.messages,
+        answer.latest,
         last_id,
         answer.gap,
         answer.ended,
@@ -124,16 +132,28 @@ pub(crate) async fn answer(
 
 /// The answer's body: `{"channel","messages","last_id","gap"}` (and
 /// `"disconnect"` when the subscription ended), or with a callback the JSONP
-/// call `NAME({...});`, whose envelopes are script-safe.
+/// call `NAME({...});`, whose envelopes are script-safe. The message whose
+/// id is `latest` (the one a subscription opened with) is written with its
+/// marked envelope, built for this answer; the others' are shared.
 pub(crate) fn body(
     channel: &ChannelName,
     messages: &[Arc<Message>],
+    latest: Option<MessageId>,
     last_id: Option<MessageId>,
     gap: bool,
     ended: Option<serde_json::Value>,
     callback: Option<&str>,
 ) -> Bytes {
     let jsonp = callback.is_some();
+    let marked = latest
+        .and_then(|id| messages.iter().find(|m| m.id == id))
+        .map(|m| {
+            if jsonp {
+                m.latest_script_envelope()
+            } else {
+                m.latest_envelope()
+            }
+        });
     let mut body = BytesMut::new();
     if let Some(name) = callback {
         body.put_slice(name.as_bytes());
@@ -144,12 +164,10 @@ pub(crate) fn body(
     body.put_slice(b",\"messages\":");
     put_json_list(
         &mut body,
-        messages.iter().map(|m| {
-            if jsonp {
-                &m.script_envelope()[..]
-            } else {
-                &m.envelope()[..]
-            }
+        messages.iter().map(|m| match &marked {
+            Some(marked) if Some(m.id) == latest => &marked[..],
+            _ if jsonp => &m.script_envelope()[..],
+            _ => &m.envelope()[..],
         }),
     );
     body.put_slice(b",\"last_id\":");

@@ -1,6 +1,9 @@
 //! Server-Sent Events. Channel dialect: `id:` is the message id and `data:`
-//! the envelope, with `event: gap`, `event: join`/`leave` and a last
-//! `event: disconnect`. Session dialect: every frame is one `data:` event.
+//! the payload, with `event: gap`, `event: join`/`leave` and a last
+//! `event: disconnect`; the latest message a subscription opens with is an
+//! ordinary message event, announced by an `event: latest` just before it
+//! (so that `EventSource.onmessage` still gets the value). Session
+//! dialect: every frame is one `data:` event.
 
 use std::collections::VecDeque;
 
@@ -58,6 +61,16 @@ impl Encoder for Sse {
         };
         match push {
             Push::Message(m) => out.push_back(m.sse_frame().clone()),
+            Push::Latest(m) => {
+                // A named event would hide the value from `onmessage`: the
+                // value is the plain message event, and the mark comes
+                // first as its own event, naming the message by id.
+                out.push_back(event(
+                    "latest",
+                    &json!({"channel": channel.as_str(), "id": m.id.to_string()}).to_string(),
+                ));
+                out.push_back(m.sse_frame().clone());
+            }
             Push::Gap(channel) => out.push_back(event(
                 "gap",
                 &json!({"channel": channel.as_str()}).to_string(),
