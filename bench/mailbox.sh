@@ -17,6 +17,8 @@
 #
 #   bash bench/mailbox.sh                       # one node, 10,000 users x 10
 #   NODES=3 bash bench/mailbox.sh               # three nodes on one Redis
+#   ACK=0 bash bench/mailbox.sh                 # the same publishes without ack (baseline)
+#   ENGINE=redis bash bench/mailbox.sh          # one node on Redis
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
@@ -28,6 +30,7 @@ USERS=${USERS:-10000}
 MESSAGES=${MESSAGES:-10}
 PENDING_USERS=${PENDING_USERS:-10000}
 PENDING=${PENDING:-10}
+ACK=${ACK:-1}
 BASE_PORT=${BASE_PORT:-7181}
 REDIS_PORT=${REDIS_PORT:-7199}
 SECRET="mailbox-bench-secret-of-at-least-32-bytes"
@@ -37,7 +40,8 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$work"
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  [ -n "${KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -56,7 +60,7 @@ history_size = 100
 EOF
 
 engine=()
-if [ "$NODES" -gt 1 ]; then
+if [ "$NODES" -gt 1 ] || [ "${ENGINE:-}" = redis ]; then
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
@@ -73,6 +77,11 @@ start_nodes() {
   done
   for i in $(seq 0 $((NODES - 1))); do
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$((BASE_PORT + i))") 2>/dev/null && break; sleep 0.1; done
+    if ! kill -0 "${node_pids[$i]}" 2>/dev/null; then
+      echo "node $i did not start:" >&2
+      cat "$work/node$i.log" >&2
+      exit 1
+    fi
   done
 }
 stop_nodes() {
@@ -81,14 +90,18 @@ stop_nodes() {
 
 # --- 1. throughput -----------------------------------------------------------
 start_nodes
-total=$((USERS * MESSAGES))
+share=$((USERS / NODES))
+total=$((share * NODES * MESSAGES))
 python3 - "$BASE_PORT" "$NODES" "$total" >"$work/acks.txt" <<'PY' &
 import sys, time, urllib.request
 port, nodes, total = map(int, sys.argv[1:])
 def acked():
     n = 0
     for i in range(nodes):
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port + i}/metrics", timeout=5).read().decode()
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port + i}/metrics", timeout=5).read().decode()
+        except OSError:
+            return -1
         for line in text.splitlines():
             if line.startswith("herald_mailbox_messages_acknowledged_total "):
                 n += int(float(line.split()[1]))
@@ -98,6 +111,9 @@ deadline = time.time() + 900
 while time.time() < deadline:
     n = acked()
     now = time.time()
+    if n < 0:
+        time.sleep(0.05)
+        continue
     if n > 0 and first is None:
         first = now
     if n >= total:
@@ -111,22 +127,21 @@ poller=$!
 prefix="mbx$RANDOM"
 bench_pids=()
 for i in $(seq 0 $((NODES - 1))); do
-  share=$((USERS / NODES))
   "$BENCH_BIN" --scenario unicast --transport session-ws \
     --sub-url "ws://127.0.0.1:$((BASE_PORT + i))/connection/websocket" \
     --session-connect '{"id":100000000,"connect":{"token":"{token}"}}' \
     --session-subscribe '{"id":{id},"subscribe":{"channel":"user:{channel}"}}' \
-    --session-ack-each '{"id":{id},"ack":{"ids":["{msgid}"]}}' \
+    --session-ack-each "$([ "$ACK" = 1 ] && echo '{"id":{id},"ack":{"ids":["{msgid}"]}}')" \
     --hmac-secret "$SECRET" \
     --pub-url "http://127.0.0.1:$BASE_PORT/api/users/{channel}/publish" \
-    --pub-body '{"data":{payload},"ack":true}' --pub-concurrency $((16 / NODES)) \
+    --pub-body "{\"data\":{payload},\"ack\":$([ "$ACK" = 1 ] && echo true || echo false)}" --pub-concurrency $((16 / NODES)) \
     -n "$share" -m "$MESSAGES" --channel-prefix "$prefix-$i" --settle 3 \
     --server-pid "${node_pids[$i]}" --label "herald node $i" --output json --progress-every 0 \
     >"$work/bench$i.json" 2>"$work/bench$i.err" &
   bench_pids+=($!)
 done
 for p in "${bench_pids[@]}"; do wait "$p"; done
-wait "$poller"
+if [ "$ACK" = 1 ]; then wait "$poller"; else kill "$poller" 2>/dev/null || true; echo "0 timeout" >"$work/acks.txt"; fi
 for i in $(seq 0 $((NODES - 1))); do
   python3 - "$work/bench$i.json" <<'PY'
 import json, sys
@@ -137,17 +152,17 @@ print(f"  {r['label']}: {r['connections_open']} users, {r['published']} publishe
 PY
 done
 read -r acked secs <"$work/acks.txt"
-echo "nodes=$NODES users=$USERS messages/user=$MESSAGES: $acked of $total acknowledged in $secs s" \
-  "= $(python3 -c "print(f'{$acked / $secs:.0f}' if '$secs' != 'timeout' else '-')") acknowledged messages/s"
+echo "nodes=$NODES users=$((share * NODES)) messages/user=$MESSAGES: $acked of $total acknowledged in $secs s" \
+  "= $(python3 -c "s='$secs'; print('-' if s == 'timeout' or float(s) == 0 else f'{$acked / float(s):.0f}')") acknowledged messages/s"
 stop_nodes
-if [ "$NODES" -gt 1 ]; then redis-cli -p "$REDIS_PORT" flushall >/dev/null; fi
+if [ -n "${engine[*]}" ]; then redis-cli -p "$REDIS_PORT" flushall >/dev/null; fi
 
 # --- 2. memory per pending message -------------------------------------------
 start_nodes
 pid=${node_pids[0]}
 before=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
 redis_before=0
-if [ "$NODES" -gt 1 ]; then redis_before=$(redis-cli -p "$REDIS_PORT" info memory | awk -F: '/^used_memory:/ {print $2+0}'); fi
+if [ -n "${engine[*]}" ]; then redis_before=$(redis-cli -p "$REDIS_PORT" info memory | awk -F: '/^used_memory:/ {print $2+0}'); fi
 timeout 900 python3 - "$BASE_PORT" "$PENDING_USERS" "$PENDING" <<'PY'
 import http.client, json, sys
 port, users, messages = map(int, sys.argv[1:])
@@ -166,7 +181,7 @@ after=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
 pending=$((PENDING_USERS * PENDING))
 echo "pending: $PENDING_USERS offline users x $PENDING messages = $pending; node RSS ${before} -> ${after} KiB:" \
   "$(( (after - before) * 1024 / pending )) B per pending message (history of 100 per user included)"
-if [ "$NODES" -gt 1 ]; then
+if [ -n "${engine[*]}" ]; then
   redis_after=$(redis-cli -p "$REDIS_PORT" info memory | awk -F: '/^used_memory:/ {print $2+0}')
   echo "redis used_memory grew $(( (redis_after - redis_before) / pending )) B per pending message (mailbox + history + index)"
 fi
