@@ -15,12 +15,16 @@
 //! - [`refusal`]: the table of refusal (error) codes, beside it.
 //! - [`presence`]: who follows a channel; join/leave notices.
 //! - [`user`]: personal channels and offline queues.
+//! - [`event`]: the events recorded for webhooks, and the memory outbox.
+//! - [`occupancy`]: who holds a user or channel; online/offline and
+//!   occupied/vacated once per real change, debounced.
 //! - `testing` (cargo feature `testing`): the engine contract suite every
 //!   engine runs, and the bounded `eventually` wait.
 
 pub mod channel;
 pub mod disconnect;
 pub mod engine;
+pub mod event;
 pub mod histogram;
 pub mod history;
 pub mod hub;
@@ -28,6 +32,7 @@ pub mod id;
 pub mod message;
 pub mod namespace;
 pub mod node;
+pub mod occupancy;
 pub mod presence;
 pub mod refusal;
 mod sharded;

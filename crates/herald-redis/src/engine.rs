@@ -12,6 +12,11 @@
 //! Work that must not block its caller (presence leaves) and the periodic
 //! rewrites of this node's presence entries and subscriber counts run in the
 //! `upkeep` task, fed by a bounded queue.
+//!
+//! With webhooks ([`RedisOptions::events`]) the hub's occupancy watcher is
+//! the `occupancy` module's dirty set, written to Redis by its own task;
+//! events go to the outbox stream `<prefix>:webhooks`, read by whichever
+//! node holds the delivery lease.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,9 +26,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald_core::disconnect::Disconnect;
 use herald_core::engine::{
-    Broker, ChannelStats, Claims, EngineError, PresenceStore, Published, SubscriberSlot,
+    Broker, ChannelStats, Claims, EngineError, EventLog, PresenceStore, Published, SubscriberSlot,
     UserPublished, UserQueue, UserQueues,
 };
+use herald_core::event::{event_json, EventCounts, EventOptions, OutboxStats, RecordedEvent};
 use herald_core::histogram::Histogram;
 use herald_core::history::{unknown_channel_page, HistoryPage};
 use herald_core::hub::Hub;
@@ -40,12 +46,13 @@ use crate::call::{bounded, millis, UNLIMITED};
 use crate::counts::Counts;
 use crate::frame;
 use crate::keys::Keys;
+use crate::occupancy::{self, Dirty};
 use crate::options::RedisOptions;
 use crate::presence::{self, LocalPresence};
 use crate::pubsub::{Command, State, Task};
 use crate::script::{
-    parse_count, parse_publish, parse_read, parse_take, parse_values, PublishReply, ReadReply,
-    Scripts, Taken,
+    parse_count, parse_events, parse_publish, parse_read, parse_take, parse_values, PublishReply,
+    ReadReply, Scripts, Taken,
 };
 use crate::slot::LocalSlots;
 use crate::upkeep::{Job, Leave, Upkeep, UPKEEP_QUEUE};
@@ -60,6 +67,10 @@ const COMMAND_QUEUE: usize = 4_096;
 const MIN_KEY_EXPIRY_MS: u64 = 1_000;
 /// Sweeps (about one a second) between two reconcile passes.
 const RECONCILE_EVERY: u64 = 10;
+/// How often the delivering node looks for new events in the outbox.
+const OUTBOX_POLL: Duration = Duration::from_millis(200);
+/// Outbox entries one `XDEL` deletes at most.
+const DONE_CHUNK: usize = 500;
 
 /// Herald's Redis engine. See the crate docs for the layout in Redis.
 pub struct RedisEngine {
@@ -87,11 +98,26 @@ pub struct RedisEngine {
     sweep_queued: Arc<AtomicBool>,
     /// How long each command of `call` took, answered or not.
     latency: Histogram,
+    /// Only with webhooks.
+    events: Option<Events>,
+}
+
+/// What the engine keeps for webhooks.
+struct Events {
+    options: EventOptions,
+    /// What this node's scripts recorded.
+    recorded: Arc<EventCounts>,
+    /// Feeds the occupancy task (the hub's watcher).
+    dirty: Arc<Dirty>,
+    task: tokio::task::AbortHandle,
 }
 
 impl Drop for RedisEngine {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(events) = &self.events {
+            events.task.abort();
+        }
     }
 }
 
@@ -155,6 +181,8 @@ impl RedisEngine {
         let presence = Arc::new(LocalPresence::new(presence::node_id()));
         let slots = Arc::new(LocalSlots::new(Arc::clone(presence.node())));
         let counts = Arc::new(Counts::new(Arc::clone(presence.node())));
+        let scripts = Arc::new(Scripts::default());
+        first_beat(&mut conn, &keys, &scripts, &counts, &options).await?;
         let pubsub = Arc::new(State::new(Arc::clone(&hub), Arc::clone(&presence)));
         // The connection is up: follows may queue now; the task applies them
         // once it has subscribed again to what the hub already holds.
@@ -170,7 +198,29 @@ impl RedisEngine {
         };
         let task = tokio::spawn(task.run(Some(first), queue)).abort_handle();
 
-        let scripts = Arc::new(Scripts::default());
+        let events = options.events.clone().map(|events| {
+            let dirty = Arc::new(Dirty::new(events.clone()));
+            let recorded = Arc::new(EventCounts::default());
+            hub.watch(dirty.clone());
+            let writer = occupancy::Task {
+                conn: conn.clone(),
+                keys: keys.clone(),
+                scripts: Arc::clone(&scripts),
+                hub: Arc::clone(&hub),
+                counts: Arc::clone(&counts),
+                options: options.clone(),
+                events: events.clone(),
+                dirty: Arc::clone(&dirty),
+                recorded: Arc::clone(&recorded),
+            };
+            let task = tokio::spawn(writer.run()).abort_handle();
+            Events {
+                options: events,
+                recorded,
+                dirty,
+                task,
+            }
+        });
         let sweep_queued = Arc::new(AtomicBool::new(false));
         let (upkeep, jobs) = mpsc::channel(UPKEEP_QUEUE);
         let worker = Upkeep {
@@ -203,6 +253,7 @@ impl RedisEngine {
             upkeep,
             sweep_queued,
             latency: Histogram::default(),
+            events,
         }))
     }
 
@@ -367,6 +418,32 @@ impl Limits {
         };
         Self { max_len, ttl_ms }
     }
+}
+
+/// Registers this node's count identity before `connect` returns, so that
+/// the scripts that write only for a live identity (counts, occupancy)
+/// accept its writes from the start, before its first sweep.
+async fn first_beat(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    scripts: &Scripts,
+    counts: &Counts,
+    options: &RedisOptions,
+) -> Result<(), EngineError> {
+    let (id, _) = counts.identity();
+    let mut invocation = scripts.node_beat.prepare_invoke();
+    invocation
+        .key(keys.nodes())
+        .arg(&*id)
+        .arg(millis(options.node_ttl))
+        .arg("new");
+    let reply: Value = bounded(options.timeout, invocation.invoke_async(conn)).await?;
+    if let Value::Array(items) = &reply {
+        if matches!(items.first(), Some(Value::Int(1))) {
+            counts.beat_ok(&id, &[]);
+        }
+    }
+    Ok(())
 }
 
 fn check_version(info: &str) -> Result<(), EngineError> {
@@ -593,6 +670,9 @@ impl Broker for RedisEngine {
     /// has the upkeep task rewrite this node's changed subscriber counts and,
     /// every `refresh_interval`, its presence entries.
     fn sweep(&self, now_ms: u64) {
+        if let Some(events) = &self.events {
+            events.dirty.sweep();
+        }
         if self.sweeps.fetch_add(1, Ordering::Relaxed) % RECONCILE_EVERY == RECONCILE_EVERY - 1 {
             let _ = self.commands.try_send(Command::Reconcile);
         }
@@ -815,6 +895,121 @@ impl Claims for RedisEngine {
         let reply = self.call(set.query_async::<Value>(&mut conn)).await?;
         Ok(!matches!(reply, Value::Nil))
     }
+}
+
+/// The outbox is the stream `<prefix>:webhooks` (see the `keys` module);
+/// the lease is `<prefix>:webhooks:lease`, holding this node's id.
+#[async_trait]
+impl EventLog for RedisEngine {
+    fn event_options(&self) -> Option<&EventOptions> {
+        self.events.as_ref().map(|e| &e.options)
+    }
+
+    /// One script: `XADD` (trimming the outbox to its capacity, counting
+    /// what that drops), so events keep the order their calls reached
+    /// Redis in. `time_ms` is this node's clock unless `fields` has one.
+    async fn record_event(
+        &self,
+        event: &str,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), EngineError> {
+        let Some(events) = self.events.as_ref().filter(|e| e.options.records(event)) else {
+            return Ok(());
+        };
+        let json = event_json(event, fields, herald_core::engine::now_ms());
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.event_record.prepare_invoke();
+        invocation
+            .key(self.keys.webhooks())
+            .arg(capacity(&events.options))
+            .arg(json);
+        let _: Value = self.call(invocation.invoke_async(&mut conn)).await?;
+        events.recorded.add(event, 1);
+        Ok(())
+    }
+
+    async fn delivery_lease(&self, ttl: Duration) -> Result<bool, EngineError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.lease.prepare_invoke();
+        invocation
+            .key(self.keys.webhooks_lease())
+            .arg(self.node_id())
+            .arg(millis(ttl));
+        let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
+        Ok(parse_count(&reply)? == 1)
+    }
+
+    async fn pending_events(&self, max: usize) -> Result<Vec<RecordedEvent>, EngineError> {
+        if self.events.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .call(
+                redis::cmd("XRANGE")
+                    .arg(self.keys.webhooks())
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(max.max(1))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        parse_events(reply)
+    }
+
+    async fn events_done(&self, ids: &[String]) -> Result<(), EngineError> {
+        for chunk in ids.chunks(DONE_CHUNK) {
+            let mut conn = self.conn.clone();
+            let _: Value = self
+                .call(
+                    redis::cmd("XDEL")
+                        .arg(self.keys.webhooks())
+                        .arg(chunk)
+                        .query_async(&mut conn),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `XLEN` of the outbox and the dropped counter: the cluster's.
+    async fn outbox_stats(&self) -> Result<OutboxStats, EngineError> {
+        if self.events.is_none() {
+            return Ok(OutboxStats::default());
+        }
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("XLEN")
+            .arg(self.keys.webhooks())
+            .cmd("GET")
+            .arg(self.keys.webhooks_dropped());
+        let (len, dropped): (usize, Option<u64>) = self.call(pipe.query_async(&mut conn)).await?;
+        Ok(OutboxStats {
+            len,
+            dropped: dropped.unwrap_or(0),
+        })
+    }
+
+    /// Polls: Redis tells no one of an `XADD` (a blocking `XREAD` would
+    /// hold the shared connection).
+    async fn wait_for_events(&self, max: Duration) {
+        tokio::time::sleep(max.min(OUTBOX_POLL)).await;
+    }
+
+    fn recorded_events(&self) -> Vec<(String, u64)> {
+        self.events
+            .as_ref()
+            .map(|e| e.recorded.snapshot(&e.options))
+            .unwrap_or_default()
+    }
+}
+
+/// The outbox capacity as the scripts take it.
+fn capacity(options: &EventOptions) -> u64 {
+    u64::try_from(options.capacity)
+        .unwrap_or(UNLIMITED)
+        .clamp(1, UNLIMITED)
 }
 
 #[cfg(test)]

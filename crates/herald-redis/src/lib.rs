@@ -100,6 +100,8 @@
 //! - `pubsub`: the per-node pub/sub connection, follow set and reconnects.
 //! - `presence`: this node's presence entries and how they are stored.
 //! - `counts`: cluster-wide subscriber counts and the node registry.
+//! - `occupancy`: online/offline and occupied/vacated across nodes, once
+//!   per real change, for webhooks.
 //! - `slot`: this node's `max_subscribers` places and how they are reclaimed.
 //! - `upkeep`: the bounded background queue: leaves, releases and refreshes.
 //! - `call`: every Redis call's timeout and error mapping, and number clamps
@@ -117,6 +119,7 @@ mod counts;
 pub mod engine;
 pub mod frame;
 pub mod keys;
+mod occupancy;
 pub mod options;
 mod presence;
 mod pubsub;
