@@ -191,6 +191,21 @@ impl MemoryEngine {
         self.shard(channel).lock().get(channel).cloned()
     }
 
+    /// [`EventLog::record_event`] without the `async`, for this engine's
+    /// own code that runs under its locks (the outbox lock is the innermost
+    /// of them): appends the event after everything recorded before it, if
+    /// it is among the configured events.
+    pub fn record_event_now(
+        &self,
+        event: &str,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) {
+        if let Some(events) = self.events.as_ref().filter(|e| e.options.records(event)) {
+            events.outbox.push(event_json(event, fields, now_ms()));
+            events.counts.add(event, 1);
+        }
+    }
+
     /// Channels that hold history.
     pub fn channel_count(&self) -> usize {
         self.channels.len()
@@ -505,10 +520,7 @@ impl EventLog for MemoryEngine {
         event: &str,
         fields: serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), EngineError> {
-        if let Some(events) = self.events.as_ref().filter(|e| e.options.records(event)) {
-            events.outbox.push(event_json(event, fields, now_ms()));
-            events.counts.add(event, 1);
-        }
+        self.record_event_now(event, fields);
         Ok(())
     }
 
