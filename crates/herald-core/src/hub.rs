@@ -63,6 +63,13 @@
 //! stay shorter than a whole round (a publisher held up by direct rounds
 //! looks paced, so leaving the burst must take a clearly longer pause).
 //!
+//! Occupancy: when a user's entry in the user index or a channel's entry in
+//! the channel map is created or removed, the hub tells its
+//! [`Occupancy`] watcher, if the engine installed one ([`Hub::watch`];
+//! only when webhooks are configured), after releasing its locks. The
+//! watcher reads what the hub holds with [`Hub::holds`]; see
+//! [`crate::occupancy`].
+//!
 //! Deliveries are counted where this node hands a message to a socket: a
 //! direct write (counted once per round, not per subscriber) or a live
 //! message taken from a queue by its connection's task
@@ -70,6 +77,7 @@
 //! from the message's publish time; on the Redis engine every node counts
 //! its own subscribers.
 
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -84,6 +92,7 @@ use crate::disconnect::Disconnect;
 use crate::histogram::Histogram;
 use crate::id::MessageId;
 use crate::message::Message;
+use crate::occupancy::{Held, Occupancy};
 use crate::presence::Notice;
 use crate::sharded::{Shard, Sharded};
 
@@ -433,6 +442,9 @@ pub struct Hub {
     /// Publish-to-socket latency of every live message this node handed
     /// to a socket; its count is the node's deliveries.
     written: Histogram,
+    /// Told when a user's or channel's entry comes or goes (set once by
+    /// the engine, only when it records events).
+    watcher: std::sync::OnceLock<Arc<dyn Occupancy>>,
 }
 
 impl Default for Hub {
@@ -450,7 +462,39 @@ impl Hub {
             epoch: Instant::now(),
             batch_bursts: AtomicBool::new(true),
             written: Histogram::default(),
+            watcher: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Installs the occupancy watcher (see the module docs). Only the first
+    /// call installs one; false for a later one.
+    pub fn watch(&self, watcher: Arc<dyn Occupancy>) -> bool {
+        self.watcher.set(watcher).is_ok()
+    }
+
+    /// Tells the watcher, if any, that `held` may have changed. Never
+    /// called with a hub lock held.
+    fn changed(&self, held: Held<'_>) {
+        if let Some(watcher) = self.watcher.get() {
+            watcher.changed(self, held);
+        }
+    }
+
+    /// Whether this node has a connection of the user / a subscriber of
+    /// the channel now. Takes only the shard's lock (never a channel's).
+    pub fn holds(&self, held: Held<'_>) -> bool {
+        match held {
+            Held::User(user) => self.users.shard(user).lock().contains_key(user),
+            Held::Channel(channel) => self.shard(channel).lock().contains_key(channel),
+        }
+    }
+
+    /// The personal channels of the users with a connection on this node.
+    pub fn users(&self) -> Vec<ChannelName> {
+        self.users
+            .shards()
+            .flat_map(|s| s.lock().keys().cloned().collect::<Vec<_>>())
+            .collect()
     }
 
     /// Counts `n` deliveries of `message` written (or about to be) to
@@ -517,12 +561,18 @@ impl Hub {
             closed: AtomicBool::new(false),
         });
         if let Some(user) = &outbox.user {
-            self.users
-                .shard(user)
-                .lock()
-                .entry(user.clone())
-                .or_default()
-                .insert(outbox.id, Arc::clone(&outbox));
+            let first = {
+                let mut shard = self.users.shard(user).lock();
+                let first = !shard.contains_key(user);
+                shard
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(outbox.id, Arc::clone(&outbox));
+                first
+            };
+            if first {
+                self.changed(Held::User(user));
+            }
         }
         let inbox = Inbox {
             outbox: Arc::clone(&outbox),
@@ -534,11 +584,17 @@ impl Hub {
     pub fn forget(&self, outbox: &Outbox) {
         let Some(user) = &outbox.user else { return };
         let mut shard = self.users.shard(user).lock();
+        let mut last = false;
         if let Some(conns) = shard.get_mut(user) {
             conns.remove(&outbox.id);
             if conns.is_empty() {
                 shard.remove(user);
+                last = true;
             }
+        }
+        drop(shard);
+        if last {
+            self.changed(Held::User(user));
         }
     }
 
@@ -594,12 +650,19 @@ impl Hub {
         // Shard lock, then channel lock: the same order as `remove`, so an
         // entry cannot be freed while we insert into it.
         let mut shard = self.shard(channel).lock();
-        let subs = shard.entry(channel.clone()).or_default();
+        let (subs, first) = match shard.entry(channel.clone()) {
+            MapEntry::Occupied(e) => (e.into_mut(), false),
+            MapEntry::Vacant(v) => (v.insert(Entry::default()), true),
+        };
         let added = subs
             .write()
             .by_conn
             .insert(outbox.id, Arc::clone(outbox))
             .is_none();
+        drop(shard);
+        if first {
+            self.changed(Held::Channel(channel));
+        }
         added
     }
 
@@ -616,6 +679,8 @@ impl Hub {
         drop(guard);
         if empty {
             shard.remove(channel);
+            drop(shard);
+            self.changed(Held::Channel(channel));
         }
         empty
     }
@@ -728,11 +793,15 @@ impl Hub {
         let Some(subs) = self.shard(channel).lock().remove(channel) else {
             return 0;
         };
-        let guard = subs.read();
-        for outbox in guard.by_conn.values() {
-            outbox.push(Event::ChannelClosed(Box::new((channel.clone(), why))));
-        }
-        guard.by_conn.len()
+        let told = {
+            let guard = subs.read();
+            for outbox in guard.by_conn.values() {
+                outbox.push(Event::ChannelClosed(Box::new((channel.clone(), why))));
+            }
+            guard.by_conn.len()
+        };
+        self.changed(Held::Channel(channel));
+        told
     }
 }
 

@@ -16,12 +16,16 @@
 //! - [`presence`]: who follows a channel; join/leave notices.
 //! - [`user`]: personal channels and offline queues.
 //! - [`mailbox`]: acknowledged user mailboxes (at-least-once to a person).
+//! - [`event`]: the events recorded for webhooks, and the memory outbox.
+//! - [`occupancy`]: who holds a user or channel; online/offline and
+//!   occupied/vacated once per real change, debounced.
 //! - `testing` (cargo feature `testing`): the engine contract suite every
 //!   engine runs, and the bounded `eventually` wait.
 
 pub mod channel;
 pub mod disconnect;
 pub mod engine;
+pub mod event;
 pub mod histogram;
 pub mod history;
 pub mod hub;
@@ -30,6 +34,7 @@ pub mod mailbox;
 pub mod message;
 pub mod namespace;
 pub mod node;
+pub mod occupancy;
 pub mod presence;
 pub mod refusal;
 mod sharded;

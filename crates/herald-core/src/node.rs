@@ -60,11 +60,20 @@ impl Node {
 
     /// An in-memory node: the embedded default.
     pub fn memory(namespaces: Namespaces) -> Self {
+        Self::memory_with_events(namespaces, None)
+    }
+
+    /// An in-memory node recording `events` for webhooks (or none).
+    pub fn memory_with_events(
+        namespaces: Namespaces,
+        events: Option<crate::event::EventOptions>,
+    ) -> Self {
         let hub = Arc::new(Hub::new());
         let namespaces = Arc::new(namespaces);
-        let engine = Arc::new(crate::engine::MemoryEngine::new(
+        let engine = Arc::new(crate::engine::MemoryEngine::with_events(
             Arc::clone(&hub),
             Arc::clone(&namespaces),
+            events,
         ));
         Self::new(hub, engine, namespaces)
     }

@@ -3,6 +3,7 @@
 //! store to share, so what one does the other sees trivially.
 
 use async_trait::async_trait;
+use herald_core::event::EventOptions;
 use herald_core::namespace::Namespaces;
 use herald_core::testing::contract::Backend;
 use herald_core::Node;
@@ -11,8 +12,12 @@ struct Memory;
 
 #[async_trait]
 impl Backend for Memory {
-    async fn pair(&self, namespaces: Namespaces) -> [Node; 2] {
-        let node = Node::memory(namespaces);
+    async fn pair_with_events(
+        &self,
+        namespaces: Namespaces,
+        events: Option<EventOptions>,
+    ) -> [Node; 2] {
+        let node = Node::memory_with_events(namespaces, events);
         [node.clone(), node]
     }
 }

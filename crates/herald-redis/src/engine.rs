@@ -12,6 +12,11 @@
 //! Work that must not block its caller (presence leaves) and the periodic
 //! rewrites of this node's presence entries and subscriber counts run in the
 //! `upkeep` task, fed by a bounded queue.
+//!
+//! With webhooks ([`RedisOptions::events`]) the hub's occupancy watcher is
+//! the `occupancy` module's dirty set, written to Redis by its own task;
+//! events go to the outbox stream `<prefix>:webhooks`, read by whichever
+//! node holds the delivery lease.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,8 +26,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald_core::disconnect::Disconnect;
 use herald_core::engine::{
-    Broker, ChannelStats, Claims, EngineError, Mailboxes, PresenceStore, Published, SubscriberSlot,
+    Broker, ChannelStats, Claims, EngineError, EventLog, Mailboxes, PresenceStore, Published,
+    SubscriberSlot,
     UserPublished, UserQueue, UserQueues,
+};
+use herald_core::event::{
+    event_json, EventCounts, EventOptions, OutboxStats, RecordedEvent, USER_MAILBOX_DROPPED,
 };
 use herald_core::histogram::Histogram;
 use herald_core::history::{unknown_channel_page, HistoryPage};
@@ -42,12 +51,13 @@ use crate::counts::Counts;
 use crate::frame;
 use crate::keys::Keys;
 use crate::mailbox::{self as mbox, MailboxScripts};
+use crate::occupancy::{self, Dirty};
 use crate::options::RedisOptions;
 use crate::presence::{self, LocalPresence};
 use crate::pubsub::{Command, State, Task};
 use crate::script::{
-    parse_count, parse_publish, parse_read, parse_take, parse_values, PublishReply, ReadReply,
-    Scripts, Taken,
+    parse_count, parse_events, parse_publish, parse_read, parse_take, parse_values, PublishReply,
+    ReadReply, Scripts, Taken,
 };
 use crate::slot::LocalSlots;
 use crate::upkeep::{Job, Leave, Upkeep, UPKEEP_QUEUE};
@@ -62,6 +72,10 @@ const COMMAND_QUEUE: usize = 4_096;
 const MIN_KEY_EXPIRY_MS: u64 = 1_000;
 /// Sweeps (about one a second) between two reconcile passes.
 const RECONCILE_EVERY: u64 = 10;
+/// How often the delivering node looks for new events in the outbox.
+const OUTBOX_POLL: Duration = Duration::from_millis(200);
+/// Outbox entries one `XDEL` deletes at most.
+const DONE_CHUNK: usize = 500;
 
 /// Herald's Redis engine. See the crate docs for the layout in Redis.
 pub struct RedisEngine {
@@ -92,11 +106,26 @@ pub struct RedisEngine {
     mailbox_scripts: Arc<MailboxScripts>,
     /// Set while a mailbox sweep runs (one at a time per node).
     mailbox_sweeping: Arc<AtomicBool>,
+    /// Only with webhooks.
+    events: Option<Events>,
+}
+
+/// What the engine keeps for webhooks.
+struct Events {
+    options: EventOptions,
+    /// What this node's scripts recorded.
+    recorded: Arc<EventCounts>,
+    /// Feeds the occupancy task (the hub's watcher).
+    dirty: Arc<Dirty>,
+    task: tokio::task::AbortHandle,
 }
 
 impl Drop for RedisEngine {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(events) = &self.events {
+            events.task.abort();
+        }
     }
 }
 
@@ -160,6 +189,8 @@ impl RedisEngine {
         let presence = Arc::new(LocalPresence::new(presence::node_id()));
         let slots = Arc::new(LocalSlots::new(Arc::clone(presence.node())));
         let counts = Arc::new(Counts::new(Arc::clone(presence.node())));
+        let scripts = Arc::new(Scripts::default());
+        first_beat(&mut conn, &keys, &scripts, &counts, &options).await?;
         let pubsub = Arc::new(State::new(Arc::clone(&hub), Arc::clone(&presence)));
         // The connection is up: follows may queue now; the task applies them
         // once it has subscribed again to what the hub already holds.
@@ -175,7 +206,29 @@ impl RedisEngine {
         };
         let task = tokio::spawn(task.run(Some(first), queue)).abort_handle();
 
-        let scripts = Arc::new(Scripts::default());
+        let events = options.events.clone().map(|events| {
+            let dirty = Arc::new(Dirty::new(events.clone()));
+            let recorded = Arc::new(EventCounts::default());
+            hub.watch(dirty.clone());
+            let writer = occupancy::Task {
+                conn: conn.clone(),
+                keys: keys.clone(),
+                scripts: Arc::clone(&scripts),
+                hub: Arc::clone(&hub),
+                counts: Arc::clone(&counts),
+                options: options.clone(),
+                events: events.clone(),
+                dirty: Arc::clone(&dirty),
+                recorded: Arc::clone(&recorded),
+            };
+            let task = tokio::spawn(writer.run()).abort_handle();
+            Events {
+                options: events,
+                recorded,
+                dirty,
+                task,
+            }
+        });
         let sweep_queued = Arc::new(AtomicBool::new(false));
         let (upkeep, jobs) = mpsc::channel(UPKEEP_QUEUE);
         let worker = Upkeep {
@@ -210,6 +263,7 @@ impl RedisEngine {
             latency: Histogram::default(),
             mailbox_scripts: Arc::new(MailboxScripts::default()),
             mailbox_sweeping: Arc::new(AtomicBool::new(false)),
+            events,
         }))
     }
 
@@ -357,12 +411,25 @@ impl RedisEngine {
 impl RedisEngine {
     /// Whether `user.mailbox_dropped` events go into the webhook outbox.
     fn records_mailbox_events(&self) -> bool {
-        false
+        self.events
+            .as_ref()
+            .is_some_and(|e| e.options.records(USER_MAILBOX_DROPPED))
     }
 
     /// The webhook outbox stream and its bound.
     fn outbox(&self) -> (String, u64) {
-        (format!("{}:webhooks", self.keys.prefix()), 100_000)
+        let bound = self
+            .events
+            .as_ref()
+            .map_or(UNLIMITED, |e| capacity(&e.options));
+        (self.keys.webhooks(), bound)
+    }
+
+    /// Counts `n` mailbox drop events a script recorded.
+    fn count_mailbox_events(&self, n: u64) {
+        if let Some(events) = self.events.as_ref().filter(|_| n > 0) {
+            events.recorded.add(USER_MAILBOX_DROPPED, n);
+        }
     }
 
     /// Runs the mailbox sweep script in the background until it finds
@@ -387,6 +454,7 @@ impl RedisEngine {
         } else {
             "0"
         };
+        let counts = self.events.as_ref().map(|e| Arc::clone(&e.recorded));
         let t = self.options.timeout;
         runtime.spawn(async move {
             // Bounded: a backlog is worked off over later sweeps.
@@ -400,10 +468,16 @@ impl RedisEngine {
                     .arg(record)
                     .arg(outbox_max)
                     .arg(GAP_MEMORY_MS);
-                match bounded(t, invocation.invoke_async::<Value>(&mut conn)).await {
-                    Ok(Value::Int(n))
-                        if usize::try_from(n).is_ok_and(|n| n >= mbox::SWEEP_BATCH) => {}
-                    Ok(_) => break,
+                let reply = bounded(t, invocation.invoke_async::<Value>(&mut conn)).await;
+                match reply.and_then(mbox::parse_sweep) {
+                    Ok((due, recorded)) => {
+                        if let Some(counts) = counts.as_ref().filter(|_| recorded > 0) {
+                            counts.add(USER_MAILBOX_DROPPED, recorded);
+                        }
+                        if due < mbox::SWEEP_BATCH {
+                            break;
+                        }
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "mailbox sweep failed; the next one retries");
                         break;
@@ -446,6 +520,32 @@ impl Limits {
         };
         Self { max_len, ttl_ms }
     }
+}
+
+/// Registers this node's count identity before `connect` returns, so that
+/// the scripts that write only for a live identity (counts, occupancy)
+/// accept its writes from the start, before its first sweep.
+async fn first_beat(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    scripts: &Scripts,
+    counts: &Counts,
+    options: &RedisOptions,
+) -> Result<(), EngineError> {
+    let (id, _) = counts.identity();
+    let mut invocation = scripts.node_beat.prepare_invoke();
+    invocation
+        .key(keys.nodes())
+        .arg(&*id)
+        .arg(millis(options.node_ttl))
+        .arg("new");
+    let reply: Value = bounded(options.timeout, invocation.invoke_async(conn)).await?;
+    if let Value::Array(items) = &reply {
+        if matches!(items.first(), Some(Value::Int(1))) {
+            counts.beat_ok(&id, &[]);
+        }
+    }
+    Ok(())
 }
 
 fn check_version(info: &str) -> Result<(), EngineError> {
@@ -692,6 +792,9 @@ impl Broker for RedisEngine {
     /// every `refresh_interval`, its presence entries.
     fn sweep(&self, now_ms: u64) {
         self.sweep_mailboxes();
+        if let Some(events) = &self.events {
+            events.dirty.sweep();
+        }
         if self.sweeps.fetch_add(1, Ordering::Relaxed) % RECONCILE_EVERY == RECONCILE_EVERY - 1 {
             let _ = self.commands.try_send(Command::Reconcile);
         }
@@ -882,6 +985,8 @@ impl Mailboxes for RedisEngine {
             .arg(GAP_MEMORY_MS);
         let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
         let reply = parse_publish(reply)?;
+        // The script's fifth answer: the drop events it recorded.
+        self.count_mailbox_events(u64::from(reply.flag));
         let mut published = self.published(channel, payload, &reply);
         if let Some(message) = Arc::get_mut(&mut published.message) {
             message.ack = true;
@@ -1004,6 +1109,121 @@ impl Claims for RedisEngine {
         let reply = self.call(set.query_async::<Value>(&mut conn)).await?;
         Ok(!matches!(reply, Value::Nil))
     }
+}
+
+/// The outbox is the stream `<prefix>:webhooks` (see the `keys` module);
+/// the lease is `<prefix>:webhooks:lease`, holding this node's id.
+#[async_trait]
+impl EventLog for RedisEngine {
+    fn event_options(&self) -> Option<&EventOptions> {
+        self.events.as_ref().map(|e| &e.options)
+    }
+
+    /// One script: `XADD` (trimming the outbox to its capacity, counting
+    /// what that drops), so events keep the order their calls reached
+    /// Redis in. `time_ms` is this node's clock unless `fields` has one.
+    async fn record_event(
+        &self,
+        event: &str,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), EngineError> {
+        let Some(events) = self.events.as_ref().filter(|e| e.options.records(event)) else {
+            return Ok(());
+        };
+        let json = event_json(event, fields, herald_core::engine::now_ms());
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.event_record.prepare_invoke();
+        invocation
+            .key(self.keys.webhooks())
+            .arg(capacity(&events.options))
+            .arg(json);
+        let _: Value = self.call(invocation.invoke_async(&mut conn)).await?;
+        events.recorded.add(event, 1);
+        Ok(())
+    }
+
+    async fn delivery_lease(&self, ttl: Duration) -> Result<bool, EngineError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.lease.prepare_invoke();
+        invocation
+            .key(self.keys.webhooks_lease())
+            .arg(self.node_id())
+            .arg(millis(ttl));
+        let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
+        Ok(parse_count(&reply)? == 1)
+    }
+
+    async fn pending_events(&self, max: usize) -> Result<Vec<RecordedEvent>, EngineError> {
+        if self.events.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .call(
+                redis::cmd("XRANGE")
+                    .arg(self.keys.webhooks())
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(max.max(1))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        parse_events(reply)
+    }
+
+    async fn events_done(&self, ids: &[String]) -> Result<(), EngineError> {
+        for chunk in ids.chunks(DONE_CHUNK) {
+            let mut conn = self.conn.clone();
+            let _: Value = self
+                .call(
+                    redis::cmd("XDEL")
+                        .arg(self.keys.webhooks())
+                        .arg(chunk)
+                        .query_async(&mut conn),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `XLEN` of the outbox and the dropped counter: the cluster's.
+    async fn outbox_stats(&self) -> Result<OutboxStats, EngineError> {
+        if self.events.is_none() {
+            return Ok(OutboxStats::default());
+        }
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("XLEN")
+            .arg(self.keys.webhooks())
+            .cmd("GET")
+            .arg(self.keys.webhooks_dropped());
+        let (len, dropped): (usize, Option<u64>) = self.call(pipe.query_async(&mut conn)).await?;
+        Ok(OutboxStats {
+            len,
+            dropped: dropped.unwrap_or(0),
+        })
+    }
+
+    /// Polls: Redis tells no one of an `XADD` (a blocking `XREAD` would
+    /// hold the shared connection).
+    async fn wait_for_events(&self, max: Duration) {
+        tokio::time::sleep(max.min(OUTBOX_POLL)).await;
+    }
+
+    fn recorded_events(&self) -> Vec<(String, u64)> {
+        self.events
+            .as_ref()
+            .map(|e| e.recorded.snapshot(&e.options))
+            .unwrap_or_default()
+    }
+}
+
+/// The outbox capacity as the scripts take it.
+fn capacity(options: &EventOptions) -> u64 {
+    u64::try_from(options.capacity)
+        .unwrap_or(UNLIMITED)
+        .clamp(1, UNLIMITED)
 }
 
 #[cfg(test)]

@@ -25,6 +25,37 @@
 //! | `herald:nodes`      | hash            | node count identity `<node>.<epoch>` → expiry ms (the registry of live nodes) |
 //! | `herald:nodecounts:<identity>` | set  | the `subs` keys where that identity wrote a count (for cleanup when it dies) |
 //!
+//! and, only with webhooks (the `occupancy` module; `<member>` is `u:<user
+//! id>` or `c:<channel>`):
+//!
+//! | name                | type            | holds                                   |
+//! |---------------------|-----------------|-----------------------------------------|
+//! | `herald:holders:<member>` | set       | the count identities with a connection of that user / a subscriber of that channel |
+//! | `herald:nodeholds:<identity>` | set   | the members that identity holds (for cleanup when it dies) |
+//! | `herald:leaving:u`, `herald:leaving:c` | sorted set | members held by nobody, scored by when they were released (ms) |
+//! | `herald:webhooks`   | stream          | the event outbox: one field `e`, the event's JSON object without `id`; the entry id is the event id |
+//! | `herald:webhooks:dropped` | string    | events trimmed from the outbox because it was full |
+//! | `herald:webhooks:lease` | string      | the node id of the node delivering, until its lease expires |
+//!
+//! **Appending an event from a Lua script.** The outbox is the stream
+//! [`Keys::webhooks`]; an event is one entry with the single field `e`,
+//! its JSON object without `id` (the stream id is the id). A script appends
+//! one with
+//!
+//! ```text
+//! XADD <prefix>:webhooks MAXLEN ~ <capacity> * e <json>
+//! ```
+//!
+//! where `<json>` is `{"event":"<name>","time_ms":<ms>,...}` and
+//! `<capacity>` the configured outbox size (`EventOptions::capacity`). To
+//! have what the trim drops counted, a script includes the `EVENT_LUA`
+//! snippet of the `script` module and calls `record_event(key, capacity,
+//! json)`, which does that `XADD` and adds the entries trimmed away to
+//! `<prefix>:webhooks:dropped`. Record only events the node is configured
+//! to (the script cannot know: pass the name, or `''` for "not recorded",
+//! as an argument), and count them in the engine's `EventCounts` when the
+//! script says it recorded one.
+//!
 //! The `{C}` hash tag puts everything of one channel in one Redis Cluster
 //! slot, so each script touches a single slot. Channel names cannot contain
 //! `{` or `}` (see [`herald_core::channel`]), so the tag is always exactly
@@ -123,6 +154,47 @@ impl Keys {
         format!("{}:nodecounts:{identity}", self.prefix)
     }
 
+    /// The node identities holding `member` (`u:<user>` or `c:<channel>`).
+    pub fn holders(&self, member: &str) -> String {
+        format!("{}{member}", self.holders_prefix())
+    }
+
+    /// What [`Keys::holders`] puts before the member (scripts build the
+    /// name from it).
+    pub fn holders_prefix(&self) -> String {
+        format!("{}:holders:", self.prefix)
+    }
+
+    /// The members a count identity holds.
+    pub fn node_holds(&self, identity: &str) -> String {
+        format!("{}:nodeholds:{identity}", self.prefix)
+    }
+
+    /// The members of `kind` (`u` or `c`) held by nobody, by release time.
+    pub fn leaving(&self, kind: char) -> String {
+        format!("{}{kind}", self.leaving_prefix())
+    }
+
+    /// What [`Keys::leaving`] puts before the kind.
+    pub fn leaving_prefix(&self) -> String {
+        format!("{}:leaving:", self.prefix)
+    }
+
+    /// The event outbox (a stream; see the module docs).
+    pub fn webhooks(&self) -> String {
+        format!("{}:webhooks", self.prefix)
+    }
+
+    /// Events trimmed from the outbox because it was full.
+    pub fn webhooks_dropped(&self) -> String {
+        format!("{}:webhooks:dropped", self.prefix)
+    }
+
+    /// Which node delivers the outbox, until its lease expires.
+    pub fn webhooks_lease(&self) -> String {
+        format!("{}:webhooks:lease", self.prefix)
+    }
+
     /// The marker of a used single-use key.
     pub fn claim(&self, key: &str) -> String {
         format!("{}:claim:{key}", self.prefix)
@@ -147,5 +219,13 @@ mod tests {
         assert_eq!(keys.mailbox_gap(&c), "herald:{chat:lobby}:mbox_gap");
         assert_eq!(keys.control(), "herald:control");
         assert_eq!(keys.claim("t1"), "herald:claim:t1");
+        assert_eq!(keys.holders("u:ann"), "herald:holders:u:ann");
+        assert_eq!(keys.leaving('c'), "herald:leaving:c");
+        assert_eq!(keys.webhooks(), "herald:webhooks");
+        // The scripts name the dropped counter `<outbox>:dropped`.
+        assert_eq!(
+            keys.webhooks_dropped(),
+            format!("{}:dropped", keys.webhooks())
+        );
     }
 }

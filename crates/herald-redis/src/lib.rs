@@ -56,6 +56,12 @@
 //! - **User disconnects** go out as `h1 d` frames on the node-wide control
 //!   channel, which every node subscribes to before `connect` returns.
 //! - **Single-use claims** are one `SET NX PX` each: exactly one winner.
+//! - **Webhook events** (only with [`RedisOptions::events`]): which node
+//!   holds which user and channel, and the debounced online/offline state,
+//!   live in Redis, each transition one script that records its event into
+//!   the outbox stream in the same step (the `occupancy` module); a dead
+//!   node's holdings are released once, `node_ttl` after its last beat.
+//!   One node at a time delivers the outbox, under a lease.
 //!
 //! All expiries are computed from Redis' clock (`TIME`), so node clocks may
 //! disagree.
@@ -76,6 +82,11 @@
 //! | `herald:claim:<key>`  | string          | a used single-use key, until it expires  |
 //! | `herald:nodes`        | hash            | count identity → expiry ms: the nodes whose counts hold |
 //! | `herald:nodecounts:<identity>` | set    | the `subs` keys that identity wrote (for cleanup) |
+//! | `herald:holders:<member>` | set         | webhooks: the identities holding a user (`u:<id>`) or channel (`c:<name>`) |
+//! | `herald:nodeholds:<identity>` | set     | webhooks: the members that identity holds (for cleanup) |
+//! | `herald:leaving:u`, `:c` | sorted set   | webhooks: members held by nobody, by release time |
+//! | `herald:webhooks`     | stream          | webhooks: the event outbox (field `e`: the event's JSON; see [`keys`]) |
+//! | `herald:webhooks:dropped`, `:lease` | string | webhooks: events trimmed from a full outbox; the delivering node |
 //!
 //! Requirements: Redis 7.0 or newer (or a compatible server reporting
 //! `redis_version` 7+), scripting enabled, and the `TIME`, `X*`, `H*`, `L*`,
@@ -100,6 +111,8 @@
 //! - `pubsub`: the per-node pub/sub connection, follow set and reconnects.
 //! - `presence`: this node's presence entries and how they are stored.
 //! - `counts`: cluster-wide subscriber counts and the node registry.
+//! - `occupancy`: online/offline and occupied/vacated across nodes, once
+//!   per real change, for webhooks.
 //! - `slot`: this node's `max_subscribers` places and how they are reclaimed.
 //! - `upkeep`: the bounded background queue: leaves, releases and refreshes.
 //! - `call`: every Redis call's timeout and error mapping, and number clamps
@@ -118,6 +131,7 @@ pub mod engine;
 pub mod frame;
 pub mod keys;
 mod mailbox;
+mod occupancy;
 pub mod options;
 mod presence;
 mod pubsub;

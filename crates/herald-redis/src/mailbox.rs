@@ -26,7 +26,8 @@
 //! that connected clients hear of the gap at once; when no node follows the
 //! channel, the gap mark is set instead, for the next subscribe. The
 //! `user.mailbox_dropped` event goes into the webhook outbox in the same
-//! script, when webhooks are on.
+//! script (`record_event` of the `script` module), when webhooks record
+//! that event; the scripts answer how many they recorded, for the counts.
 //!
 //! The sweep builds the key names from the prefix itself (it visits many
 //! channels): they must stay as [`crate::keys::Keys`] builds them.
@@ -38,7 +39,7 @@ use herald_core::mailbox::{Acked, MailboxRead, MailboxState};
 use herald_core::{ChannelName, MessageId};
 use redis::{Script, Value};
 
-use crate::script::{parse_entry, CLOCK_LUA, COUNTS_LUA, TRIM_LUA};
+use crate::script::{parse_entry, CLOCK_LUA, COUNTS_LUA, EVENT_LUA, TRIM_LUA};
 
 /// Mailboxes one sweep script visits at most (it is called again while it
 /// finds that many).
@@ -47,6 +48,7 @@ pub const SWEEP_BATCH: usize = 200;
 /// Shared by the mailbox scripts: dropping entries (with the gap and the
 /// event) and rewriting the index entry of one mailbox.
 const MAILBOX_FN_LUA: &str = r"
+local recorded = 0
 local function mbox_drop(mbox, gap, outbox, live, channel, ids, reason, now, record, outbox_max, gap_ms)
   for i = 1, #ids, 500 do
     redis.call('XDEL', mbox, unpack(ids, i, math.min(i + 499, #ids)))
@@ -57,7 +59,8 @@ local function mbox_drop(mbox, gap, outbox, live, channel, ids, reason, now, rec
   if record == '1' then
     local event = cjson.encode({event = 'user.mailbox_dropped', time_ms = now,
       user = string.sub(channel, 6), ids = ids, reason = reason})
-    redis.call('XADD', outbox, 'MAXLEN', '~', outbox_max, '*', 'e', event)
+    record_event(outbox, outbox_max, event)
+    recorded = recorded + 1
   end
 end
 local function mbox_expiry(fields)
@@ -82,7 +85,7 @@ end
 /// length, 6 history ttl ms, 7 stream expiry ms, 8 this node's count
 /// identity, 9 dead identities, 10 mailbox size, 11 mailbox ttl ms,
 /// 12 record events (`1`/`0`), 13 outbox max length, 14 gap memory ms.
-/// Returns `{id, time_ms, receivers, others}`.
+/// Returns `{id, time_ms, receivers, others, events recorded}`.
 const PUBLISH_LUA: &str = r"
 local now = now_ms()
 local time = string.format('%.0f', now)
@@ -100,7 +103,7 @@ end
 mbox_index(KEYS[3], KEYS[5], ARGV[2])
 local frame = 'h1 a ' .. ARGV[2] .. ' ' .. id .. ' ' .. ARGV[3] .. ' ' .. time .. '\n' .. ARGV[4]
 local receivers = redis.call('PUBLISH', ARGV[1], frame)
-return {id, time, receivers, others(KEYS[2], ARGV[8], ARGV[9])}
+return {id, time, receivers, others(KEYS[2], ARGV[8], ARGV[9]), recorded}
 ";
 
 /// KEYS: mailbox, gap mark. Returns `{entries, mark}` (mark `''` if none).
@@ -132,7 +135,8 @@ return {redis.call('XLEN', KEYS[1]), redis.call('XRANGE', KEYS[1], '-', '+', 'CO
 ";
 
 /// KEYS: index, outbox. ARGV: key prefix, mailboxes at most, record events,
-/// outbox max length, gap memory ms. Returns how many mailboxes were due.
+/// outbox max length, gap memory ms. Returns `{mailboxes due, events
+/// recorded}`.
 const SWEEP_LUA: &str = r"
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
@@ -157,7 +161,7 @@ for _, channel in ipairs(due) do
   end
   mbox_index(mbox, KEYS[1], channel)
 end
-return #due
+return {#due, recorded}
 ";
 
 /// The mailbox scripts, hashed once.
@@ -171,7 +175,8 @@ pub struct MailboxScripts {
 
 impl Default for MailboxScripts {
     fn default() -> Self {
-        let with = |body: &str| Script::new(&format!("{CLOCK_LUA}{MAILBOX_FN_LUA}{body}"));
+        let with =
+            |body: &str| Script::new(&format!("{CLOCK_LUA}{EVENT_LUA}{MAILBOX_FN_LUA}{body}"));
         Self {
             publish: with(&format!("{TRIM_LUA}{COUNTS_LUA}{PUBLISH_LUA}")),
             read: Script::new(READ_LUA),
@@ -244,6 +249,15 @@ pub fn parse_state(reply: Value, channel: &ChannelName) -> Result<MailboxState, 
         oldest,
         gap: count(&mark)? > 0,
     })
+}
+
+/// `{mailboxes due, events recorded}` of the sweep script.
+pub fn parse_sweep(reply: Value) -> Result<(usize, u64), EngineError> {
+    let parts = items(reply)?;
+    match parts.as_slice() {
+        [due, recorded] => Ok((count(due)?, count(recorded)? as u64)),
+        _ => Err(corrupt("sweep reply is not two counts")),
+    }
 }
 
 /// The script arguments of an acknowledgement.

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use herald_core::event::EventOptions;
+
 use crate::keys::DEFAULT_PREFIX;
 
 /// How long connecting and each Redis answer may take unless configured.
@@ -38,6 +40,12 @@ pub struct RedisOptions {
     /// `timeout` (the defaults: 5 s, 1 s, 2 s against 15 s), or live entries
     /// flicker out when Redis is slow.
     pub node_ttl: Duration,
+    /// The events to record for webhooks (`None`: none, and no occupancy
+    /// is tracked at all). Give every node of a cluster the same: the
+    /// transitions are shared, and a node records what it is configured
+    /// to. Keep `node_ttl` at least the grace: a dead node's users and
+    /// channels go offline `node_ttl` after its last beat at the soonest.
+    pub events: Option<EventOptions>,
 }
 
 impl Default for RedisOptions {
@@ -49,6 +57,7 @@ impl Default for RedisOptions {
             max_backoff: DEFAULT_MAX_BACKOFF,
             refresh_interval: DEFAULT_REFRESH_INTERVAL,
             node_ttl: DEFAULT_NODE_TTL,
+            events: None,
         }
     }
 }

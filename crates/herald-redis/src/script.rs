@@ -33,7 +33,16 @@
 //!   unless its node rewrites it (see the `presence` module); readers skip
 //!   and delete what expired.
 //! - **subs_read / node_beat**: subscriber counts and the node registry
-//!   that says whose counts still hold (see the `counts` module).
+//!   that says whose counts still hold (see the `counts` module);
+//!   **node_forget** drops a dead identity from the registry once nothing
+//!   of it is left.
+//! - **occupancy_set / occupancy_due / occupancy_orphans**: the occupancy
+//!   state machine (see the `occupancy` module): one node's holding of a
+//!   user or channel comes or goes; members released longer than the grace
+//!   ago go offline; a dead identity's members are released. Each records
+//!   its event into the outbox in the same step.
+//! - **event_record / lease**: an event from Rust into the outbox; the
+//!   delivery lease.
 //!
 //! Every expiry is computed from Redis' `TIME`, never from a node's clock.
 //!
@@ -110,6 +119,28 @@ local function others(key, me, dead)
   return sum
 end
 ";
+
+/// Appending to the event outbox, for every script that records an event
+/// (see the `keys` module): `record_event(key, capacity, json)` appends one
+/// entry `e <json>`, trimming the stream to about `capacity` entries, and
+/// adds what the trim dropped to `<key>:dropped`. `occupancy_event(name,
+/// member, time)` is the JSON of an occupancy event: channel names and
+/// user ids hold only letters, digits and `_ - . : @ =`
+/// ([`herald_core::channel`]), so they go into JSON as they are.
+pub const EVENT_LUA: &str = r#"
+local function record_event(key, capacity, json)
+  local before = redis.call('XLEN', key)
+  redis.call('XADD', key, 'MAXLEN', '~', capacity, '*', 'e', json)
+  local dropped = before + 1 - redis.call('XLEN', key)
+  if dropped > 0 then redis.call('INCRBY', key .. ':dropped', dropped) end
+end
+local function occupancy_event(name, member, time)
+  local field = 'channel'
+  if string.sub(member, 1, 1) == 'u' then field = 'user' end
+  return '{"event":"' .. name .. '","time_ms":' .. string.format('%.0f', time) ..
+    ',"' .. field .. '":"' .. string.sub(member, 3) .. '"}'
+end
+"#;
 
 /// KEYS[1]: stream, KEYS[2]: subs. ARGV: live channel, channel name, kind,
 /// payload, max length, ttl ms, key expiry ms, this node's count identity,
@@ -356,6 +387,117 @@ redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', now + tonumber(ARGV[2
 return {1, dead}
 ";
 
+/// KEYS: the node registry, this count identity's counts set, its holds
+/// set. ARGV: the identity. Deletes the registry entry only once both sets
+/// are gone: until then the identity stays on the dead list and its
+/// leftovers keep being cleaned. Returns 1 if deleted.
+const NODE_FORGET_LUA: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 0 and redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+";
+
+/// KEYS: the node registry, the member's holders, this identity's holds,
+/// the member kind's leaving set, the outbox. ARGV: count identity,
+/// member, `1` (held) or `0` (released), the arrival event to record (`''`:
+/// not recorded), outbox capacity. Writes only while the identity is alive
+/// (as `SUBS_WRITE_LUA`), answering -1 otherwise. The first holder of a
+/// member that was not leaving records the arrival (returns 1); one that
+/// was leaving takes it back silently; the last holder's release puts it
+/// in the leaving set, scored by Redis time.
+const OCCUPANCY_SET_LUA: &str = r"
+local now = now_ms()
+local mine = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+if mine == nil or mine <= now then return -1 end
+if ARGV[3] == '1' then
+  if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
+    redis.call('SADD', KEYS[3], ARGV[2])
+    if redis.call('SCARD', KEYS[2]) == 1 and redis.call('ZREM', KEYS[4], ARGV[2]) == 0
+        and ARGV[4] ~= '' then
+      record_event(KEYS[5], ARGV[5], occupancy_event(ARGV[4], ARGV[2], now))
+      return 1
+    end
+  end
+  return 0
+end
+if redis.call('SREM', KEYS[2], ARGV[1]) == 1 then
+  redis.call('SREM', KEYS[3], ARGV[2])
+  if redis.call('SCARD', KEYS[2]) == 0 then
+    redis.call('ZADD', KEYS[4], string.format('%.0f', now), ARGV[2])
+  end
+end
+return 0
+";
+
+/// KEYS: a kind's leaving set, the outbox. ARGV: grace ms, most members to
+/// take, the holders key prefix, the departure event (`''`: not recorded),
+/// outbox capacity. Takes the members released at least the grace ago
+/// (`ZREM` here, so each is taken once however many nodes sweep) and, for
+/// each still held by nobody, records the departure dated when it was
+/// released. Returns `{taken, recorded}`.
+const OCCUPANCY_DUE_LUA: &str = r"
+local now = now_ms()
+local upto = string.format('%.0f', now - tonumber(ARGV[1]))
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', upto, 'WITHSCORES', 'LIMIT', 0,
+  tonumber(ARGV[2]))
+local recorded = 0
+for i = 1, #due - 1, 2 do
+  local member = due[i]
+  redis.call('ZREM', KEYS[1], member)
+  if redis.call('SCARD', ARGV[3] .. member) == 0 and ARGV[4] ~= '' then
+    record_event(KEYS[2], ARGV[5], occupancy_event(ARGV[4], member, tonumber(due[i + 1])))
+    recorded = recorded + 1
+  end
+end
+return {#due / 2, recorded}
+";
+
+/// KEYS: the node registry, a dead identity's holds. ARGV: the identity,
+/// the holders key prefix, the leaving key prefix, most members to take,
+/// node ttl ms. `SPOP`s a chunk of what the dead identity held (so two
+/// nodes cleaning at once each take different members, each once) and
+/// releases each; a member nobody else holds joins its kind's leaving set,
+/// released at the identity's last beat (its expiry less `node_ttl`), so
+/// the grace counts from when the node was last known alive. Returns how
+/// many were taken.
+const OCCUPANCY_ORPHANS_LUA: &str = r"
+local now = now_ms()
+local members = redis.call('SPOP', KEYS[2], tonumber(ARGV[4]))
+local expires = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+local since = now
+if expires ~= nil then since = math.min(now, expires - tonumber(ARGV[5])) end
+for _, m in ipairs(members) do
+  local holders = ARGV[2] .. m
+  if redis.call('SREM', holders, ARGV[1]) == 1 and redis.call('SCARD', holders) == 0 then
+    redis.call('ZADD', ARGV[3] .. string.sub(m, 1, 1), string.format('%.0f', since), m)
+  end
+end
+return #members
+";
+
+/// KEYS: the outbox. ARGV: capacity, the event's JSON. Appends it.
+const EVENT_RECORD_LUA: &str = r"
+record_event(KEYS[1], ARGV[1], ARGV[2])
+return 1
+";
+
+/// KEYS: the lease. ARGV: this node's id, ttl ms. Takes the lease when
+/// nobody holds it, renews it when this node does. Returns 1 if held now.
+const LEASE_LUA: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
 /// The scripts, hashed once; `redis::Script` runs `EVALSHA` and falls back
 /// to loading the script when Redis does not know it (after a restart).
 pub struct Scripts {
@@ -374,6 +516,12 @@ pub struct Scripts {
     pub subs_read: Script,
     pub subs_write: Script,
     pub node_beat: Script,
+    pub node_forget: Script,
+    pub occupancy_set: Script,
+    pub occupancy_due: Script,
+    pub occupancy_orphans: Script,
+    pub event_record: Script,
+    pub lease: Script,
 }
 
 impl Default for Scripts {
@@ -401,6 +549,12 @@ impl Default for Scripts {
             subs_read: Script::new(&format!("{COUNTS_LUA}{SUBS_READ_LUA}")),
             subs_write: with_clock(SUBS_WRITE_LUA),
             node_beat: with_clock(NODE_BEAT_LUA),
+            node_forget: Script::new(NODE_FORGET_LUA),
+            occupancy_set: with_clock(&format!("{EVENT_LUA}{OCCUPANCY_SET_LUA}")),
+            occupancy_due: with_clock(&format!("{EVENT_LUA}{OCCUPANCY_DUE_LUA}")),
+            occupancy_orphans: with_clock(OCCUPANCY_ORPHANS_LUA),
+            event_record: Script::new(&format!("{EVENT_LUA}{EVENT_RECORD_LUA}")),
+            lease: Script::new(LEASE_LUA),
         }
     }
 }
@@ -555,6 +709,50 @@ pub fn parse_values(reply: Value) -> Result<Vec<Vec<u8>>, EngineError> {
             _ => Err(corrupt("array item is not a string")),
         })
         .collect()
+}
+
+/// The outbox entries of an `XRANGE` reply, oldest first. An entry without
+/// its `e` field (not written by Herald) is answered with an empty JSON,
+/// which the sender skips (and marks done).
+pub fn parse_events(reply: Value) -> Result<Vec<herald_core::event::RecordedEvent>, EngineError> {
+    array(reply)
+        .ok_or_else(|| corrupt("outbox range is not an array"))?
+        .into_iter()
+        .map(|entry| {
+            let mut parts = array(entry)
+                .ok_or_else(|| corrupt("outbox entry is not an array"))?
+                .into_iter();
+            let id = parts
+                .next()
+                .as_ref()
+                .and_then(text)
+                .map(str::to_owned)
+                .ok_or_else(|| corrupt("outbox entry has no id"))?;
+            let fields = parts.next().and_then(array).unwrap_or_default();
+            let mut json = String::new();
+            let mut fields = fields.iter();
+            while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                if bytes(name) == Some(b"e") {
+                    json = text(value).unwrap_or("").to_owned();
+                }
+            }
+            Ok(herald_core::event::RecordedEvent { id, json })
+        })
+        .collect()
+}
+
+/// A `{a, b}` integer pair reply.
+pub fn parse_pair(reply: &Value) -> Result<(u64, u64), EngineError> {
+    match reply {
+        Value::Array(items) => match items.as_slice() {
+            [a, b] => Ok((
+                int(a).and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+                int(b).and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+            )),
+            _ => Err(corrupt("pair reply has the wrong length")),
+        },
+        _ => Err(corrupt("pair reply is not an array")),
+    }
 }
 
 /// An integer reply that fits a `usize`.

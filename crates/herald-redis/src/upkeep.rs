@@ -17,7 +17,8 @@
 //! connection); a sweep waits for them.
 //!
 //! Each sweep also beats this node's entry in the node registry (cleaning
-//! up identities that died, see the `counts` module), then compares this
+//! up identities that died, see the `counts` module, and releasing what
+//! they held, see the `occupancy` module), then compares this
 //! node's local subscriber count of every channel it holds against what it
 //! last wrote, and writes the ones that changed: the publish script sums
 //! them into the cluster-wide `subscribers` of its answer. The cost is one
@@ -278,11 +279,13 @@ impl Upkeep {
         false
     }
 
-    /// Deletes a dead identity's counts, then its set, then its registry
-    /// entry (at most `CLEAN_BATCHES` batches per call; the rest at the next
-    /// sweep, while it stays on the dead list).
+    /// Deletes a dead identity's counts and its set, releases what it held
+    /// (the `occupancy` module), then drops its registry entry once nothing
+    /// of it is left (at most `CLEAN_BATCHES` batches of each per call; the
+    /// rest at the next sweep, while it stays on the dead list).
     async fn clean(&self, identity: &str) {
         let set = self.keys.node_counts(identity);
+        let mut counts_left = true;
         for _ in 0..CLEAN_BATCHES {
             let mut conn = self.conn.clone();
             let mut pick = redis::cmd("SRANDMEMBER");
@@ -295,25 +298,77 @@ impl Upkeep {
                         return;
                     }
                 };
-            let mut pipe = redis::pipe();
             if members.is_empty() {
-                pipe.cmd("HDEL").arg(self.keys.nodes()).arg(identity);
-            } else {
-                for key in &members {
-                    pipe.cmd("HDEL").arg(key).arg(identity).ignore();
-                }
-                pipe.cmd("SREM").arg(&set).arg(&members).ignore();
+                counts_left = false;
+                break;
             }
+            let mut pipe = redis::pipe();
+            for key in &members {
+                pipe.cmd("HDEL").arg(key).arg(identity).ignore();
+            }
+            pipe.cmd("SREM").arg(&set).arg(&members).ignore();
             if let Err(e) =
                 bounded(self.options.timeout, pipe.query_async::<Value>(&mut conn)).await
             {
                 tracing::debug!(error = %e, identity, "count cleanup failed");
                 return;
             }
-            if members.is_empty() {
-                return;
+        }
+        let holds_left = self.release_holdings(identity).await;
+        if counts_left || holds_left {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.node_forget.prepare_invoke();
+        invocation
+            .key(self.keys.nodes())
+            .key(&set)
+            .key(self.keys.node_holds(identity))
+            .arg(identity);
+        if let Err(e) = bounded(
+            self.options.timeout,
+            invocation.invoke_async::<Value>(&mut conn),
+        )
+        .await
+        {
+            tracing::debug!(error = %e, identity, "registry cleanup failed");
+        }
+    }
+
+    /// Releases what a dead identity held, in `SPOP` chunks (each member
+    /// once, however many nodes clean at once). True if some may be left.
+    async fn release_holdings(&self, identity: &str) -> bool {
+        let holds = self.keys.node_holds(identity);
+        for _ in 0..CLEAN_BATCHES {
+            let mut conn = self.conn.clone();
+            let mut invocation = self.scripts.occupancy_orphans.prepare_invoke();
+            invocation
+                .key(self.keys.nodes())
+                .key(&holds)
+                .arg(identity)
+                .arg(self.keys.holders_prefix())
+                .arg(self.keys.leaving_prefix())
+                .arg(crate::occupancy::CHUNK)
+                .arg(millis(self.options.node_ttl));
+            match bounded(
+                self.options.timeout,
+                invocation.invoke_async::<Value>(&mut conn),
+            )
+            .await
+            {
+                Ok(Value::Int(n)) if n < crate::occupancy::CHUNK as i64 => return false,
+                Ok(Value::Int(_)) => {}
+                Ok(_) => {
+                    tracing::warn!("unexpected occupancy cleanup reply");
+                    return true;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, identity, "occupancy cleanup failed");
+                    return true;
+                }
             }
         }
+        true
     }
 
     /// Rewrites every local entry with a fresh expiry. True if all of it

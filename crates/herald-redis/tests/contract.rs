@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_core::engine::Engine;
+use herald_core::event::EventOptions;
 use herald_core::hub::Hub;
 use herald_core::namespace::Namespaces;
 use herald_core::testing::contract::Backend;
@@ -32,12 +33,18 @@ impl Redis {
         }
     }
 
-    async fn node(&self, namespaces: Arc<Namespaces>, prefix: &str) -> Node {
+    async fn node(
+        &self,
+        namespaces: Arc<Namespaces>,
+        prefix: &str,
+        events: Option<EventOptions>,
+    ) -> Node {
         let hub = Arc::new(Hub::new());
         let options = RedisOptions {
             prefix: prefix.to_owned(),
             ping_interval: Duration::from_millis(500),
             max_backoff: Duration::from_millis(500),
+            events,
             ..RedisOptions::default()
         };
         let engine = RedisEngine::connect_with(
@@ -54,12 +61,17 @@ impl Redis {
 
 #[async_trait]
 impl Backend for Redis {
-    async fn pair(&self, namespaces: Namespaces) -> [Node; 2] {
+    async fn pair_with_events(
+        &self,
+        namespaces: Namespaces,
+        events: Option<EventOptions>,
+    ) -> [Node; 2] {
         let prefix = format!("contract{}", self.pairs.fetch_add(1, Ordering::Relaxed));
         let namespaces = Arc::new(namespaces);
         [
-            self.node(Arc::clone(&namespaces), &prefix).await,
-            self.node(namespaces, &prefix).await,
+            self.node(Arc::clone(&namespaces), &prefix, events.clone())
+                .await,
+            self.node(namespaces, &prefix, events).await,
         ]
     }
 }

@@ -994,3 +994,160 @@ async fn subscriber_places_are_exact_refreshed_and_reclaimed_from_dead_nodes() {
     drop((back, reclaimed));
     a_sweeps.abort();
 }
+
+// Events for webhooks: what is Redis' own (a dead node, the lease, the
+// outbox bound); the rest is in the contract suite.
+
+fn with_events(events: &[&str], grace_ms: u64, capacity: usize) -> RedisOptions {
+    RedisOptions {
+        events: Some(herald_core::event::EventOptions {
+            events: events.iter().map(|e| (*e).to_owned()).collect(),
+            grace: Duration::from_millis(grace_ms),
+            capacity,
+        }),
+        ..fast_refresh()
+    }
+}
+
+/// `(event, user)` of every event in the outbox, oldest first.
+async fn outbox_users(engine: &RedisEngine) -> Vec<(String, String)> {
+    use herald_core::engine::EventLog;
+    engine
+        .pending_events(100_000)
+        .await
+        .expect("pending")
+        .iter()
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_str(&e.json).expect("json");
+            (
+                v["event"].as_str().unwrap_or("").to_owned(),
+                v["user"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn count_of(engine: &RedisEngine, event: &str) -> usize {
+    outbox_users(engine)
+        .await
+        .iter()
+        .filter(|(e, _)| e == event)
+        .count()
+}
+
+/// A node that stops beating is found dead by the two others, which both
+/// clean it up at once: each of its users goes offline exactly once, a
+/// user also connected elsewhere not at all, and the users of a node that
+/// lives on only when they leave.
+#[tokio::test]
+async fn a_dead_nodes_users_go_offline_once_whoever_cleans_up() {
+    let redis = RedisServer::start();
+    let events = [
+        herald_core::event::USER_ONLINE,
+        herald_core::event::USER_OFFLINE,
+    ];
+    let opts = || with_events(&events, 200, 100_000);
+    let a = node_with_options(&redis, Namespaces::default(), opts()).await;
+    let b = node_with_options(&redis, Namespaces::default(), opts()).await;
+    let c = node_with_options(&redis, Namespaces::default(), opts()).await;
+    let sweeps = [sweeping(&a.engine), sweeping(&b.engine)];
+    let c_sweeps = sweeping(&c.engine);
+    let name = |i: usize| format!("u{i}");
+    // u0..u9 on a and b; u10..u49 on a; u50..u99 on c.
+    let mut on_a = Vec::new();
+    let mut on_b = Vec::new();
+    let mut on_c = Vec::new();
+    for i in 0..100 {
+        let user = client(&name(i), None);
+        if i < 50 {
+            on_a.push(a.node.subscriber_for(8, user.clone()));
+        } else {
+            on_c.push(c.node.subscriber_for(8, user.clone()));
+        }
+        if i < 10 {
+            on_b.push(b.node.subscriber_for(8, user));
+        }
+    }
+    eventually("100 users online", || async {
+        (count_of(&a.engine, "user.online").await == 100).then_some(())
+    })
+    .await;
+
+    // c dies: it stops beating, its connections never leave.
+    c_sweeps.abort();
+    // a's own users leave, except those also on b.
+    on_a.truncate(10);
+    eventually("90 users offline", || async {
+        let n = count_of(&b.engine, "user.offline").await;
+        assert!(n <= 90, "{n} offline events");
+        (n == 90).then_some(())
+    })
+    .await;
+    // Several sweeps and cleanups later, still exactly once each.
+    sleep(TEST_NODE_TTL * 2).await;
+    let got = outbox_users(&a.engine).await;
+    let mut offline: Vec<&str> = got
+        .iter()
+        .filter(|(e, _)| e == "user.offline")
+        .map(|(_, u)| u.as_str())
+        .collect();
+    offline.sort_unstable();
+    let mut want: Vec<String> = (10..100).map(name).collect();
+    want.sort_unstable();
+    assert_eq!(offline, want, "each user of the dead node and of a once");
+    assert_eq!(got.len(), 190, "100 online, 90 offline: {got:?}");
+    drop((on_a, on_b, on_c, sweeps));
+}
+
+/// One node at a time holds the delivery lease; it renews it, and another
+/// takes it once it expired.
+#[tokio::test]
+async fn the_delivery_lease_has_one_holder_and_passes_on_when_it_expires() {
+    use herald_core::engine::EventLog;
+    let redis = RedisServer::start();
+    let a = node_with_options(&redis, Namespaces::default(), with_events(&[], 100, 10)).await;
+    let b = node_with_options(&redis, Namespaces::default(), with_events(&[], 100, 10)).await;
+    let ttl = Duration::from_millis(300);
+    assert!(a.engine.delivery_lease(ttl).await.expect("lease"));
+    assert!(!b.engine.delivery_lease(ttl).await.expect("lease"));
+    assert!(a.engine.delivery_lease(ttl).await.expect("renewed"));
+    eventually("the lease to pass to b", || async {
+        b.engine
+            .delivery_lease(ttl)
+            .await
+            .expect("lease")
+            .then_some(())
+    })
+    .await;
+    assert!(!a.engine.delivery_lease(ttl).await.expect("lease"));
+}
+
+/// A full outbox drops its oldest events, and counts them.
+#[tokio::test]
+async fn a_full_outbox_drops_the_oldest_and_counts_them() {
+    use herald_core::engine::EventLog;
+    let redis = RedisServer::start();
+    let a = node_with_options(
+        &redis,
+        Namespaces::default(),
+        with_events(&["t.x"], 100, 10),
+    )
+    .await;
+    for n in 0..300_u64 {
+        let mut fields = serde_json::Map::new();
+        fields.insert("n".into(), n.into());
+        a.engine.record_event("t.x", fields).await.expect("record");
+    }
+    let stats = a.engine.outbox_stats().await.expect("stats");
+    assert!(stats.dropped > 0, "{stats:?}");
+    // Trimming is approximate (whole stream nodes): about the capacity.
+    assert!(stats.len < 300, "{stats:?}");
+    assert_eq!(stats.len as u64 + stats.dropped, 300, "{stats:?}");
+    let kept = a.engine.pending_events(1_000).await.expect("pending");
+    let last: serde_json::Value = serde_json::from_str(&kept[kept.len() - 1].json).expect("json");
+    assert_eq!(last["n"], 299, "the newest are kept");
+    assert!(a
+        .engine
+        .recorded_events()
+        .contains(&("t.x".to_owned(), 300)));
+}

@@ -8,13 +8,18 @@
 //! type [`ENV_KEYS`] gives its key path `a.b` and merged into the parsed
 //! file before the file's shape is deserialized, so one set of rules checks
 //! both. Secrets may be given as paths (`api_key_file`,
-//! `auth.hmac_secret_file`), read once at load.
+//! `auth.hmac_secret_file`, `webhooks.secret_file`), read once at load.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use crate::access::hook::{HookEvent, HookSettings, DEFAULT_HOOK_TIMEOUT};
+use crate::access::webhook::{
+    WebhookSettings, DEFAULT_BATCH_SIZE, DEFAULT_MAX_ATTEMPTS, DEFAULT_WEBHOOK_TIMEOUT,
+    MAX_BATCH_SIZE,
+};
+use herald_core::event::{EventOptions, DEFAULT_PRESENCE_GRACE, EVENTS};
 use herald_core::namespace::{ChannelOptions, Namespaces};
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -89,6 +94,10 @@ pub struct FileConfig {
     /// How often the one-line summary is logged (info); `0s`: never.
     #[serde(default, with = "humantime_serde")]
     pub log_summary_interval: Option<Duration>,
+    /// How long a user or channel may be away and come back without an
+    /// offline/online (vacated/occupied) pair of webhooks.
+    #[serde(default, with = "humantime_serde")]
+    pub presence_grace: Option<Duration>,
     /// Named API keys, in addition to `api_key`.
     #[serde(default)]
     pub api_keys: std::collections::BTreeMap<String, String>,
@@ -104,7 +113,25 @@ pub struct FileConfig {
     pub limits: LimitsSection,
     pub hooks: Option<HooksSection>,
     #[serde(default)]
+    pub webhooks: WebhooksSection,
+    #[serde(default)]
     pub redis: RedisSection,
+}
+
+/// `[webhooks]`: events posted to the application (nothing is recorded
+/// without a `url`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksSection {
+    pub url: Option<String>,
+    pub secret: Option<String>,
+    /// A file holding `secret`; exclusive with `secret`.
+    pub secret_file: Option<std::path::PathBuf>,
+    pub events: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    pub max_attempts: Option<u32>,
+    pub batch_size: Option<usize>,
 }
 
 /// `[redis]`: how patient the Redis engine is (unused with `memory`).
@@ -115,6 +142,13 @@ pub struct RedisSection {
     pub timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub ping_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub node_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub refresh_interval: Option<Duration>,
+    /// Prefix of every key and pub/sub channel: deployments sharing one
+    /// Redis need different ones.
+    pub prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -285,6 +319,7 @@ pub(crate) const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("drain_delay", EnvKind::Duration),
     ("drain_window", EnvKind::Duration),
     ("log_summary_interval", EnvKind::Duration),
+    ("presence_grace", EnvKind::Duration),
     ("poll_timeout_max", EnvKind::Duration),
     ("idempotency_window", EnvKind::Duration),
     ("api_keys.*", EnvKind::Text),
@@ -308,8 +343,18 @@ pub(crate) const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("hooks.events", EnvKind::List),
     ("hooks.timeout", EnvKind::Duration),
     ("hooks.on_error", EnvKind::Text),
+    ("webhooks.url", EnvKind::Text),
+    ("webhooks.secret", EnvKind::Text),
+    ("webhooks.secret_file", EnvKind::Text),
+    ("webhooks.events", EnvKind::List),
+    ("webhooks.timeout", EnvKind::Duration),
+    ("webhooks.max_attempts", EnvKind::Number),
+    ("webhooks.batch_size", EnvKind::Number),
     ("redis.timeout", EnvKind::Duration),
     ("redis.ping_interval", EnvKind::Duration),
+    ("redis.node_ttl", EnvKind::Duration),
+    ("redis.refresh_interval", EnvKind::Duration),
+    ("redis.prefix", EnvKind::Text),
 ];
 
 /// The kind of the key at `path` (`["history", "size"]`), if the
@@ -443,15 +488,24 @@ fn blame_env(doc: &toml::Table, env: &[(String, String)], error: toml::de::Error
 }
 
 /// The secrets that may be given as a file path, `KEY_file`.
-const SECRETS: &[&str] = &["api_key", "auth.hmac_secret"];
+const SECRETS: &[&str] = &["api_key", "auth.hmac_secret", "webhooks.secret"];
 
-/// Reads `api_key_file` and `auth.hmac_secret_file` into their secrets
-/// (trailing newline dropped). A `--api-key` flag wins over both forms, and
-/// the file is then not read. Returns the paths read, for the summary.
+/// The secret files read at load, for the summary.
+#[derive(Debug, Default)]
+struct SecretFiles {
+    api_key: Option<std::path::PathBuf>,
+    hmac_secret: Option<std::path::PathBuf>,
+    webhook_secret: Option<std::path::PathBuf>,
+}
+
+/// Reads `api_key_file`, `auth.hmac_secret_file` and
+/// `webhooks.secret_file` into their secrets (trailing newline dropped). A
+/// `--api-key` flag wins over both forms, and the file is then not read.
+/// Returns the paths read, for the summary.
 fn read_secret_files(
     file: &mut FileConfig,
     overrides: &Overrides,
-) -> Result<(Option<std::path::PathBuf>, Option<std::path::PathBuf>), ConfigError> {
+) -> Result<SecretFiles, ConfigError> {
     fn read(key: &'static str, path: &Path) -> Result<String, ConfigError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
@@ -471,6 +525,9 @@ fn read_secret_files(
     if file.auth.hmac_secret.is_some() && file.auth.hmac_secret_file.is_some() {
         return Err(ConfigError::Ambiguous("auth.hmac_secret"));
     }
+    if file.webhooks.secret.is_some() && file.webhooks.secret_file.is_some() {
+        return Err(ConfigError::Ambiguous("webhooks.secret"));
+    }
     let api_key_file = match file.api_key_file.take() {
         Some(_) if overrides.api_key.is_some() => None,
         Some(path) => {
@@ -486,7 +543,18 @@ fn read_secret_files(
         }
         None => None,
     };
-    Ok((api_key_file, hmac_secret_file))
+    let webhook_secret_file = match file.webhooks.secret_file.take() {
+        Some(path) => {
+            file.webhooks.secret = Some(read("webhooks.secret_file", &path)?);
+            Some(path)
+        }
+        None => None,
+    };
+    Ok(SecretFiles {
+        api_key: api_key_file,
+        hmac_secret: hmac_secret_file,
+        webhook_secret: webhook_secret_file,
+    })
 }
 
 /// The validated settings the server runs with.
@@ -509,6 +577,8 @@ pub struct Config {
     pub api_key_file: Option<std::path::PathBuf>,
     /// Where `auth.hmac_secret` was read from, when from a file.
     pub hmac_secret_file: Option<std::path::PathBuf>,
+    /// Where `webhooks.secret` was read from, when from a file.
+    pub webhook_secret_file: Option<std::path::PathBuf>,
     /// Browser origins allowed; empty = same origin only; `*` = any.
     pub allowed_origins: Vec<String>,
     pub tokens: crate::access::token::TokenSettings,
@@ -516,6 +586,11 @@ pub struct Config {
     pub max_token_ttl: Duration,
     pub limits: Limits,
     pub hooks: Option<crate::access::hook::HookSettings>,
+    /// `[webhooks]`, when it has a `url` (else nothing is recorded).
+    pub webhooks: Option<WebhookSettings>,
+    /// A user back, or a channel re-occupied, within this makes no event
+    /// pair (webhooks).
+    pub presence_grace: Duration,
     /// `memory` or a `redis://` URL.
     pub engine: String,
     pub heartbeat: Duration,
@@ -540,12 +615,26 @@ pub struct Config {
     pub redis_timeout: Duration,
     /// Redis engine: how often the pub/sub connection is pinged.
     pub redis_ping_interval: Duration,
+    /// Redis engine: how long a node's presence entries, counts, places and
+    /// holdings count without a rewrite (a dead node drops out within it).
+    pub redis_node_ttl: Duration,
+    /// Redis engine: how often a node rewrites its presence entries and
+    /// places (shorter than `redis_node_ttl`).
+    pub redis_refresh_interval: Duration,
+    /// Redis engine: the prefix of every key and pub/sub channel.
+    pub redis_prefix: String,
 }
 
 /// Default of `redis.timeout`.
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default of `redis.ping_interval`.
 pub const DEFAULT_REDIS_PING_INTERVAL: Duration = Duration::from_secs(5);
+/// Default of `redis.node_ttl` (the Redis engine's own default).
+pub const DEFAULT_REDIS_NODE_TTL: Duration = Duration::from_secs(15);
+/// Default of `redis.prefix` (the Redis engine's own default).
+pub const DEFAULT_REDIS_PREFIX: &str = "herald";
+/// Default of `redis.refresh_interval` (the Redis engine's own default).
+pub const DEFAULT_REDIS_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Default for Config {
     fn default() -> Self {
@@ -593,6 +682,8 @@ pub enum ConfigError {
     ShortSecret,
     #[error("hooks.{0}")]
     Hooks(String),
+    #[error("webhooks.{0}")]
+    Webhooks(String),
     #[error("auth: {0}")]
     Keys(String),
     #[error("{0}")]
@@ -702,7 +793,7 @@ impl Config {
         let mut file: FileConfig = toml::Value::Table(doc)
             .try_into()
             .map_err(|e: toml::de::Error| blame_env(&file_doc, env, e))?;
-        let (api_key_file, hmac_secret_file) = read_secret_files(&mut file, &overrides)?;
+        let secret_files = read_secret_files(&mut file, &overrides)?;
         // An error about a key the environment set names its variable
         // (unless a flag set the key after all).
         let flags = overrides.clone();
@@ -720,8 +811,9 @@ impl Config {
             _ => e,
         };
         let mut config = Self::resolve(file, overrides).map_err(named)?;
-        config.api_key_file = api_key_file;
-        config.hmac_secret_file = hmac_secret_file;
+        config.api_key_file = secret_files.api_key;
+        config.hmac_secret_file = secret_files.hmac_secret;
+        config.webhook_secret_file = secret_files.webhook_secret;
         // Read the key files now, so a bad one stops the start before binding.
         crate::access::token::Tokens::new(&config.tokens)
             .map_err(|e| ConfigError::Keys(e.to_string()))?;
@@ -814,6 +906,37 @@ impl Config {
             None => None,
             Some(h) => Some(hook_settings(h)?),
         };
+        let webhooks = webhook_settings(file.webhooks)?;
+        let redis_node_ttl = positive_time(
+            "redis.node_ttl",
+            file.redis.node_ttl.unwrap_or(DEFAULT_REDIS_NODE_TTL),
+        )?;
+        let redis_refresh_interval = positive_time(
+            "redis.refresh_interval",
+            file.redis
+                .refresh_interval
+                .unwrap_or(DEFAULT_REDIS_REFRESH_INTERVAL),
+        )?;
+        let redis_prefix = file
+            .redis
+            .prefix
+            .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_owned());
+        let prefix_ok = (1..=64).contains(&redis_prefix.len())
+            && redis_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+        if !prefix_ok {
+            return Err(ConfigError::Invalid(format!(
+                "redis.prefix: {redis_prefix:?} must be 1 to 64 letters, digits or _ - . :"
+            )));
+        }
+        if redis_refresh_interval >= redis_node_ttl {
+            return Err(ConfigError::Invalid(format!(
+                "redis.refresh_interval ({}) must be shorter than redis.node_ttl ({}): a node's entries would expire between its rewrites",
+                humantime::format_duration(redis_refresh_interval),
+                humantime::format_duration(redis_node_ttl)
+            )));
+        }
         let tokens = crate::access::token::TokenSettings {
             hmac_secret: file.auth.hmac_secret,
             public_keys: file.auth.public_keys,
@@ -903,6 +1026,7 @@ impl Config {
             api_keys,
             api_key_file: None,
             hmac_secret_file: None,
+            webhook_secret_file: None,
             allowed_origins: {
                 let origins = file.allowed_origins.unwrap_or_default();
                 if let Some(bad) = origins.iter().find(|o| !valid_origin(o)) {
@@ -914,6 +1038,8 @@ impl Config {
             max_token_ttl: file.auth.max_token_ttl.unwrap_or(DEFAULT_MAX_TOKEN_TTL),
             limits,
             hooks,
+            webhooks,
+            presence_grace: file.presence_grace.unwrap_or(DEFAULT_PRESENCE_GRACE),
             engine,
             heartbeat: positive_time("heartbeat", file.heartbeat.unwrap_or(DEFAULT_HEARTBEAT))?,
             queue_size: positive("queue_size", file.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE))?,
@@ -957,12 +1083,87 @@ impl Config {
                     .ping_interval
                     .unwrap_or(DEFAULT_REDIS_PING_INTERVAL),
             )?,
+            redis_node_ttl,
+            redis_refresh_interval,
+            redis_prefix,
+        })
+    }
+
+    /// What the engine records for webhooks: the configured events with
+    /// the grace, or `None` without a `[webhooks]` url.
+    pub fn event_options(&self) -> Option<EventOptions> {
+        self.webhooks.as_ref().map(|w| EventOptions {
+            events: w.events.clone(),
+            grace: self.presence_grace,
+            ..EventOptions::default()
         })
     }
 }
 
-/// `127.0.0.1:7070`, `[::1]:7070`, or a name with a port (`localhost:7070`),
-/// resolved now (the first address).
+/// The `[webhooks]` section, validated whole (also without a `url`, so a
+/// typo waiting there is caught); `None` without a `url`.
+fn webhook_settings(section: WebhooksSection) -> Result<Option<WebhookSettings>, ConfigError> {
+    let err = |m: String| ConfigError::Webhooks(m);
+    let events = match section.events {
+        None => EVENTS.iter().map(|e| (*e).to_owned()).collect(),
+        Some(names) => {
+            let mut events = std::collections::BTreeSet::new();
+            for name in names {
+                if !EVENTS.contains(&name.as_str()) {
+                    return Err(err(format!(
+                        "events: unknown event {name:?} ({})",
+                        EVENTS.join(", ")
+                    )));
+                }
+                events.insert(name);
+            }
+            events
+        }
+    };
+    let timeout = section.timeout.unwrap_or(DEFAULT_WEBHOOK_TIMEOUT);
+    if timeout.is_zero() {
+        return Err(err("timeout must be greater than zero".into()));
+    }
+    let max_attempts = section.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+    if max_attempts == 0 {
+        return Err(err("max_attempts must be at least 1".into()));
+    }
+    let batch_size = section.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
+    if !(1..=MAX_BATCH_SIZE).contains(&batch_size) {
+        return Err(err(format!(
+            "batch_size must be between 1 and {MAX_BATCH_SIZE}"
+        )));
+    }
+    if section.secret.as_deref() == Some("") {
+        return Err(err("secret must not be empty".into()));
+    }
+    let Some(url_text) = section.url.filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let url: hyper::Uri = url_text
+        .parse()
+        .map_err(|_| err(format!("url: {url_text:?} is not a URL")))?;
+    if url.scheme_str() != Some("http") || url.host().is_none() {
+        return Err(err(
+            "url: only http:// URLs are supported (run the receiver on a private network or loopback, or behind a proxy that adds TLS)".into(),
+        ));
+    }
+    let secret = section.secret.ok_or_else(|| {
+        err(
+            "secret (or secret_file) is required with a url: every request is signed with it"
+                .into(),
+        )
+    })?;
+    Ok(Some(WebhookSettings {
+        url,
+        secret,
+        events,
+        timeout,
+        max_attempts,
+        batch_size,
+    }))
+}
+
 /// The `[hooks]` section, validated.
 fn hook_settings(section: HooksSection) -> Result<HookSettings, ConfigError> {
     let url: hyper::Uri = section
@@ -1084,6 +1285,7 @@ impl Config {
         let _ = writeln!(out, "drain_window = {}", d(self.drain_window));
         let _ = writeln!(out, "poll_timeout_max = {}", d(self.poll_timeout_max));
         let _ = writeln!(out, "idempotency_window = {}", d(self.idempotency_window));
+        let _ = writeln!(out, "presence_grace = {}", d(self.presence_grace));
         let _ = writeln!(
             out,
             "log_summary_interval = {}",
@@ -1110,10 +1312,39 @@ impl Config {
             d(t.leeway), d(t.ticket_ttl), d(self.max_token_ttl));
         let _ = writeln!(
             out,
-            "\n[redis]\ntimeout = {}\nping_interval = {}",
+            "\n[redis]\nprefix = {:?}\ntimeout = {}\nping_interval = {}\nnode_ttl = {}\nrefresh_interval = {}",
+            self.redis_prefix,
             d(self.redis_timeout),
-            d(self.redis_ping_interval)
+            d(self.redis_ping_interval),
+            d(self.redis_node_ttl),
+            d(self.redis_refresh_interval)
         );
+        match &self.webhooks {
+            None => {
+                let _ = writeln!(
+                    out,
+                    "\n[webhooks]\n# no url: no events are recorded or sent"
+                );
+            }
+            Some(w) => {
+                let events: Vec<&String> = w.events.iter().collect();
+                let _ = writeln!(
+                    out,
+                    "\n[webhooks]\nurl = \"{}\"\nsecret = \"<redacted>\"",
+                    redact_url(&w.url.to_string())
+                );
+                if let Some(path) = &self.webhook_secret_file {
+                    let _ = writeln!(out, "secret_file = {:?}", path.display().to_string());
+                }
+                let _ = writeln!(
+                    out,
+                    "events = {events:?}\ntimeout = {}\nmax_attempts = {}\nbatch_size = {}",
+                    d(w.timeout),
+                    w.max_attempts,
+                    w.batch_size
+                );
+            }
+        }
         if let Some(h) = &self.hooks {
             let mut events: Vec<String> = h
                 .events
@@ -1150,6 +1381,7 @@ impl Config {
 pub fn generated(mut secret: impl FnMut() -> String) -> String {
     let api_key = secret();
     let hmac = format!("{}{}", secret(), secret());
+    let webhook_secret = secret();
     format!(
         "# Herald configuration (docs/configuration.md). Generated by `herald gen-config`.
 # Keep this file private: it holds the backend's API key and the token secret.
@@ -1183,6 +1415,12 @@ max_token_ttl = \"24h\"
 [limits]
 max_connections = 1000000
 max_connections_per_ip = 10000
+
+# Webhooks: user.online/offline and channel.occupied/vacated posted to your
+# backend, signed with the secret (docs/webhooks.md). Uncomment to use.
+# [webhooks]
+# url = \"http://127.0.0.1:9000/herald/events\"
+# secret = \"{webhook_secret}\"
 
 [[namespace]]
 prefix = \"chat:\"
@@ -1570,7 +1808,7 @@ mod tests {
             .chain(["namespace".to_string()])
             .collect();
         assert_eq!(top, fields_of(""));
-        for section in ["history", "auth", "limits", "hooks", "redis"] {
+        for section in ["history", "auth", "limits", "hooks", "webhooks", "redis"] {
             let keys: HashSet<String> = ENV_KEYS
                 .iter()
                 .filter_map(|(k, _)| k.strip_prefix(&format!("{section}.")))
@@ -1578,6 +1816,129 @@ mod tests {
                 .collect();
             assert_eq!(keys, fields_of(section), "[{section}]");
         }
+    }
+
+    #[test]
+    fn webhooks_section() {
+        let d = Config::default();
+        assert!(d.webhooks.is_none() && d.event_options().is_none());
+        assert_eq!(d.presence_grace, DEFAULT_PRESENCE_GRACE);
+        let c = parse(
+            "presence_grace = \"2s\"\n[webhooks]\nurl = \"http://127.0.0.1:9/w\"\nsecret = \"s\"\nevents = [\"user.online\", \"user.offline\"]\ntimeout = \"1s\"\nmax_attempts = 3\nbatch_size = 10",
+        )
+        .expect("valid");
+        let w = c.webhooks.as_ref().expect("webhooks");
+        assert_eq!((w.max_attempts, w.batch_size), (3, 10));
+        assert_eq!(w.timeout, Duration::from_secs(1));
+        let events = c.event_options().expect("events");
+        assert_eq!(events.grace, Duration::from_secs(2));
+        assert!(events.records("user.online") && !events.records("channel.occupied"));
+        assert!(
+            !format!("{c:?}").contains("secret: \"s\""),
+            "Debug redacts the secret"
+        );
+        let all = parse("[webhooks]\nurl = \"http://h/w\"\nsecret = \"s\"").expect("valid");
+        let w = all.webhooks.expect("webhooks");
+        assert_eq!(w.events.len(), EVENTS.len(), "every event by default");
+        assert_eq!(
+            (w.timeout, w.max_attempts, w.batch_size),
+            (DEFAULT_WEBHOOK_TIMEOUT, 8, 100)
+        );
+        for (text, named) in [
+            ("[webhooks]\nurl = \"http://h/w\"", "secret"),
+            (
+                "[webhooks]\nurl = \"https://h/w\"\nsecret = \"s\"",
+                "http://",
+            ),
+            ("[webhooks]\nurl = \"http://h/w\"\nsecret = \"\"", "empty"),
+            ("[webhooks]\nevents = [\"user.onlin\"]", "user.onlin"),
+            ("[webhooks]\nmax_attempts = 0", "max_attempts"),
+            ("[webhooks]\nbatch_size = 0", "batch_size"),
+            ("[webhooks]\ntimeout = \"0s\"", "timeout"),
+            ("[webhooks]\nurll = \"x\"", "urll"),
+        ] {
+            let err = parse(text).expect_err(text);
+            assert!(err.contains(named), "{text}: {err}");
+        }
+        // No url: nothing recorded, the rest still checked.
+        assert!(parse("[webhooks]\nsecret = \"s\"")
+            .expect("valid")
+            .webhooks
+            .is_none());
+    }
+
+    #[test]
+    fn webhooks_from_the_environment_and_a_secret_file() {
+        let secret = temp_path("webhook-secret", "from-a-file\n");
+        let path = secret.display().to_string();
+        let c = load_env(
+            "",
+            &[
+                ("HERALD_WEBHOOKS__URL", "http://127.0.0.1:9/w"),
+                ("HERALD_WEBHOOKS__SECRET_FILE", &path),
+                (
+                    "HERALD_WEBHOOKS__EVENTS",
+                    "channel.occupied, channel.vacated",
+                ),
+                ("HERALD_WEBHOOKS__MAX_ATTEMPTS", "2"),
+                ("HERALD_PRESENCE_GRACE", "500ms"),
+                ("HERALD_REDIS__NODE_TTL", "4s"),
+                ("HERALD_REDIS__REFRESH_INTERVAL", "1s"),
+            ],
+        )
+        .expect("valid");
+        let w = c.webhooks.as_ref().expect("webhooks");
+        assert_eq!(w.secret, "from-a-file");
+        assert_eq!(w.events.len(), 2);
+        assert_eq!(w.max_attempts, 2);
+        assert_eq!(c.presence_grace, Duration::from_millis(500));
+        assert_eq!(c.redis_node_ttl, Duration::from_secs(4));
+        let summary = c.summary();
+        assert!(summary.contains("[webhooks]") && summary.contains("max_attempts = 2"));
+        assert!(summary.contains("presence_grace = \"500ms\""), "{summary}");
+        assert!(summary.contains("node_ttl = \"4s\""), "{summary}");
+        assert!(
+            summary.contains(&format!("secret_file = {path:?}")),
+            "{summary}"
+        );
+        assert!(!summary.contains("from-a-file"), "{summary}");
+        let both = load_env(
+            "[webhooks]\nsecret = \"x\"",
+            &[
+                ("HERALD_WEBHOOKS__SECRET", "y"),
+                ("HERALD_WEBHOOKS__SECRET_FILE", &path),
+            ],
+        )
+        .expect_err("both");
+        assert!(
+            both.contains("webhooks.secret and webhooks.secret_file"),
+            "{both}"
+        );
+        // The environment's form replaces the file's.
+        let c = load_env(
+            "[webhooks]\nurl = \"http://h/w\"\nsecret = \"in-file\"",
+            &[("HERALD_WEBHOOKS__SECRET_FILE", &path)],
+        )
+        .expect("valid");
+        assert_eq!(c.webhooks.expect("webhooks").secret, "from-a-file");
+        let _ = std::fs::remove_file(secret);
+    }
+
+    #[test]
+    fn redis_refresh_must_be_shorter_than_node_ttl() {
+        let err =
+            parse("[redis]\nnode_ttl = \"2s\"\nrefresh_interval = \"2s\"").expect_err("equal");
+        assert!(err.contains("redis.refresh_interval"), "{err}");
+        assert!(parse("[redis]\nnode_ttl = \"0s\"")
+            .expect_err("zero")
+            .contains("redis.node_ttl"));
+        let c = parse("[redis]\nnode_ttl = \"3s\"\nrefresh_interval = \"1s\"\nprefix = \"app-1\"")
+            .expect("valid");
+        assert_eq!(c.redis_refresh_interval, Duration::from_secs(1));
+        assert_eq!(c.redis_prefix, "app-1");
+        assert_eq!(Config::default().redis_prefix, "herald");
+        let bad = parse("[redis]\nprefix = \"a{b}\"").expect_err("braces");
+        assert!(bad.contains("redis.prefix"), "{bad}");
     }
 
     #[test]

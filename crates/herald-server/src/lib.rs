@@ -46,9 +46,10 @@ use state::AppState;
 use transport::registry::Registry;
 
 /// A node for the configured engine. The memory engine needs nothing; other
-/// engines are built by the caller and passed to [`run_with_listeners`].
+/// engines are built by the caller and passed to [`run_with_listeners`]
+/// (with [`Config::event_options`] when webhooks are configured).
 pub fn memory_node(config: &Config) -> Node {
-    Node::memory(config.namespaces.clone())
+    Node::memory_with_events(config.namespaces.clone(), config.event_options())
 }
 
 /// Serves the client endpoints on `listener` and the backend endpoints on
@@ -106,6 +107,20 @@ pub async fn run_with_listeners(
         }
     };
     tokio::spawn(signal);
+    // Webhooks: this node delivers the outbox while it holds the lease.
+    let webhooks = state.config.webhooks.clone().map(|settings| {
+        if node.engine.event_options().is_none() {
+            tracing::warn!(
+                "[webhooks] is configured but the engine records no events (it was built without the config's event options)"
+            );
+        }
+        tokio::spawn(access::webhook::run(
+            Arc::clone(&node.engine),
+            settings,
+            Arc::clone(&state.counters.webhooks),
+            token.clone(),
+        ))
+    });
     tokio::spawn(http::metrics::log_summary(
         state.clone(),
         state.config.log_summary_interval,
@@ -194,5 +209,8 @@ pub async fn run_with_listeners(
         }
     }
     sweeper.abort();
+    if let Some(webhooks) = webhooks {
+        webhooks.abort();
+    }
     Ok(())
 }

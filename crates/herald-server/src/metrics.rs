@@ -29,6 +29,17 @@ pub(crate) struct Counters {
     /// message, and the codes are a short table.
     disconnects: Mutex<BTreeMap<Option<u16>, u64>>,
     pub(crate) slow_consumers: AtomicU64,
+    /// The webhook sender's (shared with its task).
+    pub(crate) webhooks: std::sync::Arc<WebhookCounters>,
+}
+
+/// What the webhook sender did: requests answered 2xx or not, and events
+/// given up on after the last attempt.
+#[derive(Default)]
+pub(crate) struct WebhookCounters {
+    pub(crate) ok: AtomicU64,
+    pub(crate) error: AtomicU64,
+    pub(crate) given_up: AtomicU64,
 }
 
 impl Counters {

@@ -334,6 +334,10 @@ async fn build_node(config: &Config) -> anyhow::Result<herald_core::Node> {
     let options = herald_redis::RedisOptions {
         timeout: config.redis_timeout,
         ping_interval: config.redis_ping_interval,
+        node_ttl: config.redis_node_ttl,
+        refresh_interval: config.redis_refresh_interval,
+        events: config.event_options(),
+        prefix: config.redis_prefix.clone(),
         ..Default::default()
     };
     let engine = herald_redis::RedisEngine::connect_with(

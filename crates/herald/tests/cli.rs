@@ -380,3 +380,37 @@ fn check_config_shows_secret_files_by_path_not_content() {
     assert!(generated.contains("# api_key_file = "), "{generated}");
     assert!(generated.contains("# hmac_secret_file = "), "{generated}");
 }
+
+#[test]
+fn check_config_shows_webhooks_with_the_secret_redacted() {
+    let secret = temp_file("webhook-secret", "webhook-secret-itself\n");
+    let (code, summary, err) = herald_with(
+        &["check-config"],
+        &[
+            ("HERALD_WEBHOOKS__URL", "http://127.0.0.1:9000/events"),
+            ("HERALD_WEBHOOKS__SECRET_FILE", path_str(&secret)),
+            ("HERALD_WEBHOOKS__EVENTS", "user.online,user.offline"),
+            ("HERALD_PRESENCE_GRACE", "2s"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "presence_grace = \"2s\"",
+        "[webhooks]",
+        "url = \"http://127.0.0.1:9000/events\"",
+        "secret = \"<redacted>\"",
+        "events = [\"user.offline\", \"user.online\"]",
+        "max_attempts = 8",
+        "batch_size = 100",
+    ] {
+        assert!(summary.contains(line), "{line} in:\n{summary}");
+    }
+    assert!(!summary.contains("webhook-secret-itself"), "{summary}");
+    // A url without a secret names what is missing.
+    let (code, _, err) = herald_with(
+        &["check-config"],
+        &[("HERALD_WEBHOOKS__URL", "http://127.0.0.1:9000/events")],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("webhooks.secret"), "{err}");
+}

@@ -98,11 +98,11 @@ async fn metrics_need_the_api_key_when_one_is_set() {
 
 #[tokio::test]
 async fn a_scrape_passes_promtool() {
-    // Hooks configured (to a closed port, allowed on error), so that their
-    // families are in the scrape too.
+    // Hooks and webhooks configured (to a closed port; hooks allowed on
+    // error), so that their families are in the scrape too.
     let server = Server::builder()
         .extra_config(
-            "[hooks]\nurl = \"http://127.0.0.1:9/hook\"\nevents = [\"connect\"]\ntimeout = \"1s\"\non_error = \"allow\"\n",
+            "[hooks]\nurl = \"http://127.0.0.1:9/hook\"\nevents = [\"connect\"]\ntimeout = \"1s\"\non_error = \"allow\"\n\n[webhooks]\nurl = \"http://127.0.0.1:9/events\"\nsecret = \"s\"\ntimeout = \"1s\"\n",
         )
         .start()
         .await;
@@ -121,6 +121,11 @@ async fn a_scrape_passes_promtool() {
         "herald_slow_consumer_disconnects_total",
         "herald_hook_calls_total",
         "herald_hook_duration_seconds",
+        "herald_webhook_events_total",
+        "herald_webhook_requests_total",
+        "herald_webhook_given_up_total",
+        "herald_webhook_outbox",
+        "herald_webhook_dropped_total",
         "herald_engine_up",
         "process_resident_memory_bytes",
         "process_open_fds",

@@ -18,6 +18,13 @@
 //! Subscriber slots (`max_subscribers`) are one counter per channel, taken
 //! and given back under its shard's lock: exact, and nothing to reclaim
 //! since every slot lives in this process.
+//!
+//! Events (only with [`EventOptions`], i.e. webhooks configured): the hub's
+//! occupancy watcher is a [`LocalOccupancy`], which records into an
+//! [`EventOutbox`] in this process; the sweep turns what left more than
+//! the grace ago offline. The outbox dies with the process: events not
+//! delivered by then are lost, among them the offline events of the
+//! connections a shutdown ends (the node stops before their grace passes).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,16 +33,20 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{now_ms, Broker, ChannelStats, Claims, EngineError, PresenceStore, Published};
-use super::{Mailboxes, SubscriberSlot, UserPublished, UserQueue, UserQueues};
+use super::{EventLog, Mailboxes, SubscriberSlot, UserPublished, UserQueue, UserQueues};
 use crate::channel::ChannelName;
 use crate::disconnect::Disconnect;
 use crate::disconnect::CHANNEL_DELETED;
+use crate::event::{
+    event_json, EventCounts, EventOptions, EventOutbox, OutboxStats, RecordedEvent,
+};
 use crate::history::{unknown_channel_page, History, HistoryPage};
 use crate::hub::Hub;
 use crate::id::{MessageId, Since};
 use crate::mailbox::{Ack, Acked, Dropped, LocalMailboxes, MailboxRead, MailboxState};
 use crate::message::{Message, Payload};
 use crate::namespace::Namespaces;
+use crate::occupancy::LocalOccupancy;
 use crate::presence::{LocalPresence, Notice, NoticeKind, PresenceEntry};
 use crate::sharded::{Shard, Sharded};
 use crate::user::{LocalQueues, QueueLimits};
@@ -117,14 +128,53 @@ pub struct MemoryEngine {
     slots: Arc<Sharded<usize>>,
     /// Used single-use keys and when they may be forgotten (ms).
     claims: Mutex<std::collections::HashMap<String, u64>>,
+    /// Only when events are recorded (webhooks configured).
+    events: Option<Events>,
+}
+
+/// The memory engine's events: the outbox, the occupancy the hub reports
+/// to, and what this node recorded.
+struct Events {
+    options: EventOptions,
+    outbox: Arc<EventOutbox>,
+    occupancy: Arc<LocalOccupancy>,
+    counts: Arc<EventCounts>,
 }
 
 impl MemoryEngine {
+    /// An engine that records no events.
     pub fn new(hub: Arc<Hub>, namespaces: Arc<Namespaces>) -> Self {
+        Self::with_events(hub, namespaces, None)
+    }
+
+    /// An engine that records `events` (see the module docs), or none.
+    /// Installs the hub's occupancy watcher.
+    pub fn with_events(
+        hub: Arc<Hub>,
+        namespaces: Arc<Namespaces>,
+        events: Option<EventOptions>,
+    ) -> Self {
+        let epoch_ms = now_ms();
+        let events = events.map(|options| {
+            let outbox = Arc::new(EventOutbox::new(epoch_ms, options.capacity));
+            let counts = Arc::new(EventCounts::default());
+            let occupancy = Arc::new(LocalOccupancy::new(
+                options.clone(),
+                Arc::clone(&outbox),
+                Arc::clone(&counts),
+            ));
+            hub.watch(occupancy.clone());
+            Events {
+                options,
+                outbox,
+                occupancy,
+                counts,
+            }
+        });
         Self {
             hub,
             namespaces,
-            epoch_ms: now_ms(),
+            epoch_ms,
             seq: AtomicU64::new(1),
             channels: Sharded::new(),
             presence: LocalPresence::default(),
@@ -132,6 +182,7 @@ impl MemoryEngine {
             mailboxes: LocalMailboxes::default(),
             slots: Arc::new(Sharded::new()),
             claims: Mutex::new(std::collections::HashMap::new()),
+            events,
         }
     }
 
@@ -141,6 +192,21 @@ impl MemoryEngine {
 
     fn get(&self, channel: &ChannelName) -> Option<Arc<Mutex<Channel>>> {
         self.shard(channel).lock().get(channel).cloned()
+    }
+
+    /// [`EventLog::record_event`] without the `async`, for this engine's
+    /// own code that runs under its locks (the outbox lock is the innermost
+    /// of them): appends the event after everything recorded before it, if
+    /// it is among the configured events.
+    pub fn record_event_now(
+        &self,
+        event: &str,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) {
+        if let Some(events) = self.events.as_ref().filter(|e| e.options.records(event)) {
+            events.outbox.push(event_json(event, fields, now_ms()));
+            events.counts.add(event, 1);
+        }
     }
 
     /// Channels that hold history.
@@ -245,6 +311,19 @@ impl MemoryEngine {
             count = dropped.ids.len(),
             "mailbox dropped messages unacknowledged"
         );
+        let mut fields = serde_json::Map::new();
+        fields.insert(
+            "user".into(),
+            crate::user::channel_user(&dropped.channel)
+                .unwrap_or_default()
+                .into(),
+        );
+        fields.insert(
+            "ids".into(),
+            dropped.ids.iter().map(|id| id.to_string()).collect(),
+        );
+        fields.insert("reason".into(), dropped.reason.as_str().into());
+        self.record_event_now(crate::event::USER_MAILBOX_DROPPED, fields);
     }
 
     fn queue_limits(&self, channel: &ChannelName) -> QueueLimits {
@@ -380,6 +459,9 @@ impl Broker for MemoryEngine {
     }
 
     fn sweep(&self, now_ms: u64) {
+        if let Some(events) = &self.events {
+            events.occupancy.sweep(now_ms);
+        }
         self.queues.sweep(
             QueueLimits {
                 size: usize::MAX,
@@ -525,6 +607,64 @@ impl Claims for MemoryEngine {
                 Ok(true)
             }
         }
+    }
+}
+
+#[async_trait]
+impl EventLog for MemoryEngine {
+    fn event_options(&self) -> Option<&EventOptions> {
+        self.events.as_ref().map(|e| &e.options)
+    }
+
+    async fn record_event(
+        &self,
+        event: &str,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), EngineError> {
+        self.record_event_now(event, fields);
+        Ok(())
+    }
+
+    /// One node: always this one.
+    async fn delivery_lease(&self, _ttl: std::time::Duration) -> Result<bool, EngineError> {
+        Ok(true)
+    }
+
+    async fn pending_events(&self, max: usize) -> Result<Vec<RecordedEvent>, EngineError> {
+        Ok(self
+            .events
+            .as_ref()
+            .map(|e| e.outbox.pending(max))
+            .unwrap_or_default())
+    }
+
+    async fn events_done(&self, ids: &[String]) -> Result<(), EngineError> {
+        if let Some(events) = &self.events {
+            events.outbox.done(ids);
+        }
+        Ok(())
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, EngineError> {
+        Ok(self
+            .events
+            .as_ref()
+            .map(|e| e.outbox.stats())
+            .unwrap_or_default())
+    }
+
+    async fn wait_for_events(&self, max: std::time::Duration) {
+        match &self.events {
+            Some(events) => events.outbox.wait(max).await,
+            None => tokio::time::sleep(max).await,
+        }
+    }
+
+    fn recorded_events(&self) -> Vec<(String, u64)> {
+        self.events
+            .as_ref()
+            .map(|e| e.counts.snapshot(&e.options))
+            .unwrap_or_default()
     }
 }
 

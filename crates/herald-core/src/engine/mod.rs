@@ -6,8 +6,8 @@
 //! Everything above this seam (the node, the transports) is the same for
 //! both.
 //!
-//! The seam is five traits, one per concern, and [`Engine`], which is
-//! implemented for every type that implements all five (so a node holds one
+//! The seam is six traits, one per concern, and [`Engine`], which is
+//! implemented for every type that implements all six (so a node holds one
 //! `Arc<dyn Engine>` and calls any of them):
 //!
 //! - [`Broker`]: publish (also with an idempotency key), history, stats,
@@ -16,7 +16,9 @@
 //! - [`UserQueues`]: publish to a user, take a user's offline queue,
 //!   disconnect a user;
 //! - [`Mailboxes`]: acknowledged user mailboxes (see [`crate::mailbox`]);
-//! - [`Claims`]: single-use keys.
+//! - [`Claims`]: single-use keys;
+//! - [`EventLog`]: the outbox of events for webhooks (record, lease,
+//!   read, mark done; see [`crate::event`] and [`crate::occupancy`]).
 //!
 //! What every engine must do is tested once, by the contract suite in
 //! `herald_core::testing::contract` (cargo feature `testing`), which both
@@ -32,6 +34,7 @@ use async_trait::async_trait;
 
 use crate::channel::ChannelName;
 use crate::disconnect::Disconnect;
+use crate::event::{EventOptions, OutboxStats, RecordedEvent};
 use crate::history::HistoryPage;
 use crate::id::{MessageId, Since};
 use crate::mailbox::{Ack, Acked, MailboxRead, MailboxState};
@@ -306,12 +309,59 @@ pub trait Claims: Send + Sync + 'static {
     async fn claim_once(&self, key: &str, ttl_ms: u64) -> Result<bool, EngineError>;
 }
 
+/// The outbox of events for webhooks (see [`crate::event`]). An engine
+/// built without [`EventOptions`] records nothing and its outbox stays
+/// empty.
+///
+/// Delivery, cluster-wide: one node at a time holds the **lease**
+/// ([`EventLog::delivery_lease`]) and delivers; it reads the oldest events
+/// ([`EventLog::pending_events`]), posts them, and marks them done
+/// ([`EventLog::events_done`]), which takes them out of the outbox. A node
+/// that dies stops renewing its lease and another takes over when it
+/// expires, from the oldest event not yet done.
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// The events recorded, or `None` when none are (no webhooks).
+    fn event_options(&self) -> Option<&EventOptions>;
+
+    /// Appends `event` with `fields` to the outbox (its JSON is
+    /// `{"event", "time_ms", ...fields}`, see [`crate::event::event_json`]),
+    /// after every event recorded before it. Does nothing when `event` is
+    /// not among the configured events. Never waits for a receiver; a full
+    /// outbox drops its oldest event.
+    async fn record_event(
+        &self,
+        event: &str,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), EngineError>;
+
+    /// Takes or renews this node's right to deliver, for `ttl`: true for
+    /// one node at a time. An engine of one node always has it.
+    async fn delivery_lease(&self, ttl: std::time::Duration) -> Result<bool, EngineError>;
+
+    /// Up to `max` events, oldest first; they stay in the outbox until done.
+    async fn pending_events(&self, max: usize) -> Result<Vec<RecordedEvent>, EngineError>;
+
+    /// Takes these events (delivered or given up) out of the outbox.
+    async fn events_done(&self, ids: &[String]) -> Result<(), EngineError>;
+
+    /// How full the outbox is (cluster-wide on a shared engine).
+    async fn outbox_stats(&self) -> Result<OutboxStats, EngineError>;
+
+    /// Waits up to `max` for an event to be recorded (an engine that cannot
+    /// tell just waits a polling interval, at most `max`).
+    async fn wait_for_events(&self, max: std::time::Duration);
+
+    /// Events this node recorded, by name (configured events at 0 included).
+    fn recorded_events(&self) -> Vec<(String, u64)>;
+}
+
 /// Everything a [`Node`](crate::node::Node) needs from its engine, held as
 /// one `Arc<dyn Engine>`. Implemented for every type that implements the
-/// five parts.
-pub trait Engine: Broker + PresenceStore + UserQueues + Mailboxes + Claims {}
+/// six parts.
+pub trait Engine: Broker + PresenceStore + UserQueues + Mailboxes + Claims + EventLog {}
 
-impl<T: Broker + PresenceStore + UserQueues + Mailboxes + Claims + ?Sized> Engine for T {}
+impl<T: Broker + PresenceStore + UserQueues + Mailboxes + Claims + EventLog + ?Sized> Engine for T {}
 
 /// The result of [`UserQueues::publish_to_user`].
 #[derive(Debug, Clone)]

@@ -10,6 +10,8 @@
 //! - `token`: connection tokens and tickets.
 //! - `hook`: the application backend's say (connect, subscribe, publish, rpc).
 //! - `limits`: connection counts and rates.
+//! - `webhook`: events posted to the application (signed, retried, in
+//!   order).
 
 pub(crate) mod auth;
 pub(crate) mod client_addr;
@@ -18,6 +20,7 @@ pub(crate) mod limits;
 pub mod token;
 #[cfg(test)]
 mod token_props;
+pub(crate) mod webhook;
 
 use std::sync::Arc;
 

@@ -217,6 +217,9 @@ pub(crate) async fn metrics(
             );
         }
     }
+    if state.config.webhooks.is_some() {
+        webhook_metrics(&state, &mut out).await;
+    }
     out.single(
         "herald_engine_up",
         "gauge",
@@ -245,6 +248,67 @@ pub(crate) async fn metrics(
         1,
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out.0).into_response())
+}
+
+/// The webhook families (only with `[webhooks]` configured).
+async fn webhook_metrics(state: &AppState, out: &mut Text) {
+    let engine = &state.node.engine;
+    out.family(
+        "herald_webhook_events_total",
+        "counter",
+        "Events this node recorded into the webhook outbox, by event.",
+    );
+    for (event, n) in engine.recorded_events() {
+        out.sample(
+            "herald_webhook_events_total",
+            &format!("event=\"{}\"", escape_label(&event)),
+            n,
+        );
+    }
+    let w = &state.counters.webhooks;
+    out.family(
+        "herald_webhook_requests_total",
+        "counter",
+        "Webhook requests this node sent, by outcome (ok: a 2xx answer; error: anything else or no answer within the timeout).",
+    );
+    out.sample(
+        "herald_webhook_requests_total",
+        "outcome=\"ok\"",
+        w.ok.load(Ordering::Relaxed),
+    );
+    out.sample(
+        "herald_webhook_requests_total",
+        "outcome=\"error\"",
+        w.error.load(Ordering::Relaxed),
+    );
+    out.single(
+        "herald_webhook_given_up_total",
+        "counter",
+        "Events this node gave up delivering after the last attempt.",
+        w.given_up.load(Ordering::Relaxed),
+    );
+    if let Ok(Ok(stats)) = tokio::time::timeout(ENGINE_CHECK, engine.outbox_stats()).await {
+        out.single(
+            "herald_webhook_outbox",
+            "gauge",
+            "Events waiting in the webhook outbox (on Redis the cluster's: every node reports the same).",
+            stats.len,
+        );
+        out.single(
+            "herald_webhook_dropped_total",
+            "counter",
+            "Events dropped from the full webhook outbox, oldest first (on Redis the cluster's: every node reports the same).",
+            stats.dropped,
+        );
+    }
+}
+
+/// A Prometheus label value: `\`, `"` and newlines escaped.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The process's own figures, read from `/proc/self` at scrape time (Linux

@@ -128,6 +128,13 @@ impl Cluster {
     /// As [`Cluster::start`], with `extra` TOML appended to every node's
     /// config (after [`CLUSTER_CONFIG`]).
     pub async fn start_with(extra: &str) -> Cluster {
+        Self::start_with_env(extra, &[]).await
+    }
+
+    /// As [`Cluster::start_with`], with `env` set for every node (for
+    /// top-level keys, which `extra`, appended after sections, cannot set:
+    /// `HERALD_PRESENCE_GRACE`, ...).
+    pub async fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Cluster {
         // The harness adds `--engine $HERALD_TEST_ENGINE` when that is set,
         // which would point these nodes at another Redis than the one this
         // test kills and restarts. Every cluster goes through here before
@@ -139,11 +146,14 @@ impl Cluster {
         // Spawn all three, then wait: the nodes start side by side.
         let processes: Vec<Process> = (0..3)
             .map(|_| {
-                Server::builder()
+                let mut builder = Server::builder()
                     .set("engine", &engine)
                     .extra_config(CLUSTER_CONFIG)
-                    .extra_config(extra)
-                    .spawn()
+                    .extra_config(extra);
+                for (k, v) in env {
+                    builder = builder.env(k, v);
+                }
+                builder.spawn()
             })
             .collect();
         let nodes = processes

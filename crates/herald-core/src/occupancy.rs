@@ -1,0 +1,342 @@
+//! Occupancy: who holds a user or a channel, and the events of a real
+//! change (`user.online`/`user.offline`, `channel.occupied`/
+//! `channel.vacated`), each once, debounced by a grace period.
+//!
+//! **What the hub says.** The [`Hub`] knows when this node's first
+//! connection of a user opens and its last one closes (its user index),
+//! and when a channel's first local subscriber comes and its last one goes
+//! (its channel map): whenever such an entry is created or removed, it
+//! calls its [`Occupancy`] watcher with the key, after releasing its own
+//! locks. The watcher is *level-triggered*: it is told only that the key
+//! may have changed, and reads what the hub holds now
+//! ([`Hub::holds`]). A late, repeated or reordered call therefore cannot
+//! leave a wrong state: whichever call comes last reads the last state.
+//! Only node-level transitions reach the engine, never every connection.
+//! Personal channels (`user:{id}`) are users, not channels: they make no
+//! channel events ([`tracked`]).
+//!
+//! **The state machine** (per key, cluster-wide on Redis):
+//!
+//! ```text
+//!   Offline --held--> Online            (records user.online / channel.occupied)
+//!   Online --released--> Leaving(since)
+//!   Leaving --held--> Online            (silent: back within the grace)
+//!   Leaving --grace passed--> Offline   (records user.offline / channel.vacated,
+//!                                         time_ms = since)
+//! ```
+//!
+//! [`LocalOccupancy`] is the memory engine's (one node); the Redis engine
+//! keeps the same machine in Redis, one Lua script per transition (its
+//! `occupancy` module). Both record into the engine's outbox in the same
+//! step as the transition, so an event is recorded exactly once per change.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::channel::ChannelName;
+use crate::event::{
+    event_json, EventCounts, EventOptions, EventOutbox, CHANNEL_OCCUPIED, CHANNEL_VACATED,
+    USER_OFFLINE, USER_ONLINE,
+};
+use crate::hub::Hub;
+use crate::sharded::Sharded;
+use crate::user::channel_user;
+
+/// A key whose local holding may have changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held<'a> {
+    /// A user, by personal channel (`user:{id}`): held while this node has
+    /// a connection of the user.
+    User(&'a ChannelName),
+    /// A channel: held while this node has a subscriber of it.
+    Channel(&'a ChannelName),
+}
+
+impl Held<'_> {
+    /// The user id or channel name the event names.
+    pub fn name(&self) -> &str {
+        match self {
+            Held::User(c) => channel_user(c).unwrap_or(c.as_str()),
+            Held::Channel(c) => c.as_str(),
+        }
+    }
+
+    /// The event's field naming it: `user` or `channel`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Held::User(_) => "user",
+            Held::Channel(_) => "channel",
+        }
+    }
+
+    /// The events of arriving and of leaving.
+    pub fn events(&self) -> (&'static str, &'static str) {
+        match self {
+            Held::User(_) => (USER_ONLINE, USER_OFFLINE),
+            Held::Channel(_) => (CHANNEL_OCCUPIED, CHANNEL_VACATED),
+        }
+    }
+
+    pub fn channel(&self) -> &ChannelName {
+        match self {
+            Held::User(c) | Held::Channel(c) => c,
+        }
+    }
+}
+
+/// Whether `held` is tracked with these options: its kind's events are
+/// recorded, and it is not a personal channel taken as a channel.
+pub fn tracked(held: Held<'_>, options: &EventOptions) -> bool {
+    match held {
+        Held::User(_) => options.tracks_users(),
+        Held::Channel(c) => channel_user(c).is_none() && options.tracks_channels(),
+    }
+}
+
+/// What the hub calls when a key's local holding may have changed (see the
+/// module docs). Called without any hub lock held, from whatever thread
+/// changed the hub (a connection's task, a publisher): it must not wait.
+pub trait Occupancy: Send + Sync {
+    fn changed(&self, hub: &Hub, held: Held<'_>);
+}
+
+/// One key's state; absent means offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Online,
+    /// Released at `since` (ms); gone once the grace has passed.
+    Leaving(u64),
+}
+
+/// The states of one kind of key, and the keys leaving in the order they
+/// left.
+#[derive(Default)]
+struct Tracker {
+    /// Per-key state, sharded: connections of different users rarely meet
+    /// on one lock. Held for a transition only; under it the hub's shard
+    /// lock (to read what it holds) and the outbox lock may be taken, never
+    /// the other way round.
+    states: Sharded<State>,
+    /// (key, since), oldest first: the grace is one duration, so this is
+    /// also deadline order and the sweep only looks at its front. An entry
+    /// whose key came back (or left again later) is stale and skipped. It
+    /// holds one entry per departure within the last grace period.
+    leaving: Mutex<VecDeque<(ChannelName, u64)>>,
+}
+
+/// The memory engine's occupancy: the state machine of the module docs,
+/// for one node.
+pub struct LocalOccupancy {
+    options: EventOptions,
+    outbox: Arc<EventOutbox>,
+    counts: Arc<EventCounts>,
+    users: Tracker,
+    channels: Tracker,
+}
+
+impl LocalOccupancy {
+    pub fn new(options: EventOptions, outbox: Arc<EventOutbox>, counts: Arc<EventCounts>) -> Self {
+        Self {
+            options,
+            outbox,
+            counts,
+            users: Tracker::default(),
+            channels: Tracker::default(),
+        }
+    }
+
+    fn tracker(&self, held: Held<'_>) -> &Tracker {
+        match held {
+            Held::User(_) => &self.users,
+            Held::Channel(_) => &self.channels,
+        }
+    }
+
+    fn record(&self, held: Held<'_>, event: &'static str, time_ms: u64) {
+        if !self.options.records(event) {
+            return;
+        }
+        let mut fields = serde_json::Map::new();
+        fields.insert(held.field().to_owned(), held.name().into());
+        fields.insert("time_ms".to_owned(), time_ms.into());
+        self.outbox.push(event_json(event, fields, time_ms));
+        self.counts.add(event, 1);
+    }
+
+    /// Applies what the hub holds now to `held`'s state, at `now_ms`. The
+    /// hub is read under the state's lock: the last call to take it reads
+    /// the hub's last state (see the module docs).
+    fn apply(&self, hub: &Hub, held: Held<'_>, now_ms: u64) {
+        let tracker = self.tracker(held);
+        let key = held.channel();
+        let mut shard = tracker.states.shard(key).lock();
+        let present = hub.holds(held);
+        match (shard.get(key).copied(), present) {
+            (None, true) => {
+                shard.insert(key.clone(), State::Online);
+                self.record(held, held.events().0, now_ms);
+            }
+            (Some(State::Leaving(_)), true) => {
+                // Back within the grace: no event pair.
+                shard.insert(key.clone(), State::Online);
+            }
+            (Some(State::Online), false) => {
+                shard.insert(key.clone(), State::Leaving(now_ms));
+                tracker.leaving.lock().push_back((key.clone(), now_ms));
+            }
+            _ => {}
+        }
+    }
+
+    /// Turns the keys whose grace has passed by `now_ms` offline, recording
+    /// their events (called from the engine's sweep, about once a second).
+    pub fn sweep(&self, now_ms: u64) {
+        let grace = self.options.grace_ms();
+        for (tracker, user) in [(&self.users, true), (&self.channels, false)] {
+            let due: Vec<(ChannelName, u64)> = {
+                let mut leaving = tracker.leaving.lock();
+                let mut due = Vec::new();
+                while leaving
+                    .front()
+                    .is_some_and(|(_, since)| since.saturating_add(grace) <= now_ms)
+                {
+                    due.extend(leaving.pop_front());
+                }
+                due
+            };
+            for (key, since) in due {
+                let held = if user {
+                    Held::User(&key)
+                } else {
+                    Held::Channel(&key)
+                };
+                let mut shard = tracker.states.shard(&key).lock();
+                if shard.get(&key) == Some(&State::Leaving(since)) {
+                    shard.remove(&key);
+                    self.record(held, held.events().1, since);
+                }
+            }
+        }
+    }
+}
+
+impl Occupancy for LocalOccupancy {
+    fn changed(&self, hub: &Hub, held: Held<'_>) {
+        if !tracked(held, &self.options) {
+            return;
+        }
+        self.apply(hub, held, crate::engine::now_ms());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::RecordedEvent;
+
+    fn setup(grace_ms: u64) -> (Arc<Hub>, Arc<LocalOccupancy>, Arc<EventOutbox>) {
+        let hub = Arc::new(Hub::new());
+        let outbox = Arc::new(EventOutbox::new(1, 100));
+        let options = EventOptions {
+            grace: std::time::Duration::from_millis(grace_ms),
+            ..EventOptions::default()
+        };
+        let occ = Arc::new(LocalOccupancy::new(
+            options,
+            Arc::clone(&outbox),
+            Arc::default(),
+        ));
+        hub.watch(occ.clone());
+        (hub, occ, outbox)
+    }
+
+    fn events(outbox: &EventOutbox) -> Vec<serde_json::Value> {
+        outbox
+            .pending(100)
+            .iter()
+            .map(|RecordedEvent { json, .. }| serde_json::from_str(json).expect("json"))
+            .collect()
+    }
+
+    fn user(id: &str) -> ChannelName {
+        crate::user::user_channel(id).expect("valid")
+    }
+
+    #[test]
+    fn a_user_goes_online_once_and_offline_after_the_grace() {
+        let (hub, occ, outbox) = setup(1_000);
+        let ann = user("ann");
+        let (a, _ra) = hub.user_outbox(4, Some(ann.clone()));
+        let (b, _rb) = hub.user_outbox(4, Some(ann.clone()));
+        hub.forget(&a);
+        let e = events(&outbox);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(
+            (e[0]["event"].clone(), e[0]["user"].clone()),
+            ("user.online".into(), "ann".into())
+        );
+        hub.forget(&b);
+        let left = crate::engine::now_ms();
+        occ.sweep(left);
+        assert_eq!(events(&outbox).len(), 1, "not before the grace");
+        occ.sweep(left + 2_000);
+        let e = events(&outbox);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(e[1]["event"], "user.offline");
+        assert!(e[1]["time_ms"].as_u64().is_some_and(|t| t <= left));
+        occ.sweep(left + 10_000);
+        assert_eq!(events(&outbox).len(), 2, "once");
+    }
+
+    #[test]
+    fn a_return_within_the_grace_is_silent_and_a_later_leave_counts_from_then() {
+        let (hub, occ, outbox) = setup(1_000);
+        let ann = user("ann");
+        let (a, _ra) = hub.user_outbox(4, Some(ann.clone()));
+        hub.forget(&a);
+        let (b, _rb) = hub.user_outbox(4, Some(ann.clone()));
+        occ.sweep(crate::engine::now_ms() + 5_000);
+        assert_eq!(events(&outbox).len(), 1, "online only: the flap was silent");
+        hub.forget(&b);
+        occ.sweep(crate::engine::now_ms() + 5_000);
+        let e = events(&outbox);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[1]["event"], "user.offline");
+    }
+
+    #[test]
+    fn channels_are_occupied_and_vacated_but_personal_channels_are_not() {
+        let (hub, occ, outbox) = setup(0);
+        let room = ChannelName::new("room").expect("valid");
+        let mine = user("ann");
+        let (a, _ra) = hub.outbox(4);
+        let (b, _rb) = hub.outbox(4);
+        hub.add(&room, &a);
+        hub.add(&room, &b);
+        hub.add(&mine, &a);
+        hub.remove(&room, a.id());
+        hub.remove(&room, b.id());
+        hub.remove(&mine, a.id());
+        occ.sweep(crate::engine::now_ms() + 1);
+        let e = events(&outbox);
+        let names: Vec<_> = e
+            .iter()
+            .map(|v| v["event"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(names, ["channel.occupied", "channel.vacated"]);
+        assert!(e.iter().all(|v| v["channel"] == "room"));
+    }
+
+    #[test]
+    fn a_channel_closed_by_the_hub_is_vacated() {
+        let (hub, occ, outbox) = setup(0);
+        let room = ChannelName::new("room").expect("valid");
+        let (a, _ra) = hub.outbox(4);
+        hub.add(&room, &a);
+        hub.close_channel(&room, crate::disconnect::CHANNEL_DELETED);
+        occ.sweep(crate::engine::now_ms() + 1);
+        assert_eq!(events(&outbox).len(), 2);
+    }
+}
