@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The JavaScript client's whole test suite, in one command:
-#   1. installs the dev dependencies (playwright-core, ws) if node_modules is missing;
+#   1. installs the dev dependencies (playwright-core, ws, pusher-js, pusher) if
+#      node_modules is missing;
 #   2. unit tests: node --test test/unit/ (a fake in-process server);
 #   3. end-to-end tests: the real herald binary (HERALD_BIN, default
 #      ../../target/debug/herald relative to clients/js), driven from Node 20

@@ -226,6 +226,11 @@ pub struct Message {
     sse: OnceLock<Bytes>,
     script: OnceLock<Bytes>,
     line: OnceLock<Bytes>,
+    /// The form of the one dialect that encodes this channel's messages
+    /// its own way (a Pusher app's channel: herald-server's Pusher
+    /// dialect), built once like the envelopes. One slot: a channel
+    /// belongs to at most one such dialect.
+    dialect: OnceLock<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Message {
@@ -240,7 +245,21 @@ impl Message {
             sse: OnceLock::new(),
             script: OnceLock::new(),
             line: OnceLock::new(),
+            dialect: OnceLock::new(),
         }
+    }
+
+    /// The dialect's form of this message, built by `build` the first
+    /// time and shared afterwards. `None` if another type was stored
+    /// first (a channel shared by two dialects, which the caller rules
+    /// out).
+    pub fn dialect_form<T: std::any::Any + Send + Sync>(
+        &self,
+        build: impl FnOnce(&Message) -> T,
+    ) -> Option<&T> {
+        self.dialect
+            .get_or_init(|| Box::new(build(self)))
+            .downcast_ref::<T>()
     }
 
     /// The message marked as one to acknowledge (before it is shared).

@@ -116,6 +116,9 @@ pub struct FileConfig {
     pub webhooks: WebhooksSection,
     #[serde(default)]
     pub redis: RedisSection,
+    /// The Pusher Channels dialect (docs/pusher.md).
+    #[serde(default)]
+    pub pusher: PusherSection,
 }
 
 /// `[webhooks]`: events posted to the application (nothing is recorded
@@ -133,6 +136,70 @@ pub struct WebhooksSection {
     pub max_attempts: Option<u32>,
     pub batch_size: Option<usize>,
 }
+
+/// `[pusher]`: the apps whose Pusher clients and server libraries Herald
+/// serves (`/app/{key}`, `/apps/{id}/…`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PusherSection {
+    #[serde(default)]
+    pub apps: Vec<PusherAppSection>,
+}
+
+/// One `[[pusher.apps]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PusherAppSection {
+    pub id: String,
+    pub key: String,
+    pub secret: String,
+    /// Whether clients may send `client-` events (default false).
+    pub client_events: Option<bool>,
+    /// Connections the app may hold at once on this node (0: no limit
+    /// beyond `limits.max_connections`).
+    pub max_connections: Option<usize>,
+}
+
+/// A validated Pusher app. Its channels are Herald channels under
+/// [`PusherApp::prefix`].
+#[derive(Clone)]
+pub struct PusherApp {
+    pub id: String,
+    pub key: String,
+    pub secret: String,
+    pub client_events: bool,
+    /// 0: no limit of the app's own.
+    pub max_connections: usize,
+}
+
+impl PusherApp {
+    /// The Herald channel prefix of the app's channels: `pusher:{id}:`.
+    pub fn prefix(&self) -> String {
+        pusher_prefix(&self.id)
+    }
+}
+
+/// `pusher:{id}:`, where an app's channels live in the hub.
+pub fn pusher_prefix(id: &str) -> String {
+    format!("pusher:{id}:")
+}
+
+impl std::fmt::Debug for PusherApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PusherApp")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("secret", &"<redacted>")
+            .field("client_events", &self.client_events)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// Shortest app secret accepted.
+pub const MIN_PUSHER_SECRET: usize = 8;
+/// Longest app id (the channel prefix must leave room for Pusher's names).
+pub const MAX_PUSHER_APP_ID: usize = 32;
 
 /// `[redis]`: how patient the Redis engine is (unused with `memory`).
 #[derive(Debug, Default, Deserialize)]
@@ -398,6 +465,13 @@ fn merge_env(
             .split("__")
             .map(str::to_lowercase)
             .collect();
+        if path[0] == "pusher" {
+            return Err(err(
+                "pusher apps cannot come from the environment: [[pusher.apps]] is a list of \
+                 tables, and a variable has no name to pick an entry by; set them in the file"
+                    .into(),
+            ));
+        }
         if path[0] == "namespace" || path[0] == "namespaces" {
             return Err(err(
                 "namespaces cannot come from the environment: [[namespace]] is a list of tables, \
@@ -623,6 +697,8 @@ pub struct Config {
     pub redis_refresh_interval: Duration,
     /// Redis engine: the prefix of every key and pub/sub channel.
     pub redis_prefix: String,
+    /// `[[pusher.apps]]`: the Pusher apps served (docs/pusher.md).
+    pub pusher_apps: Vec<PusherApp>,
 }
 
 /// Default of `redis.timeout`.
@@ -1011,6 +1087,7 @@ impl Config {
             }
             prefixes.push((ns.prefix, options));
         }
+        let pusher_apps = pusher_apps(file.pusher, &mut prefixes, &defaults)?;
         Ok(Self {
             listen,
             api_listen,
@@ -1086,6 +1163,7 @@ impl Config {
             redis_node_ttl,
             redis_refresh_interval,
             redis_prefix,
+            pusher_apps,
         })
     }
 
@@ -1164,6 +1242,90 @@ fn webhook_settings(section: WebhooksSection) -> Result<Option<WebhookSettings>,
     }))
 }
 
+/// The `[[pusher.apps]]`, validated; adds the namespaces their channels
+/// need (docs/pusher.md): `pusher:{id}:private-` is private (only the
+/// Pusher dialect, after the app's signature, or a Herald token granting
+/// it may follow it) and `pusher:{id}:presence-` private with presence
+/// and join/leave notices. History settings come from the longest
+/// configured prefix of `pusher:{id}:` (or the defaults).
+fn pusher_apps(
+    section: PusherSection,
+    prefixes: &mut Vec<(String, ChannelOptions)>,
+    defaults: &ChannelOptions,
+) -> Result<Vec<PusherApp>, ConfigError> {
+    let mut apps: Vec<PusherApp> = Vec::new();
+    for app in section.apps {
+        let bad = |message: String| ConfigError::Invalid(format!("pusher.apps: {message}"));
+        let id_ok = !app.id.is_empty()
+            && app.id.len() <= MAX_PUSHER_APP_ID
+            && app
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+        if !id_ok {
+            return Err(bad(format!(
+                "id {:?} must be 1 to {MAX_PUSHER_APP_ID} letters, digits, - or _",
+                app.id
+            )));
+        }
+        let key_ok = !app.key.is_empty()
+            && app.key.len() <= 128
+            && app
+                .key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !key_ok {
+            return Err(bad(format!(
+                "app {:?}: key must be 1 to 128 letters, digits, - _ or .",
+                app.id
+            )));
+        }
+        if app.secret.len() < MIN_PUSHER_SECRET {
+            return Err(bad(format!(
+                "app {:?}: secret must be at least {MIN_PUSHER_SECRET} bytes",
+                app.id
+            )));
+        }
+        if apps.iter().any(|a| a.id == app.id) {
+            return Err(bad(format!("id {:?} is configured twice", app.id)));
+        }
+        if apps.iter().any(|a| a.key == app.key) {
+            return Err(bad(format!("key {:?} is configured twice", app.key)));
+        }
+        let prefix = pusher_prefix(&app.id);
+        let base = prefixes
+            .iter()
+            .filter(|(p, _)| prefix.starts_with(p.as_str()))
+            .max_by_key(|(p, _)| p.len())
+            .map_or_else(|| defaults.clone(), |(_, o)| o.clone());
+        for (kind, presence) in [("private-", false), ("presence-", true)] {
+            let name = format!("{prefix}{kind}");
+            let mut options = prefixes
+                .iter()
+                .find(|(p, _)| *p == name)
+                .map_or_else(|| base.clone(), |(_, o)| o.clone());
+            options.private = true;
+            options.client_publish = false;
+            if presence {
+                options.presence = true;
+                options.join_leave = true;
+            }
+            prefixes.retain(|(p, _)| *p != name);
+            prefixes.push((name, options));
+        }
+        apps.push(PusherApp {
+            id: app.id,
+            key: app.key,
+            secret: app.secret,
+            client_events: app.client_events.unwrap_or(false),
+            max_connections: app.max_connections.unwrap_or(0),
+        });
+    }
+    Ok(apps)
+}
+
+/// `127.0.0.1:7070`, `[::1]:7070`, or a name with a port (`localhost:7070`),
+/// resolved now (the first address).
 /// The `[hooks]` section, validated.
 fn hook_settings(section: HooksSection) -> Result<HookSettings, ConfigError> {
     let url: hyper::Uri = section
@@ -1359,6 +1521,13 @@ impl Config {
                 events,
                 d(h.timeout),
                 if h.allow_on_error { "allow" } else { "deny" }
+            );
+        }
+        for app in &self.pusher_apps {
+            let _ = writeln!(
+                out,
+                "\n[[pusher.apps]]\nid = {:?}\nkey = {:?}\nsecret = \"<redacted>\"\nclient_events = {}\nmax_connections = {}",
+                app.id, app.key, app.client_events, app.max_connections
             );
         }
         let (default, prefixes) = self.namespaces.entries();
@@ -1805,7 +1974,7 @@ mod tests {
         let top: HashSet<String> = ENV_KEYS
             .iter()
             .map(|(k, _)| k.split('.').next().unwrap_or(k).to_string())
-            .chain(["namespace".to_string()])
+            .chain(["namespace".to_string(), "pusher".to_string()])
             .collect();
         assert_eq!(top, fields_of(""));
         for section in ["history", "auth", "limits", "hooks", "webhooks", "redis"] {
@@ -1939,6 +2108,38 @@ mod tests {
         assert_eq!(Config::default().redis_prefix, "herald");
         let bad = parse("[redis]\nprefix = \"a{b}\"").expect_err("braces");
         assert!(bad.contains("redis.prefix"), "{bad}");
+    }
+
+    #[test]
+    fn pusher_apps() {
+        let c = parse(
+            "[[pusher.apps]]\nid = \"1\"\nkey = \"k1\"\nsecret = \"s3cr3t-s3cr3t\"\nclient_events = true\nmax_connections = 5",
+        )
+        .expect("valid");
+        let app = &c.pusher_apps[0];
+        assert!(app.client_events && app.max_connections == 5);
+        assert_eq!(app.prefix(), "pusher:1:");
+        assert!(herald_core::ChannelName::new(&app.prefix()).is_ok());
+        let presence = c.namespaces.options("pusher:1:presence-room");
+        assert!(presence.private && presence.presence && presence.join_leave);
+        assert!(c.namespaces.options("pusher:1:private-x").private);
+        assert!(!c.namespaces.options("pusher:1:news").private);
+        let summary = c.summary();
+        assert!(summary.contains("[[pusher.apps]]") && !summary.contains("s3cr3t"));
+        assert!(!format!("{app:?}").contains("s3cr3t"));
+        for bad in [
+            "[[pusher.apps]]\nid = \"a b\"\nkey = \"k\"\nsecret = \"12345678\"",
+            "[[pusher.apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"short\"",
+            "[[pusher.apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"12345678\"\n[[pusher.apps]]\nid = \"2\"\nkey = \"k\"\nsecret = \"12345678\"",
+            "[[pusher.apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"12345678\"\nclient_event = true",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        let env = [("HERALD_PUSHER__APPS".to_string(), "x".to_string())];
+        let err = Config::load(None, &env, Overrides::default()).expect_err("refused");
+        assert!(err
+            .to_string()
+            .contains("pusher apps cannot come from the environment"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 /// How many transports the per-transport gauges hold (the protocol's
 /// `Transport` enum, indexed by its discriminant).
-pub(crate) const TRANSPORTS: usize = 6;
+pub(crate) const TRANSPORTS: usize = 7;
 
 #[derive(Default)]
 pub(crate) struct Counters {

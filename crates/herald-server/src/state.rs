@@ -1,7 +1,7 @@
 //! What every connection and handler shares, behind one cheap handle: the
 //! node, the settings, the rules, the limiters and the shutdown signal.
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use herald_core::Node;
@@ -41,6 +41,58 @@ pub(crate) struct Inner {
     pub(crate) counters: Counters,
     /// Client connections (WebSockets, streams, polls, HTTP sessions) now.
     pub(crate) clients: Arc<AtomicUsize>,
+    /// The Pusher apps, each with its connection count.
+    pub(crate) pusher: Vec<Arc<PusherApp>>,
+}
+
+/// A configured Pusher app and the connections it holds on this node.
+pub(crate) struct PusherApp {
+    pub(crate) app: crate::config::PusherApp,
+    /// `pusher:{id}:`, the Herald prefix of its channels.
+    pub(crate) prefix: String,
+    /// Its open connections, for `max_connections`: taken by
+    /// [`PusherApp::take_slot`], given back when the slot drops.
+    connections: AtomicUsize,
+}
+
+/// One connection's place under its app's `max_connections`.
+pub(crate) struct PusherSlot(Arc<PusherApp>);
+
+impl PusherSlot {
+    pub(crate) fn app(&self) -> &Arc<PusherApp> {
+        &self.0
+    }
+}
+
+impl Drop for PusherSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl PusherApp {
+    /// A place for one more connection, unless the app has its maximum.
+    pub(crate) fn take_slot(self: &Arc<Self>) -> Option<PusherSlot> {
+        let max = self.app.max_connections;
+        let taken = self
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (max == 0 || n < max).then_some(n + 1)
+            });
+        taken.is_ok().then(|| PusherSlot(Arc::clone(self)))
+    }
+}
+
+impl AppState {
+    /// The Pusher app with this key.
+    pub(crate) fn pusher_by_key(&self, key: &str) -> Option<&Arc<PusherApp>> {
+        self.pusher.iter().find(|a| a.app.key == key)
+    }
+
+    /// The Pusher app with this id.
+    pub(crate) fn pusher_by_id(&self, id: &str) -> Option<&Arc<PusherApp>> {
+        self.pusher.iter().find(|a| a.app.id == id)
+    }
 }
 
 impl AppState {
@@ -58,6 +110,17 @@ impl AppState {
             )
         };
         let (limiter, session_limiter, api_limiter) = (limiter(), limiter(), limiter());
+        let pusher = config
+            .pusher_apps
+            .iter()
+            .map(|app| {
+                Arc::new(PusherApp {
+                    prefix: app.prefix(),
+                    app: app.clone(),
+                    connections: AtomicUsize::new(0),
+                })
+            })
+            .collect();
         Ok(Self(Arc::new(Inner {
             rules: Rules {
                 node: node.clone(),
@@ -74,6 +137,7 @@ impl AppState {
             api_limiter,
             counters: Counters::default(),
             clients: Arc::default(),
+            pusher,
         })))
     }
 }

@@ -17,6 +17,7 @@ pub(crate) mod auth;
 pub(crate) mod client_addr;
 pub(crate) mod hook;
 pub(crate) mod limits;
+pub(crate) mod pusher;
 pub mod token;
 #[cfg(test)]
 mod token_props;

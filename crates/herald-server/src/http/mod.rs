@@ -9,6 +9,8 @@
 //! - `admin`: the admin page and its data (`/api/stats`, `/api/history`).
 //! - `openapi`: `/api/openapi.json`, the description of all of them.
 //! - `health`, `metrics`, `statics`: probes, `/metrics`, the client files.
+//! - `pusher`: the Pusher Channels surface: `/app/{key}` (a Pusher
+//!   client's WebSocket) and the signed HTTP API `/apps/{id}/…`.
 //! - `origin`: the `allowed_origins` check and CORS.
 //! - `response`: the JSON body of every error answer.
 
@@ -20,6 +22,7 @@ pub(crate) mod health;
 pub(crate) mod metrics;
 pub(crate) mod openapi;
 pub(crate) mod origin;
+pub(crate) mod pusher;
 pub(crate) mod response;
 pub mod serve;
 pub(crate) mod statics;
@@ -63,6 +66,7 @@ pub(crate) fn routes(state: AppState, sessions: Arc<Registry>, serves: Serves) -
                 "/connection/{id}",
                 post(connection::send).delete(connection::end),
             )
+            .route("/app/{key}", get(pusher::websocket))
             .route("/", get(statics::demo))
             .route("/herald.js", get(statics::client))
             .route("/herald.d.ts", get(statics::types))
@@ -70,7 +74,13 @@ pub(crate) fn routes(state: AppState, sessions: Arc<Registry>, serves: Serves) -
     }
     if serves == Serves::Public {
         // Backend endpoints live on the API listener: say so, not just 404.
-        for path in ["/pub/{channel}", "/api/{*rest}", "/metrics", "/admin"] {
+        for path in [
+            "/pub/{channel}",
+            "/api/{*rest}",
+            "/apps/{*rest}",
+            "/metrics",
+            "/admin",
+        ] {
             router = router.route(
                 path,
                 axum::routing::any(|| async { ApiError::on_api_listener() }),
@@ -94,6 +104,14 @@ pub(crate) fn routes(state: AppState, sessions: Arc<Registry>, serves: Serves) -
             .route("/api/stats", get(admin::stats))
             .route("/api/history/{channel}", get(admin::history))
             .route("/api/openapi.json", get(openapi::spec))
+            .route("/apps/{id}/events", post(pusher::events))
+            .route("/apps/{id}/batch_events", post(pusher::batch_events))
+            .route("/apps/{id}/channels", get(pusher::channels))
+            .route("/apps/{id}/channels/{name}", get(pusher::channel))
+            .route(
+                "/apps/{id}/channels/{name}/users",
+                get(pusher::channel_users),
+            )
             .route("/admin", get(admin::page));
     }
     // On every listener, outside the over-limit guard: probes are served

@@ -1,12 +1,14 @@
 //! The one protocol core: a [`Session`] is one client connection's state
 //! machine, whatever the URL, dialect and wire format.
 //!
-//! Two dialects share it ([`Dialect`]):
+//! Three dialects share it ([`Dialect`]):
 //! - **channel**: `GET /sub/{channel}`, a session with one implied
 //!   subscription, made at admission, on a one-way transport: the client
 //!   sends no commands;
 //! - **session**: `/connection/*`, the session protocol of
-//!   docs/session-protocol.md: commands in, replies and pushes out.
+//!   docs/session-protocol.md: commands in, replies and pushes out;
+//! - **pusher**: `/app/{key}`, the Pusher Channels protocol ([`pusher`]:
+//!   its parser, encoder and channel rules over this same session).
 //!
 //! The session applies every command and rule (through [`crate::access`]):
 //! the connect step, subscribe (with resume, private channels, full
@@ -22,6 +24,7 @@ pub(crate) mod cmd;
 pub(crate) mod command;
 #[cfg(test)]
 mod command_props;
+pub(crate) mod pusher;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -50,6 +53,8 @@ pub(crate) enum Dialect {
     Channel(ChannelName),
     /// `/connection/*`: the session protocol's frames.
     Session,
+    /// `/app/{key}`: the Pusher Channels protocol ([`pusher`]).
+    Pusher,
 }
 
 impl Dialect {
@@ -58,6 +63,7 @@ impl Dialect {
         match self {
             Self::Channel(_) => Speaks::Channel,
             Self::Session => Speaks::Session,
+            Self::Pusher => Speaks::Pusher,
         }
     }
 }
@@ -68,6 +74,9 @@ impl Dialect {
 pub(crate) enum Speaks {
     Channel,
     Session,
+    /// Items become frames through the session's [`pusher::State`], which
+    /// [`Speaks::push`] does not know.
+    Pusher,
 }
 
 impl Speaks {
@@ -191,6 +200,8 @@ pub(crate) enum Transport {
     Iframe,
     /// Any transport of the session protocol.
     Session,
+    /// A Pusher client's WebSocket (`/app/{key}`).
+    Pusher,
 }
 
 impl Transport {
@@ -203,6 +214,7 @@ impl Transport {
         Self::LongPoll,
         Self::Iframe,
         Self::Session,
+        Self::Pusher,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -213,6 +225,7 @@ impl Transport {
             Self::LongPoll => "longpoll",
             Self::Iframe => "iframe",
             Self::Session => "session",
+            Self::Pusher => "pusher",
         }
     }
 }
@@ -241,6 +254,8 @@ pub(crate) struct Session {
     /// needs it only to open, then keeps none (boxed: every idle
     /// connection carries this struct, most of them channel URLs).
     who: Option<Box<Who>>,
+    /// What a Pusher session keeps beyond this (`None` in the others).
+    pusher: Option<Box<pusher::State>>,
 }
 
 /// What a session keeps about its client for its commands.
@@ -267,6 +282,17 @@ impl Session {
         // The public client id others see (notices, presence, hooks); never
         // the secret id of an HTTP session. The subscriber keeps it.
         let client: Arc<str> = Arc::from(access::random_id());
+        Self::with_client(state, dialect, transport, admitted, client)
+    }
+
+    /// [`Session::new`] with the given public client id.
+    fn with_client(
+        state: AppState,
+        dialect: Dialect,
+        transport: Transport,
+        admitted: admission::Admitted,
+        client: Arc<str>,
+    ) -> Self {
         let sub = subscriber_for(&state, &client, &admitted.identity);
         state.counters.opened(transport as usize);
         Self {
@@ -284,6 +310,7 @@ impl Session {
                 peer: admitted.peer,
                 publish_rate: None,
             })),
+            pusher: None,
         }
     }
 
@@ -370,7 +397,7 @@ impl Session {
     /// Handles one frame from the client; returns the reply, if any. A
     /// channel URL takes no commands: what its client sends is ignored.
     pub(crate) async fn handle(&mut self, text: &[u8]) -> Option<Bytes> {
-        if self.speaks == Speaks::Channel {
+        if self.speaks != Speaks::Session {
             return None;
         }
         let max = self.state.config.limits.max_command_size;

@@ -96,7 +96,8 @@ impl Encoder for Iframe {
             Dialect::Channel(channel) => {
                 Bytes::from(json!({"channel": channel.as_str(), "heartbeat": true}).to_string())
             }
-            Dialect::Session => PING,
+            // (No HTTP transport serves the Pusher dialect yet.)
+            Dialect::Session | Dialect::Pusher => PING,
         };
         self.call(script_safe(&beat), out);
     }

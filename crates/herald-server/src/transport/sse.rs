@@ -46,7 +46,7 @@ impl Encoder for Sse {
     fn open(&self, out: &mut VecDeque<Bytes>) {
         let open = match self.dialect {
             Dialect::Channel(_) => format!("retry: {RETRY_MS}\n: herald\n\n"),
-            Dialect::Session => format!("retry: {RETRY_MS}\n\n"),
+            Dialect::Session | Dialect::Pusher => format!("retry: {RETRY_MS}\n\n"),
         };
         out.push_back(Bytes::from(open));
     }
@@ -102,7 +102,7 @@ impl Encoder for Sse {
     fn heartbeat(&self, out: &mut VecDeque<Bytes>) {
         match self.dialect {
             Dialect::Channel(_) => out.push_back(Bytes::from_static(b": heartbeat\n\n")),
-            Dialect::Session => data_event(PING, out),
+            Dialect::Session | Dialect::Pusher => data_event(PING, out),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The one WebSocket loop, for both dialects.
+//! The one WebSocket loop, for every dialect.
 //!
 //! - Channel dialect (`/sub/{channel}`): one envelope per text frame, push
 //!   only; what the client sends is ignored (it counts as a sign of life);
@@ -7,6 +7,13 @@
 //! - Session dialect (`/connection/websocket`): text frames are commands,
 //!   a binary frame ends the session (`4000`); the heartbeat is
 //!   `{"ping":{}}`; a close is preceded by a `{"disconnect"}` frame.
+//! - Pusher dialect (`/app/{key}`): the first frame is
+//!   `pusher:connection_established`; text frames are Pusher events; the
+//!   heartbeat is `pusher:ping`; items become frames through the session's
+//!   Pusher state (which leaves out a client's own events); a close is
+//!   preceded by `pusher:error` and carries a Pusher code
+//!   ([`crate::protocol::pusher::close_for`]). Its messages always go
+//!   through the queue (the hub's direct write knows only envelopes).
 //!
 //! Both: a connection that sent nothing since the previous ping when the
 //! next is due is closed with `4003` ([`super::Liveness`]); every close
@@ -21,6 +28,7 @@ use herald_core::disconnect::{Disconnect, BAD_REQUEST, HEARTBEAT_TIMEOUT, NORMAL
 use herald_core::Item;
 
 use super::{heartbeat_interval, session_frame, Liveness};
+use crate::protocol::pusher::{self, encode};
 use crate::protocol::{disconnect_frame, Push, Session, Speaks, PING};
 use crate::ws::{frame, handshake, Accept, Incoming, Out, ReadError, WsSocket};
 
@@ -35,10 +43,36 @@ pub(crate) fn upgrade(accept: Accept, session: Session) -> Response {
     let token = state.connections.token();
     let limit = match session.speaks() {
         Speaks::Channel => MAX_INCOMING,
-        Speaks::Session => state.config.limits.max_command_size,
+        Speaks::Session | Speaks::Pusher => state.config.limits.max_command_size,
     };
     let (response, on_upgrade) = accept.into_parts();
     tokio::spawn(task(on_upgrade, session, limit, token));
+    response
+}
+
+/// Answers the upgrade of a Pusher client refused before it has a
+/// session (an unknown app key, an app at its quota, a bad protocol
+/// version): `pusher:error`, then the close with the same code, as Pusher
+/// does.
+pub(crate) fn refuse_pusher(
+    accept: Accept,
+    state: &crate::state::AppState,
+    code: pusher::Code,
+    message: String,
+) -> Response {
+    let timeout = state.config.write_timeout;
+    let token = state.connections.token();
+    let (response, on_upgrade) = accept.into_parts();
+    tokio::spawn(async move {
+        if let Some((tcp, early)) = handshake::upgraded(on_upgrade).await {
+            let mut socket = WsSocket::new(tcp, early, MAX_INCOMING);
+            let last = encode::error(code, &message);
+            socket
+                .close_saying(timeout, code.code, code.message, Some(last))
+                .await;
+        }
+        drop(token);
+    });
     response
 }
 
@@ -57,18 +91,23 @@ fn task(
     async move {
         if let Some((tcp, early)) = handshake::upgraded(on_upgrade).await {
             let mut socket = WsSocket::new(tcp, early, limit);
-            session.subscriber().set_writer(socket.writer());
+            if session.speaks() != Speaks::Pusher {
+                session.subscriber().set_writer(socket.writer());
+            }
             if let Some(end) = run(&mut socket, &mut session).await {
                 session.ended(end.why);
                 let timeout = session.state().config.write_timeout;
                 // One close path (two would both be room in this future).
-                let reason: std::borrow::Cow<'static, str> = match end.delay_ms {
-                    Some(ms) => crate::protocol::leave_reason(ms).into(),
-                    None => end.why.reason.into(),
-                };
-                socket
-                    .close_saying(timeout, end.why.code, &reason, end.last)
-                    .await;
+                let (code, reason): (u16, std::borrow::Cow<'static, str>) =
+                    match (end.delay_ms, session.speaks()) {
+                        (_, Speaks::Pusher) => {
+                            let close = pusher::close_for(end.why);
+                            (close.code, close.message.into())
+                        }
+                        (Some(ms), _) => (end.why.code, crate::protocol::leave_reason(ms).into()),
+                        (None, _) => (end.why.code, end.why.reason.into()),
+                    };
+                socket.close_saying(timeout, code, &reason, end.last).await;
             }
         }
         drop(session);
@@ -94,13 +133,31 @@ impl From<(Disconnect, Option<Bytes>)> for Ending {
     }
 }
 
-/// What a queue item becomes on a WebSocket in `speaks`.
+/// What a queue item becomes on a WebSocket in `speaks` (not Pusher:
+/// [`pusher_out`]).
 fn out(speaks: Speaks, item: Item) -> Out {
-    match (speaks, speaks.push(item)) {
+    push_out(speaks, speaks.push(item))
+}
+
+/// What a push becomes on a WebSocket in `speaks`.
+fn push_out(speaks: Speaks, push: Push) -> Out {
+    match (speaks, push) {
         (Speaks::Channel, Push::End(why)) => Out::End(why, None),
         (Speaks::Session, Push::End(why)) => Out::End(why, Some(disconnect_frame(why))),
+        (Speaks::Pusher, Push::End(why)) => Out::End(why, Some(pusher_error(why))),
         (_, push) => Out::Text(session_frame(&push).0),
     }
+}
+
+/// The `pusher:error` before a Pusher connection's close.
+fn pusher_error(why: Disconnect) -> Bytes {
+    encode::error(pusher::close_for(why), why.reason)
+}
+
+/// What a queue item becomes on a Pusher WebSocket, if anything (its
+/// session's [`pusher::State`] decides).
+fn pusher_out(state: &mut pusher::State, item: Item) -> Option<Out> {
+    state.push(item).map(|push| push_out(Speaks::Pusher, push))
 }
 
 /// How the connection ends in `dialect`: the close, and the frame before it.
@@ -108,6 +165,7 @@ fn ending(speaks: Speaks, why: Disconnect) -> Option<Ending> {
     let last = match speaks {
         Speaks::Channel => None,
         Speaks::Session => Some(disconnect_frame(why)),
+        Speaks::Pusher => Some(pusher_error(why)),
     };
     Some((why, last).into())
 }
@@ -121,6 +179,8 @@ fn leaving(speaks: Speaks, farewell: Push) -> Option<Ending> {
     let last = match speaks {
         Speaks::Channel => None,
         Speaks::Session => Some(session_frame(&farewell).0),
+        // Pusher has no reconnect delay: 4200, reconnect at once.
+        Speaks::Pusher => return ending(speaks, SHUTDOWN),
     };
     Some(Ending {
         why: SHUTDOWN,
@@ -129,14 +189,33 @@ fn leaving(speaks: Speaks, farewell: Push) -> Option<Ending> {
     })
 }
 
+/// A Pusher connection's first frame (`pusher:connection_established`,
+/// or the refusal that ends it). `None`: the socket broke.
+async fn greet(socket: &mut WsSocket, session: &mut Session) -> Option<Option<Ending>> {
+    let hello = session.pusher_open().await;
+    socket.queue_text(&hello);
+    if let Some(why) = session.closing() {
+        return Some(Some((why, None).into()));
+    }
+    let timeout = session.state().config.write_timeout;
+    socket.flush(timeout).await.ok()?;
+    Some(None)
+}
+
 /// Serves until the connection ends; returns the close to send, if any.
 async fn run(socket: &mut WsSocket, session: &mut Session) -> Option<Ending> {
     let state = session.state().clone();
     let timeout = state.config.write_timeout;
     let speaks = session.speaks();
-    let commands = speaks == Speaks::Session;
+    let commands = speaks != Speaks::Channel;
     let mut heartbeat = heartbeat_interval(state.config.heartbeat);
     let mut liveness = Liveness::default();
+    if speaks == Speaks::Pusher {
+        // Boxed: only Pusher connections pay for it, once.
+        if let Some(end) = Box::pin(greet(socket, session)).await? {
+            return Some(end);
+        }
+    }
     // Registered once, not on every wake-up (10k connections share this token).
     let shutdown = state.shutdown.cancelled();
     tokio::pin!(shutdown);
@@ -157,6 +236,11 @@ async fn run(socket: &mut WsSocket, session: &mut Session) -> Option<Ending> {
                     }
                     match incoming {
                         Ok(None) => break,
+                        Ok(Some(Incoming::Text(text))) if speaks == Speaks::Pusher => {
+                            for reply in Box::pin(session.handle_pusher(&text)).await {
+                                socket.queue_text(&reply);
+                            }
+                        }
                         Ok(Some(Incoming::Text(text))) if commands => {
                             // Boxed: a command's future (hooks, the engine)
                             // is large, and would otherwise be room in every
@@ -185,8 +269,22 @@ async fn run(socket: &mut WsSocket, session: &mut Session) -> Option<Ending> {
                 socket.flush(timeout).await.ok()?;
             }
             item = session.subscriber().next() => {
-                let sub = session.subscriber();
-                let end = match socket.write_batch(out(speaks, item), || sub.try_next().map(|i| out(speaks, i))) {
+                let written = match session.pusher_parts() {
+                    Some((pusher, sub)) => match pusher_out(pusher, item) {
+                        // Nothing for this connection (its own event, a gap).
+                        None => continue,
+                        Some(first) => socket.write_batch(first, || loop {
+                            if let Some(out) = pusher_out(pusher, sub.try_next()?) {
+                                return Some(out);
+                            }
+                        }),
+                    },
+                    None => {
+                        let sub = session.subscriber();
+                        socket.write_batch(out(speaks, item), || sub.try_next().map(|i| out(speaks, i)))
+                    }
+                };
+                let end = match written {
                     Ok(end) => end,
                     Err(why) => {
                         tracing::debug!(reason = why.reason, "websocket write failed");
@@ -207,7 +305,9 @@ async fn run(socket: &mut WsSocket, session: &mut Session) -> Option<Ending> {
                 if !liveness.tick() {
                     return ending(speaks, HEARTBEAT_TIMEOUT);
                 }
-                if commands {
+                if speaks == Speaks::Pusher {
+                    socket.queue_text(&pusher::PING);
+                } else if commands {
                     socket.queue_text(&PING);
                 } else {
                     socket.queue_control(frame::PING, b"");

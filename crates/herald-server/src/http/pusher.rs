@@ -1,0 +1,394 @@
+//! The Pusher Channels surface (docs/pusher.md): `GET /app/{key}`, a
+//! Pusher client's WebSocket (a session of the Pusher dialect, through
+//! the one admission path), and the HTTP API that Pusher's server
+//! libraries call, `/apps/{id}/…`, each request signed with the app's
+//! secret (`access::pusher::check_request`). An app's channel `c` is the
+//! Herald channel `pusher:{id}:c`: a trigger is a publish to the engine
+//! like any other, stored as `{"event","data"[,"socket_id"]}`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Extension, Path, Request, State};
+use axum::http::{Method, Uri};
+use axum::response::Response;
+use axum::Json;
+use bytes::Bytes;
+use herald_core::{ChannelName, Payload, Refusal};
+use serde::Deserialize;
+use serde_json::{json, value::RawValue};
+
+use super::api::{parse_json, read_body};
+use crate::access::limits::Conn;
+use crate::access::pusher::{check_request, RequestRefusal};
+use crate::error::ApiError;
+use crate::protocol::admission::{self, Hold, Opening};
+use crate::protocol::pusher::{self as dialect, encode::pusher_name};
+use crate::protocol::Session;
+use crate::state::{AppState, PusherApp};
+use crate::transport;
+
+/// Most channels one trigger may name (Pusher's limit).
+pub(crate) const MAX_TRIGGER_CHANNELS: usize = 100;
+/// Most events one batch may hold (Pusher's limit).
+pub(crate) const MAX_BATCH: usize = 10;
+/// Longest event name.
+pub(crate) const MAX_EVENT_NAME: usize = dialect::command::MAX_EVENT_NAME;
+
+/// `GET /app/{key}?protocol=7`: a Pusher client's WebSocket.
+pub(crate) async fn websocket(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(tcp): Extension<Conn>,
+    Path(key): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (mut parts, _body) = request.into_parts();
+    let accept = match crate::ws::Accept::check(&mut parts) {
+        Ok(accept) => accept,
+        Err(refusal) => return Ok(*refusal),
+    };
+    let query: Vec<(String, String)> =
+        serde_urlencoded::from_str(parts.uri.query().unwrap_or("")).unwrap_or_default();
+    let protocol = query
+        .iter()
+        .find(|(k, _)| k == "protocol")
+        .map(|(_, v)| v.as_str());
+    let refused = if let Err(code) = dialect::check_protocol(protocol) {
+        Some((
+            code,
+            format!("{}: this server speaks protocols 5 to 7", code.message),
+        ))
+    } else {
+        None
+    };
+    let app = state.pusher_by_key(&key).cloned();
+    let slot = app.as_ref().and_then(|a| a.take_slot());
+    let refused = refused.or_else(|| match (&app, &slot) {
+        (None, _) => Some((
+            dialect::APP_NOT_FOUND,
+            format!("app key {key} is not served here"),
+        )),
+        (Some(app), None) => Some((
+            dialect::OVER_QUOTA,
+            format!(
+                "app {} has its {} connections",
+                app.app.id, app.app.max_connections
+            ),
+        )),
+        _ => None,
+    });
+    let (Some(slot), None) = (slot, &refused) else {
+        let (code, message) = refused.unwrap_or((dialect::REFUSED, String::new()));
+        return Ok(transport::ws::refuse_pusher(accept, &state, code, message));
+    };
+    let opening = Opening {
+        peer,
+        conn: &tcp,
+        headers: &parts.headers,
+        ticket: None,
+    };
+    let admitted = admission::admit(&state, Hold::Upgrade, opening).await?;
+    let session = Session::pusher(state.clone(), slot, admitted);
+    Ok(transport::ws::upgrade(accept, session))
+}
+
+/// The app a signed request is for, or the refusal: 404 for an unknown
+/// app id, 400 for a missing parameter, 401 for a bad key, version,
+/// timestamp, body hash or signature.
+fn signed(
+    state: &AppState,
+    id: &str,
+    method: &Method,
+    uri: &Uri,
+    body: &[u8],
+) -> Result<Arc<PusherApp>, ApiError> {
+    let app = state
+        .pusher_by_id(id)
+        .cloned()
+        .ok_or_else(|| ApiError::new(Refusal::NotFound, format!("unknown app id {id}")))?;
+    let query: Vec<(String, String)> = serde_urlencoded::from_str(uri.query().unwrap_or(""))
+        .map_err(|e| ApiError::new(Refusal::InvalidRequest, format!("query: {e}")))?;
+    let now = herald_core::engine::now_ms() / 1000;
+    check_request(
+        &app.app.key,
+        &app.app.secret,
+        method.as_str(),
+        uri.path(),
+        &query,
+        body,
+        now,
+    )
+    .map_err(|e: RequestRefusal| {
+        let code = if e.is_bad_request() {
+            Refusal::InvalidRequest
+        } else {
+            Refusal::Unauthorized
+        };
+        ApiError::new(code, e.to_string())
+    })?;
+    Ok(app)
+}
+
+/// A query parameter of a signed request.
+fn param(uri: &Uri, name: &str) -> Option<String> {
+    let query: Vec<(String, String)> =
+        serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap_or_default();
+    query.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+/// The Herald channel of the app's channel `name`, or a 400.
+fn channel_of(app: &PusherApp, name: &str) -> Result<ChannelName, ApiError> {
+    ChannelName::new(&format!("{}{name}", app.prefix)).map_err(|e| {
+        ApiError::new(
+            Refusal::InvalidChannel,
+            format!("channel {name:?} cannot be served: {e}"),
+        )
+    })
+}
+
+/// One event to publish.
+#[derive(Deserialize)]
+struct Event {
+    name: String,
+    /// A string (of JSON, usually), as Pusher's libraries send it.
+    data: Box<RawValue>,
+    channel: Option<String>,
+    channels: Option<Vec<String>>,
+    socket_id: Option<String>,
+    /// `user_count`, `subscription_count`: what to answer per channel.
+    info: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Batch {
+    batch: Vec<Event>,
+}
+
+/// Publishes `event` to each of its channels; answers the `info` asked
+/// for, per channel.
+async fn trigger(
+    state: &AppState,
+    app: &PusherApp,
+    event: Event,
+) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    let names: Vec<String> = match (event.channels, event.channel) {
+        (Some(list), None) => list,
+        (None, Some(one)) => vec![one],
+        _ => {
+            return Err(ApiError::new(
+                Refusal::InvalidRequest,
+                "an event names either \"channels\" or \"channel\"",
+            ))
+        }
+    };
+    if names.is_empty() || names.len() > MAX_TRIGGER_CHANNELS {
+        return Err(ApiError::new(
+            Refusal::InvalidRequest,
+            format!("an event goes to 1 to {MAX_TRIGGER_CHANNELS} channels"),
+        ));
+    }
+    if event.name.is_empty() || event.name.len() > MAX_EVENT_NAME {
+        return Err(ApiError::new(
+            Refusal::InvalidRequest,
+            format!("event names are 1 to {MAX_EVENT_NAME} bytes"),
+        ));
+    }
+    let limit = state.config.max_payload;
+    if event.data.get().len() > limit {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let channels = names
+        .iter()
+        .map(|n| channel_of(app, n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut stored = json!({"event": event.name, "data": &*event.data});
+    if let Some(socket) = &event.socket_id {
+        stored["socket_id"] = socket.as_str().into();
+    }
+    let payload = Payload::json(Bytes::from(stored.to_string()))
+        .map_err(|e| ApiError::new(Refusal::InvalidJson, e.to_string()))?;
+    let mut answer = serde_json::Map::new();
+    for (channel, name) in channels.iter().zip(&names) {
+        let published = state.node.engine.publish(channel, payload.clone()).await?;
+        state.counters.published(&published, false);
+        if let Some(info) = &event.info {
+            answer.insert(name.clone(), channel_info(state, channel, info).await?);
+        }
+    }
+    Ok(answer)
+}
+
+/// `{"subscription_count", "user_count"}` as `info` asks (`user_count`
+/// only for presence channels).
+async fn channel_info(
+    state: &AppState,
+    channel: &ChannelName,
+    info: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let mut out = serde_json::Map::new();
+    for attribute in info.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        match attribute {
+            "subscription_count" => {
+                let n = state.node.engine.subscriber_count(channel).await?;
+                out.insert(attribute.into(), n.into());
+            }
+            "user_count" if pusher_name(channel.as_str()).starts_with("presence-") => {
+                out.insert(attribute.into(), users(state, channel).await?.len().into());
+            }
+            "user_count" => {
+                return Err(ApiError::new(
+                    Refusal::InvalidRequest,
+                    "user_count is only available for presence channels",
+                ))
+            }
+            other => {
+                return Err(ApiError::new(
+                    Refusal::InvalidRequest,
+                    format!("unknown info attribute {other:?} (user_count, subscription_count)"),
+                ))
+            }
+        }
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
+/// The distinct users of a presence channel, in order.
+async fn users(state: &AppState, channel: &ChannelName) -> Result<Vec<String>, ApiError> {
+    let entries = state.node.engine.presence(channel).await?;
+    let mut users: Vec<String> = entries
+        .iter()
+        .filter_map(|e| e.user.as_deref().map(str::to_string))
+        .collect();
+    users.sort();
+    users.dedup();
+    Ok(users)
+}
+
+/// `POST /apps/{id}/events`: one event to up to 100 channels; `socket_id`
+/// names a connection that does not get it.
+pub(crate) async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = read_body(body, state.config.max_payload + 16 * 1024).await?;
+    let app = signed(&state, &id, &method, &uri, &body)?;
+    let event: Event = parse_json(&body, "an event {name, data, channels}")?;
+    let info = event.info.is_some();
+    let channels = trigger(&state, &app, event).await?;
+    Ok(Json(if info {
+        json!({ "channels": channels })
+    } else {
+        json!({})
+    }))
+}
+
+/// `POST /apps/{id}/batch_events`: up to 10 events, each to one channel.
+pub(crate) async fn batch_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = (state.config.max_payload + 1024) * MAX_BATCH;
+    let body = read_body(body, limit).await?;
+    let app = signed(&state, &id, &method, &uri, &body)?;
+    let batch: Batch = parse_json(&body, "{\"batch\": [events]}")?;
+    if batch.batch.is_empty() || batch.batch.len() > MAX_BATCH {
+        return Err(ApiError::new(
+            Refusal::InvalidRequest,
+            format!("a batch holds 1 to {MAX_BATCH} events"),
+        ));
+    }
+    let info = batch.batch.iter().any(|e| e.info.is_some());
+    let mut answers = Vec::new();
+    for event in batch.batch {
+        if event.channels.is_some() {
+            return Err(ApiError::new(
+                Refusal::InvalidRequest,
+                "a batch event names one \"channel\"",
+            ));
+        }
+        let channels = trigger(&state, &app, event).await?;
+        answers.push(channels.into_values().next().unwrap_or_else(|| json!({})));
+    }
+    Ok(Json(if info {
+        json!({ "batch": answers })
+    } else {
+        json!({})
+    }))
+}
+
+/// `GET /apps/{id}/channels?filter_by_prefix=&info=`: the app's occupied
+/// channels (those with subscribers on this node).
+pub(crate) async fn channels(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let app = signed(&state, &id, &method, &uri, b"")?;
+    let prefix = param(&uri, "filter_by_prefix").unwrap_or_default();
+    let info = param(&uri, "info").unwrap_or_default();
+    if info.contains("user_count") && !prefix.starts_with("presence-") {
+        return Err(ApiError::new(
+            Refusal::InvalidRequest,
+            "info=user_count needs filter_by_prefix=presence-",
+        ));
+    }
+    let wanted = format!("{}{prefix}", app.prefix);
+    let mut list = BTreeMap::new();
+    for channel in state.node.hub.channels() {
+        if channel.as_str().starts_with(&wanted) {
+            let value = channel_info(&state, &channel, &info).await?;
+            list.insert(pusher_name(channel.as_str()).to_string(), value);
+        }
+    }
+    Ok(Json(json!({ "channels": list })))
+}
+
+/// `GET /apps/{id}/channels/{name}?info=`: whether it is occupied, and
+/// the counts asked for.
+pub(crate) async fn channel(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let app = signed(&state, &id, &method, &uri, b"")?;
+    let channel = channel_of(&app, &name)?;
+    let info = param(&uri, "info").unwrap_or_default();
+    let mut answer = channel_info(&state, &channel, &info).await?;
+    let occupied = state.node.engine.subscriber_count(&channel).await? > 0;
+    answer["occupied"] = occupied.into();
+    Ok(Json(answer))
+}
+
+/// `GET /apps/{id}/channels/{name}/users`: a presence channel's users.
+pub(crate) async fn channel_users(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let app = signed(&state, &id, &method, &uri, b"")?;
+    if !name.starts_with("presence-") {
+        return Err(ApiError::new(
+            Refusal::InvalidRequest,
+            "only presence channels have users",
+        ));
+    }
+    let channel = channel_of(&app, &name)?;
+    let users: Vec<serde_json::Value> = users(&state, &channel)
+        .await?
+        .into_iter()
+        .map(|id| json!({ "id": id }))
+        .collect();
+    Ok(Json(json!({ "users": users })))
+}
