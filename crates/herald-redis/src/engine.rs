@@ -27,8 +27,7 @@ use async_trait::async_trait;
 use herald_core::disconnect::Disconnect;
 use herald_core::engine::{
     Broker, ChannelStats, Claims, EngineError, EventLog, Mailboxes, PresenceStore, Published,
-    SubscriberSlot,
-    UserPublished, UserQueue, UserQueues,
+    SubscriberSlot, UserPublished, UserQueue, UserQueues,
 };
 use herald_core::event::{
     event_json, EventCounts, EventOptions, OutboxStats, RecordedEvent, USER_MAILBOX_DROPPED,

@@ -286,7 +286,10 @@ async fn a_mailbox_drop_is_told_to_the_backend_with_the_ids() {
     let stale = to_mailbox(&s, &brief, 1).await;
     let events = rx
         .wait("both drops", |e| {
-            e.iter().filter(|e| e["event"] == "user.mailbox_dropped").count() == 2
+            e.iter()
+                .filter(|e| e["event"] == "user.mailbox_dropped")
+                .count()
+                == 2
         })
         .await;
     let of = |user: &str| {
