@@ -188,6 +188,15 @@ async fn the_publish_chooses_and_the_namespace_is_the_default() {
     let v = to_user(&s, &user, json!({"data": 2, "ack": true})).await;
     assert_eq!(v["ack"], true, "{v}");
     assert_eq!(mailbox(&s, &user).await["pending"], 1);
+    for bad in [json!(null), json!("yes"), json!(1)] {
+        let resp = s
+            .post(&format!("/api/users/{user}/publish"))
+            .header("Content-Type", "application/json")
+            .body(json!({"data": 1, "ack": bad}).to_string())
+            .send()
+            .await;
+        resp.assert_error(400, "invalid_request");
+    }
     let acked = channel("u");
     let v = to_user(&s, &acked, json!({"data": 3, "ack": false})).await;
     assert_eq!(v["ack"], false, "{v}");

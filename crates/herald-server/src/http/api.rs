@@ -406,8 +406,15 @@ fn user_channel_from_path(
 struct UserPublishRequest {
     data: Box<RawValue>,
     /// Keep it in the user's mailbox until a client acknowledges it; the
-    /// user namespace's `ack` when absent.
-    ack: Option<bool>,
+    /// user namespace's `ack` when absent (read as a value so that `null`
+    /// is refused rather than taken for "absent").
+    #[serde(default, deserialize_with = "present")]
+    ack: Option<serde_json::Value>,
+}
+
+/// A field that is there, whatever its value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 /// `POST /api/users/{id}/publish`: to every connection of the user now, or
@@ -425,9 +432,16 @@ pub(crate) async fn user_publish(
     let raw = read_body(body, limit + API_BODY_SLACK).await?;
     let request: UserPublishRequest = parse_json(&raw, "{\"data\": ..., \"ack\": bool}")?;
     let payload = crate::access::json_payload(&request.data, limit)?;
-    let ack = request
-        .ack
-        .unwrap_or_else(|| state.node.namespaces.options(channel.as_str()).ack);
+    let ack = match request.ack {
+        None => state.node.namespaces.options(channel.as_str()).ack,
+        Some(serde_json::Value::Bool(ack)) => ack,
+        Some(_) => {
+            return Err(ApiError::new(
+                Refusal::InvalidRequest,
+                "\"ack\" must be true or false",
+            ))
+        }
+    };
     let result = if ack {
         let done = state
             .node
