@@ -318,6 +318,11 @@ impl Subscriber {
             }
         }
         done.position = done.position.max(Some(latest.id));
+        // Counted as one queued for delivery: a client that loses its
+        // connection before the latest message arrives must not resume
+        // from `position` (it would never see the value), and `replayed`
+        // says so (the JavaScript client then resumes from "earliest").
+        done.replayed += 1;
         if let Some(position) = self.channels.get_mut(&latest.channel) {
             *position = done.position;
         }
@@ -693,7 +698,10 @@ mod tests {
             .expect("subscribe");
         assert_eq!(done.position, Some(newest), "the position is the latest id");
         assert!(!done.gap);
-        assert_eq!(done.replayed, 0, "the latest message is no replay");
+        assert_eq!(
+            done.replayed, 1,
+            "the latest message is queued for delivery"
+        );
         let latest = expect_latest(sub.next().await);
         assert_eq!(
             (latest.id, latest.payload.raw().as_ref()),
