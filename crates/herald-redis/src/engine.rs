@@ -310,6 +310,7 @@ impl RedisEngine {
             Variant::Plain => &self.scripts.publish,
             Variant::User => &self.scripts.publish_user,
             Variant::Idempotent { .. } => &self.scripts.publish_idem,
+            Variant::Mailbox => &self.mailbox_scripts.publish,
         };
         let mut invocation = script.prepare_invoke();
         invocation
@@ -327,6 +328,14 @@ impl RedisEngine {
                 invocation.key(self.keys.idempotency(channel, key));
                 Some(window_ms.clamp(1, UNLIMITED))
             }
+            Variant::Mailbox => {
+                invocation
+                    .key(self.keys.mailbox(channel))
+                    .key(self.keys.mailbox_gap(channel))
+                    .key(self.keys.mailboxes())
+                    .key(self.outbox().0);
+                None
+            }
         };
         invocation
             .arg(self.keys.live(channel))
@@ -341,6 +350,19 @@ impl RedisEngine {
         if let Some(extra) = extra {
             invocation.arg(extra);
         }
+        if let Variant::Mailbox = variant {
+            let mailbox = self.namespaces.options(channel.as_str()).mailbox_limits();
+            invocation
+                .arg(mailbox.size.max(1))
+                .arg(mailbox.ttl_ms.min(UNLIMITED))
+                .arg(if self.records_mailbox_events() {
+                    "1"
+                } else {
+                    "0"
+                })
+                .arg(self.outbox().1)
+                .arg(GAP_MEMORY_MS);
+        }
         let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
         parse_publish(reply)
     }
@@ -352,14 +374,12 @@ impl RedisEngine {
         channel: &ChannelName,
         payload: Payload,
         reply: &PublishReply,
+        ack: bool,
     ) -> Published {
         Published {
-            message: Arc::new(Message::new(
-                channel.clone(),
-                reply.id,
-                payload,
-                reply.time_ms,
-            )),
+            message: Arc::new(
+                Message::new(channel.clone(), reply.id, payload, reply.time_ms).acknowledged(ack),
+            ),
             subscribers: reply.others.saturating_add(self.hub.count(channel)),
             duplicate: false,
         }
@@ -498,6 +518,8 @@ enum Variant<'a> {
         key: &'a str,
         window_ms: u64,
     },
+    /// Also into the user's mailbox (the `mailbox` module's script).
+    Mailbox,
 }
 
 /// A channel's retention, clamped to what Redis and Lua take exactly.
@@ -632,7 +654,7 @@ impl Broker for RedisEngine {
         payload: Payload,
     ) -> Result<Published, EngineError> {
         let reply = self.publish_as(channel, &payload, Variant::Plain).await?;
-        Ok(self.published(channel, payload, &reply))
+        Ok(self.published(channel, payload, &reply, false))
     }
 
     /// The key's record (`<prefix>:{C}:idem:<key>`, expiring after the
@@ -648,7 +670,7 @@ impl Broker for RedisEngine {
         let reply = self
             .publish_as(channel, &payload, Variant::Idempotent { key, window_ms })
             .await?;
-        let mut published = self.published(channel, payload, &reply);
+        let mut published = self.published(channel, payload, &reply, false);
         published.duplicate = reply.flag;
         Ok(published)
     }
@@ -948,48 +970,10 @@ impl Mailboxes for RedisEngine {
         channel: &ChannelName,
         payload: Payload,
     ) -> Result<UserPublished, EngineError> {
-        let options = self.namespaces.options(channel.as_str());
-        let limits = Limits::of(options);
-        let mailbox = options.mailbox_limits();
-        let expiry_ms = limits.ttl_ms.max(MIN_KEY_EXPIRY_MS);
-        let (outbox, outbox_max) = self.outbox();
-        let mut conn = self.conn.clone();
-        let mut invocation = self.mailbox_scripts.publish.prepare_invoke();
-        invocation
-            .key(self.keys.stream(channel))
-            .key(self.keys.subs(channel))
-            .key(self.keys.mailbox(channel))
-            .key(self.keys.mailbox_gap(channel))
-            .key(self.keys.mailboxes())
-            .key(outbox)
-            .arg(self.keys.live(channel))
-            .arg(channel.as_str())
-            .arg(payload.kind().as_str())
-            .arg(&payload.raw()[..])
-            .arg(limits.max_len)
-            .arg(limits.ttl_ms)
-            .arg(expiry_ms);
-        let (me, dead) = self.counts.view();
-        invocation
-            .arg(&*me)
-            .arg(&*dead)
-            .arg(mailbox.size.max(1))
-            .arg(mailbox.ttl_ms.min(UNLIMITED))
-            .arg(if self.records_mailbox_events() {
-                "1"
-            } else {
-                "0"
-            })
-            .arg(outbox_max)
-            .arg(GAP_MEMORY_MS);
-        let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
-        let reply = parse_publish(reply)?;
+        let reply = self.publish_as(channel, &payload, Variant::Mailbox).await?;
         // The script's fifth answer: the drop events it recorded.
         self.count_mailbox_events(u64::from(reply.flag));
-        let mut published = self.published(channel, payload, &reply);
-        if let Some(message) = Arc::get_mut(&mut published.message) {
-            message.ack = true;
-        }
+        let published = self.published(channel, payload, &reply, true);
         let queued = published.subscribers == 0;
         Ok(UserPublished { published, queued })
     }
@@ -1045,7 +1029,7 @@ impl UserQueues for RedisEngine {
     ) -> Result<UserPublished, EngineError> {
         let reply = self.publish_as(channel, &payload, Variant::User).await?;
         Ok(UserPublished {
-            published: self.published(channel, payload, &reply),
+            published: self.published(channel, payload, &reply, false),
             queued: reply.flag,
         })
     }
