@@ -173,8 +173,10 @@ impl std::fmt::Debug for Direct {
 #[derive(Debug)]
 pub struct Outbox {
     id: u64,
-    /// The personal channel of the connection's user, if it has one.
-    user: Option<ChannelName>,
+    /// The personal channel of the connection's user, if it has one: set
+    /// when the queue is made, or once later ([`Hub::attach_user`]: a Pusher
+    /// connection signs in after it opened), never changed after.
+    user: std::sync::OnceLock<ChannelName>,
     capacity: usize,
     /// Held only to push, take or swap the waker: never across an await or
     /// a wake-up.
@@ -554,25 +556,14 @@ impl Hub {
     pub fn user_outbox(&self, capacity: usize, user: Option<ChannelName>) -> (Arc<Outbox>, Inbox) {
         let outbox = Arc::new(Outbox {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
-            user,
+            user: std::sync::OnceLock::new(),
             capacity: capacity.max(1),
             queue: Mutex::new(Queue::default()),
             overflowed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
-        if let Some(user) = &outbox.user {
-            let first = {
-                let mut shard = self.users.shard(user).lock();
-                let first = !shard.contains_key(user);
-                shard
-                    .entry(user.clone())
-                    .or_default()
-                    .insert(outbox.id, Arc::clone(&outbox));
-                first
-            };
-            if first {
-                self.changed(Held::User(user));
-            }
+        if let Some(user) = user {
+            self.attach_user(&outbox, user);
         }
         let inbox = Inbox {
             outbox: Arc::clone(&outbox),
@@ -580,9 +571,37 @@ impl Hub {
         (outbox, inbox)
     }
 
+    /// Makes a connection that has no user one of `user`'s (its personal
+    /// channel): it is then in the user index, which
+    /// [`Hub::disconnect_user`] and the user's online state read. False
+    /// (and nothing changes) if the connection already has a user.
+    pub fn attach_user(&self, outbox: &Arc<Outbox>, user: ChannelName) -> bool {
+        if outbox.user.set(user).is_err() {
+            return false;
+        }
+        let Some(user) = outbox.user.get() else {
+            return false;
+        };
+        let first = {
+            let mut shard = self.users.shard(user).lock();
+            let first = !shard.contains_key(user);
+            shard
+                .entry(user.clone())
+                .or_default()
+                .insert(outbox.id, Arc::clone(outbox));
+            first
+        };
+        if first {
+            self.changed(Held::User(user));
+        }
+        true
+    }
+
     /// Drops a connection from the user index.
     pub fn forget(&self, outbox: &Outbox) {
-        let Some(user) = &outbox.user else { return };
+        let Some(user) = outbox.user.get() else {
+            return;
+        };
         let mut shard = self.users.shard(user).lock();
         let mut last = false;
         if let Some(conns) = shard.get_mut(user) {
@@ -837,6 +856,25 @@ mod tests {
         assert!(!hub.remove(&ch, a.id()));
         assert!(hub.remove(&ch, b.id()));
         assert_eq!(hub.channel_count(), 0, "an empty channel costs nothing");
+    }
+
+    #[test]
+    fn a_user_attached_later_is_reached_and_forgotten() {
+        let hub = Hub::new();
+        let ann = ChannelName::new("user:ann").expect("valid");
+        let (conn, mut rx) = hub.outbox(8);
+        assert_eq!(hub.disconnect_user(&ann, crate::disconnect::FORCED), 0);
+        assert!(hub.attach_user(&conn, ann.clone()));
+        let bob = ChannelName::new("user:bob").expect("valid");
+        assert!(
+            !hub.attach_user(&conn, bob.clone()),
+            "a connection has one user"
+        );
+        assert_eq!(hub.disconnect_user(&bob, crate::disconnect::FORCED), 0);
+        assert_eq!(hub.disconnect_user(&ann, crate::disconnect::FORCED), 1);
+        assert!(matches!(rx.try_recv(), Some(Event::Disconnect(_))));
+        hub.forget(&conn);
+        assert_eq!(hub.disconnect_user(&ann, crate::disconnect::FORCED), 0);
     }
 
     #[test]

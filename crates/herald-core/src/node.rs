@@ -187,6 +187,19 @@ impl Subscriber {
         };
     }
 
+    /// Makes this connection, which opened without a user, one of
+    /// `user`'s from now on (Pusher's sign-in): it counts as the user's
+    /// connection (online state, [`crate::engine::Engine::disconnect_user`]).
+    /// Its presence entries keep the [`ClientInfo`] they were made with.
+    /// False if the connection already belongs to a user or the id makes
+    /// no personal channel.
+    pub fn attach_user(&mut self, user: &str) -> bool {
+        match user_channel(user) {
+            Ok(channel) => self.node.hub.attach_user(&self.outbox, channel),
+            Err(_) => false,
+        }
+    }
+
     /// Ends the connection with [`TOKEN_EXPIRED`] at `deadline` (None: never).
     pub fn set_deadline(&mut self, deadline: Option<tokio::time::Instant>) {
         self.deadline = deadline.map(|at| Box::pin(tokio::time::sleep_until(at)));

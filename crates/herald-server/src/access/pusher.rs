@@ -3,7 +3,8 @@
 //! (`auth` = `key:hex(HMAC-SHA256(secret, "socket_id:channel[:channel_data]"))`)
 //! and the request signature of the HTTP API
 //! (`auth_signature` = `hex(HMAC-SHA256(secret, "METHOD\npath\nsorted query"))`,
-//! with `auth_timestamp` and `body_md5`). Signatures are compared in
+//! with `auth_timestamp` and `body_md5`), and user authentication
+//! (`pusher:signin`: `key:hex(HMAC-SHA256(secret, "socket_id::user::user_data"))`). Signatures are compared in
 //! constant time (`Mac::verify_slice`).
 
 use hmac::{Hmac, Mac};
@@ -79,6 +80,27 @@ pub(crate) fn channel_auth_ok(
         None => format!("{socket_id}:{channel}"),
     };
     verify(secret, &text, signature)
+}
+
+/// Whether `auth` (`key:signature`) signs `user_data` in for `socket_id`:
+/// user authentication (`pusher:signin`), the signature over
+/// `socket_id::user::user_data`.
+pub(crate) fn user_auth_ok(
+    key: &str,
+    secret: &str,
+    socket_id: &str,
+    user_data: &str,
+    auth: &str,
+) -> bool {
+    let Some((given_key, signature)) = auth.split_once(':') else {
+        return false;
+    };
+    given_key == key
+        && verify(
+            secret,
+            &format!("{socket_id}::user::{user_data}"),
+            signature,
+        )
 }
 
 /// Why a signed request is refused (each a 401 but a missing parameter,

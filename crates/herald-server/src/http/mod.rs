@@ -69,6 +69,7 @@ pub(crate) fn routes(state: AppState, sessions: Arc<Registry>, serves: Serves) -
             .route("/app/{key}", get(pusher::websocket))
             .route("/", get(statics::demo))
             .route("/herald.js", get(statics::client))
+            .route("/pusher-resume.js", get(statics::pusher_resume))
             .route("/herald.d.ts", get(statics::types))
             .route_layer(axum::middleware::from_fn(serve::over_limit_guard));
     }
@@ -108,6 +109,10 @@ pub(crate) fn routes(state: AppState, sessions: Arc<Registry>, serves: Serves) -
             .route("/apps/{id}/batch_events", post(pusher::batch_events))
             .route("/apps/{id}/channels", get(pusher::channels))
             .route("/apps/{id}/channels/{name}", get(pusher::channel))
+            .route(
+                "/apps/{id}/users/{user_id}/terminate_connections",
+                post(pusher::terminate_connections),
+            )
             .route(
                 "/apps/{id}/channels/{name}/users",
                 get(pusher::channel_users),

@@ -25,7 +25,7 @@ use crate::access::limits::Conn;
 use crate::access::pusher::{check_request, RequestRefusal};
 use crate::error::ApiError;
 use crate::protocol::admission::{self, Hold, Opening};
-use crate::protocol::pusher::{self as dialect, encode::pusher_name};
+use crate::protocol::pusher::{self as dialect, name::pusher_name};
 use crate::protocol::Session;
 use crate::state::{AppState, PusherApp};
 use crate::transport;
@@ -141,12 +141,8 @@ fn param(uri: &Uri, name: &str) -> Option<String> {
 
 /// The Herald channel of the app's channel `name`, or a 400.
 fn channel_of(app: &PusherApp, name: &str) -> Result<ChannelName, ApiError> {
-    ChannelName::new(&format!("{}{name}", app.prefix)).map_err(|e| {
-        ApiError::new(
-            Refusal::InvalidChannel,
-            format!("channel {name:?} cannot be served: {e}"),
-        )
-    })
+    dialect::name::herald_channel(&app.prefix, name)
+        .map_err(|e| ApiError::new(Refusal::InvalidChannel, e))
 }
 
 /// One event to publish.
@@ -212,7 +208,19 @@ async fn trigger(
         .map_err(|e| ApiError::new(Refusal::InvalidJson, e.to_string()))?;
     let mut answer = serde_json::Map::new();
     for (channel, name) in channels.iter().zip(&names) {
-        let published = state.node.engine.publish(channel, payload.clone()).await?;
+        // A user channel (`#server-to-user-{id}`, what `sendToUser`
+        // triggers) is the user's personal channel: kept for a user who
+        // has no connection, like every Herald user publish.
+        let published = if dialect::name::is_user_channel(channel) {
+            state
+                .node
+                .engine
+                .publish_to_user(channel, payload.clone())
+                .await?
+                .published
+        } else {
+            state.node.engine.publish(channel, payload.clone()).await?
+        };
         state.counters.published(&published, false);
         if let Some(info) = &event.info {
             answer.insert(name.clone(), channel_info(state, channel, info).await?);
@@ -391,4 +399,26 @@ pub(crate) async fn channel_users(
         .map(|id| json!({ "id": id }))
         .collect();
     Ok(Json(json!({ "users": users })))
+}
+
+/// `POST /apps/{id}/users/{user_id}/terminate_connections`: closes every
+/// connection signed in as the user (`pusher:signin`), on every node,
+/// with `pusher:error` 4009 (pusher-js does not reconnect).
+pub(crate) async fn terminate_connections(
+    State(state): State<AppState>,
+    Path((id, user)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = read_body(body, 16 * 1024).await?;
+    let app = signed(&state, &id, &method, &uri, &body)?;
+    let channel = herald_core::user::user_channel(&dialect::name::herald_user(&app.prefix, &user))
+        .map_err(|e| ApiError::new(Refusal::InvalidRequest, format!("user id {user:?}: {e}")))?;
+    state
+        .node
+        .engine
+        .disconnect_user(&channel, herald_core::disconnect::FORCED)
+        .await?;
+    Ok(Json(json!({})))
 }

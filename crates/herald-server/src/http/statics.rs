@@ -7,12 +7,23 @@ use axum::response::IntoResponse;
 const DEMO: &str = include_str!("../../../../clients/js/demo/index.html");
 const CLIENT: &str = include_str!("../../../../clients/js/herald.js");
 const TYPES: &str = include_str!("../../../../clients/js/herald.d.ts");
+const PUSHER_RESUME: &str = include_str!("../../../../clients/js/pusher-resume.js");
 
 pub(crate) async fn demo() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], DEMO)
 }
 
 pub(crate) async fn client() -> impl IntoResponse {
+    script(CLIENT)
+}
+
+/// `/pusher-resume.js`: the opt-in resume helper for unmodified pusher-js
+/// (docs/pusher.md).
+pub(crate) async fn pusher_resume() -> impl IntoResponse {
+    script(PUSHER_RESUME)
+}
+
+fn script(text: &'static str) -> impl IntoResponse {
     (
         [
             (
@@ -21,7 +32,7 @@ pub(crate) async fn client() -> impl IntoResponse {
             ),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        CLIENT,
+        text,
     )
 }
 

@@ -24,9 +24,21 @@ pub(crate) enum Command {
         channel: String,
         data: Box<RawValue>,
     },
-    /// A `pusher:` event this server does not implement (e.g.
-    /// `pusher:signin`): answered with an error, the connection stays.
+    /// `pusher:signin`: user authentication, signed by the app's backend.
+    Signin(Signin),
+    /// A `pusher:` event this server does not implement: answered with an
+    /// error, the connection stays.
     Unsupported(String),
+}
+
+/// `pusher:signin`'s data.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Signin {
+    /// `key:hex(HMAC-SHA256(secret, "socket_id::user::user_data"))`.
+    pub(crate) auth: String,
+    /// The user as the app's backend signed it: JSON text with an `id`,
+    /// verified as it is.
+    pub(crate) user_data: String,
 }
 
 /// `pusher:subscribe`'s data.
@@ -37,6 +49,10 @@ pub(crate) struct Subscribe {
     /// The presence member as the app's auth endpoint signed it (JSON
     /// text, verified as it is).
     pub(crate) channel_data: Option<String>,
+    /// Herald's own addition, sent only by the resume helper
+    /// (`/pusher-resume.js`): the id of the last event the client got on
+    /// this channel; the subscription starts after it.
+    pub(crate) herald_since: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +97,7 @@ pub(crate) fn parse(text: &[u8]) -> Result<Command, Invalid> {
         "pusher:subscribe" => {
             data_as(raw.data.as_deref(), "pusher:subscribe").map(Command::Subscribe)
         }
+        "pusher:signin" => data_as(raw.data.as_deref(), "pusher:signin").map(Command::Signin),
         "pusher:unsubscribe" => {
             let ChannelOnly { channel } = data_as(raw.data.as_deref(), "pusher:unsubscribe")?;
             Ok(Command::Unsubscribe { channel })
@@ -139,7 +156,12 @@ mod tests {
             Ok(Command::ClientEvent { ref data, .. }) if data.get() == r#"{"n":1}"#
         ));
         assert!(matches!(
-            parse(br#"{"event":"pusher:signin","data":{}}"#),
+            parse(br#"{"event":"pusher:signin","data":{"auth":"k:s","user_data":"{\"id\":\"u\"}"}}"#),
+            Ok(Command::Signin(s)) if s.user_data == r#"{"id":"u"}"#
+        ));
+        assert!(parse(br#"{"event":"pusher:signin","data":{}}"#).is_err());
+        assert!(matches!(
+            parse(br#"{"event":"pusher:cache_query","data":{}}"#),
             Ok(Command::Unsupported(_))
         ));
     }

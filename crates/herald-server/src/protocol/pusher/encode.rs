@@ -13,6 +13,7 @@ use herald_core::Message;
 use serde::Deserialize;
 use serde_json::{json, value::RawValue};
 
+use super::name::pusher_name;
 use super::Code;
 
 /// A message as Pusher subscribers get it, and the connection it leaves
@@ -36,14 +37,6 @@ pub(crate) struct Stored<'a> {
     pub(crate) data: &'a RawValue,
     pub(crate) socket_id: Option<String>,
     pub(crate) user_id: Option<String>,
-}
-
-/// The Pusher channel name of a Herald channel `pusher:{id}:{name}`.
-pub(crate) fn pusher_name(channel: &str) -> &str {
-    channel
-        .strip_prefix("pusher:")
-        .and_then(|rest| rest.split_once(':'))
-        .map_or(channel, |(_, name)| name)
 }
 
 /// The message's Pusher form, built once.
@@ -146,6 +139,5 @@ mod tests {
         assert_eq!(frame(&m)["event"], "message");
         assert_eq!(frame(&m)["data"], r#"{"t":"hi"}"#);
         assert!(form(&m).is_some_and(|f| f.exclude.is_none()));
-        assert_eq!(pusher_name("pusher:app-1:presence-x"), "presence-x");
     }
 }

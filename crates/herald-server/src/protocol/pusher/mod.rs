@@ -23,8 +23,9 @@
 
 pub(crate) mod command;
 pub(crate) mod encode;
+pub(crate) mod name;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -142,7 +143,23 @@ pub(crate) struct State {
     /// Per presence channel followed: connection id → user id, so that a
     /// user is added on its first connection and removed after its last.
     members: HashMap<ChannelName, HashMap<Arc<str>, Arc<str>>>,
+    /// The app's user id this connection signed in as (`pusher:signin`).
+    user: Option<Arc<str>>,
+    /// The channels subscribed with the resume helper's `herald_since`:
+    /// only they are told of a gap (`herald:gap`); Pusher has no such
+    /// event, so a plain pusher-js never gets one.
+    resuming: HashSet<ChannelName>,
 }
+
+/// `pusher:signin`'s `user_data`, as the app's backend signed it.
+#[derive(Deserialize)]
+struct UserData {
+    id: serde_json::Value,
+}
+
+/// The event that tells a resuming client (the helper) that events may
+/// be missing before the next one of the channel.
+pub(crate) const GAP_EVENT: &str = "herald:gap";
 
 /// A presence member, as the app's auth endpoint put it in
 /// `channel_data`.
@@ -186,16 +203,20 @@ impl State {
             Item::Disconnect(why) => Some(Push::End(why)),
             Item::Closed(channel, _) => {
                 self.members.remove(&channel);
+                self.resuming.remove(&channel);
                 None
             }
-            Item::Gap(_) => None,
+            Item::Gap(channel) => self.resuming.contains(&channel).then(|| {
+                let name = name::pusher_name(channel.as_str());
+                Push::Frame(encode::event(GAP_EVENT, Some(&name), &json!({})))
+            }),
         }
     }
 
     fn presence_change(&mut self, channel: &ChannelName, json: &[u8]) -> Option<Push> {
         let members = self.members.get_mut(channel)?;
         let body: NoticeBody = serde_json::from_slice(json).ok()?;
-        let name = encode::pusher_name(channel.as_str());
+        let name = name::pusher_name(channel.as_str());
         if let Some(join) = body.join {
             let user: Arc<str> = Arc::from(join.user?);
             let client: Arc<str> = Arc::from(join.client);
@@ -207,7 +228,7 @@ impl State {
             return first.then(|| {
                 Push::Frame(encode::event(
                     "pusher_internal:member_added",
-                    Some(name),
+                    Some(&name),
                     &json!({"user_id": &*user, "user_info": join.info}),
                 ))
             });
@@ -218,7 +239,7 @@ impl State {
         last.then(|| {
             Push::Frame(encode::event(
                 "pusher_internal:member_removed",
-                Some(name),
+                Some(&name),
                 &json!({ "user_id": &*user }),
             ))
         })
@@ -241,6 +262,8 @@ impl Session {
             slot,
             socket_id: socket,
             members: HashMap::new(),
+            user: None,
+            resuming: HashSet::new(),
         }));
         session
     }
@@ -284,11 +307,13 @@ impl Session {
             Ok(Command::Ping) => vec![encode::event("pusher:pong", None, &json!({}))],
             Ok(Command::Pong) => Vec::new(),
             Ok(Command::Subscribe(args)) => self.pusher_subscribe(args).await,
+            Ok(Command::Signin(args)) => self.pusher_signin(args).await,
             Ok(Command::Unsubscribe { channel }) => {
                 if let Some(channel) = self.herald_channel(&channel) {
                     self.sub.unsubscribe(&channel);
                     if let Some(p) = self.pusher.as_deref_mut() {
                         p.members.remove(&channel);
+                        p.resuming.remove(&channel);
                     }
                 }
                 Vec::new()
@@ -317,7 +342,85 @@ impl Session {
     /// (Herald's names lack Pusher's `,` and `;`, and are shorter).
     fn herald_channel(&self, name: &str) -> Option<ChannelName> {
         let app = self.app()?;
-        ChannelName::new(&format!("{}{name}", app.prefix)).ok()
+        name::herald_channel(&app.prefix, name).ok()
+    }
+
+    /// `pusher:signin`: the app's backend signed `user_data` (with an
+    /// `id`) for this socket. The connection is then that user's: it may
+    /// follow `#server-to-user-{id}` (which pusher-js subscribes next),
+    /// and `terminate_connections` closes it. Once per connection.
+    async fn pusher_signin(&mut self, args: command::Signin) -> Vec<Bytes> {
+        let Some(app) = self.app() else {
+            return Vec::new();
+        };
+        let fail = |code: Code, message: String| vec![encode::error(code, &message)];
+        let signed = crate::access::pusher::user_auth_ok(
+            &app.app.key,
+            &app.app.secret,
+            self.client(),
+            &args.user_data,
+            &args.auth,
+        );
+        if !signed {
+            return fail(
+                UNAUTHORIZED,
+                "invalid signature for pusher:signin: expected HMAC SHA256 hex digest of \
+                 socket_id::user::user_data"
+                    .into(),
+            );
+        }
+        let Ok(data) = serde_json::from_str::<UserData>(&args.user_data) else {
+            return fail(
+                UNAUTHORIZED,
+                "user_data must be a JSON object with an id".into(),
+            );
+        };
+        let id = match data.id {
+            serde_json::Value::String(s) if !s.is_empty() => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => {
+                return fail(
+                    UNAUTHORIZED,
+                    "user_data's id must be a non-empty string".into(),
+                )
+            }
+        };
+        let user = name::herald_user(&app.prefix, &id);
+        if herald_core::user::user_channel(&user).is_err() {
+            return fail(
+                REFUSED,
+                format!("user id {id:?} cannot be served: letters, digits and _ - = @ . : only"),
+            );
+        }
+        let current = self
+            .pusher
+            .as_ref()
+            .and_then(|p| p.user.as_deref().map(str::to_string));
+        match current {
+            Some(same) if same == id => {}
+            Some(other) => {
+                return fail(
+                    REFUSED,
+                    format!("this connection is signed in as {other:?} already"),
+                )
+            }
+            None => {
+                if !self.sub.attach_user(&user) {
+                    return fail(REFUSED, "this connection belongs to a user already".into());
+                }
+                if let Some(who) = self.who.as_mut() {
+                    who.identity.user = Some(Arc::from(user.as_str()));
+                }
+                if let Some(p) = self.pusher.as_deref_mut() {
+                    p.user = Some(Arc::from(id.as_str()));
+                }
+            }
+        }
+        vec![encode::event(
+            "pusher:signin_success",
+            None,
+            &json!({ "user_data": args.user_data }),
+        )]
     }
 
     async fn pusher_subscribe(&mut self, args: command::Subscribe) -> Vec<Bytes> {
@@ -326,16 +429,23 @@ impl Session {
         };
         let name = args.channel;
         let fail = |code: Code, message: String| vec![encode::error(code, &message)];
-        let Some(channel) = self.herald_channel(&name) else {
-            return fail(
-                REFUSED,
-                format!(
-                    "channel name {name:?} is not served: letters, digits and _ - = @ . only, \
-                     at most {} bytes",
-                    herald_core::channel::MAX_CHANNEL_LEN - app.prefix.len()
-                ),
-            );
+        let channel = match name::herald_channel(&app.prefix, &name) {
+            Ok(channel) => channel,
+            Err(message) => return fail(REFUSED, message),
         };
+        if name::is_user_channel(&channel) {
+            let mine = self
+                .pusher
+                .as_ref()
+                .and_then(|p| p.user.as_deref())
+                .map(|u| format!("{}{u}", name::USER_CHANNEL) == name);
+            if mine != Some(true) {
+                return fail(
+                    UNAUTHORIZED,
+                    format!("{name} is another user's: sign in (pusher:signin) as that user first"),
+                );
+            }
+        }
         let presence = name.starts_with("presence-");
         let mut member = None;
         if presence || name.starts_with("private-") {
@@ -398,7 +508,23 @@ impl Session {
             .trim_start_matches("private-")
             .trim_start_matches("presence-")
             .starts_with("cache-");
-        let (since, miss) = if cache {
+        // The resume helper's point: after it, with a gap event if history
+        // no longer reaches it. Without the helper: Pusher's behaviour.
+        let resume = match args.herald_since.as_deref() {
+            None => None,
+            Some(text) => match text.parse::<herald_core::MessageId>() {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    return fail(
+                        REFUSED,
+                        format!("herald_since {text:?} is not a Herald message id"),
+                    )
+                }
+            },
+        };
+        let (since, miss) = if let Some(id) = resume {
+            (Since::After(id), false)
+        } else if cache {
             match self
                 .state
                 .node
@@ -416,6 +542,13 @@ impl Session {
         } else {
             (Since::Live, false)
         };
+        if let Some(p) = self.pusher.as_deref_mut() {
+            if resume.is_some() {
+                p.resuming.insert(channel.clone());
+            } else {
+                p.resuming.remove(&channel);
+            }
+        }
         if let Err(refused) = self.subscribe(channel.clone(), since).await {
             let code = match refused.code {
                 Refusal::Forbidden | Refusal::TokenRequired | Refusal::Denied => UNAUTHORIZED,
@@ -734,6 +867,141 @@ mod tests {
         .await;
         assert_eq!(r.len(), 1);
         assert_eq!(next(&mut c).await["data"], "3");
+    }
+
+    fn user_auth(s: &Session, user_data: &str) -> String {
+        let text = format!("{}::user::{user_data}", s.client());
+        format!(
+            "key:{}",
+            crate::access::pusher::sign("secret-secret", &text)
+        )
+    }
+
+    #[tokio::test]
+    async fn signin_user_channel_and_terminate() {
+        let state = state();
+        let mut s = session(&state);
+        let _ = s.pusher_open().await;
+        // Before sign-in the user channel is no one's.
+        let r = ask(
+            &mut s,
+            json!({"event":"pusher:subscribe","data":{"channel":"#server-to-user-ann"}}),
+        )
+        .await;
+        assert_eq!(r[0]["data"]["code"], 4009, "{r:?}");
+        let data = r#"{"id":"ann","user_info":{"n":1}}"#;
+        let r = ask(
+            &mut s,
+            json!({"event":"pusher:signin","data":{"auth":"key:00","user_data":data}}),
+        )
+        .await;
+        assert_eq!(r[0]["data"]["code"], 4009, "a forged signature: {r:?}");
+        let good = user_auth(&s, data);
+        let r = ask(
+            &mut s,
+            json!({"event":"pusher:signin","data":{"auth":good,"user_data":data}}),
+        )
+        .await;
+        assert_eq!(r[0]["event"], "pusher:signin_success", "{r:?}");
+        let r = ask(
+            &mut s,
+            json!({"event":"pusher:subscribe","data":{"channel":"#server-to-user-bob"}}),
+        )
+        .await;
+        assert_eq!(r[0]["data"]["code"], 4009, "another user's channel: {r:?}");
+        let r = ask(
+            &mut s,
+            json!({"event":"pusher:subscribe","data":{"channel":"#server-to-user-ann"}}),
+        )
+        .await;
+        assert_eq!(r[0]["event"], "pusher_internal:subscription_succeeded");
+        // An event to the user, as `sendToUser` triggers it.
+        let channel = ChannelName::new("user:pusher:1:ann").expect("channel");
+        let stored = json!({"event":"note","data":"\"hi\""}).to_string();
+        let payload = Payload::json(Bytes::from(stored)).expect("json");
+        state
+            .node
+            .engine
+            .publish_to_user(&channel, payload)
+            .await
+            .expect("published");
+        let got = next(&mut s).await;
+        assert_eq!(
+            (got["event"].as_str(), got["channel"].as_str()),
+            (Some("note"), Some("#server-to-user-ann"))
+        );
+        // A second sign-in as someone else is refused; the same is fine.
+        let other = r#"{"id":"bob"}"#;
+        let auth = user_auth(&s, other);
+        let r = ask(
+            &mut s,
+            json!({"event":"pusher:signin","data":{"auth":auth,"user_data":other}}),
+        )
+        .await;
+        assert_eq!(r[0]["data"]["code"], 4300, "{r:?}");
+        // terminate_connections: the user's connections are told to close.
+        state
+            .node
+            .engine
+            .disconnect_user(&channel, disconnect::FORCED)
+            .await
+            .expect("disconnect");
+        loop {
+            let item = s.sub.next().await;
+            if let Item::Disconnect(why) = item {
+                assert_eq!(close_for(why), UNAUTHORIZED);
+                break;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn resume_from_herald_since() {
+        let state = state();
+        let channel = ChannelName::new("pusher:1:feed").expect("channel");
+        let mut ids = Vec::new();
+        for n in 1..=3 {
+            let stored = json!({"event":"e","data":n.to_string()}).to_string();
+            let payload = Payload::json(Bytes::from(stored)).expect("json");
+            let published = state
+                .node
+                .engine
+                .publish(&channel, payload)
+                .await
+                .expect("published");
+            ids.push(published.message.id.to_string());
+        }
+        let mut s = session(&state);
+        let r = ask(
+            &mut s,
+            json!({"event":"pusher:subscribe","data":{"channel":"feed","herald_since":ids[0]}}),
+        )
+        .await;
+        assert_eq!(r[0]["event"], "pusher_internal:subscription_succeeded");
+        for (n, id) in [(2, &ids[1]), (3, &ids[2])] {
+            let got = next(&mut s).await;
+            assert_eq!(got["data"], n.to_string());
+            assert_eq!(got["herald_id"].as_str(), Some(id.as_str()));
+        }
+        // A point history does not reach: the gap event, then what is kept.
+        let mut t = session(&state);
+        let old = herald_core::MessageId::new(1, 1).to_string();
+        let _ = ask(
+            &mut t,
+            json!({"event":"pusher:subscribe","data":{"channel":"feed","herald_since":old}}),
+        )
+        .await;
+        let got = next(&mut t).await;
+        assert_eq!(
+            (got["event"].as_str(), got["channel"].as_str()),
+            (Some(GAP_EVENT), Some("feed"))
+        );
+        let r = ask(
+            &mut t,
+            json!({"event":"pusher:subscribe","data":{"channel":"feed2","herald_since":"x"}}),
+        )
+        .await;
+        assert_eq!(r[0]["data"]["code"], 4300);
     }
 
     #[test]
