@@ -158,6 +158,9 @@ pub struct PusherAppSection {
     /// Connections the app may hold at once on this node (0: no limit
     /// beyond `limits.max_connections`).
     pub max_connections: Option<usize>,
+    /// Largest event data, in bytes, a trigger or a client event may carry
+    /// (Pusher's 10 KiB by default; `max_payload` bounds it too).
+    pub max_event_size: Option<usize>,
 }
 
 /// A validated Pusher app. Its channels are Herald channels under
@@ -170,7 +173,14 @@ pub struct PusherApp {
     pub client_events: bool,
     /// 0: no limit of the app's own.
     pub max_connections: usize,
+    /// Largest event data in bytes (`max_payload` bounds it too).
+    pub max_event_size: usize,
 }
+
+/// Pusher's limit on an event's data: 10 KiB.
+pub const DEFAULT_PUSHER_EVENT_SIZE: usize = 10 * 1024;
+/// The most `max_event_size` may be.
+pub const MAX_PUSHER_EVENT_SIZE: usize = 1024 * 1024;
 
 impl PusherApp {
     /// The Herald channel prefix of the app's channels: `pusher:{id}:`.
@@ -1313,7 +1323,15 @@ fn pusher_apps(
             prefixes.retain(|(p, _)| *p != name);
             prefixes.push((name, options));
         }
+        let max_event_size = app.max_event_size.unwrap_or(DEFAULT_PUSHER_EVENT_SIZE);
+        if !(1..=MAX_PUSHER_EVENT_SIZE).contains(&max_event_size) {
+            return Err(bad(format!(
+                "app {:?}: max_event_size must be 1 to {MAX_PUSHER_EVENT_SIZE} bytes",
+                app.id
+            )));
+        }
         apps.push(PusherApp {
+            max_event_size,
             id: app.id,
             key: app.key,
             secret: app.secret,
@@ -1526,8 +1544,8 @@ impl Config {
         for app in &self.pusher_apps {
             let _ = writeln!(
                 out,
-                "\n[[pusher.apps]]\nid = {:?}\nkey = {:?}\nsecret = \"<redacted>\"\nclient_events = {}\nmax_connections = {}",
-                app.id, app.key, app.client_events, app.max_connections
+                "\n[[pusher.apps]]\nid = {:?}\nkey = {:?}\nsecret = \"<redacted>\"\nclient_events = {}\nmax_connections = {}\nmax_event_size = {}",
+                app.id, app.key, app.client_events, app.max_connections, app.max_event_size
             );
         }
         let (default, prefixes) = self.namespaces.entries();

@@ -114,6 +114,10 @@ pub(crate) fn routes(state: AppState, sessions: Arc<Registry>, serves: Serves) -
                 post(pusher::terminate_connections),
             )
             .route(
+                "/users/{user_id}/terminate_connections",
+                post(pusher::terminate_connections_keyed),
+            )
+            .route(
                 "/apps/{id}/channels/{name}/users",
                 get(pusher::channel_users),
             )

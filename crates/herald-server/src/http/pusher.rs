@@ -192,7 +192,7 @@ async fn trigger(
             format!("event names are 1 to {MAX_EVENT_NAME} bytes"),
         ));
     }
-    let limit = state.config.max_payload;
+    let limit = app.app.max_event_size.min(state.config.max_payload);
     if event.data.get().len() > limit {
         return Err(ApiError::payload_too_large(limit));
     }
@@ -411,10 +411,48 @@ pub(crate) async fn terminate_connections(
     uri: Uri,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    terminate(&state, Some(&id), &user, &method, &uri, body).await
+}
+
+/// `POST /users/{user_id}/terminate_connections`, the path without the app
+/// that the PyPI `pusher` library (3.x) calls: the app is the one whose
+/// key signed the request (`auth_key`).
+pub(crate) async fn terminate_connections_keyed(
+    State(state): State<AppState>,
+    Path(user): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    terminate(&state, None, &user, &method, &uri, body).await
+}
+
+async fn terminate(
+    state: &AppState,
+    id: Option<&str>,
+    user: &str,
+    method: &Method,
+    uri: &Uri,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let body = read_body(body, 16 * 1024).await?;
-    let app = signed(&state, &id, &method, &uri, &body)?;
-    let channel = herald_core::user::user_channel(&dialect::name::herald_user(&app.prefix, &user))
-        .map_err(|e| ApiError::new(Refusal::InvalidRequest, format!("user id {user:?}: {e}")))?;
+    let id = match id {
+        Some(id) => id.to_string(),
+        None => {
+            let key = param(uri, "auth_key").ok_or_else(|| {
+                ApiError::new(Refusal::InvalidRequest, "missing parameter auth_key")
+            })?;
+            state
+                .pusher_by_key(&key)
+                .map(|app| app.app.id.clone())
+                .ok_or_else(|| ApiError::new(Refusal::Unauthorized, "unknown auth_key"))?
+        }
+    };
+    let app = signed(state, &id, method, uri, &body)?;
+    let channel = herald_core::user::user_channel(&dialect::name::herald_user(&app.prefix, user))
+        .map_err(|e| {
+        ApiError::new(Refusal::InvalidRequest, format!("user id {user:?}: {e}"))
+    })?;
     state
         .node
         .engine

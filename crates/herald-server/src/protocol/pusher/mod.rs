@@ -651,7 +651,7 @@ impl Session {
             .herald_channel(name)
             .filter(|c| self.sub.is_subscribed(c))
             .ok_or_else(|| (UNAUTHORIZED, format!("not subscribed to {name}")))?;
-        let max = self.state.config.max_payload;
+        let max = app.app.max_event_size.min(self.state.config.max_payload);
         if data.get().len() > max {
             return Err((REFUSED, format!("event data larger than {max} bytes")));
         }
