@@ -27,7 +27,7 @@ client_events = true
 `;
 
 /** The server library pointed at `node` (a started HeraldServer). */
-export function backendFor(node, { appId = APP.id, secret = APP.secret } = {}) {
+export function backendFor(node, { appId = APP.id, secret = APP.secret, ...more } = {}) {
   return new PusherServer({
     appId,
     key: APP.key,
@@ -35,6 +35,7 @@ export function backendFor(node, { appId = APP.id, secret = APP.secret } = {}) {
     host: "127.0.0.1",
     port: String(node.port),
     useTLS: false,
+    ...more,
   });
 }
 
