@@ -195,6 +195,12 @@ export function pusherSuite(label, setup) {
     await eventually(() => added.length === 1, { what: "member_added for bob" });
     assert.deepEqual(added[0], { id: "bob", info: { name: "name of bob" } });
     assert.equal(room.members.count, 2);
+    // A client event on a presence channel names its sender's user_id.
+    const waves = collect(bobRoom, "client-wave");
+    room.trigger("client-wave", { hi: "bob" });
+    await eventually(() => waves.length === 1, { what: "ann's wave at bob" });
+    assert.deepEqual(waves[0].data, { hi: "bob" });
+    assert.equal(waves[0].meta?.user_id, "ann");
 
     // The per-channel answers are cluster-wide, but another node's
     // subscriber count is the one it last wrote (about a second old on
