@@ -329,6 +329,7 @@ export function pusherSuite(label, setup) {
     await other.check();
     for (const c of [a, b, other.client]) c.disconnect();
   });
+
   // Written ahead of the endpoint (docs/pusher.md, "Not yet"): skipped
   // while the server answers 404, so it runs once the endpoint exists.
   test(`${label}: terminateUserConnections closes that user's connections, and only those`, async (t) => {
