@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The JavaScript client's whole test suite, in one command:
-#   1. installs the dev dependencies (playwright-core, ws, pusher-js, pusher) if
-#      node_modules is missing;
+#   1. installs the dev dependencies (playwright-core, ws, pusher-js, pusher,
+#      laravel-echo) if node_modules is missing;
 #   2. unit tests: node --test test/unit/ (a fake in-process server);
 #   3. end-to-end tests: the real herald binary (HERALD_BIN, default
 #      ../../target/debug/herald relative to clients/js), driven from Node 20
-#      with `ws` and from headless Chromium (/usr/bin/chromium, or CHROMIUM_BIN).
+#      with `ws` and from headless Chromium (/usr/bin/chromium, or CHROMIUM_BIN);
+#      the Pusher suite runs again on two nodes of a redis-server it starts
+#      (skipped, saying so, when redis-server is not on PATH).
 # Ends with one line "js: N passed, N failed".
 set -euo pipefail
 # A HERALD_BIN given by the caller is relative to the caller's directory.
