@@ -371,7 +371,7 @@ class Refusals(unittest.TestCase):
             library(app_id="999").trigger("py-news", "x", {})
         self.assertTrue(str(caught.exception).startswith("404:"), str(caught.exception))
         # The library refuses over 10 KB (batch) or 30 KB (trigger) itself;
-        # a request built by hand past Herald's max_payload (64 KiB) is 413.
+        # a request built by hand past the app's max_event_size (10 KiB) is 413.
         with self.assertRaises(ValueError):
             backend.trigger("py-news", "big", "x" * 40000)
         body = {"name": "big", "channels": ["py-news"], "data": "x" * 11000}
