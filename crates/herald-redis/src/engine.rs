@@ -75,6 +75,10 @@ const RECONCILE_EVERY: u64 = 10;
 const OUTBOX_POLL: Duration = Duration::from_millis(200);
 /// Outbox entries one `XDEL` deletes at most.
 const DONE_CHUNK: usize = 500;
+/// `SSCAN` steps per node when listing occupied channels, and the `COUNT`
+/// of each: at most 100,000 set members read per node per listing.
+const MAX_SCAN_STEPS: usize = 200;
+const SCAN_COUNT: usize = 500;
 
 /// Herald's Redis engine. See the crate docs for the layout in Redis.
 pub struct RedisEngine {
@@ -839,6 +843,66 @@ impl Broker for RedisEngine {
             .arg(&*dead);
         let reply: Value = self.call(invocation.invoke_async(&mut conn)).await?;
         Ok(parse_count(&reply)?.saturating_add(self.hub.count(channel)))
+    }
+
+    /// This node's channels, and the other live nodes' from their count
+    /// sets (`nodecounts:<identity>` holds the `subs` key of every channel
+    /// where that identity has a subscriber, written at its sweeps), read
+    /// with `SSCAN … MATCH` in bounded steps.
+    async fn occupied_channels(
+        &self,
+        prefix: &str,
+        max: usize,
+    ) -> Result<Vec<ChannelName>, EngineError> {
+        let mut found: std::collections::BTreeSet<ChannelName> = self
+            .hub
+            .channels()
+            .into_iter()
+            .filter(|c| c.as_str().starts_with(prefix))
+            .collect();
+        let (me, dead) = self.counts.view();
+        let dead: Vec<&str> = dead.split(' ').filter(|d| !d.is_empty()).collect();
+        let mut conn = self.conn.clone();
+        let mut hkeys = redis::cmd("HKEYS");
+        hkeys.arg(self.keys.nodes());
+        let identities: Vec<String> = self.call(hkeys.query_async(&mut conn)).await?;
+        // Channel names hold no glob character; escaped all the same.
+        let glob: String = prefix
+            .chars()
+            .flat_map(|c| {
+                let escape = matches!(c, '*' | '?' | '[' | ']' | '\\');
+                escape.then_some('\\').into_iter().chain(std::iter::once(c))
+            })
+            .collect();
+        let (head, tail) = self.keys.subs_parts();
+        let pattern = format!("{head}{glob}*{tail}");
+        for identity in identities {
+            if identity == *me || dead.contains(&identity.as_str()) {
+                continue;
+            }
+            let set = self.keys.node_counts(&identity);
+            let mut cursor: u64 = 0;
+            for _ in 0..MAX_SCAN_STEPS {
+                let mut scan = redis::cmd("SSCAN");
+                scan.arg(&set)
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT);
+                let (next, keys): (u64, Vec<String>) =
+                    self.call(scan.query_async(&mut conn)).await?;
+                found.extend(keys.iter().filter_map(|k| {
+                    let name = k.strip_prefix(head.as_str())?.strip_suffix(tail)?;
+                    ChannelName::new(name).ok()
+                }));
+                cursor = next;
+                if cursor == 0 || found.len() >= max {
+                    break;
+                }
+            }
+        }
+        Ok(found.into_iter().take(max).collect())
     }
 
     /// One script takes a place in `<prefix>:{C}:slots` only below `max`

@@ -99,6 +99,11 @@ impl Keys {
         format!("{}:{{{channel}}}:subs", self.prefix)
     }
 
+    /// What comes before and after the channel name in [`Keys::subs`].
+    pub fn subs_parts(&self) -> (String, &'static str) {
+        (format!("{}:{{", self.prefix), "}:subs")
+    }
+
     /// The offline queue of a personal channel.
     pub fn queue(&self, channel: &ChannelName) -> String {
         format!("{}:{{{channel}}}:queue", self.prefix)

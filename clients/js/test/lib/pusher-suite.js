@@ -208,8 +208,7 @@ export function pusherSuite(label, setup) {
 
     // The per-channel answers are cluster-wide, but another node's
     // subscriber count is the one it last wrote (about a second old on
-    // Redis), so they are awaited; the channel list is the asked node's
-    // (docs/pusher.md, "Not yet"), so it asks ann's node.
+    // Redis), so they are awaited.
     const get = async (api, path, params) => (await api.get({ path, params })).json();
     await eventually(
       async () => {
@@ -221,7 +220,7 @@ export function pusherSuite(label, setup) {
     );
     await eventually(
       async () => {
-        const list = await get(backendFor(nodes.client), "/channels", { filter_by_prefix: "presence-", info: "user_count" });
+        const list = await get(backend, "/channels", { filter_by_prefix: "presence-", info: "user_count" });
         assert.equal(list.channels["presence-lobby"]?.user_count, 2);
         return true;
       },
@@ -234,6 +233,22 @@ export function pusherSuite(label, setup) {
         return true;
       },
       { what: "the channel's counts" },
+    );
+
+    // A channel followed only on the client's node is listed by the API's.
+    const lone = await subscribed(ann, "listed-lone");
+    await eventually(
+      async () => {
+        const list = await get(backend, "/channels", { filter_by_prefix: "listed-", info: "subscription_count" });
+        assert.deepEqual(list.channels, { "listed-lone": { subscription_count: 1 } });
+        return true;
+      },
+      { what: "listed-lone in the API node's channel list" },
+    );
+    ann.unsubscribe(lone.name);
+    await eventually(
+      async () => Object.keys((await get(backend, "/channels", { filter_by_prefix: "listed-" })).channels).length === 0,
+      { what: "listed-lone gone from the list" },
     );
 
     bob.disconnect();

@@ -429,6 +429,22 @@ impl Broker for MemoryEngine {
         Ok(self.hub.count(channel))
     }
 
+    async fn occupied_channels(
+        &self,
+        prefix: &str,
+        max: usize,
+    ) -> Result<Vec<ChannelName>, EngineError> {
+        let mut found: Vec<ChannelName> = self
+            .hub
+            .channels()
+            .into_iter()
+            .filter(|c| c.as_str().starts_with(prefix))
+            .collect();
+        found.sort();
+        found.truncate(max);
+        Ok(found)
+    }
+
     async fn claim_subscriber_slot(
         &self,
         channel: &ChannelName,

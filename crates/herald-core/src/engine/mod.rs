@@ -217,6 +217,15 @@ pub trait Broker: Send + Sync + 'static {
     /// Subscribers of `channel` on every node (`GET /pub/{channel}`).
     async fn subscriber_count(&self, channel: &ChannelName) -> Result<usize, EngineError>;
 
+    /// The channels whose name starts with `prefix` that have a subscriber
+    /// on some node, sorted, at most `max` of them (another node's are
+    /// seen as fresh as its subscriber counts: engine-specific).
+    async fn occupied_channels(
+        &self,
+        prefix: &str,
+        max: usize,
+    ) -> Result<Vec<ChannelName>, EngineError>;
+
     /// Takes one of `channel`'s `max` subscriber places, atomically across
     /// every node, or answers `None` when all are taken. The place is held
     /// until the slot is dropped; an engine must give back the places of a

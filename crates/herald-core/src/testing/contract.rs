@@ -91,6 +91,7 @@ macro_rules! contract_tests {
             idempotent_publish_stores_once_per_channel,
             subscriber_slots_honour_max_and_come_back,
             subscriber_count_is_live_for_this_node,
+            occupied_channels_are_listed_across_nodes,
             mailbox_keeps_messages_until_acknowledged,
             mailbox_overflow_drops_the_oldest_as_a_gap,
             mailbox_expiry_drops_pending_messages_as_a_gap,
@@ -769,6 +770,70 @@ pub async fn subscriber_count_is_live_for_this_node(backend: &dyn Backend) {
     assert_eq!(done.subscribers, 2, "the publish answer counts them");
     subs.pop();
     assert_eq!(count().await, 1, "an unsubscribe counts at once");
+}
+
+/// Every node's occupied channels are listed by prefix (another node's
+/// within a few seconds: as fresh as its counts), and a channel that lost
+/// its last subscriber leaves the list.
+pub async fn occupied_channels_are_listed_across_nodes(backend: &dyn Backend) {
+    let [a, b] = backend.pair(Namespaces::default()).await;
+    let _sweeps = sweeping(&[a.clone(), b.clone()]);
+    let list = |prefix: &'static str| {
+        let a = a.clone();
+        async move {
+            a.engine
+                .occupied_channels(prefix, 100)
+                .await
+                .expect("list")
+                .iter()
+                .map(|c| c.as_str().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let mut here = a.subscriber(8);
+    here.subscribe(ch("listed:a"), Since::Live)
+        .await
+        .expect("subscribe");
+    let mut there = b.subscriber(8);
+    there
+        .subscribe(ch("listed:b"), Since::Live)
+        .await
+        .expect("subscribe");
+    let mut other = b.subscriber(8);
+    other
+        .subscribe(ch("unlisted:c"), Since::Live)
+        .await
+        .expect("subscribe");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = list("listed:").await;
+        if got == ["listed:a", "listed:b"] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listed:a and listed:b, sorted, nothing else; got {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        a.engine
+            .occupied_channels("listed:", 1)
+            .await
+            .expect("list")
+            .len(),
+        1,
+        "at most max"
+    );
+    drop(there);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while list("listed:").await != ["listed:a"] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listed:b left the list"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn mailbox_sized(size: usize, ttl: Duration) -> Namespaces {

@@ -333,8 +333,12 @@ pub(crate) async fn batch_events(
     }))
 }
 
+/// Most channels `GET /apps/{id}/channels` lists.
+pub(crate) const MAX_LISTED: usize = 10_000;
+
 /// `GET /apps/{id}/channels?filter_by_prefix=&info=`: the app's occupied
-/// channels (those with subscribers on this node).
+/// channels, on every node (another node's as fresh as its subscriber
+/// counts, about a second), at most [`MAX_LISTED`].
 pub(crate) async fn channels(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -352,11 +356,14 @@ pub(crate) async fn channels(
     }
     let wanted = format!("{}{prefix}", app.prefix);
     let mut list = BTreeMap::new();
-    for channel in state.node.hub.channels() {
-        if channel.as_str().starts_with(&wanted) {
-            let value = channel_info(&state, &channel, &info).await?;
-            list.insert(pusher_name(channel.as_str()).to_string(), value);
-        }
+    for channel in state
+        .node
+        .engine
+        .occupied_channels(&wanted, MAX_LISTED)
+        .await?
+    {
+        let value = channel_info(&state, &channel, &info).await?;
+        list.insert(pusher_name(channel.as_str()).to_string(), value);
     }
     Ok(Json(json!({ "channels": list })))
 }
