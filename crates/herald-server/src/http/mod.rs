@@ -79,6 +79,7 @@ pub(crate) fn routes(state: AppState, sessions: Arc<Registry>, serves: Serves) -
             "/pub/{channel}",
             "/api/{*rest}",
             "/apps/{*rest}",
+            "/users/{user_id}/terminate_connections",
             "/metrics",
             "/admin",
         ] {
