@@ -37,8 +37,25 @@ pub const CHANNEL_VACATED: &str = "channel.vacated";
 /// expiry; see [`crate::mailbox`]): `{"user", "ids", "reason"}`.
 pub const USER_MAILBOX_DROPPED: &str = "user.mailbox_dropped";
 
-/// Every event Herald records, in the order the docs list them. The
-/// `[webhooks] events` setting names a subset (all of them by default).
+/// A user's first presence entry on a channel was made (on any node):
+/// `{"channel", "user"}`. Recorded for the Pusher apps' `member_added`
+/// webhook; not one of `[webhooks] events`.
+pub const MEMBER_ADDED: &str = "channel.member_added";
+/// A user's last presence entry on a channel ended, and no new one came
+/// within the grace: `{"channel", "user"}` (Pusher's `member_removed`).
+pub const MEMBER_REMOVED: &str = "channel.member_removed";
+/// A Pusher client sent a `client-` event: `{"channel", "event_name",
+/// "data", "socket_id", "user_id"?}` (the Herald channel name; `event` is
+/// the outbox event's own name).
+pub const PUSHER_CLIENT_EVENT: &str = "pusher.client_event";
+/// A Pusher client subscribed to a `cache-` channel holding no event:
+/// `{"channel"}` (the Herald channel name).
+pub const PUSHER_CACHE_MISS: &str = "pusher.cache_miss";
+
+/// Every event of Herald's own webhooks, in the order the docs list them.
+/// The `[webhooks] events` setting names a subset (all of them by
+/// default). The member and `pusher.` events above are recorded only for
+/// the Pusher apps' webhooks.
 pub const EVENTS: &[&str] = &[
     USER_ONLINE,
     USER_OFFLINE,
@@ -89,6 +106,11 @@ impl EventOptions {
     /// Whether channels' subscribers are tracked.
     pub fn tracks_channels(&self) -> bool {
         self.records(CHANNEL_OCCUPIED) || self.records(CHANNEL_VACATED)
+    }
+
+    /// Whether presence members ((channel, user) pairs) are tracked.
+    pub fn tracks_members(&self) -> bool {
+        self.records(MEMBER_ADDED) || self.records(MEMBER_REMOVED)
     }
 
     /// The grace in whole milliseconds.
