@@ -273,14 +273,16 @@ impl LocalOccupancy {
     /// their events (called from the engine's sweep, about once a second).
     pub fn sweep(&self, now_ms: u64) {
         let grace = self.options.grace_ms();
+        // Members before channels: a channel's last member goes no later
+        // than the channel, so its removal comes before the vacancy.
         for (key, since) in self.users.due(grace, now_ms) {
             self.record(Held::User(&key), USER_OFFLINE, since);
         }
-        for (key, since) in self.channels.due(grace, now_ms) {
-            self.record(Held::Channel(&key), CHANNEL_VACATED, since);
-        }
         for ((channel, user), since) in self.members.due(grace, now_ms) {
             self.record(Held::Member(&channel, &user), MEMBER_REMOVED, since);
+        }
+        for (key, since) in self.channels.due(grace, now_ms) {
+            self.record(Held::Channel(&key), CHANNEL_VACATED, since);
         }
     }
 }

@@ -344,15 +344,17 @@ impl Task {
                 self.events.tracks_users(),
                 herald_core::event::USER_OFFLINE,
             ),
-            (
-                'c',
-                self.events.tracks_channels(),
-                herald_core::event::CHANNEL_VACATED,
-            ),
+            // Members before channels: a channel's last member goes no
+            // later than the channel, so its removal comes first.
             (
                 'm',
                 self.events.tracks_members(),
                 herald_core::event::MEMBER_REMOVED,
+            ),
+            (
+                'c',
+                self.events.tracks_channels(),
+                herald_core::event::CHANNEL_VACATED,
             ),
         ] {
             if !tracks {

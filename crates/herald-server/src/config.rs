@@ -15,6 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::access::hook::{HookEvent, HookSettings, DEFAULT_HOOK_TIMEOUT};
+use crate::access::pusher_webhook::{self, PusherWebhook};
 use crate::access::webhook::{
     WebhookSettings, DEFAULT_BATCH_SIZE, DEFAULT_MAX_ATTEMPTS, DEFAULT_WEBHOOK_TIMEOUT,
     MAX_BATCH_SIZE,
@@ -158,6 +159,10 @@ pub struct PusherAppSection {
     /// Connections the app may hold at once on this node (0: no limit
     /// beyond `limits.max_connections`).
     pub max_connections: Option<usize>,
+    /// Where the app's webhooks go, in Pusher's format (docs/pusher.md).
+    pub webhook_url: Option<String>,
+    /// Pusher's names of the webhook events sent (default: all).
+    pub webhook_events: Option<Vec<String>>,
 }
 
 /// A validated Pusher app. Its channels are Herald channels under
@@ -170,6 +175,8 @@ pub struct PusherApp {
     pub client_events: bool,
     /// 0: no limit of the app's own.
     pub max_connections: usize,
+    /// Its webhooks in Pusher's format, with a `webhook_url`.
+    pub webhook: Option<PusherWebhook>,
 }
 
 impl PusherApp {
@@ -192,6 +199,7 @@ impl std::fmt::Debug for PusherApp {
             .field("secret", &"<redacted>")
             .field("client_events", &self.client_events)
             .field("max_connections", &self.max_connections)
+            .field("webhook", &self.webhook)
             .finish()
     }
 }
@@ -1167,11 +1175,24 @@ impl Config {
         })
     }
 
-    /// What the engine records for webhooks: the configured events with
-    /// the grace, or `None` without a `[webhooks]` url.
+    /// What the engine records for webhooks: the events `[webhooks]` and
+    /// the Pusher apps' webhooks want, with the grace; `None` when neither
+    /// has a url.
     pub fn event_options(&self) -> Option<EventOptions> {
-        self.webhooks.as_ref().map(|w| EventOptions {
-            events: w.events.clone(),
+        let mut events: std::collections::BTreeSet<String> = self
+            .webhooks
+            .as_ref()
+            .map(|w| w.events.clone())
+            .unwrap_or_default();
+        let mut any = self.webhooks.is_some();
+        for app in &self.pusher_apps {
+            if let Some(w) = &app.webhook {
+                any = true;
+                events.extend(w.events.iter().cloned());
+            }
+        }
+        any.then(|| EventOptions {
+            events,
             grace: self.presence_grace,
             ..EventOptions::default()
         })
@@ -1313,15 +1334,60 @@ fn pusher_apps(
             prefixes.retain(|(p, _)| *p != name);
             prefixes.push((name, options));
         }
+        let webhook = pusher_webhook(&app.id, app.webhook_url, app.webhook_events)?;
         apps.push(PusherApp {
             id: app.id,
             key: app.key,
             secret: app.secret,
             client_events: app.client_events.unwrap_or(false),
             max_connections: app.max_connections.unwrap_or(0),
+            webhook,
         });
     }
     Ok(apps)
+}
+
+/// An app's `webhook_url` and `webhook_events`, validated (the events
+/// also without a url, so a typo waiting there is caught); `None` without
+/// a url.
+fn pusher_webhook(
+    id: &str,
+    url: Option<String>,
+    events: Option<Vec<String>>,
+) -> Result<Option<PusherWebhook>, ConfigError> {
+    let bad = |message: String| ConfigError::Invalid(format!("pusher.apps: app {id:?}: {message}"));
+    let names: Vec<&str> = pusher_webhook::EVENTS.iter().map(|(p, _)| *p).collect();
+    let events = match events {
+        None => pusher_webhook::EVENTS
+            .iter()
+            .map(|(_, e)| (*e).to_owned())
+            .collect(),
+        Some(list) => {
+            let mut events = std::collections::BTreeSet::new();
+            for name in list {
+                let Some(event) = pusher_webhook::outbox_event(&name) else {
+                    return Err(bad(format!(
+                        "webhook_events: unknown event {name:?} ({})",
+                        names.join(", ")
+                    )));
+                };
+                events.insert(event.to_owned());
+            }
+            events
+        }
+    };
+    let Some(url_text) = url.filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let url: hyper::Uri = url_text
+        .parse()
+        .map_err(|_| bad(format!("webhook_url: {url_text:?} is not a URL")))?;
+    if url.scheme_str() != Some("http") || url.host().is_none() {
+        return Err(bad(
+            "webhook_url: only http:// URLs are supported (run the receiver on a private network or loopback, or behind a proxy that adds TLS)".into(),
+        ));
+    }
+    Ok(Some(PusherWebhook { url, events }))
 }
 
 /// `127.0.0.1:7070`, `[::1]:7070`, or a name with a port (`localhost:7070`),
@@ -1529,6 +1595,19 @@ impl Config {
                 "\n[[pusher.apps]]\nid = {:?}\nkey = {:?}\nsecret = \"<redacted>\"\nclient_events = {}\nmax_connections = {}",
                 app.id, app.key, app.client_events, app.max_connections
             );
+            if let Some(w) = &app.webhook {
+                let events: Vec<&str> = pusher_webhook::EVENTS
+                    .iter()
+                    .filter(|(_, e)| w.events.contains(*e))
+                    .map(|(p, _)| *p)
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "webhook_url = \"{}\"\nwebhook_events = {:?}",
+                    redact_url(&w.url.to_string()),
+                    events
+                );
+            }
         }
         let (default, prefixes) = self.namespaces.entries();
         let _ = writeln!(

@@ -23,6 +23,7 @@
 
 pub(crate) mod command;
 pub(crate) mod encode;
+mod webhook;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -439,6 +440,8 @@ impl Session {
         )];
         if miss {
             out.push(encode::event("pusher:cache_miss", Some(&name), &json!({})));
+            // Webhook hook (protocol/pusher/webhook.rs).
+            self.webhook_cache_miss(&channel).await;
         }
         out
     }
@@ -543,6 +546,8 @@ impl Session {
             .await
             .map_err(|e| (OVER_CAPACITY, e.to_string()))?;
         self.state.counters.published(&published, true);
+        // Webhook hook (protocol/pusher/webhook.rs).
+        self.webhook_client_event(&channel, &stored).await;
         Ok(())
     }
 }
