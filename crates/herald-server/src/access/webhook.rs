@@ -705,4 +705,125 @@ mod tests {
         assert!(seen.iter().all(|(_, v, _)| v["time_ms"].as_u64().is_some()));
         run.stop.cancel();
     }
+
+    /// Records each post by URL; the app's first one fails.
+    struct ByUrl {
+        seen: Arc<
+            Mutex<
+                Vec<(
+                    String,
+                    serde_json::Value,
+                    Vec<(&'static str, String)>,
+                    Bytes,
+                )>,
+            >,
+        >,
+    }
+
+    impl Post for ByUrl {
+        async fn post(
+            &self,
+            url: &hyper::Uri,
+            body: Bytes,
+            headers: Vec<(&'static str, String)>,
+        ) -> bool {
+            let v: serde_json::Value = serde_json::from_slice(&body).expect("a JSON body");
+            let mut seen = self.seen.lock();
+            let app = url.path() == "/pusher";
+            let first_for_app = app && !seen.iter().any(|(u, ..)| u == "/pusher");
+            seen.push((url.path().to_owned(), v, headers, body));
+            !first_for_app
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_destination_is_retried_alone_in_pushers_format() {
+        use herald_core::event::CHANNEL_OCCUPIED;
+        let options = EventOptions {
+            events: ["t.e".to_owned(), CHANNEL_OCCUPIED.to_owned()].into(),
+            ..EventOptions::default()
+        };
+        let node = Node::memory_with_events(Namespaces::default(), Some(options));
+        let app = AppTarget {
+            id: "1".into(),
+            key: "app-key".into(),
+            secret: "app-secret".into(),
+            prefix: "pusher:1:".into(),
+            webhook: pusher_webhook::PusherWebhook {
+                url: hyper::Uri::from_static("http://127.0.0.1:9/pusher"),
+                events: [CHANNEL_OCCUPIED.to_owned()].into(),
+            },
+        };
+        let app_counters = Arc::new(WebhookCounters::default());
+        let targets = Targets::new(
+            Some(settings(8, 100)),
+            vec![(app, Arc::clone(&app_counters))],
+        )
+        .expect("targets");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let counters = Arc::new(WebhookCounters::default());
+        let stop = CancellationToken::new();
+        let sender = Sender::new(
+            Arc::clone(&node.engine),
+            targets,
+            ByUrl {
+                seen: Arc::clone(&seen),
+            },
+            Arc::clone(&counters),
+        );
+        tokio::spawn(sender.run(stop.clone()));
+        record(&node, 1).await;
+        let mut fields = serde_json::Map::new();
+        fields.insert("channel".into(), "pusher:1:presence-r".into());
+        node.engine
+            .record_event(CHANNEL_OCCUPIED, fields)
+            .await
+            .expect("record");
+        until("the app's retry", || seen.lock().len() >= 3).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let seen = seen.lock().clone();
+        let paths: Vec<&str> = seen.iter().map(|(p, ..)| p.as_str()).collect();
+        assert_eq!(
+            paths.iter().filter(|p| **p == "/hook").count(),
+            1,
+            "{paths:?}"
+        );
+        assert_eq!(
+            paths.iter().filter(|p| **p == "/pusher").count(),
+            2,
+            "{paths:?}"
+        );
+        let herald = seen.iter().find(|(p, ..)| p == "/hook").expect("herald");
+        assert_eq!(ns(&herald.1), [1], "Herald's events only");
+        for (path, v, headers, body) in seen.iter().filter(|(p, ..)| p == "/pusher") {
+            assert_eq!(
+                v["events"],
+                serde_json::json!([{"name": "channel_occupied", "channel": "presence-r"}]),
+                "{path}"
+            );
+            assert!(v["time_ms"].as_u64().is_some());
+            let header = |n: &str| {
+                headers
+                    .iter()
+                    .find(|(k, _)| *k == n)
+                    .map(|(_, v)| v.clone())
+            };
+            assert_eq!(header("x-pusher-key").as_deref(), Some("app-key"));
+            assert_eq!(
+                header("x-pusher-signature"),
+                Some(hex_hmac(b"app-secret", body))
+            );
+        }
+        assert_eq!(app_counters.error.load(Ordering::Relaxed), 1);
+        assert_eq!(app_counters.ok.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.ok.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.error.load(Ordering::Relaxed), 0);
+        assert!(node
+            .engine
+            .pending_events(10)
+            .await
+            .expect("pending")
+            .is_empty());
+        stop.cancel();
+    }
 }
