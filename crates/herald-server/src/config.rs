@@ -2214,6 +2214,25 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+        assert!(app.webhook.is_none() && c.event_options().is_none());
+        let c = parse(
+            "[[pusher.apps]]\nid = \"1\"\nkey = \"k1\"\nsecret = \"s3cr3t-s3cr3t\"\nwebhook_url = \"http://127.0.0.1:9/p\"\nwebhook_events = [\"member_added\", \"client_event\"]",
+        )
+        .expect("valid");
+        let webhook = c.pusher_apps[0].webhook.as_ref().expect("a webhook");
+        let want: std::collections::BTreeSet<String> = [
+            herald_core::event::MEMBER_ADDED,
+            herald_core::event::PUSHER_CLIENT_EVENT,
+        ]
+        .iter()
+        .map(|e| (*e).to_owned())
+        .collect();
+        assert_eq!(webhook.events, want);
+        // The engine records what the apps want, even without [webhooks].
+        assert_eq!(c.event_options().expect("recording").events, want);
+        assert!(c
+            .summary()
+            .contains("webhook_events = [\"member_added\", \"client_event\"]"));
         let env = [("HERALD_PUSHER__APPS".to_string(), "x".to_string())];
         let err = Config::load(None, &env, Overrides::default()).expect_err("refused");
         assert!(err
