@@ -81,7 +81,7 @@ pub enum Member {
     User(ChannelName),
     Channel(ChannelName),
     /// A user on a presence channel.
-    Member(ChannelName, Arc<str>),
+    Presence(ChannelName, Arc<str>),
 }
 
 impl Member {
@@ -89,7 +89,7 @@ impl Member {
         match held {
             Held::User(c) => Member::User(c.clone()),
             Held::Channel(c) => Member::Channel(c.clone()),
-            Held::Member(c, user) => Member::Member(c.clone(), Arc::from(user)),
+            Held::Member(c, user) => Member::Presence(c.clone(), Arc::from(user)),
         }
     }
 
@@ -97,7 +97,7 @@ impl Member {
         match self {
             Member::User(c) => Held::User(c),
             Member::Channel(c) => Held::Channel(c),
-            Member::Member(c, user) => Held::Member(c, user),
+            Member::Presence(c, user) => Held::Member(c, user),
         }
     }
 
@@ -105,7 +105,7 @@ impl Member {
         match self {
             Member::User(_) => 'u',
             Member::Channel(_) => 'c',
-            Member::Member(..) => 'm',
+            Member::Presence(..) => 'm',
         }
     }
 
@@ -113,7 +113,7 @@ impl Member {
     /// <user id>` (a channel name has no space; the user id is anything).
     fn redis(&self) -> String {
         match self {
-            Member::Member(c, user) => format!("m:{c} {user}"),
+            Member::Presence(c, user) => format!("m:{c} {user}"),
             _ => format!("{}:{}", self.kind(), self.held().name()),
         }
     }
@@ -243,7 +243,7 @@ impl Task {
             .hub
             .members()
             .into_iter()
-            .map(|(c, user)| Member::Member(c, user));
+            .map(|(c, user)| Member::Presence(c, user));
         users
             .chain(channels)
             .chain(members)

@@ -706,18 +706,17 @@ mod tests {
         run.stop.cancel();
     }
 
+    /// A post as [`ByUrl`] saw it: path, body, headers, raw body.
+    type Seen = (
+        String,
+        serde_json::Value,
+        Vec<(&'static str, String)>,
+        Bytes,
+    );
+
     /// Records each post by URL; the app's first one fails.
     struct ByUrl {
-        seen: Arc<
-            Mutex<
-                Vec<(
-                    String,
-                    serde_json::Value,
-                    Vec<(&'static str, String)>,
-                    Bytes,
-                )>,
-            >,
-        >,
+        seen: Arc<Mutex<Vec<Seen>>>,
     }
 
     impl Post for ByUrl {
