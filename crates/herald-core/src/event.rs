@@ -79,6 +79,12 @@ pub struct EventOptions {
     pub grace: Duration,
     /// Events the outbox holds at most (see the module docs).
     pub capacity: usize,
+    /// Channel events recorded only for some channels: event name → the
+    /// channel prefixes it is recorded for (a Pusher app's `pusher:{id}:`
+    /// when only the app wants it). An event not listed is recorded for
+    /// every channel. So Pusher apps' webhooks never make Herald track
+    /// the occupancy of channels nobody asked about.
+    pub scopes: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for EventOptions {
@@ -88,6 +94,7 @@ impl Default for EventOptions {
             events: EVENTS.iter().map(|e| (*e).to_owned()).collect(),
             grace: DEFAULT_PRESENCE_GRACE,
             capacity: DEFAULT_OUTBOX_CAPACITY,
+            scopes: BTreeMap::new(),
         }
     }
 }
@@ -96,6 +103,15 @@ impl EventOptions {
     /// Whether `event` is recorded.
     pub fn records(&self, event: &str) -> bool {
         self.events.contains(event)
+    }
+
+    /// Whether `event` is recorded for `channel` (its scope, if it has one).
+    pub fn records_for(&self, event: &str, channel: &str) -> bool {
+        self.records(event)
+            && self
+                .scopes
+                .get(event)
+                .is_none_or(|prefixes| prefixes.iter().any(|p| channel.starts_with(p.as_str())))
     }
 
     /// Whether users' connections are tracked (some user event is recorded).

@@ -110,13 +110,27 @@ impl Held<'_> {
     }
 }
 
-/// Whether `held` is tracked with these options: its kind's events are
-/// recorded, and it is not a personal channel taken as a channel.
+/// Whether `held` is tracked with these options: one of its kind's events
+/// is recorded (for its channel, see [`EventOptions::scopes`]), and it is
+/// not a personal channel taken as a channel.
 pub fn tracked(held: Held<'_>, options: &EventOptions) -> bool {
+    let (arrival, departure) = held.events();
+    let wanted = |c: &ChannelName| {
+        options.records_for(arrival, c.as_str()) || options.records_for(departure, c.as_str())
+    };
     match held {
         Held::User(_) => options.tracks_users(),
-        Held::Channel(c) => channel_user(c).is_none() && options.tracks_channels(),
-        Held::Member(..) => options.tracks_members(),
+        Held::Channel(c) => channel_user(c).is_none() && wanted(c),
+        Held::Member(c, _) => wanted(c),
+    }
+}
+
+/// Whether `event` of `held` is recorded: a user's when it is recorded at
+/// all, a channel's or member's for its channel's scope.
+pub fn records(held: Held<'_>, event: &str, options: &EventOptions) -> bool {
+    match held {
+        Held::User(_) => options.records(event),
+        Held::Channel(c) | Held::Member(c, _) => options.records_for(event, c.as_str()),
     }
 }
 
@@ -242,7 +256,7 @@ impl LocalOccupancy {
     }
 
     fn record(&self, held: Held<'_>, event: &'static str, time_ms: u64) {
-        if !self.options.records(event) {
+        if !records(held, event, &self.options) {
             return;
         }
         let mut fields = held.fields();
@@ -403,5 +417,50 @@ mod tests {
         hub.close_channel(&room, crate::disconnect::CHANNEL_DELETED);
         occ.sweep(crate::engine::now_ms() + 1);
         assert_eq!(events(&outbox).len(), 2);
+    }
+
+    #[test]
+    fn a_scoped_event_tracks_only_its_channels() {
+        let hub = Arc::new(Hub::new());
+        let outbox = Arc::new(EventOutbox::new(1, 100));
+        let options = EventOptions {
+            events: [CHANNEL_OCCUPIED.to_owned(), MEMBER_ADDED.to_owned()].into(),
+            scopes: [
+                (CHANNEL_OCCUPIED.to_owned(), vec!["pusher:1:".to_owned()]),
+                (MEMBER_ADDED.to_owned(), vec!["pusher:1:".to_owned()]),
+            ]
+            .into(),
+            ..EventOptions::default()
+        };
+        let occ = Arc::new(LocalOccupancy::new(
+            options,
+            Arc::clone(&outbox),
+            Arc::default(),
+        ));
+        hub.watch(occ.clone());
+        let (a, _ra) = hub.outbox(4);
+        for name in ["room", "pusher:1:presence-x", "pusher:2:presence-x"] {
+            let channel = ChannelName::new(name).expect("valid");
+            hub.add(&channel, &a);
+            let entry = crate::presence::ClientInfo {
+                client: Arc::from("c1"),
+                user: Some(Arc::from("u")),
+                info: None,
+            };
+            hub.member_joined(&channel, &entry);
+        }
+        let e = events(&outbox);
+        let got: Vec<(String, String)> = e
+            .iter()
+            .map(|v| (v["event"].to_string(), v["channel"].to_string()))
+            .collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(
+            e.iter().all(|v| v["channel"] == "pusher:1:presence-x"),
+            "{got:?}"
+        );
+        assert!(e
+            .iter()
+            .any(|v| v["event"] == MEMBER_ADDED && v["user"] == "u"));
     }
 }

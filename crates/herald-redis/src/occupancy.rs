@@ -54,7 +54,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use herald_core::event::{EventCounts, EventOptions};
 use herald_core::hub::Hub;
-use herald_core::occupancy::{tracked, Held, Occupancy};
+use herald_core::occupancy::{records, tracked, Held, Occupancy};
 use herald_core::ChannelName;
 use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
@@ -293,7 +293,7 @@ impl Task {
     async fn set(&self, identity: &str, member: &Member, want: bool) -> Wrote {
         let name = member.redis();
         let (arrival, _) = member.held().events();
-        let record = if want && self.events.records(arrival) {
+        let record = if want && records(member.held(), arrival, &self.events) {
             arrival
         } else {
             ""

@@ -1184,16 +1184,24 @@ impl Config {
             .as_ref()
             .map(|w| w.events.clone())
             .unwrap_or_default();
+        let herald = events.clone();
         let mut any = self.webhooks.is_some();
+        // An event only apps want is recorded for their channels only.
+        let mut scopes: std::collections::BTreeMap<String, Vec<String>> =
+            std::collections::BTreeMap::new();
         for app in &self.pusher_apps {
             if let Some(w) = &app.webhook {
                 any = true;
+                for event in w.events.iter().filter(|e| !herald.contains(*e)) {
+                    scopes.entry(event.clone()).or_default().push(app.prefix());
+                }
                 events.extend(w.events.iter().cloned());
             }
         }
         any.then(|| EventOptions {
             events,
             grace: self.presence_grace,
+            scopes,
             ..EventOptions::default()
         })
     }
@@ -2228,8 +2236,12 @@ mod tests {
         .map(|e| (*e).to_owned())
         .collect();
         assert_eq!(webhook.events, want);
-        // The engine records what the apps want, even without [webhooks].
-        assert_eq!(c.event_options().expect("recording").events, want);
+        // The engine records what the apps want, even without [webhooks],
+        // for the apps' channels only.
+        let options = c.event_options().expect("recording");
+        assert_eq!(options.events, want);
+        assert!(options.records_for(herald_core::event::MEMBER_ADDED, "pusher:1:presence-x"));
+        assert!(!options.records_for(herald_core::event::MEMBER_ADDED, "room"));
         assert!(c
             .summary()
             .contains("webhook_events = [\"member_added\", \"client_event\"]"));
