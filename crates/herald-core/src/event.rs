@@ -37,8 +37,25 @@ pub const CHANNEL_VACATED: &str = "channel.vacated";
 /// expiry; see [`crate::mailbox`]): `{"user", "ids", "reason"}`.
 pub const USER_MAILBOX_DROPPED: &str = "user.mailbox_dropped";
 
-/// Every event Herald records, in the order the docs list them. The
-/// `[webhooks] events` setting names a subset (all of them by default).
+/// A user's first presence entry on a channel was made (on any node):
+/// `{"channel", "user"}`. Recorded for the Pusher apps' `member_added`
+/// webhook; not one of `[webhooks] events`.
+pub const MEMBER_ADDED: &str = "channel.member_added";
+/// A user's last presence entry on a channel ended, and no new one came
+/// within the grace: `{"channel", "user"}` (Pusher's `member_removed`).
+pub const MEMBER_REMOVED: &str = "channel.member_removed";
+/// A Pusher client sent a `client-` event: `{"channel", "event_name",
+/// "data", "socket_id", "user_id"?}` (the Herald channel name; `event` is
+/// the outbox event's own name).
+pub const PUSHER_CLIENT_EVENT: &str = "pusher.client_event";
+/// A Pusher client subscribed to a `cache-` channel holding no event:
+/// `{"channel"}` (the Herald channel name).
+pub const PUSHER_CACHE_MISS: &str = "pusher.cache_miss";
+
+/// Every event of Herald's own webhooks, in the order the docs list them.
+/// The `[webhooks] events` setting names a subset (all of them by
+/// default). The member and `pusher.` events above are recorded only for
+/// the Pusher apps' webhooks.
 pub const EVENTS: &[&str] = &[
     USER_ONLINE,
     USER_OFFLINE,
@@ -62,6 +79,12 @@ pub struct EventOptions {
     pub grace: Duration,
     /// Events the outbox holds at most (see the module docs).
     pub capacity: usize,
+    /// Channel events recorded only for some channels: event name → the
+    /// channel prefixes it is recorded for (a Pusher app's `pusher:{id}:`
+    /// when only the app wants it). An event not listed is recorded for
+    /// every channel. So Pusher apps' webhooks never make Herald track
+    /// the occupancy of channels nobody asked about.
+    pub scopes: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for EventOptions {
@@ -71,6 +94,7 @@ impl Default for EventOptions {
             events: EVENTS.iter().map(|e| (*e).to_owned()).collect(),
             grace: DEFAULT_PRESENCE_GRACE,
             capacity: DEFAULT_OUTBOX_CAPACITY,
+            scopes: BTreeMap::new(),
         }
     }
 }
@@ -81,6 +105,15 @@ impl EventOptions {
         self.events.contains(event)
     }
 
+    /// Whether `event` is recorded for `channel` (its scope, if it has one).
+    pub fn records_for(&self, event: &str, channel: &str) -> bool {
+        self.records(event)
+            && self
+                .scopes
+                .get(event)
+                .is_none_or(|prefixes| prefixes.iter().any(|p| channel.starts_with(p.as_str())))
+    }
+
     /// Whether users' connections are tracked (some user event is recorded).
     pub fn tracks_users(&self) -> bool {
         self.records(USER_ONLINE) || self.records(USER_OFFLINE)
@@ -89,6 +122,11 @@ impl EventOptions {
     /// Whether channels' subscribers are tracked.
     pub fn tracks_channels(&self) -> bool {
         self.records(CHANNEL_OCCUPIED) || self.records(CHANNEL_VACATED)
+    }
+
+    /// Whether presence members ((channel, user) pairs) are tracked.
+    pub fn tracks_members(&self) -> bool {
+        self.records(MEMBER_ADDED) || self.records(MEMBER_REMOVED)
     }
 
     /// The grace in whole milliseconds.

@@ -68,7 +68,11 @@
 //! [`Occupancy`] watcher, if the engine installed one ([`Hub::watch`];
 //! only when webhooks are configured), after releasing its locks. The
 //! watcher reads what the hub holds with [`Hub::holds`]; see
-//! [`crate::occupancy`].
+//! [`crate::occupancy`]. With a watcher the hub also keeps a **member
+//! index** (channel → user → this node's presence entries of the user
+//! there), fed by the engines' presence join and leave
+//! ([`Hub::member_joined`], [`Hub::member_left`]), and tells the watcher
+//! when a (channel, user) pair's first local entry comes or its last goes.
 //!
 //! Deliveries are counted where this node hands a message to a socket: a
 //! direct write (counted once per round, not per subscriber) or a live
@@ -93,7 +97,7 @@ use crate::histogram::Histogram;
 use crate::id::MessageId;
 use crate::message::Message;
 use crate::occupancy::{Held, Occupancy};
-use crate::presence::Notice;
+use crate::presence::{Notice, PresenceEntry};
 use crate::sharded::{Shard, Sharded};
 
 /// What the hub puts into a connection's queue.
@@ -447,6 +451,11 @@ pub struct Hub {
     /// Told when a user's or channel's entry comes or goes (set once by
     /// the engine, only when it records events).
     watcher: std::sync::OnceLock<Arc<dyn Occupancy>>,
+    /// The member index (see the module docs): channel → user → the
+    /// connection ids of this node's presence entries. Only kept with a
+    /// watcher; a shard's lock is held to change or read one channel's
+    /// entry, never across a call to the watcher.
+    members: Sharded<HashMap<Arc<str>, std::collections::HashSet<Arc<str>>>>,
 }
 
 impl Default for Hub {
@@ -465,6 +474,7 @@ impl Hub {
             batch_bursts: AtomicBool::new(true),
             written: Histogram::default(),
             watcher: std::sync::OnceLock::new(),
+            members: Sharded::new(),
         }
     }
 
@@ -488,7 +498,74 @@ impl Hub {
         match held {
             Held::User(user) => self.users.shard(user).lock().contains_key(user),
             Held::Channel(channel) => self.shard(channel).lock().contains_key(channel),
+            Held::Member(channel, user) => self
+                .members
+                .shard(channel)
+                .lock()
+                .get(channel)
+                .is_some_and(|users| users.contains_key(user)),
         }
+    }
+
+    /// A presence entry of `channel` was made on this node (the engine's
+    /// presence join): counted in the member index, and the watcher told
+    /// when it is the user's first there. Entries without a user, and
+    /// every entry when no watcher is installed, are not indexed.
+    pub fn member_joined(&self, channel: &ChannelName, entry: &PresenceEntry) {
+        let Some(user) = &entry.user else { return };
+        if self.watcher.get().is_none() {
+            return;
+        }
+        let first = {
+            let mut shard = self.members.shard(channel).lock();
+            let users = shard.entry(channel.clone()).or_default();
+            let clients = users.entry(Arc::clone(user)).or_default();
+            let first = clients.is_empty();
+            clients.insert(Arc::clone(&entry.client));
+            first
+        };
+        if first {
+            self.changed(Held::Member(channel, user));
+        }
+    }
+
+    /// A presence entry of `channel` ended on this node. Idempotent: an
+    /// entry not indexed changes nothing.
+    pub fn member_left(&self, channel: &ChannelName, entry: &PresenceEntry) {
+        let Some(user) = &entry.user else { return };
+        let last = {
+            let mut shard = self.members.shard(channel).lock();
+            let Some(users) = shard.get_mut(channel) else {
+                return;
+            };
+            let Some(clients) = users.get_mut(user) else {
+                return;
+            };
+            if !clients.remove(&entry.client) || !clients.is_empty() {
+                return;
+            }
+            users.remove(user);
+            if users.is_empty() {
+                shard.remove(channel);
+            }
+            true
+        };
+        if last {
+            self.changed(Held::Member(channel, user));
+        }
+    }
+
+    /// The (channel, user) pairs with a presence entry on this node.
+    pub fn members(&self) -> Vec<(ChannelName, Arc<str>)> {
+        self.members
+            .shards()
+            .flat_map(|s| {
+                s.lock()
+                    .iter()
+                    .flat_map(|(c, users)| users.keys().map(|u| (c.clone(), Arc::clone(u))))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// The personal channels of the users with a connection on this node.

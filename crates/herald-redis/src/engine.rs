@@ -980,6 +980,8 @@ impl PresenceStore for RedisEngine {
                 field: lost.field,
                 notice: None,
             }));
+        } else {
+            self.hub.member_joined(channel, entry);
         }
         Ok(())
     }
@@ -988,6 +990,7 @@ impl PresenceStore for RedisEngine {
     /// queues the `HDEL` and leave notice for the upkeep task. If the queue
     /// is full the entry still expires within `node_ttl`, without a notice.
     fn presence_leave(&self, channel: &ChannelName, entry: &PresenceEntry, notify: bool) {
+        self.hub.member_left(channel, entry);
         let Some(stored) = self.presence.remove(channel, &entry.client) else {
             return;
         };

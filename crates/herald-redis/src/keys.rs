@@ -175,7 +175,7 @@ impl Keys {
         format!("{}:nodeholds:{identity}", self.prefix)
     }
 
-    /// The members of `kind` (`u` or `c`) held by nobody, by release time.
+    /// The members of `kind` (`u`, `c` or `m`) held by nobody, by release time.
     pub fn leaving(&self, kind: char) -> String {
         format!("{}{kind}", self.leaving_prefix())
     }

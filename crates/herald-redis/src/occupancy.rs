@@ -1,11 +1,13 @@
-//! Occupancy across nodes: `user.online`/`user.offline` and
-//! `channel.occupied`/`channel.vacated` once per real change, whichever
+//! Occupancy across nodes: `user.online`/`user.offline`,
+//! `channel.occupied`/`channel.vacated` and `channel.member_added`/
+//! `channel.member_removed` once per real change, whichever
 //! node each connection is on, debounced by the grace (the state machine of
 //! [`herald_core::occupancy`], kept in Redis). Only with webhooks
 //! configured ([`RedisOptions::events`](crate::RedisOptions::events));
 //! otherwise none of this runs.
 //!
-//! In Redis, per member (`u:<user>` or `c:<channel>`): the set of count
+//! In Redis, per member (`u:<user>`, `c:<channel>`, or `m:<channel>
+//! <user>` for a user on a presence channel): the set of count
 //! identities holding it (`holders`), per identity the set of members it
 //! holds (`nodeholds`, for cleanup), and per kind a sorted set of members
 //! held by nobody, scored by when they were released (`leaving`). Every
@@ -52,7 +54,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use herald_core::event::{EventCounts, EventOptions};
 use herald_core::hub::Hub;
-use herald_core::occupancy::{tracked, Held, Occupancy};
+use herald_core::occupancy::{records, tracked, Held, Occupancy};
 use herald_core::ChannelName;
 use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
@@ -72,12 +74,14 @@ pub const CHUNK: usize = 500;
 /// Due scripts per kind per sweep at most (the rest at the next sweep).
 const DUE_ROUNDS: usize = 20;
 
-/// A user or a channel, as this node tracks it.
+/// A user, a channel or a presence member, as this node tracks it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Member {
     /// By personal channel.
     User(ChannelName),
     Channel(ChannelName),
+    /// A user on a presence channel.
+    Presence(ChannelName, Arc<str>),
 }
 
 impl Member {
@@ -85,6 +89,7 @@ impl Member {
         match held {
             Held::User(c) => Member::User(c.clone()),
             Held::Channel(c) => Member::Channel(c.clone()),
+            Held::Member(c, user) => Member::Presence(c.clone(), Arc::from(user)),
         }
     }
 
@@ -92,6 +97,7 @@ impl Member {
         match self {
             Member::User(c) => Held::User(c),
             Member::Channel(c) => Held::Channel(c),
+            Member::Presence(c, user) => Held::Member(c, user),
         }
     }
 
@@ -99,12 +105,17 @@ impl Member {
         match self {
             Member::User(_) => 'u',
             Member::Channel(_) => 'c',
+            Member::Presence(..) => 'm',
         }
     }
 
-    /// Its name in Redis: `u:<user id>` or `c:<channel>`.
+    /// Its name in Redis: `u:<user id>`, `c:<channel>` or `m:<channel>
+    /// <user id>` (a channel name has no space; the user id is anything).
     fn redis(&self) -> String {
-        format!("{}:{}", self.kind(), self.held().name())
+        match self {
+            Member::Presence(c, user) => format!("m:{c} {user}"),
+            _ => format!("{}:{}", self.kind(), self.held().name()),
+        }
     }
 }
 
@@ -228,8 +239,14 @@ impl Task {
     fn everything(&self) -> Vec<Member> {
         let users = self.hub.users().into_iter().map(Member::User);
         let channels = self.hub.channels().into_iter().map(Member::Channel);
+        let members = self
+            .hub
+            .members()
+            .into_iter()
+            .map(|(c, user)| Member::Presence(c, user));
         users
             .chain(channels)
+            .chain(members)
             .filter(|m| tracked(m.held(), &self.events))
             .collect()
     }
@@ -276,7 +293,7 @@ impl Task {
     async fn set(&self, identity: &str, member: &Member, want: bool) -> Wrote {
         let name = member.redis();
         let (arrival, _) = member.held().events();
-        let record = if want && self.events.records(arrival) {
+        let record = if want && records(member.held(), arrival, &self.events) {
             arrival
         } else {
             ""
@@ -326,6 +343,13 @@ impl Task {
                 'u',
                 self.events.tracks_users(),
                 herald_core::event::USER_OFFLINE,
+            ),
+            // Members before channels: a channel's last member goes no
+            // later than the channel, so its removal comes first.
+            (
+                'm',
+                self.events.tracks_members(),
+                herald_core::event::MEMBER_REMOVED,
             ),
             (
                 'c',

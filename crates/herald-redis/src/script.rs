@@ -125,8 +125,10 @@ end
 /// entry `e <json>`, trimming the stream to about `capacity` entries, and
 /// adds what the trim dropped to `<key>:dropped`. `occupancy_event(name,
 /// member, time)` is the JSON of an occupancy event: channel names and
-/// user ids hold only letters, digits and `_ - . : @ =`
-/// ([`herald_core::channel`]), so they go into JSON as they are.
+/// Herald user ids hold only letters, digits and `_ - . : @ =`
+/// ([`herald_core::channel`]), so they go into JSON as they are; a
+/// presence member's user id (`m:<channel> <user>`, any string a Pusher
+/// app's `channel_data` gave) is encoded by `cjson`.
 pub const EVENT_LUA: &str = r#"
 local function record_event(key, capacity, json)
   local before = redis.call('XLEN', key)
@@ -135,10 +137,16 @@ local function record_event(key, capacity, json)
   if dropped > 0 then redis.call('INCRBY', key .. ':dropped', dropped) end
 end
 local function occupancy_event(name, member, time)
+  local head = '{"event":"' .. name .. '","time_ms":' .. string.format('%.0f', time)
+  local kind = string.sub(member, 1, 1)
+  if kind == 'm' then
+    local space = string.find(member, ' ', 3, true)
+    return head .. ',"channel":"' .. string.sub(member, 3, space - 1) .. '","user":' ..
+      cjson.encode(string.sub(member, space + 1)) .. '}'
+  end
   local field = 'channel'
-  if string.sub(member, 1, 1) == 'u' then field = 'user' end
-  return '{"event":"' .. name .. '","time_ms":' .. string.format('%.0f', time) ..
-    ',"' .. field .. '":"' .. string.sub(member, 3) .. '"}'
+  if kind == 'u' then field = 'user' end
+  return head .. ',"' .. field .. '":"' .. string.sub(member, 3) .. '"}'
 end
 "#;
 

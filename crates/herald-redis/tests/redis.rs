@@ -1004,6 +1004,7 @@ fn with_events(events: &[&str], grace_ms: u64, capacity: usize) -> RedisOptions 
             events: events.iter().map(|e| (*e).to_owned()).collect(),
             grace: Duration::from_millis(grace_ms),
             capacity,
+            scopes: Default::default(),
         }),
         ..fast_refresh()
     }

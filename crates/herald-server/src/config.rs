@@ -15,6 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::access::hook::{HookEvent, HookSettings, DEFAULT_HOOK_TIMEOUT};
+use crate::access::pusher_webhook::{self, PusherWebhook};
 use crate::access::webhook::{
     WebhookSettings, DEFAULT_BATCH_SIZE, DEFAULT_MAX_ATTEMPTS, DEFAULT_WEBHOOK_TIMEOUT,
     MAX_BATCH_SIZE,
@@ -161,6 +162,10 @@ pub struct PusherAppSection {
     /// Largest event data, in bytes, a trigger or a client event may carry
     /// (Pusher's 10 KiB by default; `max_payload` bounds it too).
     pub max_event_size: Option<usize>,
+    /// Where the app's webhooks go, in Pusher's format (docs/pusher.md).
+    pub webhook_url: Option<String>,
+    /// Pusher's names of the webhook events sent (default: all).
+    pub webhook_events: Option<Vec<String>>,
 }
 
 /// A validated Pusher app. Its channels are Herald channels under
@@ -175,6 +180,8 @@ pub struct PusherApp {
     pub max_connections: usize,
     /// Largest event data in bytes (`max_payload` bounds it too).
     pub max_event_size: usize,
+    /// Its webhooks in Pusher's format, with a `webhook_url`.
+    pub webhook: Option<PusherWebhook>,
 }
 
 /// Pusher's limit on an event's data: 10 KiB.
@@ -202,6 +209,7 @@ impl std::fmt::Debug for PusherApp {
             .field("secret", &"<redacted>")
             .field("client_events", &self.client_events)
             .field("max_connections", &self.max_connections)
+            .field("webhook", &self.webhook)
             .finish()
     }
 }
@@ -1177,12 +1185,33 @@ impl Config {
         })
     }
 
-    /// What the engine records for webhooks: the configured events with
-    /// the grace, or `None` without a `[webhooks]` url.
+    /// What the engine records for webhooks: the events `[webhooks]` and
+    /// the Pusher apps' webhooks want, with the grace; `None` when neither
+    /// has a url.
     pub fn event_options(&self) -> Option<EventOptions> {
-        self.webhooks.as_ref().map(|w| EventOptions {
-            events: w.events.clone(),
+        let mut events: std::collections::BTreeSet<String> = self
+            .webhooks
+            .as_ref()
+            .map(|w| w.events.clone())
+            .unwrap_or_default();
+        let herald = events.clone();
+        let mut any = self.webhooks.is_some();
+        // An event only apps want is recorded for their channels only.
+        let mut scopes: std::collections::BTreeMap<String, Vec<String>> =
+            std::collections::BTreeMap::new();
+        for app in &self.pusher_apps {
+            if let Some(w) = &app.webhook {
+                any = true;
+                for event in w.events.iter().filter(|e| !herald.contains(*e)) {
+                    scopes.entry(event.clone()).or_default().push(app.prefix());
+                }
+                events.extend(w.events.iter().cloned());
+            }
+        }
+        any.then(|| EventOptions {
+            events,
             grace: self.presence_grace,
+            scopes,
             ..EventOptions::default()
         })
     }
@@ -1330,6 +1359,7 @@ fn pusher_apps(
                 app.id
             )));
         }
+        let webhook = pusher_webhook(&app.id, app.webhook_url, app.webhook_events)?;
         apps.push(PusherApp {
             max_event_size,
             id: app.id,
@@ -1337,9 +1367,53 @@ fn pusher_apps(
             secret: app.secret,
             client_events: app.client_events.unwrap_or(false),
             max_connections: app.max_connections.unwrap_or(0),
+            webhook,
         });
     }
     Ok(apps)
+}
+
+/// An app's `webhook_url` and `webhook_events`, validated (the events
+/// also without a url, so a typo waiting there is caught); `None` without
+/// a url.
+fn pusher_webhook(
+    id: &str,
+    url: Option<String>,
+    events: Option<Vec<String>>,
+) -> Result<Option<PusherWebhook>, ConfigError> {
+    let bad = |message: String| ConfigError::Invalid(format!("pusher.apps: app {id:?}: {message}"));
+    let names: Vec<&str> = pusher_webhook::EVENTS.iter().map(|(p, _)| *p).collect();
+    let events = match events {
+        None => pusher_webhook::EVENTS
+            .iter()
+            .map(|(_, e)| (*e).to_owned())
+            .collect(),
+        Some(list) => {
+            let mut events = std::collections::BTreeSet::new();
+            for name in list {
+                let Some(event) = pusher_webhook::outbox_event(&name) else {
+                    return Err(bad(format!(
+                        "webhook_events: unknown event {name:?} ({})",
+                        names.join(", ")
+                    )));
+                };
+                events.insert(event.to_owned());
+            }
+            events
+        }
+    };
+    let Some(url_text) = url.filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let url: hyper::Uri = url_text
+        .parse()
+        .map_err(|_| bad(format!("webhook_url: {url_text:?} is not a URL")))?;
+    if url.scheme_str() != Some("http") || url.host().is_none() {
+        return Err(bad(
+            "webhook_url: only http:// URLs are supported (run the receiver on a private network or loopback, or behind a proxy that adds TLS)".into(),
+        ));
+    }
+    Ok(Some(PusherWebhook { url, events }))
 }
 
 /// `127.0.0.1:7070`, `[::1]:7070`, or a name with a port (`localhost:7070`),
@@ -1547,6 +1621,19 @@ impl Config {
                 "\n[[pusher.apps]]\nid = {:?}\nkey = {:?}\nsecret = \"<redacted>\"\nclient_events = {}\nmax_connections = {}\nmax_event_size = {}",
                 app.id, app.key, app.client_events, app.max_connections, app.max_event_size
             );
+            if let Some(w) = &app.webhook {
+                let events: Vec<&str> = pusher_webhook::EVENTS
+                    .iter()
+                    .filter(|(_, e)| w.events.contains(*e))
+                    .map(|(p, _)| *p)
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "webhook_url = \"{}\"\nwebhook_events = {:?}",
+                    redact_url(&w.url.to_string()),
+                    events
+                );
+            }
         }
         let (default, prefixes) = self.namespaces.entries();
         let _ = writeln!(
@@ -2153,6 +2240,29 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+        assert!(app.webhook.is_none() && c.event_options().is_none());
+        let c = parse(
+            "[[pusher.apps]]\nid = \"1\"\nkey = \"k1\"\nsecret = \"s3cr3t-s3cr3t\"\nwebhook_url = \"http://127.0.0.1:9/p\"\nwebhook_events = [\"member_added\", \"client_event\"]",
+        )
+        .expect("valid");
+        let webhook = c.pusher_apps[0].webhook.as_ref().expect("a webhook");
+        let want: std::collections::BTreeSet<String> = [
+            herald_core::event::MEMBER_ADDED,
+            herald_core::event::PUSHER_CLIENT_EVENT,
+        ]
+        .iter()
+        .map(|e| (*e).to_owned())
+        .collect();
+        assert_eq!(webhook.events, want);
+        // The engine records what the apps want, even without [webhooks],
+        // for the apps' channels only.
+        let options = c.event_options().expect("recording");
+        assert_eq!(options.events, want);
+        assert!(options.records_for(herald_core::event::MEMBER_ADDED, "pusher:1:presence-x"));
+        assert!(!options.records_for(herald_core::event::MEMBER_ADDED, "room"));
+        assert!(c
+            .summary()
+            .contains("webhook_events = [\"member_added\", \"client_event\"]"));
         let env = [("HERALD_PUSHER__APPS".to_string(), "x".to_string())];
         let err = Config::load(None, &env, Overrides::default()).expect_err("refused");
         assert!(err

@@ -107,16 +107,22 @@ pub async fn run_with_listeners(
         }
     };
     tokio::spawn(signal);
-    // Webhooks: this node delivers the outbox while it holds the lease.
-    let webhooks = state.config.webhooks.clone().map(|settings| {
+    // Webhooks: this node delivers the outbox while it holds the lease, to
+    // `[webhooks]` and to every Pusher app with a `webhook_url`.
+    let apps = state
+        .pusher
+        .iter()
+        .filter_map(|app| Some((app.webhook_target()?, Arc::clone(&app.webhooks))))
+        .collect();
+    let webhooks = access::webhook::Targets::new(state.config.webhooks.clone(), apps).map(|targets| {
         if node.engine.event_options().is_none() {
             tracing::warn!(
-                "[webhooks] is configured but the engine records no events (it was built without the config's event options)"
+                "webhooks are configured but the engine records no events (it was built without the config's event options)"
             );
         }
         tokio::spawn(access::webhook::run(
             Arc::clone(&node.engine),
-            settings,
+            targets,
             Arc::clone(&state.counters.webhooks),
             token.clone(),
         ))

@@ -53,6 +53,9 @@ pub(crate) struct PusherApp {
     /// Its open connections, for `max_connections`: taken by
     /// [`PusherApp::take_slot`], given back when the slot drops.
     connections: AtomicUsize,
+    /// What the webhook sender did for the app's `webhook_url` (shared
+    /// with its task; in `/metrics` with the app's id).
+    pub(crate) webhooks: Arc<crate::metrics::WebhookCounters>,
 }
 
 /// One connection's place under its app's `max_connections`.
@@ -71,6 +74,26 @@ impl Drop for PusherSlot {
 }
 
 impl PusherApp {
+    /// The app's webhook destination, with a `webhook_url`.
+    pub(crate) fn webhook_target(&self) -> Option<crate::access::pusher_webhook::AppTarget> {
+        let webhook = self.app.webhook.clone()?;
+        Some(crate::access::pusher_webhook::AppTarget {
+            id: self.app.id.clone(),
+            key: self.app.key.clone(),
+            secret: self.app.secret.clone(),
+            prefix: self.prefix.clone(),
+            webhook,
+        })
+    }
+
+    /// Whether the app's webhooks want `event` (an outbox event name).
+    pub(crate) fn webhook_wants(&self, event: &str) -> bool {
+        self.app
+            .webhook
+            .as_ref()
+            .is_some_and(|w| w.events.contains(event))
+    }
+
     /// A place for one more connection, unless the app has its maximum.
     pub(crate) fn take_slot(self: &Arc<Self>) -> Option<PusherSlot> {
         let max = self.app.max_connections;
@@ -118,6 +141,7 @@ impl AppState {
                     prefix: app.prefix(),
                     app: app.clone(),
                     connections: AtomicUsize::new(0),
+                    webhooks: Arc::default(),
                 })
             })
             .collect();

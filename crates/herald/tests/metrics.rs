@@ -98,11 +98,12 @@ async fn metrics_need_the_api_key_when_one_is_set() {
 
 #[tokio::test]
 async fn a_scrape_passes_promtool() {
-    // Hooks and webhooks configured (to a closed port; hooks allowed on
-    // error), so that their families are in the scrape too.
+    // Hooks, webhooks and a Pusher app's webhooks configured (to a closed
+    // port; hooks allowed on error), so that their families are in the
+    // scrape too.
     let server = Server::builder()
         .extra_config(
-            "[hooks]\nurl = \"http://127.0.0.1:9/hook\"\nevents = [\"connect\"]\ntimeout = \"1s\"\non_error = \"allow\"\n\n[webhooks]\nurl = \"http://127.0.0.1:9/events\"\nsecret = \"s\"\ntimeout = \"1s\"\n",
+            "[hooks]\nurl = \"http://127.0.0.1:9/hook\"\nevents = [\"connect\"]\ntimeout = \"1s\"\non_error = \"allow\"\n\n[webhooks]\nurl = \"http://127.0.0.1:9/events\"\nsecret = \"s\"\ntimeout = \"1s\"\n\n[[pusher.apps]]\nid = \"p1\"\nkey = \"pk\"\nsecret = \"secret-of-p1\"\nwebhook_url = \"http://127.0.0.1:9/pusher\"\n",
         )
         .start()
         .await;
@@ -126,6 +127,8 @@ async fn a_scrape_passes_promtool() {
         "herald_webhook_given_up_total",
         "herald_webhook_outbox",
         "herald_webhook_dropped_total",
+        "herald_pusher_webhook_requests_total",
+        "herald_pusher_webhook_given_up_total",
         "herald_engine_up",
         "process_resident_memory_bytes",
         "process_open_fds",

@@ -524,14 +524,18 @@ impl PresenceStore for MemoryEngine {
         entry: &PresenceEntry,
         notify: bool,
     ) -> Result<(), EngineError> {
-        if self.presence.join(channel, entry) && notify {
-            self.hub
-                .deliver_notice(&Arc::new(Notice::new(channel, NoticeKind::Join, entry)));
+        if self.presence.join(channel, entry) {
+            self.hub.member_joined(channel, entry);
+            if notify {
+                self.hub
+                    .deliver_notice(&Arc::new(Notice::new(channel, NoticeKind::Join, entry)));
+            }
         }
         Ok(())
     }
 
     fn presence_leave(&self, channel: &ChannelName, entry: &PresenceEntry, notify: bool) {
+        self.hub.member_left(channel, entry);
         if self.presence.leave(channel, &entry.client) && notify {
             self.hub
                 .deliver_notice(&Arc::new(Notice::new(channel, NoticeKind::Leave, entry)));

@@ -41,7 +41,10 @@ use tokio::time::timeout;
 use super::{eventually, WAIT};
 use crate::channel::ChannelName;
 use crate::disconnect::{CHANNEL_DELETED, FORCED, TOKEN_EXPIRED};
-use crate::event::{EventOptions, CHANNEL_OCCUPIED, CHANNEL_VACATED, USER_OFFLINE, USER_ONLINE};
+use crate::event::{
+    EventOptions, CHANNEL_OCCUPIED, CHANNEL_VACATED, MEMBER_ADDED, MEMBER_REMOVED, USER_OFFLINE,
+    USER_ONLINE,
+};
 use crate::history::HistoryPage;
 use crate::id::{MessageId, Since};
 use crate::mailbox::{Ack, Acked};
@@ -98,6 +101,7 @@ macro_rules! contract_tests {
             a_user_goes_online_and_offline_once_across_nodes,
             a_user_back_within_the_grace_makes_no_event_pair,
             channels_are_occupied_and_vacated_once_but_personal_ones_are_not,
+            members_are_added_and_removed_once_across_nodes,
             recorded_events_keep_their_order_until_done,
         );
     };
@@ -1135,6 +1139,80 @@ pub async fn a_user_back_within_the_grace_makes_no_event_pair(backend: &dyn Back
     );
     drop(back);
     outbox_becomes(&a, &[(USER_ONLINE, "bob"), (USER_OFFLINE, "bob")]).await;
+}
+
+/// A user's first presence entry on a channel (either node, any of its
+/// connections) records `channel.member_added` once; the last entry's end
+/// records `channel.member_removed` after the grace; a flap within the
+/// grace, even onto the other node, is silent.
+pub async fn members_are_added_and_removed_once_across_nodes(backend: &dyn Backend) {
+    let options = event_options(&[MEMBER_ADDED, MEMBER_REMOVED], 1_000);
+    let [a, b] = backend
+        .pair_with_events(Namespaces::default(), Some(options))
+        .await;
+    let _sweeps = sweeping(&[a.clone(), b.clone()]);
+    let room = ch("presence-room");
+    let members = |node: Node| async move {
+        outbox(&node)
+            .await
+            .into_iter()
+            .map(|(_, v)| {
+                (
+                    v["event"].as_str().unwrap_or("").to_owned(),
+                    v["channel"].as_str().unwrap_or("").to_owned(),
+                    v["user"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let added = (
+        MEMBER_ADDED.to_owned(),
+        "presence-room".to_owned(),
+        "d \"1\"".to_owned(),
+    );
+    // A user id from a Pusher app's channel_data may be any string.
+    let one = client("c1", "d \"1\"");
+    let two = client("c2", "d \"1\"");
+    a.engine
+        .presence_join(&room, &one, false)
+        .await
+        .expect("join");
+    eventually("member_added", || async {
+        (members(a.clone()).await == [added.clone()]).then_some(())
+    })
+    .await;
+    b.engine
+        .presence_join(&room, &two, false)
+        .await
+        .expect("join");
+    a.engine.presence_leave(&room, &one, false);
+    // Back on a within the grace, then the b entry goes: still held.
+    let three = client("c3", "d \"1\"");
+    a.engine
+        .presence_join(&room, &three, false)
+        .await
+        .expect("join");
+    b.engine.presence_leave(&room, &two, false);
+    tokio::time::sleep(Duration::from_millis(1_800)).await;
+    assert_eq!(
+        members(b.clone()).await,
+        std::slice::from_ref(&added),
+        "no event for a flap"
+    );
+    a.engine.presence_leave(&room, &three, false);
+    let removed = (
+        MEMBER_REMOVED.to_owned(),
+        "presence-room".to_owned(),
+        "d \"1\"".to_owned(),
+    );
+    eventually("member_removed", || async {
+        let got = members(b.clone()).await;
+        assert!(got.len() <= 2, "{got:?}");
+        (got == [added.clone(), removed.clone()]).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(members(a.clone()).await.len(), 2, "removed once");
 }
 
 /// A channel's first subscriber (either node) records `channel.occupied`,

@@ -11,13 +11,15 @@
 //! - `hook`: the application backend's say (connect, subscribe, publish, rpc).
 //! - `limits`: connection counts and rates.
 //! - `webhook`: events posted to the application (signed, retried, in
-//!   order).
+//!   order); `pusher_webhook`: what of them each Pusher app gets, in
+//!   Pusher's format.
 
 pub(crate) mod auth;
 pub(crate) mod client_addr;
 pub(crate) mod hook;
 pub(crate) mod limits;
 pub(crate) mod pusher;
+pub(crate) mod pusher_webhook;
 pub mod token;
 #[cfg(test)]
 mod token_props;

@@ -45,6 +45,7 @@ use serde::Serialize;
 use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::pusher_webhook::{self, AppTarget};
 use crate::metrics::WebhookCounters;
 
 /// How long one delivery may take unless configured otherwise.
@@ -96,8 +97,8 @@ impl std::fmt::Debug for WebhookSettings {
     }
 }
 
-/// `sha256=` and the lowercase hex HMAC-SHA256 of `body` under `secret`.
-pub(crate) fn signature(secret: &[u8], body: &[u8]) -> String {
+/// The lowercase hex HMAC-SHA256 of `body` under `secret`.
+pub(crate) fn hex_hmac(secret: &[u8], body: &[u8]) -> String {
     // An HMAC takes a key of any length: `new_from_slice` cannot fail.
     let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
         Ok(mac) => mac,
@@ -105,12 +106,16 @@ pub(crate) fn signature(secret: &[u8], body: &[u8]) -> String {
     };
     mac.update(body);
     let digest = mac.finalize().into_bytes();
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256=");
+    let mut out = String::with_capacity(64);
     for b in digest {
         out.push_str(&format!("{b:02x}"));
     }
     out
+}
+
+/// `sha256=` and the lowercase hex HMAC-SHA256 of `body` under `secret`.
+pub(crate) fn signature(secret: &[u8], body: &[u8]) -> String {
+    format!("sha256={}", hex_hmac(secret, body))
 }
 
 /// The wait before retry `n` (1 for the second attempt): 0.5 s, doubling,
@@ -133,8 +138,10 @@ struct Out<'a> {
     fields: &'a serde_json::Map<String, serde_json::Value>,
 }
 
+type Fields = serde_json::Map<String, serde_json::Value>;
+
 /// One request's body: `{"time_ms": <now>, "events": [{"id", ...}, ...]}`.
-fn encode(time_ms: u64, events: &[(String, serde_json::Map<String, serde_json::Value>)]) -> Bytes {
+fn encode(time_ms: u64, events: &[(String, &Fields)]) -> Bytes {
     let body = Body {
         time_ms,
         events: events
@@ -145,39 +152,89 @@ fn encode(time_ms: u64, events: &[(String, serde_json::Map<String, serde_json::V
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
-/// How a signed body reaches the receiver: true for a 2xx answer within
-/// the timeout. The real one is [`HttpPost`]; the tests' answer as told.
+/// Where the sender posts, and how patiently: Herald's own receiver
+/// (`[webhooks]`) and each Pusher app's with a `webhook_url`. The
+/// timeout, attempts and batch size are `[webhooks]`' (or their defaults)
+/// for every destination.
+#[derive(Clone)]
+pub(crate) struct Targets {
+    pub(crate) herald: Option<WebhookSettings>,
+    /// Each app with its own request counters.
+    pub(crate) apps: Vec<(AppTarget, Arc<WebhookCounters>)>,
+    pub(crate) timeout: Duration,
+    pub(crate) max_attempts: u32,
+    pub(crate) batch_size: usize,
+}
+
+impl Targets {
+    /// `[webhooks]` (if any) and the apps; `None` when nobody gets events.
+    pub(crate) fn new(
+        herald: Option<WebhookSettings>,
+        apps: Vec<(AppTarget, Arc<WebhookCounters>)>,
+    ) -> Option<Self> {
+        if herald.is_none() && apps.is_empty() {
+            return None;
+        }
+        let (timeout, max_attempts, batch_size) = herald.as_ref().map_or(
+            (
+                DEFAULT_WEBHOOK_TIMEOUT,
+                DEFAULT_MAX_ATTEMPTS,
+                DEFAULT_BATCH_SIZE,
+            ),
+            |h| (h.timeout, h.max_attempts, h.batch_size),
+        );
+        Some(Self {
+            herald,
+            apps,
+            timeout,
+            max_attempts,
+            batch_size,
+        })
+    }
+}
+
+/// How a body reaches a receiver: true for a 2xx answer within the
+/// timeout. The real one is [`HttpPost`]; the tests' answer as told.
 pub(crate) trait Post: Send + Sync + 'static {
-    fn post(&self, body: Bytes, signature: String) -> impl Future<Output = bool> + Send;
+    fn post(
+        &self,
+        url: &hyper::Uri,
+        body: Bytes,
+        headers: Vec<(&'static str, String)>,
+    ) -> impl Future<Output = bool> + Send;
 }
 
 /// `POST url` over HTTP/1.1 (hyper's pooled client).
 pub(crate) struct HttpPost {
-    url: hyper::Uri,
     timeout: Duration,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl HttpPost {
-    pub(crate) fn new(settings: &WebhookSettings) -> Self {
+    pub(crate) fn new(timeout: Duration) -> Self {
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.timeout));
+        connector.set_connect_timeout(Some(timeout));
         connector.set_nodelay(true);
         Self {
-            url: settings.url.clone(),
-            timeout: settings.timeout,
+            timeout,
             client: Client::builder(TokioExecutor::new()).build(connector),
         }
     }
 }
 
 impl Post for HttpPost {
-    async fn post(&self, body: Bytes, signature: String) -> bool {
-        let Ok(request) = hyper::Request::post(self.url.clone())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(SIGNATURE_HEADER, signature)
-            .body(Full::new(body))
-        else {
+    async fn post(
+        &self,
+        url: &hyper::Uri,
+        body: Bytes,
+        headers: Vec<(&'static str, String)>,
+    ) -> bool {
+        let mut request = hyper::Request::post(url.clone())
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let Ok(request) = request.body(Full::new(body)) else {
             return false;
         };
         let exchange = async {
@@ -196,23 +253,60 @@ impl Post for HttpPost {
     }
 }
 
+/// What one destination gets of a batch.
+enum Part<'a> {
+    Herald(&'a WebhookSettings, Vec<(String, &'a Fields)>),
+    App(&'a AppTarget, &'a WebhookCounters, Vec<serde_json::Value>),
+}
+
+impl Part<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Part::Herald(_, events) => events.len(),
+            Part::App(_, _, events) => events.len(),
+        }
+    }
+
+    /// The URL, the body signed now, and its headers.
+    fn request(&self, time_ms: u64) -> (&hyper::Uri, Bytes, Vec<(&'static str, String)>) {
+        match self {
+            Part::Herald(settings, events) => {
+                let body = encode(time_ms, events);
+                let sig = signature(settings.secret.as_bytes(), &body);
+                (&settings.url, body, vec![(SIGNATURE_HEADER, sig)])
+            }
+            Part::App(app, _, events) => {
+                let body = serde_json::json!({"time_ms": time_ms, "events": events});
+                let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+                let sig = hex_hmac(app.secret.as_bytes(), &body);
+                let headers = vec![
+                    (pusher_webhook::KEY_HEADER, app.key.clone()),
+                    (pusher_webhook::SIGNATURE_HEADER, sig),
+                ];
+                (&app.webhook.url, body, headers)
+            }
+        }
+    }
+}
+
 /// This node's webhook sender (see the module docs).
 pub(crate) struct Sender<P> {
     engine: Arc<dyn Engine>,
-    settings: WebhookSettings,
+    targets: Targets,
     post: P,
+    /// Herald's destination's counters (each app has its own).
     counters: Arc<WebhookCounters>,
 }
 
 /// Runs the sender with the real HTTP client until `shutdown`.
 pub(crate) async fn run(
     engine: Arc<dyn Engine>,
-    settings: WebhookSettings,
+    targets: Targets,
     counters: Arc<WebhookCounters>,
     shutdown: CancellationToken,
 ) {
-    let post = HttpPost::new(&settings);
-    Sender::new(engine, settings, post, counters)
+    let post = HttpPost::new(targets.timeout);
+    Sender::new(engine, targets, post, counters)
         .run(shutdown)
         .await;
 }
@@ -220,13 +314,13 @@ pub(crate) async fn run(
 impl<P: Post> Sender<P> {
     pub(crate) fn new(
         engine: Arc<dyn Engine>,
-        settings: WebhookSettings,
+        targets: Targets,
         post: P,
         counters: Arc<WebhookCounters>,
     ) -> Self {
         Self {
             engine,
-            settings,
+            targets,
             post,
             counters,
         }
@@ -242,7 +336,7 @@ impl<P: Post> Sender<P> {
     }
 
     fn lease_ttl(&self) -> Duration {
-        self.settings.timeout.saturating_mul(2) + Duration::from_secs(1)
+        self.targets.timeout.saturating_mul(2) + Duration::from_secs(1)
     }
 
     async fn holds_lease(&self) -> bool {
@@ -261,7 +355,7 @@ impl<P: Post> Sender<P> {
                 tokio::time::sleep(LEASE_WAIT).await;
                 continue;
             }
-            let batch = match self.engine.pending_events(self.settings.batch_size).await {
+            let batch = match self.engine.pending_events(self.targets.batch_size).await {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::debug!(error = %e, "reading the webhook outbox failed");
@@ -277,10 +371,47 @@ impl<P: Post> Sender<P> {
         }
     }
 
-    /// Sends one batch until it is answered with a 2xx or given up.
+    /// Each destination's part of a batch (destinations that get none of
+    /// it are left out).
+    fn parts<'a>(&'a self, events: &'a [(String, Fields)]) -> Vec<Part<'a>> {
+        let mut parts = Vec::new();
+        if let Some(settings) = &self.targets.herald {
+            let mine: Vec<(String, &Fields)> = events
+                .iter()
+                .filter(|(_, f)| {
+                    f.get("event")
+                        .and_then(|e| e.as_str())
+                        .is_some_and(|e| settings.events.contains(e))
+                })
+                .map(|(id, f)| (id.clone(), f))
+                .collect();
+            if !mine.is_empty() {
+                parts.push(Part::Herald(settings, mine));
+            }
+        }
+        for (app, counters) in &self.targets.apps {
+            let mine: Vec<serde_json::Value> =
+                events.iter().filter_map(|(_, f)| app.convert(f)).collect();
+            if !mine.is_empty() {
+                parts.push(Part::App(app, counters, mine));
+            }
+        }
+        parts
+    }
+
+    fn counters_of<'a>(&'a self, part: &'a Part<'_>) -> &'a WebhookCounters {
+        match part {
+            Part::Herald(..) => &self.counters,
+            Part::App(_, counters, _) => counters,
+        }
+    }
+
+    /// Sends one batch until every destination answered it with a 2xx or
+    /// gave it up. A destination that answered is not sent it again; one
+    /// that failed is retried, with the others' answers kept.
     async fn deliver(&self, batch: Vec<RecordedEvent>) {
         let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
-        let events: Vec<(String, serde_json::Map<String, serde_json::Value>)> = batch
+        let events: Vec<(String, Fields)> = batch
             .into_iter()
             .filter_map(|e| match serde_json::from_str(&e.json) {
                 Ok(serde_json::Value::Object(fields)) => Some((e.id, fields)),
@@ -290,11 +421,12 @@ impl<P: Post> Sender<P> {
                 }
             })
             .collect();
-        if events.is_empty() {
+        let mut parts = self.parts(&events);
+        if parts.is_empty() {
             self.done(&ids).await;
             return;
         }
-        let attempts = self.settings.max_attempts.max(1);
+        let attempts = self.targets.max_attempts.max(1);
         for attempt in 1..=attempts {
             if attempt > 1 && !self.wait_holding(backoff(attempt - 1)).await {
                 // Another node holds the lease now and delivers the batch.
@@ -303,27 +435,44 @@ impl<P: Post> Sender<P> {
             if !self.holds_lease().await {
                 return;
             }
-            let body = encode(now_ms(), &events);
-            let signature = signature(self.settings.secret.as_bytes(), &body);
-            if self.post.post(body, signature).await {
-                self.counters.ok.fetch_add(1, Ordering::Relaxed);
+            let mut failed = Vec::new();
+            for part in parts {
+                let (url, body, headers) = part.request(now_ms());
+                let counters = self.counters_of(&part);
+                if self.post.post(url, body, headers).await {
+                    counters.ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    counters.error.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(attempt, %url, events = part.len(), "webhook delivery failed");
+                    failed.push(part);
+                }
+            }
+            parts = failed;
+            if parts.is_empty() {
                 self.done(&ids).await;
                 return;
             }
-            self.counters.error.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(attempt, events = events.len(), "webhook delivery failed");
         }
-        self.counters
-            .given_up
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
-        tracing::warn!(
-            url = %self.settings.url,
-            events = events.len(),
-            first = %events[0].0,
-            last = %events[events.len() - 1].0,
-            attempts,
-            "webhook delivery given up"
-        );
+        for part in &parts {
+            let counters = self.counters_of(part);
+            counters
+                .given_up
+                .fetch_add(part.len() as u64, Ordering::Relaxed);
+            let (url, _, _) = part.request(0);
+            let app = match part {
+                Part::App(app, ..) => app.id.as_str(),
+                Part::Herald(..) => "",
+            };
+            tracing::warn!(
+                %url,
+                app,
+                events = part.len(),
+                first = %ids[0],
+                last = %ids[ids.len() - 1],
+                attempts,
+                "webhook delivery given up"
+            );
+        }
         self.done(&ids).await;
     }
 
@@ -387,8 +536,18 @@ mod tests {
     }
 
     impl Post for Script {
-        async fn post(&self, body: Bytes, signature: String) -> bool {
+        async fn post(
+            &self,
+            _url: &hyper::Uri,
+            body: Bytes,
+            headers: Vec<(&'static str, String)>,
+        ) -> bool {
             let v: serde_json::Value = serde_json::from_slice(&body).expect("a JSON body");
+            let signature = headers
+                .iter()
+                .find(|(n, _)| *n == SIGNATURE_HEADER)
+                .map(|(_, v)| v.clone())
+                .expect("a signature");
             assert_eq!(signature, super::signature(b"s3cret", &body), "signed");
             self.seen.lock().push((Instant::now(), v, signature));
             let mut answers = self.answers.lock();
@@ -429,7 +588,7 @@ mod tests {
         let stop = CancellationToken::new();
         let sender = Sender::new(
             Arc::clone(&node.engine),
-            settings(max_attempts, batch_size),
+            Targets::new(Some(settings(max_attempts, batch_size)), Vec::new()).expect("targets"),
             Script {
                 answers: Mutex::new(answers),
                 seen: Arc::clone(&seen),
@@ -545,5 +704,125 @@ mod tests {
         assert!(parsed.windows(2).all(|w| w[0] < w[1]), "{every:?}");
         assert!(seen.iter().all(|(_, v, _)| v["time_ms"].as_u64().is_some()));
         run.stop.cancel();
+    }
+
+    /// A post as [`ByUrl`] saw it: path, body, headers, raw body.
+    type Seen = (
+        String,
+        serde_json::Value,
+        Vec<(&'static str, String)>,
+        Bytes,
+    );
+
+    /// Records each post by URL; the app's first one fails.
+    struct ByUrl {
+        seen: Arc<Mutex<Vec<Seen>>>,
+    }
+
+    impl Post for ByUrl {
+        async fn post(
+            &self,
+            url: &hyper::Uri,
+            body: Bytes,
+            headers: Vec<(&'static str, String)>,
+        ) -> bool {
+            let v: serde_json::Value = serde_json::from_slice(&body).expect("a JSON body");
+            let mut seen = self.seen.lock();
+            let app = url.path() == "/pusher";
+            let first_for_app = app && !seen.iter().any(|(u, ..)| u == "/pusher");
+            seen.push((url.path().to_owned(), v, headers, body));
+            !first_for_app
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_destination_is_retried_alone_in_pushers_format() {
+        use herald_core::event::CHANNEL_OCCUPIED;
+        let options = EventOptions {
+            events: ["t.e".to_owned(), CHANNEL_OCCUPIED.to_owned()].into(),
+            ..EventOptions::default()
+        };
+        let node = Node::memory_with_events(Namespaces::default(), Some(options));
+        let app = AppTarget {
+            id: "1".into(),
+            key: "app-key".into(),
+            secret: "app-secret".into(),
+            prefix: "pusher:1:".into(),
+            webhook: pusher_webhook::PusherWebhook {
+                url: hyper::Uri::from_static("http://127.0.0.1:9/pusher"),
+                events: [CHANNEL_OCCUPIED.to_owned()].into(),
+            },
+        };
+        let app_counters = Arc::new(WebhookCounters::default());
+        let targets = Targets::new(
+            Some(settings(8, 100)),
+            vec![(app, Arc::clone(&app_counters))],
+        )
+        .expect("targets");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let counters = Arc::new(WebhookCounters::default());
+        let stop = CancellationToken::new();
+        let sender = Sender::new(
+            Arc::clone(&node.engine),
+            targets,
+            ByUrl {
+                seen: Arc::clone(&seen),
+            },
+            Arc::clone(&counters),
+        );
+        tokio::spawn(sender.run(stop.clone()));
+        record(&node, 1).await;
+        let mut fields = serde_json::Map::new();
+        fields.insert("channel".into(), "pusher:1:presence-r".into());
+        node.engine
+            .record_event(CHANNEL_OCCUPIED, fields)
+            .await
+            .expect("record");
+        until("the app's retry", || seen.lock().len() >= 3).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let seen = seen.lock().clone();
+        let paths: Vec<&str> = seen.iter().map(|(p, ..)| p.as_str()).collect();
+        assert_eq!(
+            paths.iter().filter(|p| **p == "/hook").count(),
+            1,
+            "{paths:?}"
+        );
+        assert_eq!(
+            paths.iter().filter(|p| **p == "/pusher").count(),
+            2,
+            "{paths:?}"
+        );
+        let herald = seen.iter().find(|(p, ..)| p == "/hook").expect("herald");
+        assert_eq!(ns(&herald.1), [1], "Herald's events only");
+        for (path, v, headers, body) in seen.iter().filter(|(p, ..)| p == "/pusher") {
+            assert_eq!(
+                v["events"],
+                serde_json::json!([{"name": "channel_occupied", "channel": "presence-r"}]),
+                "{path}"
+            );
+            assert!(v["time_ms"].as_u64().is_some());
+            let header = |n: &str| {
+                headers
+                    .iter()
+                    .find(|(k, _)| *k == n)
+                    .map(|(_, v)| v.clone())
+            };
+            assert_eq!(header("x-pusher-key").as_deref(), Some("app-key"));
+            assert_eq!(
+                header("x-pusher-signature"),
+                Some(hex_hmac(b"app-secret", body))
+            );
+        }
+        assert_eq!(app_counters.error.load(Ordering::Relaxed), 1);
+        assert_eq!(app_counters.ok.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.ok.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.error.load(Ordering::Relaxed), 0);
+        assert!(node
+            .engine
+            .pending_events(10)
+            .await
+            .expect("pending")
+            .is_empty());
+        stop.cancel();
     }
 }

@@ -217,7 +217,7 @@ pub(crate) async fn metrics(
             );
         }
     }
-    if state.config.webhooks.is_some() {
+    if state.config.event_options().is_some() {
         webhook_metrics(&state, &mut out).await;
     }
     out.single(
@@ -250,7 +250,8 @@ pub(crate) async fn metrics(
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out.0).into_response())
 }
 
-/// The webhook families (only with `[webhooks]` configured).
+/// The webhook families (only with `[webhooks]` or a Pusher app's
+/// `webhook_url` configured).
 async fn webhook_metrics(state: &AppState, out: &mut Text) {
     let engine = &state.node.engine;
     out.family(
@@ -287,6 +288,40 @@ async fn webhook_metrics(state: &AppState, out: &mut Text) {
         "Events this node gave up delivering after the last attempt.",
         w.given_up.load(Ordering::Relaxed),
     );
+    let apps: Vec<_> = state
+        .pusher
+        .iter()
+        .filter(|a| a.app.webhook.is_some())
+        .collect();
+    if !apps.is_empty() {
+        out.family(
+            "herald_pusher_webhook_requests_total",
+            "counter",
+            "Pusher-format webhook requests this node sent, by app and outcome (ok: a 2xx answer; error: anything else or no answer within the timeout).",
+        );
+        for app in &apps {
+            let id = escape_label(&app.app.id);
+            for (outcome, n) in [("ok", &app.webhooks.ok), ("error", &app.webhooks.error)] {
+                out.sample(
+                    "herald_pusher_webhook_requests_total",
+                    &format!("app=\"{id}\",outcome=\"{outcome}\""),
+                    n.load(Ordering::Relaxed),
+                );
+            }
+        }
+        out.family(
+            "herald_pusher_webhook_given_up_total",
+            "counter",
+            "Events of a Pusher app's webhooks this node gave up delivering after the last attempt, by app.",
+        );
+        for app in &apps {
+            out.sample(
+                "herald_pusher_webhook_given_up_total",
+                &format!("app=\"{}\"", escape_label(&app.app.id)),
+                app.webhooks.given_up.load(Ordering::Relaxed),
+            );
+        }
+    }
     if let Ok(Ok(stats)) = tokio::time::timeout(ENGINE_CHECK, engine.outbox_stats()).await {
         out.single(
             "herald_webhook_outbox",

@@ -1,7 +1,9 @@
 //! The webhook receiver the webhook tests share: a plain HTTP/1.1 server
 //! on a tokio listener that checks the `X-Herald-Signature` of every
-//! request against the HMAC-SHA256 of its body, answers as the test says,
-//! and keeps what it got.
+//! request against the HMAC-SHA256 of its body (or, for a Pusher app's
+//! webhooks, `X-Pusher-Key` and `X-Pusher-Signature`, the bare hex HMAC
+//! under the app's secret), answers as the test says, and keeps what it
+//! got.
 
 #![allow(dead_code)]
 
@@ -72,6 +74,8 @@ struct Log {
 /// with the status `answer` gives for the request's number (0 first).
 pub struct Receiver {
     pub url: String,
+    /// Pusher's format: the app key and secret it checks.
+    pusher: Option<(String, String)>,
     log: Arc<Mutex<Log>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -86,22 +90,79 @@ type Answer = Arc<dyn Fn(usize) -> u16 + Send + Sync>;
 
 impl Receiver {
     pub async fn start(answer: impl Fn(usize) -> u16 + Send + Sync + 'static) -> Self {
+        Self::start_as(None, answer).await
+    }
+
+    /// A receiver of a Pusher app's webhooks (`key`, `secret`), at
+    /// `/pusher/webhook`.
+    pub async fn start_pusher(
+        key: &str,
+        secret: &str,
+        answer: impl Fn(usize) -> u16 + Send + Sync + 'static,
+    ) -> Self {
+        Self::start_as(Some((key.to_owned(), secret.to_owned())), answer).await
+    }
+
+    async fn start_as(
+        pusher: Option<(String, String)>,
+        answer: impl Fn(usize) -> u16 + Send + Sync + 'static,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the receiver");
-        let url = format!(
-            "http://{}/herald/events",
-            listener.local_addr().expect("addr")
-        );
+        let path = if pusher.is_some() {
+            "/pusher/webhook"
+        } else {
+            "/herald/events"
+        };
+        let url = format!("http://{}{path}", listener.local_addr().expect("addr"));
         let log = Arc::new(Mutex::new(Log::default()));
         let answer: Answer = Arc::new(answer);
         let shared = Arc::clone(&log);
+        let check = pusher.clone();
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                tokio::spawn(serve(tcp, Arc::clone(&answer), Arc::clone(&shared)));
+                tokio::spawn(serve(
+                    tcp,
+                    check.clone(),
+                    Arc::clone(&answer),
+                    Arc::clone(&shared),
+                ));
             }
         });
-        Self { url, log, task }
+        Self {
+            url,
+            pusher,
+            log,
+            task,
+        }
+    }
+
+    /// A Pusher receiver's events of the requests answered 2xx, in the
+    /// order delivered (Pusher's events have no ids).
+    pub fn pusher_events(&self) -> Vec<Value> {
+        assert!(self.pusher.is_some(), "a Pusher receiver");
+        self.deliveries()
+            .iter()
+            .filter(|d| (200..300).contains(&d.status))
+            .flat_map(|d| events_of(&d.body))
+            .collect()
+    }
+
+    /// Waits until `done` holds of [`Receiver::pusher_events`].
+    pub async fn wait_pusher(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        eventually(WAIT, what, || {
+            let events = self.pusher_events();
+            let ok = done(&events);
+            async move {
+                if ok {
+                    Ok(events)
+                } else {
+                    Err(format!("{} events: {events:?}", events.len()))
+                }
+            }
+        })
+        .await
     }
 
     /// Every request so far; fails the test if any was badly signed.
@@ -163,20 +224,28 @@ fn parse_id(id: &str) -> (u64, u64) {
     (ms.parse().expect("id ms"), seq.parse().expect("id seq"))
 }
 
-fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
+/// The lowercase hex HMAC-SHA256 of `body` under `secret`.
+pub fn hex_hmac(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
     mac.update(body);
-    let hex: String = mac
-        .finalize()
+    mac.finalize()
         .into_bytes()
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256={hex}")
+        .collect()
+}
+
+fn sign(body: &[u8]) -> String {
+    format!("sha256={}", hex_hmac(SECRET, body))
 }
 
 /// Serves one keep-alive connection: requests with a `Content-Length` body.
-async fn serve(mut tcp: TcpStream, answer: Answer, log: Arc<Mutex<Log>>) {
+async fn serve(
+    mut tcp: TcpStream,
+    pusher: Option<(String, String)>,
+    answer: Answer,
+    log: Arc<Mutex<Log>>,
+) {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let head_end = loop {
@@ -210,10 +279,27 @@ async fn serve(mut tcp: TcpStream, answer: Answer, log: Arc<Mutex<Log>>) {
             }
         }
         let body: Vec<u8> = buf.drain(..length).collect();
-        let problem = if !head.starts_with("POST /herald/events ") {
+        let line = if pusher.is_some() {
+            "POST /pusher/webhook "
+        } else {
+            "POST /herald/events "
+        };
+        let problem = if !head.starts_with(line) {
             Some(format!("request line {:?}", head.lines().next()))
         } else if header("content-type").as_deref() != Some("application/json") {
             Some(format!("content-type {:?}", header("content-type")))
+        } else if let Some((key, secret)) = &pusher {
+            if header("x-pusher-key").as_deref() != Some(key.as_str()) {
+                Some(format!("x-pusher-key {:?}", header("x-pusher-key")))
+            } else if header("x-pusher-signature") != Some(hex_hmac(secret, &body)) {
+                Some(format!(
+                    "x-pusher-signature {:?} for {:?}",
+                    header("x-pusher-signature"),
+                    String::from_utf8_lossy(&body)
+                ))
+            } else {
+                None
+            }
         } else if header("x-herald-signature") != Some(sign(&body)) {
             Some(format!(
                 "signature {:?} for {:?}",

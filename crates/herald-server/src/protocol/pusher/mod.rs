@@ -24,6 +24,7 @@
 pub(crate) mod command;
 pub(crate) mod encode;
 pub(crate) mod name;
+mod webhook;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -572,6 +573,8 @@ impl Session {
         )];
         if miss {
             out.push(encode::event("pusher:cache_miss", Some(&name), &json!({})));
+            // Webhook hook (protocol/pusher/webhook.rs).
+            self.webhook_cache_miss(&channel).await;
         }
         out
     }
@@ -676,6 +679,8 @@ impl Session {
             .await
             .map_err(|e| (OVER_CAPACITY, e.to_string()))?;
         self.state.counters.published(&published, true);
+        // Webhook hook (protocol/pusher/webhook.rs).
+        self.webhook_client_event(&channel, &stored).await;
         Ok(())
     }
 }
