@@ -5,6 +5,7 @@
 //! for the last frames).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,6 +23,8 @@ pub(crate) struct Registry {
     // Short critical sections only (a lookup, an insert, a removal); never
     // held across an await.
     sessions: Mutex<HashMap<String, Handle>>,
+    /// The serial of the next entry.
+    next: AtomicU64,
 }
 
 /// What the HTTP surface may do to a live session.
@@ -31,6 +34,8 @@ pub(crate) struct Handle {
     pub(crate) mailbox: Option<Arc<Mailbox>>,
     /// Cancelled by `DELETE /connection/{id}`: the client ends the session.
     pub(crate) ended: CancellationToken,
+    /// Which entry this is (an id may be registered again after it ended).
+    pub(crate) serial: u64,
 }
 
 /// A session's side of its entry: its commands and end signal.
@@ -44,17 +49,22 @@ pub(crate) struct Entry {
 pub(crate) struct Registered {
     registry: Arc<Registry>,
     id: String,
+    serial: u64,
 }
 
 impl Registered {
     pub(crate) fn id(&self) -> &str {
         &self.id
     }
+
+    pub(crate) fn serial(&self) -> u64 {
+        self.serial
+    }
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.registry.remove(&self.id);
+        self.registry.remove_exact(&self.id, self.serial);
     }
 }
 
@@ -62,23 +72,53 @@ impl Registry {
     /// A new entry under a fresh secret id.
     pub(crate) fn register(self: &Arc<Self>, mailbox: Option<Arc<Mailbox>>) -> Entry {
         let id = crate::access::random_id();
+        let (handle, entry) = self.entry(id.clone(), mailbox);
+        self.sessions.lock().insert(id, handle);
+        entry
+    }
+
+    /// A new entry under `id`, unless one is there already (`None`).
+    pub(crate) fn register_as(
+        self: &Arc<Self>,
+        id: &str,
+        mailbox: Option<Arc<Mailbox>>,
+    ) -> Option<Entry> {
+        let mut sessions = self.sessions.lock();
+        if sessions.contains_key(id) {
+            return None;
+        }
+        let (handle, entry) = self.entry(id.to_string(), mailbox);
+        sessions.insert(id.to_string(), handle);
+        Some(entry)
+    }
+
+    fn entry(self: &Arc<Self>, id: String, mailbox: Option<Arc<Mailbox>>) -> (Handle, Entry) {
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let ended = CancellationToken::new();
-        self.sessions.lock().insert(
-            id.clone(),
-            Handle {
-                commands: commands_tx,
-                mailbox,
-                ended: ended.clone(),
-            },
-        );
-        Entry {
+        let serial = self.next.fetch_add(1, Ordering::Relaxed);
+        let handle = Handle {
+            commands: commands_tx,
+            mailbox,
+            ended: ended.clone(),
+            serial,
+        };
+        let entry = Entry {
             commands,
             ended,
             registered: Registered {
                 registry: Arc::clone(self),
                 id,
+                serial,
             },
+        };
+        (handle, entry)
+    }
+
+    /// Removes the entry `id` if it is still the one with this serial.
+    pub(crate) fn remove_exact(&self, id: &str, serial: u64) {
+        let mut sessions = self.sessions.lock();
+        if sessions.get(id).is_some_and(|h| h.serial == serial) {
+            sessions.remove(id);
         }
     }
 
