@@ -156,7 +156,7 @@ async fn open_socket_session(
     let Some(entry) = registry.register_as(id, Some(Arc::clone(&mailbox))) else {
         // Another request opened it meanwhile: this one reads it too.
         return registry
-            .get(id)
+            .get_pusher(id)
             .and_then(|h| Some((h.mailbox?, h.serial)))
             .ok_or_else(|| Err(session_not_found()));
     };
@@ -188,7 +188,7 @@ async fn receive(
     kind: Receive,
 ) -> Result<Response, ApiError> {
     let id = socket_session(&key, &server, &session)?;
-    let (mailbox, serial) = match registry.get(&id) {
+    let (mailbox, serial) = match registry.get_pusher(&id) {
         Some(handle) => (handle.mailbox.ok_or_else(session_not_found)?, handle.serial),
         None => {
             let opening = Opening {
@@ -275,7 +275,7 @@ pub(crate) async fn xhr_send(
     body: Body,
 ) -> Result<Response, ApiError> {
     let id = socket_session(&key, &server, &session)?;
-    let handle = registry.get(&id).ok_or_else(session_not_found)?;
+    let handle = registry.get_pusher(&id).ok_or_else(session_not_found)?;
     let limit = state.config.limits.max_command_size;
     // Room for escapes: each event is checked against the limit below.
     let raw = read_body(body, limit.saturating_mul(6).saturating_add(64)).await?;

@@ -36,6 +36,8 @@ pub(crate) struct Handle {
     pub(crate) ended: CancellationToken,
     /// Which entry this is (an id may be registered again after it ended).
     pub(crate) serial: u64,
+    /// A Pusher HTTP session's entry, named by its client.
+    pusher: bool,
 }
 
 /// A session's side of its entry: its commands and end signal.
@@ -72,12 +74,13 @@ impl Registry {
     /// A new entry under a fresh secret id.
     pub(crate) fn register(self: &Arc<Self>, mailbox: Option<Arc<Mailbox>>) -> Entry {
         let id = crate::access::random_id();
-        let (handle, entry) = self.entry(id.clone(), mailbox);
+        let (handle, entry) = self.entry(id.clone(), mailbox, false);
         self.sessions.lock().insert(id, handle);
         entry
     }
 
-    /// A new entry under `id`, unless one is there already (`None`).
+    /// A Pusher HTTP session's new entry under `id` (the name its client
+    /// chose), unless one is there already (`None`).
     pub(crate) fn register_as(
         self: &Arc<Self>,
         id: &str,
@@ -87,12 +90,17 @@ impl Registry {
         if sessions.contains_key(id) {
             return None;
         }
-        let (handle, entry) = self.entry(id.to_string(), mailbox);
+        let (handle, entry) = self.entry(id.to_string(), mailbox, true);
         sessions.insert(id.to_string(), handle);
         Some(entry)
     }
 
-    fn entry(self: &Arc<Self>, id: String, mailbox: Option<Arc<Mailbox>>) -> (Handle, Entry) {
+    fn entry(
+        self: &Arc<Self>,
+        id: String,
+        mailbox: Option<Arc<Mailbox>>,
+        pusher: bool,
+    ) -> (Handle, Entry) {
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let ended = CancellationToken::new();
         let serial = self.next.fetch_add(1, Ordering::Relaxed);
@@ -101,6 +109,7 @@ impl Registry {
             mailbox,
             ended: ended.clone(),
             serial,
+            pusher,
         };
         let entry = Entry {
             commands,
@@ -122,15 +131,51 @@ impl Registry {
         }
     }
 
+    /// A session of the session protocol.
     pub(crate) fn get(&self, id: &str) -> Option<Handle> {
-        self.sessions.lock().get(id).cloned()
+        self.sessions.lock().get(id).filter(|h| !h.pusher).cloned()
     }
 
+    /// A Pusher HTTP session.
+    pub(crate) fn get_pusher(&self, id: &str) -> Option<Handle> {
+        self.sessions.lock().get(id).filter(|h| h.pusher).cloned()
+    }
+
+    /// Removes a session of the session protocol.
     pub(crate) fn remove(&self, id: &str) {
-        self.sessions.lock().remove(id);
+        let mut sessions = self.sessions.lock();
+        if sessions.get(id).is_some_and(|h| !h.pusher) {
+            sessions.remove(id);
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
         self.sessions.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pusher_entries_are_apart_and_removed_only_by_their_own() {
+        let registry = Arc::new(Registry::default());
+        let first = registry.register_as("pusher/k/1/a", None).expect("new");
+        assert!(registry.register_as("pusher/k/1/a", None).is_none());
+        // Not reachable as a session-protocol session, nor removable as one.
+        assert!(registry.get("pusher/k/1/a").is_none());
+        registry.remove("pusher/k/1/a");
+        let handle = registry.get_pusher("pusher/k/1/a").expect("there");
+        // Ended and registered again: the old guard leaves the new entry.
+        registry.remove_exact("pusher/k/1/a", handle.serial);
+        let second = registry.register_as("pusher/k/1/a", None).expect("again");
+        drop(first);
+        assert!(registry.get_pusher("pusher/k/1/a").is_some());
+        drop(second);
+        assert!(registry.get_pusher("pusher/k/1/a").is_none());
+        let plain = registry.register(None);
+        assert!(registry.get_pusher(plain.registered.id()).is_none());
+        assert!(registry.get(plain.registered.id()).is_some());
     }
 }

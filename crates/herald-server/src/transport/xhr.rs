@@ -300,3 +300,105 @@ pub(crate) fn stream(
     });
     response(Body::from_stream(body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, FileConfig, Overrides};
+    use crate::protocol::admission;
+    use crate::state::AppState;
+
+    fn state() -> AppState {
+        let file: FileConfig = toml::from_str(
+            "[[pusher.apps]]\nid = \"1\"\nkey = \"key\"\nsecret = \"secret-secret\"",
+        )
+        .expect("toml");
+        let config = Config::resolve(file, Overrides::default()).expect("config");
+        let node = herald_core::Node::memory(config.namespaces.clone());
+        AppState::new(node, config, CancellationToken::new()).expect("state")
+    }
+
+    fn session(state: &AppState) -> Session {
+        let slot = state
+            .pusher_by_key("key")
+            .and_then(|app| app.take_slot())
+            .expect("slot");
+        Session::pusher(state.clone(), slot, admission::Admitted::anonymous())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_newer_reader_takes_over() {
+        let mailbox = Mailbox::new(8);
+        let shutdown = CancellationToken::new();
+        let old = mailbox.attach();
+        let (m, s) = (Arc::clone(&mailbox), shutdown.clone());
+        let waiting =
+            tokio::spawn(async move { m.take_as(old, Duration::from_secs(30), &s).await });
+        tokio::task::yield_now().await;
+        let new = mailbox.attach();
+        assert!(
+            waiting.await.expect("joined").is_none(),
+            "the old reader left"
+        );
+        mailbox.put(Bytes::from_static(b"h\n")).expect("room");
+        let taken = mailbox
+            .take_as(new, Duration::from_secs(1), &shutdown)
+            .await;
+        assert_eq!(taken.map(|(f, e)| (f.len(), e)), Some((1, false)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_closed_with_4201() {
+        let state = state();
+        let registry = Arc::new(Registry::default());
+        let mailbox = Mailbox::new(16);
+        let entry = registry
+            .register_as("pusher/key/1/a", Some(Arc::clone(&mailbox)))
+            .expect("new");
+        let started = Instant::now();
+        let driver = tokio::spawn(drive(session(&state), entry, Arc::clone(&mailbox)));
+        // A stream stays open, but the client never sends (no `[]` to the
+        // heartbeats): two heartbeats of silence end it.
+        let ticket = mailbox.attach();
+        let shutdown = CancellationToken::new();
+        let mut got = Vec::new();
+        loop {
+            let (frames, ended) = mailbox
+                .take_as(ticket, Duration::from_secs(60), &shutdown)
+                .await
+                .expect("the only reader");
+            got.extend(frames.iter().flat_map(|f| f.to_vec()));
+            if ended {
+                break;
+            }
+        }
+        let text = String::from_utf8(got).expect("utf-8");
+        assert!(text.starts_with("o\na["), "{text}");
+        assert!(text.contains("pusher:connection_established"), "{text}");
+        assert!(
+            text.ends_with("c[4201,\"pong reply not received\"]\n"),
+            "{text}"
+        );
+        let heartbeat = state.config.heartbeat;
+        let took = started.elapsed();
+        assert!(took >= 2 * heartbeat && took <= 3 * heartbeat, "{took:?}");
+        // Its entry waits one linger for the last receive, then goes.
+        driver.await.expect("driver");
+        assert!(registry.get_pusher("pusher/key/1/a").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_without_a_receive_is_let_go() {
+        let state = state();
+        let registry = Arc::new(Registry::default());
+        let mailbox = Mailbox::new(16);
+        let entry = registry
+            .register_as("pusher/key/1/b", Some(Arc::clone(&mailbox)))
+            .expect("new");
+        let started = Instant::now();
+        drive(session(&state), entry, Arc::clone(&mailbox)).await;
+        assert!(started.elapsed() <= POLL_LINGER + Duration::from_secs(1));
+        assert!(registry.get_pusher("pusher/key/1/b").is_none());
+        assert_eq!(state.counters.open_total(), 0);
+    }
+}
