@@ -3,7 +3,8 @@
 // build) with enabledTransports ["xhr_streaming"] and then ["xhr_polling"]
 // connects, follows public and private channels, gets what the `pusher`
 // server library triggers, sends client events, and reconnects after the
-// server drops its session; then headless Chromium, whose WebSocket to
+// server drops its session; a stream past pusher-js's 256 Ki characters is
+// reopened on the same session without a loss; then headless Chromium, whose WebSocket to
 // /app/{key} is cut, falls back to xhr_streaming by itself.
 
 import { test, before, after } from "node:test";
@@ -151,6 +152,27 @@ for (const transport of ["xhr_streaming", "xhr_polling"]) {
     client.disconnect();
   });
 }
+
+test("xhr_streaming: past 256 KiB pusher-js reopens its stream on the same session, and loses nothing", async () => {
+  const client = await connected(connect("xhr_streaming"), "xhr_streaming");
+  const socketId = client.connection.socket_id;
+  const socket = client.connection.connection.transport.socket;
+  const firstStream = socket.stream;
+  const big = await subscribed(client, "big");
+  const got = collect(big, "message");
+  // 400 events of 2 KB: past pusher-js's 256 Ki characters three times.
+  const pad = "x".repeat(2000);
+  for (let n = 0; n < 400; n++) await server.publish("pusher:app1:big", { n, pad });
+  await eventually(() => got.length === 400, { timeout: 10000, what: `400 events (got ${got.length})` });
+  assert.deepEqual(
+    got.map((d) => d.n),
+    [...Array(400).keys()],
+  );
+  assert.notEqual(socket.stream, firstStream, "the stream was reopened");
+  assert.equal(client.connection.socket_id, socketId, "on the same session");
+  assert.equal(client.connection.state, "connected");
+  client.disconnect();
+});
 
 test("xhr_polling: an unknown app key is refused with 4001, as over the WebSocket", async () => {
   const stranger = connect("xhr_polling", { key: "no-such-key" });

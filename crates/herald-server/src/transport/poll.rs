@@ -258,6 +258,17 @@ impl Mailbox {
         Ok(())
     }
 
+    /// Frames taken but not sent go back to the front, in order (a
+    /// Pusher stream at its size limit leaves them for the next one).
+    pub(crate) fn put_back(&self, frames: Vec<Bytes>) {
+        let mut queued = self.frames.lock();
+        for frame in frames.into_iter().rev() {
+            queued.push_front(frame);
+        }
+        drop(queued);
+        self.notify.notify_one();
+    }
+
     pub(crate) fn abandoned(&self) -> bool {
         self.waiting.load(Ordering::Acquire) == 0 && self.last_poll.lock().elapsed() >= POLL_LINGER
     }
@@ -297,6 +308,11 @@ impl Mailbox {
         self.take_inner(None, wait, shutdown)
             .await
             .unwrap_or((Vec::new(), false))
+    }
+
+    /// Whether the reader with this ticket is the newest.
+    pub(crate) fn is_current(&self, ticket: u64) -> bool {
+        self.reader.load(Ordering::Acquire) == ticket
     }
 
     /// [`Mailbox::take`] for the reader with this ticket; `None` once a

@@ -11,9 +11,13 @@
 //! `c[code,"reason"]`. Receive requests only read the mailbox:
 //!
 //! - streaming ([`stream`]): the response body is the mailbox, read until
-//!   the session ends or a newer receive request takes over (pusher-js
-//!   opens a new one after 256 KiB), with a heartbeat line `h` at least
-//!   every `heartbeat`, which pusher-js answers with an empty send;
+//!   the session ends or a newer receive request takes over, with a
+//!   heartbeat line `h` at least every `heartbeat`, which pusher-js answers
+//!   with an empty send. pusher-js drops its stream and opens a new one
+//!   once it holds more than 256 Ki characters ([`STREAM_LIMIT`]), at once,
+//!   whatever is in flight: so a stream stops reading the mailbox as soon
+//!   as it has written that much, and what follows waits there for the new
+//!   one (nothing is written into a response the client dropped);
 //! - polling ([`poll`]): what is queued, or the first line within one
 //!   `heartbeat`, else `h`; then the response ends and pusher-js polls
 //!   again.
@@ -45,6 +49,15 @@ use crate::protocol::{Push, Session};
 
 /// Most queue items turned into lines per wake-up.
 const BATCH: usize = 64;
+
+/// The characters (UTF-16 units, as `responseText.length` counts them)
+/// past which pusher-js drops a stream and opens another
+/// (`MAX_BUFFER_LENGTH` in its `http_request.ts`).
+pub(crate) const STREAM_LIMIT: usize = 256 * 1024;
+
+/// How often a stream past [`STREAM_LIMIT`] looks whether its client took
+/// over (it takes no more lines meanwhile).
+const PARKED_CHECK: Duration = Duration::from_millis(50);
 
 /// The content type of every answer (SockJS's, which Pusher's servers use).
 const CONTENT_TYPE: &str = "application/javascript; charset=UTF-8";
@@ -240,6 +253,8 @@ struct Reader {
     /// When the next heartbeat line is due (one per period at least, busy
     /// or not: pusher-js's answer to it is the session's sign of life).
     next_heartbeat: Instant,
+    /// What this response has written, in UTF-16 units.
+    written: usize,
     shutdown: CancellationToken,
     done: bool,
 }
@@ -251,29 +266,69 @@ impl Reader {
             if self.done {
                 return None;
             }
+            if self.written > STREAM_LIMIT {
+                // pusher-js is opening a new stream: wait for it, taking
+                // nothing (what comes meanwhile is the new one's). Bounded:
+                // a client that never comes leaves the session to be
+                // abandoned (no `Waiting` here), and this response ends.
+                let parked = Instant::now();
+                while self.mailbox.is_current(self.ticket) && parked.elapsed() < POLL_LINGER {
+                    tokio::time::sleep(PARKED_CHECK).await;
+                }
+                return None;
+            }
             let wait = self
                 .next_heartbeat
                 .saturating_duration_since(Instant::now());
-            let (frames, ended) = self
+            let (mut frames, mut ended) = self
                 .mailbox
                 .take_as(self.ticket, wait, &self.shutdown)
                 .await?;
+            // Up to the first line past the limit; the rest goes back.
+            let mut written = self.written;
+            let keep = frames
+                .iter()
+                .position(|f| {
+                    written += utf16_len(f);
+                    written > STREAM_LIMIT
+                })
+                .map_or(frames.len(), |i| i + 1);
+            if keep < frames.len() {
+                self.mailbox.put_back(frames.split_off(keep));
+                // The session's last lines are among those put back.
+                ended = false;
+            }
             let (mut chunk, last) = match (frames.is_empty(), ended) {
                 (true, false) => (Bytes::new(), false),
                 _ => lines(frames, ended, &self.finish),
             };
             self.done = last;
-            if !last && Instant::now() >= self.next_heartbeat {
+            if !last && written <= STREAM_LIMIT && Instant::now() >= self.next_heartbeat {
                 let mut with = BytesMut::from(&chunk[..]);
                 with.extend_from_slice(&encode::XHR_HEARTBEAT);
                 chunk = with.freeze();
                 self.next_heartbeat = Instant::now() + self.period;
+                written += utf16_len(&encode::XHR_HEARTBEAT);
             }
+            self.written = written;
             if !chunk.is_empty() {
                 return Some(chunk);
             }
         }
     }
+}
+
+/// How many UTF-16 units `bytes` (UTF-8) are: one per character, two for
+/// one outside the Basic Multilingual Plane.
+fn utf16_len(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .map(|&b| match b {
+            0x80..=0xBF => 0,
+            0xF0..=0xFF => 2,
+            _ => 1,
+        })
+        .sum()
 }
 
 /// A streaming receive: the response body reads the mailbox until the
@@ -291,6 +346,7 @@ pub(crate) fn stream(
         finish,
         period,
         next_heartbeat: Instant::now() + period,
+        written: 0,
         shutdown,
         done: false,
     };
@@ -324,6 +380,58 @@ mod tests {
             .and_then(|app| app.take_slot())
             .expect("slot");
         Session::pusher(state.clone(), slot, admission::Admitted::anonymous())
+    }
+
+    #[test]
+    fn utf16_lengths() {
+        assert_eq!(utf16_len(b"a[\"x\"]\n"), 7);
+        assert_eq!(utf16_len("é€😀".as_bytes()), 1 + 1 + 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_past_the_limit_leaves_the_rest_for_the_next() {
+        let mailbox = Mailbox::new(1024);
+        let registry = Arc::new(Registry::default());
+        let finish = || Finish {
+            registry: Arc::clone(&registry),
+            id: "x".into(),
+            serial: 0,
+        };
+        let line = Bytes::from(format!("a[\"{}\"]\n", "x".repeat(1000)));
+        for _ in 0..400 {
+            mailbox.put(line.clone()).expect("room");
+        }
+        let period = Duration::from_secs(15);
+        let mut old = Reader {
+            mailbox: Arc::clone(&mailbox),
+            ticket: mailbox.attach(),
+            finish: finish(),
+            period,
+            next_heartbeat: Instant::now() + period,
+            written: 0,
+            shutdown: CancellationToken::new(),
+            done: false,
+        };
+        let first = old.next().await.expect("a chunk");
+        // Up to the first line past the limit, and not one more.
+        let per_line = utf16_len(&line);
+        assert_eq!(utf16_len(&first), (STREAM_LIMIT / per_line + 1) * per_line);
+        // Past the limit: nothing more is taken, until the new one comes.
+        mailbox.put(line.clone()).expect("room");
+        let parked = tokio::spawn(async move { old.next().await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!parked.is_finished());
+        let ticket = mailbox.attach();
+        assert!(parked.await.expect("joined").is_none(), "the old one ends");
+        let taken = mailbox
+            .take_as(ticket, Duration::ZERO, &CancellationToken::new())
+            .await;
+        let expected = 400 - (STREAM_LIMIT / per_line + 1) + 1;
+        assert_eq!(
+            taken.map(|(f, _)| f.len()),
+            Some(expected),
+            "the rest waited, in order"
+        );
     }
 
     #[tokio::test(start_paused = true)]
