@@ -6,7 +6,8 @@
 //! is not a JSON array of strings, an event over `max_command_size`, a bad
 //! session path), and the session's life: frames as `a[...]` lines,
 //! heartbeats, a stream taken over by a newer one, a silent client closed
-//! with 4201, and a lost session that pusher-js sees open again.
+//! with 4201, a lost session that pusher-js sees open again, and a
+//! stopping node's 4200.
 
 mod common;
 
@@ -294,4 +295,31 @@ async fn an_idle_poll_answers_a_heartbeat() {
         stats["connections_by_transport"]["pusher"].as_u64() >= Some(1),
         "{stats}"
     );
+}
+
+#[tokio::test]
+async fn a_stopping_node_closes_each_session_with_4200() {
+    let mut server = server().await;
+    let path = format!("{}/xhr_streaming{QUERY}", base("key1", "stop0001"));
+    let mut stream = server.post(&path).stream().await;
+    let mut got = Vec::new();
+    read_until(&mut stream, &mut got, "the hello", |l| events(l).len() == 1).await;
+    server.process.signal("TERM");
+    // Told before the node goes: pusher-js reconnects at once (4200).
+    read_until(&mut stream, &mut got, "the close", |l| {
+        l.iter().any(|(k, _)| k == "c")
+    })
+    .await;
+    let all = lines(&got);
+    assert_eq!(
+        all.last().map(|l| l.1[0].clone()),
+        Some(json!(4200)),
+        "{all:?}"
+    );
+    assert_eq!(
+        events(&all).last().map(|e| e["data"]["code"].clone()),
+        Some(json!(4200))
+    );
+    let status = server.process.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "{status:?}");
 }
