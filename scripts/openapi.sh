@@ -8,8 +8,9 @@
 #      input accepted, the key enforced), and
 #   4. the client endpoints that answer at once (tickets, long-poll sessions,
 #      the static files) without a key.
-# The Pusher surface (tag pusher: /app/{key}, /apps/{id}/…) is described but
-# not fuzzed: every request needs an app's signature.
+# The Pusher surface (tag pusher: /app/{key}, its HTTP fallbacks under
+# /pusher/app/{key}/…, /apps/{id}/…) is described but not fuzzed: the API
+# needs an app's signature, the fallbacks an app's key.
 # The streaming endpoints and WebSockets (GET /sub/{channel},
 # /connection/websocket|sse|stream|iframe) are described but not fuzzed: a
 # generated request to them is a stream that never ends.

@@ -101,13 +101,15 @@ async function cuttableProxy() {
 
 /** A pusher-js client; `user` signs in as that user through the server
  *  library's authenticateUser (the app's own endpoint, in process). */
-function connect({ user, forgeUser = false, port } = {}) {
+function connect({ user, forgeUser = false, port, transport = "ws" } = {}) {
   const client = new PusherClient(APP.key, {
     cluster: "local",
     wsHost: "127.0.0.1",
     wsPort: port ?? server.port,
+    httpHost: "127.0.0.1",
+    httpPort: port ?? server.port,
     forceTLS: false,
-    enabledTransports: ["ws"],
+    enabledTransports: [transport],
     disableStats: true,
     userAuthentication: {
       customHandler: ({ socketId }, callback) => {
@@ -203,31 +205,33 @@ test("terminate_connections closes the user's connections and not the others", a
   bob.disconnect();
 });
 
-test("resume helper: events published while the connection was down arrive once, in order", async () => {
-  const link = await cuttableProxy();
-  const client = connect({ port: link.port });
-  Resume.attach(client);
-  await connected(client);
-  const feed = await subscribed(client, "feed");
-  const got = [];
-  feed.bind("tick", (d) => got.push(d.n));
-  for (let n = 1; n <= 3; n++) await backend.trigger("feed", "tick", { n });
-  await eventually(() => got.length === 3, { what: "3 live ticks" });
-  const seen = states(client);
-  // Cut: what is published now reaches no socket of this client (the
-  // server may still write to the dead one); the link is mended before
-  // pusher-js's first retry (after a second).
-  link.cut();
-  for (let n = 4; n <= 8; n++) await backend.trigger("feed", "tick", { n });
-  link.mend();
-  await reconnected(client, seen);
-  await eventually(() => got.length === 8, { what: "the missed ticks after reconnecting" });
-  await backend.trigger("feed", "tick", { n: 9 });
-  await eventually(() => got.length === 9, { what: "a live tick after the resume" });
-  assert.deepEqual(got, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
-  client.disconnect();
-  await link.close();
-});
+for (const transport of ["ws", "xhr_streaming", "xhr_polling"]) {
+  test(`resume helper over ${transport}: events published while the connection was down arrive once, in order`, async () => {
+    const link = await cuttableProxy();
+    const client = connect({ port: link.port, transport });
+    Resume.attach(client);
+    await connected(client);
+    const feed = await subscribed(client, `feed-${transport}`);
+    const got = [];
+    feed.bind("tick", (d) => got.push(d.n));
+    for (let n = 1; n <= 3; n++) await backend.trigger(`feed-${transport}`, "tick", { n });
+    await eventually(() => got.length === 3, { what: "3 live ticks" });
+    const seen = states(client);
+    // Cut: what is published now reaches no socket of this client (the
+    // server may still write to the dead one); the link is mended before
+    // pusher-js's first retry (after a second).
+    link.cut();
+    for (let n = 4; n <= 8; n++) await backend.trigger(`feed-${transport}`, "tick", { n });
+    link.mend();
+    await reconnected(client, seen);
+    await eventually(() => got.length === 8, { what: "the missed ticks after reconnecting" });
+    await backend.trigger(`feed-${transport}`, "tick", { n: 9 });
+    await eventually(() => got.length === 9, { what: "a live tick after the resume" });
+    assert.deepEqual(got, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    client.disconnect();
+    await link.close();
+  });
+}
 
 test("resume helper: a point history no longer holds gets herald:gap; without the helper nothing is replayed", async () => {
   const link = await cuttableProxy();

@@ -198,7 +198,7 @@ fn json_response(status: StatusCode, body: Bytes) -> Response {
     response
 }
 
-fn session_not_found() -> ApiError {
+pub(crate) fn session_not_found() -> ApiError {
     ApiError::new(
         Refusal::SessionNotFound,
         "no such session (it ended or never existed); open a new one",

@@ -132,7 +132,7 @@ pub(crate) async fn metrics(
     out.single(
         "herald_http_sessions",
         "gauge",
-        "Session-protocol sessions over HTTP (streams and long-polls).",
+        "Sessions over HTTP (streams and long-polls), Pusher's fallbacks included.",
         sessions.len(),
     );
     out.single(

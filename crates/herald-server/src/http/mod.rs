@@ -10,7 +10,9 @@
 //! - `openapi`: `/api/openapi.json`, the description of all of them.
 //! - `health`, `metrics`, `statics`: probes, `/metrics`, the client files.
 //! - `pusher`: the Pusher Channels surface: `/app/{key}` (a Pusher
-//!   client's WebSocket) and the signed HTTP API `/apps/{id}/…`.
+//!   client's WebSocket), pusher-js's HTTP fallbacks
+//!   (`/pusher/app/{key}/{server}/{session}/xhr_streaming`, `/xhr`,
+//!   `/xhr_send`) and the signed HTTP API `/apps/{id}/…`.
 //! - `origin`: the `allowed_origins` check and CORS.
 //! - `response`: the JSON body of every error answer.
 
@@ -67,6 +69,19 @@ pub(crate) fn routes(state: AppState, sessions: Arc<Registry>, serves: Serves) -
                 post(connection::send).delete(connection::end),
             )
             .route("/app/{key}", get(pusher::websocket))
+            // pusher-js's HTTP fallbacks, under its default `httpPath`.
+            .route(
+                "/pusher/app/{key}/{server}/{session}/xhr_streaming",
+                post(pusher::xhr_streaming),
+            )
+            .route(
+                "/pusher/app/{key}/{server}/{session}/xhr",
+                post(pusher::xhr_polling),
+            )
+            .route(
+                "/pusher/app/{key}/{server}/{session}/xhr_send",
+                post(pusher::xhr_send),
+            )
             .route("/", get(statics::demo))
             .route("/herald.js", get(statics::client))
             .route("/pusher-resume.js", get(statics::pusher_resume))

@@ -1,6 +1,8 @@
 //! The Pusher Channels surface (docs/pusher.md): `GET /app/{key}`, a
 //! Pusher client's WebSocket (a session of the Pusher dialect, through
-//! the one admission path), and the HTTP API that Pusher's server
+//! the one admission path); pusher-js's HTTP fallbacks under
+//! `/pusher/app/{key}/{server}/{session}/` (`xhr_streaming`, `xhr`,
+//! `xhr_send`: the same session, served by `transport::xhr`); and the HTTP API that Pusher's server
 //! libraries call, `/apps/{id}/…`, each request signed with the app's
 //! secret (`access::pusher::check_request`). An app's channel `c` is the
 //! Herald channel `pusher:{id}:c`: a trigger is a publish to the engine
@@ -12,23 +14,28 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Extension, Path, Request, State};
-use axum::http::{Method, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::Json;
 use bytes::Bytes;
 use herald_core::{ChannelName, Payload, Refusal};
 use serde::Deserialize;
 use serde_json::{json, value::RawValue};
+use tokio::sync::mpsc;
 
 use super::api::{parse_json, read_body};
+use super::connection::session_not_found;
 use crate::access::limits::Conn;
 use crate::access::pusher::{check_request, RequestRefusal};
 use crate::error::ApiError;
 use crate::protocol::admission::{self, Hold, Opening};
 use crate::protocol::pusher::{self as dialect, name::pusher_name};
 use crate::protocol::Session;
-use crate::state::{AppState, PusherApp};
+use crate::state::{AppState, PusherApp, PusherSlot};
 use crate::transport;
+use crate::transport::poll::Mailbox;
+use crate::transport::registry::{Registry, COMMAND_QUEUE};
+use crate::transport::xhr::{Finish, Receive};
 
 /// Most channels one trigger may name (Pusher's limit).
 pub(crate) const MAX_TRIGGER_CHANNELS: usize = 100;
@@ -50,39 +57,11 @@ pub(crate) async fn websocket(
         Ok(accept) => accept,
         Err(refusal) => return Ok(*refusal),
     };
-    let query: Vec<(String, String)> =
-        serde_urlencoded::from_str(parts.uri.query().unwrap_or("")).unwrap_or_default();
-    let protocol = query
-        .iter()
-        .find(|(k, _)| k == "protocol")
-        .map(|(_, v)| v.as_str());
-    let refused = if let Err(code) = dialect::check_protocol(protocol) {
-        Some((
-            code,
-            format!("{}: this server speaks protocols 5 to 7", code.message),
-        ))
-    } else {
-        None
-    };
-    let app = state.pusher_by_key(&key).cloned();
-    let slot = app.as_ref().and_then(|a| a.take_slot());
-    let refused = refused.or_else(|| match (&app, &slot) {
-        (None, _) => Some((
-            dialect::APP_NOT_FOUND,
-            format!("app key {key} is not served here"),
-        )),
-        (Some(app), None) => Some((
-            dialect::OVER_QUOTA,
-            format!(
-                "app {} has its {} connections",
-                app.app.id, app.app.max_connections
-            ),
-        )),
-        _ => None,
-    });
-    let (Some(slot), None) = (slot, &refused) else {
-        let (code, message) = refused.unwrap_or((dialect::REFUSED, String::new()));
-        return Ok(transport::ws::refuse_pusher(accept, &state, code, message));
+    let slot = match app_slot(&state, &key, &parts.uri) {
+        Ok(slot) => slot,
+        Err((code, message)) => {
+            return Ok(transport::ws::refuse_pusher(accept, &state, code, message))
+        }
     };
     let opening = Opening {
         peer,
@@ -93,6 +72,250 @@ pub(crate) async fn websocket(
     let admitted = admission::admit(&state, Hold::Upgrade, opening).await?;
     let session = Session::pusher(state.clone(), slot, admitted);
     Ok(transport::ws::upgrade(accept, session))
+}
+
+/// The app's place for one more connection, or the Pusher refusal: a
+/// bad `?protocol=` (4006 to 4008), an unknown key (4001), the app at its
+/// `max_connections` (4004).
+fn app_slot(state: &AppState, key: &str, uri: &Uri) -> Result<PusherSlot, (dialect::Code, String)> {
+    let query: Vec<(String, String)> =
+        serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap_or_default();
+    let protocol = query
+        .iter()
+        .find(|(k, _)| k == "protocol")
+        .map(|(_, v)| v.as_str());
+    if let Err(code) = dialect::check_protocol(protocol) {
+        return Err((
+            code,
+            format!("{}: this server speaks protocols 5 to 7", code.message),
+        ));
+    }
+    let Some(app) = state.pusher_by_key(key) else {
+        return Err((
+            dialect::APP_NOT_FOUND,
+            format!("app key {key} is not served here"),
+        ));
+    };
+    app.take_slot().ok_or_else(|| {
+        (
+            dialect::OVER_QUOTA,
+            format!(
+                "app {} has its {} connections",
+                app.app.id, app.app.max_connections
+            ),
+        )
+    })
+}
+
+// ---- pusher-js's HTTP fallbacks: /pusher/app/{key}/{server}/{session}/… ----
+
+/// Longest `{server}` and `{session}` segment of an HTTP socket session's
+/// path (pusher-js makes them 1 to 3 digits and 8 characters).
+pub(crate) const MAX_SESSION_SEGMENT: usize = 32;
+
+/// The registry name of the HTTP socket session `…/app/{key}/{server}/{session}`,
+/// or a 400 when a segment is not 1 to 32 letters, digits, `_` or `-`.
+fn socket_session(key: &str, server: &str, session: &str) -> Result<String, ApiError> {
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= MAX_SESSION_SEGMENT
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    if !ok(server) || !ok(session) {
+        return Err(ApiError::new(
+            Refusal::InvalidRequest,
+            format!(
+                "an HTTP socket session is /app/{{key}}/{{server}}/{{session}}/…, each of \
+                 server and session 1 to {MAX_SESSION_SEGMENT} letters, digits, _ or -"
+            ),
+        ));
+    }
+    Ok(format!("pusher/{key}/{server}/{session}"))
+}
+
+/// The mailbox and entry serial of an open HTTP socket session.
+type Opened = (Arc<Mailbox>, u64);
+
+/// Opens the HTTP socket session `id` (the first receive request for it):
+/// the app's slot, the one admission path, then a task runs the session.
+/// `Err(Ok(response))`: refused in the protocol (4001, 4004, 4006-4008).
+async fn open_socket_session(
+    state: &AppState,
+    registry: &Arc<Registry>,
+    id: &str,
+    key: &str,
+    opening: Opening<'_>,
+    uri: &Uri,
+) -> Result<Opened, Result<Response, ApiError>> {
+    let slot = match app_slot(state, key, uri) {
+        Ok(slot) => slot,
+        Err((code, message)) => return Err(Ok(transport::xhr::refused(code, &message))),
+    };
+    let mailbox = Mailbox::new(state.config.queue_size);
+    let Some(entry) = registry.register_as(id, Some(Arc::clone(&mailbox))) else {
+        // Another request opened it meanwhile: this one reads it too.
+        return registry
+            .get_pusher(id)
+            .and_then(|h| Some((h.mailbox?, h.serial)))
+            .ok_or_else(|| Err(session_not_found()));
+    };
+    let admitted = match admission::admit(state, Hold::Session, opening).await {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            // A reader that found the entry meanwhile stops waiting.
+            mailbox.end(None);
+            drop(entry);
+            return Err(Err(refused.into()));
+        }
+    };
+    let serial = entry.registered.serial();
+    let session = Session::pusher(state.clone(), slot, admitted);
+    tokio::spawn(transport::xhr::drive(session, entry, Arc::clone(&mailbox)));
+    Ok((mailbox, serial))
+}
+
+/// A receive request: opens the session if it is new, then reads it.
+#[allow(clippy::too_many_arguments)]
+async fn receive(
+    state: AppState,
+    peer: SocketAddr,
+    tcp: Conn,
+    registry: Arc<Registry>,
+    (key, server, session): (String, String, String),
+    uri: Uri,
+    headers: HeaderMap,
+    kind: Receive,
+) -> Result<Response, ApiError> {
+    let id = socket_session(&key, &server, &session)?;
+    let (mailbox, serial) = match registry.get_pusher(&id) {
+        Some(handle) => (handle.mailbox.ok_or_else(session_not_found)?, handle.serial),
+        None => {
+            let opening = Opening {
+                peer,
+                conn: &tcp,
+                headers: &headers,
+                ticket: None,
+            };
+            match open_socket_session(&state, &registry, &id, &key, opening, &uri).await {
+                Ok(opened) => opened,
+                Err(answer) => return answer,
+            }
+        }
+    };
+    let ticket = mailbox.attach();
+    let finish = Finish {
+        registry,
+        id,
+        serial,
+    };
+    let period = state.config.heartbeat;
+    let shutdown = state.shutdown.clone();
+    Ok(match kind {
+        Receive::Streaming => transport::xhr::stream(mailbox, ticket, finish, period, shutdown),
+        Receive::Polling => transport::xhr::poll(mailbox, ticket, finish, period, shutdown).await,
+    })
+}
+
+/// `POST /pusher/app/{key}/{server}/{session}/xhr_streaming`: pusher-js's
+/// `xhr_streaming` receive (the first one opens the session).
+pub(crate) async fn xhr_streaming(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(tcp): Extension<Conn>,
+    Extension(registry): Extension<Arc<Registry>>,
+    Path(path): Path<(String, String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    receive(
+        state,
+        peer,
+        tcp,
+        registry,
+        path,
+        uri,
+        headers,
+        Receive::Streaming,
+    )
+    .await
+}
+
+/// `POST /pusher/app/{key}/{server}/{session}/xhr`: pusher-js's
+/// `xhr_polling` receive (the first one opens the session).
+pub(crate) async fn xhr_polling(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(tcp): Extension<Conn>,
+    Extension(registry): Extension<Arc<Registry>>,
+    Path(path): Path<(String, String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    receive(
+        state,
+        peer,
+        tcp,
+        registry,
+        path,
+        uri,
+        headers,
+        Receive::Polling,
+    )
+    .await
+}
+
+/// `POST /pusher/app/{key}/{server}/{session}/xhr_send`: a JSON array of
+/// strings, each one Pusher event as a WebSocket would carry it (`[]` is
+/// pusher-js's heartbeat), for the session's command queue; 204.
+pub(crate) async fn xhr_send(
+    State(state): State<AppState>,
+    Extension(registry): Extension<Arc<Registry>>,
+    Path((key, server, session)): Path<(String, String, String)>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let id = socket_session(&key, &server, &session)?;
+    let handle = registry.get_pusher(&id).ok_or_else(session_not_found)?;
+    let limit = state.config.limits.max_command_size;
+    // Room for escapes: each event is checked against the limit below.
+    let raw = read_body(body, limit.saturating_mul(6).saturating_add(64)).await?;
+    let frames: Vec<String> = serde_json::from_slice(&raw).map_err(|e| {
+        ApiError::new(
+            Refusal::InvalidCommand,
+            format!("xhr_send takes a JSON array of strings, each one Pusher event: {e}"),
+        )
+    })?;
+    if frames.iter().any(|f| f.len() > limit) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    if frames.len() > COMMAND_QUEUE {
+        return Err(ApiError::new(
+            Refusal::LimitExceeded,
+            format!("at most {COMMAND_QUEUE} events in one send; none of this one ran"),
+        ));
+    }
+    if let Some(mailbox) = &handle.mailbox {
+        mailbox.heard();
+    }
+    if !frames.is_empty() {
+        // Room for all of them or none: a refused send ran nothing.
+        let permits = handle
+            .commands
+            .try_reserve_many(frames.len())
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(()) => ApiError::new(
+                    Refusal::LimitExceeded,
+                    "too many events waiting for this session; none of this send ran",
+                ),
+                mpsc::error::TrySendError::Closed(()) => session_not_found(),
+            })?;
+        for (permit, frame) in permits.zip(frames) {
+            permit.send(Bytes::from(frame));
+        }
+    }
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    Ok(response)
 }
 
 /// The app a signed request is for, or the refusal: 404 for an unknown

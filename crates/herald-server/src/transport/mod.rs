@@ -9,6 +9,8 @@
 //!   format, each with the dialect as a parameter ([`Encoder`]).
 //! - [`poll`]: the long-poll mailbox and the poll answers (JSON, JSONP).
 //! - [`registry`]: live HTTP sessions by their secret id.
+//! - [`xhr`]: pusher-js's HTTP fallbacks (`xhr_streaming`, `xhr_polling`)
+//!   for a Pusher session, over the same mailbox as the long-poll.
 //!
 //! A message's bytes for each format are built once per publish
 //! ([`herald_core::Message`] caches them) and shared by every subscriber.
@@ -27,6 +29,7 @@ pub(crate) mod registry;
 pub(crate) mod sse;
 pub(crate) mod stream;
 pub(crate) mod ws;
+pub(crate) mod xhr;
 
 use std::collections::VecDeque;
 use std::time::Duration;

@@ -12,7 +12,7 @@
 //!   is there, or waits for it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -204,6 +204,12 @@ pub(crate) struct Mailbox {
     last_poll: Mutex<Instant>,
     /// Polls waiting now (a session with one waiting is not abandoned).
     waiting: AtomicUsize,
+    /// When the client last made a request for this session (a poll, a
+    /// send): a Pusher HTTP session's liveness ([`super::xhr`]).
+    heard: Mutex<Instant>,
+    /// The newest reader ([`Mailbox::attach`]): an older one still
+    /// waiting leaves without taking anything (its client moved on).
+    reader: AtomicU64,
 }
 
 impl Mailbox {
@@ -215,10 +221,33 @@ impl Mailbox {
             ended: AtomicBool::new(false),
             last_poll: Mutex::new(Instant::now()),
             waiting: AtomicUsize::new(0),
+            heard: Mutex::new(Instant::now()),
+            reader: AtomicU64::new(0),
         })
     }
 
-    fn put(&self, frame: Bytes) -> Result<(), Disconnect> {
+    /// The client made a request for this session.
+    pub(crate) fn heard(&self) {
+        *self.heard.lock() = Instant::now();
+    }
+
+    /// How long since the client made a request for this session.
+    pub(crate) fn silent_for(&self) -> Duration {
+        self.heard.lock().elapsed()
+    }
+
+    /// A new reader takes over: the one before it, if still waiting,
+    /// leaves ([`Mailbox::take_as`] answers `None`). Returns its ticket.
+    pub(crate) fn attach(&self) -> u64 {
+        self.heard();
+        let ticket = self.reader.fetch_add(1, Ordering::AcqRel) + 1;
+        // Wakes every waiting take (each made its `Notified` before it
+        // looked, so none misses this).
+        self.notify.notify_waiters();
+        ticket
+    }
+
+    pub(crate) fn put(&self, frame: Bytes) -> Result<(), Disconnect> {
         let mut frames = self.frames.lock();
         if frames.len() >= self.cap {
             return Err(SLOW_CONSUMER);
@@ -229,13 +258,24 @@ impl Mailbox {
         Ok(())
     }
 
-    fn abandoned(&self) -> bool {
+    /// Frames taken but not sent go back to the front, in order (a
+    /// Pusher stream at its size limit leaves them for the next one).
+    pub(crate) fn put_back(&self, frames: Vec<Bytes>) {
+        let mut queued = self.frames.lock();
+        for frame in frames.into_iter().rev() {
+            queued.push_front(frame);
+        }
+        drop(queued);
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn abandoned(&self) -> bool {
         self.waiting.load(Ordering::Acquire) == 0 && self.last_poll.lock().elapsed() >= POLL_LINGER
     }
 
     /// Resolves once the client is gone: it wakes when the linger since the
     /// last poll would end, not on a fixed tick.
-    async fn until_abandoned(&self) {
+    pub(crate) async fn until_abandoned(&self) {
         loop {
             let due = *self.last_poll.lock() + POLL_LINGER;
             tokio::time::sleep_until(due).await;
@@ -250,7 +290,7 @@ impl Mailbox {
     }
 
     /// The session ended: its last frames wait for one more poll.
-    fn end(&self, last: Option<Bytes>) {
+    pub(crate) fn end(&self, last: Option<Bytes>) {
         if let Some(frame) = last {
             self.frames.lock().push_back(frame);
         }
@@ -265,14 +305,46 @@ impl Mailbox {
         wait: Duration,
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> (Vec<Bytes>, bool) {
+        self.take_inner(None, wait, shutdown)
+            .await
+            .unwrap_or((Vec::new(), false))
+    }
+
+    /// Whether the reader with this ticket is the newest.
+    pub(crate) fn is_current(&self, ticket: u64) -> bool {
+        self.reader.load(Ordering::Acquire) == ticket
+    }
+
+    /// [`Mailbox::take`] for the reader with this ticket; `None` once a
+    /// newer reader attached (nothing was taken).
+    pub(crate) async fn take_as(
+        &self,
+        ticket: u64,
+        wait: Duration,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Option<(Vec<Bytes>, bool)> {
+        self.take_inner(Some(ticket), wait, shutdown).await
+    }
+
+    async fn take_inner(
+        &self,
+        ticket: Option<u64>,
+        wait: Duration,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Option<(Vec<Bytes>, bool)> {
         let _waiting = Waiting::new(self);
         let deadline = Instant::now() + wait;
         loop {
             let notified = self.notify.notified();
+            if ticket.is_some_and(|t| t != self.reader.load(Ordering::Acquire)) {
+                // Pass on a wake-up this stale reader may have taken.
+                self.notify.notify_one();
+                return None;
+            }
             let taken: Vec<Bytes> = self.frames.lock().drain(..).collect();
             let ended = self.ended.load(Ordering::Acquire);
             if !taken.is_empty() || ended || Instant::now() >= deadline {
-                return (taken, ended);
+                return Some((taken, ended));
             }
             tokio::select! {
                 () = notified => {}

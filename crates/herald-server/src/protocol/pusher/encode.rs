@@ -6,6 +6,14 @@
 //!
 //! Every event frame carries its Herald message id in `herald_id`, a
 //! field pusher-js ignores, for resume.
+//!
+//! pusher-js's HTTP fallbacks (`xhr_streaming`, `xhr_polling`) carry the
+//! same frames in a SockJS-like framing, one line each: `o` (the session
+//! opened), `a[...]` (frames, each a JSON string), `h` (a heartbeat) and
+//! `c[code,"reason"]` (the close). A message's line is built once too
+//! ([`Form::xhr_line`]).
+
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use herald_core::message::PayloadKind;
@@ -23,6 +31,16 @@ use super::Code;
 pub(crate) struct Form {
     pub(crate) frame: Bytes,
     pub(crate) exclude: Option<Box<str>>,
+    /// The frame as an HTTP fallback's line, built the first time one
+    /// needs it.
+    line: OnceLock<Bytes>,
+}
+
+impl Form {
+    /// `a["<frame>"]\n`, shared by every HTTP fallback subscriber.
+    pub(crate) fn xhr_line(&self) -> &Bytes {
+        self.line.get_or_init(|| xhr_line(&self.frame))
+    }
 }
 
 /// How the Pusher dialect stores an event in Herald: the payload
@@ -84,6 +102,7 @@ fn build(message: &Message) -> Form {
     Form {
         frame: Bytes::from(frame.to_string()),
         exclude,
+        line: OnceLock::new(),
     }
 }
 
@@ -103,6 +122,29 @@ pub(crate) fn error(code: Code, message: &str) -> Bytes {
         json!({"event": "pusher:error", "data": {"code": code.code, "message": message}})
             .to_string(),
     )
+}
+
+/// The first line of a new HTTP fallback session.
+pub(crate) const XHR_OPEN: Bytes = Bytes::from_static(b"o\n");
+
+/// An HTTP fallback's heartbeat line (a streaming client answers it with
+/// an empty send).
+pub(crate) const XHR_HEARTBEAT: Bytes = Bytes::from_static(b"h\n");
+
+/// `a["<frame>"]\n`: one frame as an HTTP fallback's line, the frame a
+/// JSON string (pusher-js parses it as a WebSocket message's text).
+pub(crate) fn xhr_line(frame: &[u8]) -> Bytes {
+    let text = String::from_utf8_lossy(frame);
+    let mut out = Vec::with_capacity(frame.len() + frame.len() / 8 + 8);
+    out.extend_from_slice(b"a[");
+    herald_core::message::write_json_string(&mut out, &text);
+    out.extend_from_slice(b"]\n");
+    Bytes::from(out)
+}
+
+/// `c[code,"reason"]\n`: the close of an HTTP fallback session.
+pub(crate) fn xhr_close(code: Code) -> Bytes {
+    Bytes::from(format!("c{}\n", json!([code.code, code.message])))
 }
 
 #[cfg(test)]
@@ -139,5 +181,22 @@ mod tests {
         assert_eq!(frame(&m)["event"], "message");
         assert_eq!(frame(&m)["data"], r#"{"t":"hi"}"#);
         assert!(form(&m).is_some_and(|f| f.exclude.is_none()));
+    }
+
+    #[test]
+    fn xhr_framing() {
+        let m = message(r#"{"event":"e","data":"x"}"#);
+        let line = form(&m).expect("form").xhr_line().clone();
+        assert!(
+            line.starts_with(b"a[\"") && line.ends_with(b"]\n"),
+            "{line:?}"
+        );
+        let list: Vec<String> =
+            serde_json::from_slice(&line[1..line.len() - 1]).expect("a JSON array of strings");
+        assert_eq!(list[0].as_bytes(), &form(&m).expect("form").frame[..]);
+        assert_eq!(
+            &xhr_close(super::super::RECONNECT)[..],
+            b"c[4200,\"reconnect immediately\"]\n"
+        );
     }
 }

@@ -19,7 +19,9 @@
 //!   last one leaves);
 //! - `client-` events, published through the engine like any message,
 //!   with the sender's `socket_id` so that it does not get its own;
-//! - the error and close codes ([`Code`], one table).
+//! - the error and close codes ([`Code`], one table);
+//! - the wire: a WebSocket, or pusher-js's HTTP fallbacks ([`Wire`]),
+//!   whose lines [`encode`] also writes.
 
 pub(crate) mod command;
 pub(crate) mod encode;
@@ -184,12 +186,36 @@ struct NoticeEntry {
     info: Option<serde_json::Value>,
 }
 
+/// How the frames of a Pusher session go out: a WebSocket's text frames,
+/// or an HTTP fallback's lines (`a["<frame>"]`, [`encode::xhr_line`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wire {
+    WebSocket,
+    Xhr,
+}
+
+impl Wire {
+    /// A frame built for this connection, on this wire.
+    pub(crate) fn frame(self, frame: Bytes) -> Bytes {
+        match self {
+            Self::WebSocket => frame,
+            Self::Xhr => encode::xhr_line(&frame),
+        }
+    }
+}
+
 impl State {
     /// What a queue item becomes for this connection, if anything: a
     /// message in its shared Pusher form (unless this connection sent or
-    /// was excluded from it), a presence change, or the end. Gaps and a
-    /// channel's end have no Pusher form.
+    /// was excluded from it), a presence change, a gap (`herald:gap`, only
+    /// on a channel the resume helper resumed), or the end. A channel's
+    /// end has no Pusher form.
     pub(crate) fn push(&mut self, item: Item) -> Option<Push> {
+        self.push_on(Wire::WebSocket, item)
+    }
+
+    /// [`State::push`] on `wire`: every [`Push::Frame`] is in its form.
+    pub(crate) fn push_on(&mut self, wire: Wire, item: Item) -> Option<Push> {
         match item {
             // The latest message of a `latest_on_subscribe` namespace is
             // an ordinary event in Pusher (which has no such mark).
@@ -198,9 +224,14 @@ impl State {
                 if form.exclude.as_deref() == Some(&*self.socket_id) {
                     return None;
                 }
-                Some(Push::Frame(form.frame.clone()))
+                Some(Push::Frame(match wire {
+                    Wire::WebSocket => form.frame.clone(),
+                    Wire::Xhr => form.xhr_line().clone(),
+                }))
             }
-            Item::Notice(notice) => self.presence_change(&notice.channel, &notice.json),
+            Item::Notice(notice) => self
+                .presence_change(&notice.channel, &notice.json)
+                .map(|frame| Push::Frame(wire.frame(frame))),
             Item::Disconnect(why) => Some(Push::End(why)),
             Item::Closed(channel, _) => {
                 self.members.remove(&channel);
@@ -209,12 +240,12 @@ impl State {
             }
             Item::Gap(channel) => self.resuming.contains(&channel).then(|| {
                 let name = name::pusher_name(channel.as_str());
-                Push::Frame(encode::event(GAP_EVENT, Some(&name), &json!({})))
+                Push::Frame(wire.frame(encode::event(GAP_EVENT, Some(&name), &json!({}))))
             }),
         }
     }
 
-    fn presence_change(&mut self, channel: &ChannelName, json: &[u8]) -> Option<Push> {
+    fn presence_change(&mut self, channel: &ChannelName, json: &[u8]) -> Option<Bytes> {
         let members = self.members.get_mut(channel)?;
         let body: NoticeBody = serde_json::from_slice(json).ok()?;
         let name = name::pusher_name(channel.as_str());
@@ -227,22 +258,22 @@ impl State {
             let first = !members.values().any(|u| *u == user);
             members.insert(client, Arc::clone(&user));
             return first.then(|| {
-                Push::Frame(encode::event(
+                encode::event(
                     "pusher_internal:member_added",
                     Some(&name),
                     &json!({"user_id": &*user, "user_info": join.info}),
-                ))
+                )
             });
         }
         let leave = body.leave?;
         let user = members.remove(leave.client.as_str())?;
         let last = !members.values().any(|u| *u == user);
         last.then(|| {
-            Push::Frame(encode::event(
+            encode::event(
                 "pusher_internal:member_removed",
                 Some(&name),
                 &json!({ "user_id": &*user }),
-            ))
+            )
         })
     }
 }
