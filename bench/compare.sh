@@ -7,12 +7,18 @@
 #   bash bench/compare.sh                      # defaults: a few minutes
 #   IDLE_N=50000 FANOUT_N=30000 bash bench/compare.sh
 #   SERVERS="herald nchan" TRANSPORT=sse bash bench/compare.sh
+#   SERVERS="herald herald-pusher sockudo" bash bench/compare.sh
+#                                              # the Pusher protocol: Herald's dialect vs Sockudo
 #   BASELINE_BIN=/path/to/old/herald SERVERS="herald baseline" bash bench/compare.sh
 #                                              # a change, before and after
 #
 # Knobs (environment):
 #   SERVERS         servers to run, in order          (herald nchan pushpin)
-#                   "baseline" is Herald again, from BASELINE_BIN
+#                   "baseline" is Herald again, from BASELINE_BIN;
+#                   "herald-pusher" is Herald's Pusher dialect and "sockudo"
+#                   Sockudo (SOCKUDO_BIN), both driven as pusher-js drives
+#                   them: /app/{key}, pusher:subscribe, pusher:ping answered,
+#                   triggers through the signed POST /apps/{id}/events
 #   TRANSPORT       ws or sse for every scenario       (ws)
 #   IDLE_N          idle connections held              (10000)
 #   IDLE_SECS       how long they are held             (5)
@@ -31,6 +37,7 @@
 #   HERALD_BIN      herald binary   (target/release/herald, built if missing)
 #   BENCH_BIN       herald-bench    (target/release/herald-bench, built if missing)
 #   BASELINE_BIN    a herald binary from before a change, run as "baseline"
+#   SOCKUDO_BIN     sockudo (cargo install sockudo --locked; needs protobuf-compiler)
 #
 # Scenario by scenario, every server runs it back to back (a fresh server
 # each time), so a before/after pair sees the same machine state.
@@ -69,6 +76,8 @@ HERALD_PORT=7070
 NCHAN_PORT=8081
 PUSHPIN_PORT=7999
 PUSHPIN_PUB_PORT=5561
+SOCKUDO_PORT=6001
+SOCKUDO_BIN=${SOCKUDO_BIN:-$(command -v sockudo || echo "$HOME/.cargo/bin/sockudo")}
 ORIGIN_PORT=7998
 
 RESULTS="$HERE/results"
@@ -133,9 +142,11 @@ wait_port() { # port, seconds
 }
 
 # Each start_* sets MAIN_PID (the PID handed to --server-pid), SUB_WS,
-# SUB_HTTP, PUB_URL and PUB_BODY.
+# SUB_HTTP, PUB_URL and PUB_BODY, and SERVER_ARGS (extra herald-bench
+# arguments, e.g. the Pusher protocol's; empty for the others).
 start_herald() {
-    HERALD_LOG=warn "$HERALD_BIN" serve --listen "127.0.0.1:$HERALD_PORT" >"$WORK/herald.log" 2>&1 &
+    SERVER_ARGS=()
+    HERALD_LOG=warn "$HERALD_BIN" serve --listen "127.0.0.1:$HERALD_PORT" ${HERALD_CONFIG:+--config "$HERALD_CONFIG"} >"$WORK/herald.log" 2>&1 &
     MAIN_PID=$!
     SERVER_PIDS+=("$MAIN_PID")
     wait_port "$HERALD_PORT" 20
@@ -151,7 +162,56 @@ start_baseline() {
     HERALD_BIN="$BASELINE_BIN" start_herald
 }
 
+# The Pusher protocol as pusher-js speaks it (one app: id bench, key
+# bench-key): subscribe, wait for subscription_succeeded, answer pings;
+# events triggered through the signed HTTP API.
+PUSHER_APP_ID=bench
+PUSHER_KEY=bench-key
+PUSHER_SECRET=bench-secret-0123
+pusher_args() { # port
+    SUB_WS="ws://127.0.0.1:$1/app/$PUSHER_KEY?protocol=7&client=js&version=8.4.0"
+    SUB_HTTP=$SUB_WS
+    PUB_URL="http://127.0.0.1:$1/apps/$PUSHER_APP_ID/events"
+    PUB_BODY='{"name":"tick","channels":["{channel}"],"data":"{payload_str}"}'
+    SERVER_ARGS=(--transport session-ws
+        --session-subscribe '{"event":"pusher:subscribe","data":{"channel":"{channel}"}}'
+        --session-ack 'pusher_internal:subscription_succeeded'
+        --session-ping '"event":"pusher:ping"'
+        --session-pong '{"event":"pusher:pong","data":{}}'
+        --pusher-app "$PUSHER_KEY:$PUSHER_SECRET")
+}
+
+start_herald_pusher() {
+    printf '[[pusher.apps]]\nid = "%s"\nkey = "%s"\nsecret = "%s"\n' \
+        "$PUSHER_APP_ID" "$PUSHER_KEY" "$PUSHER_SECRET" >"$WORK/herald-pusher.toml"
+    HERALD_CONFIG="$WORK/herald-pusher.toml" start_herald
+    pusher_args "$HERALD_PORT"
+}
+
+# Sockudo with its memory drivers, one app from the environment, and delta
+# compression, metrics and rate limits off (a fair baseline: Herald has
+# none of them on either).
+start_sockudo() {
+    [ -x "$SOCKUDO_BIN" ] || { log "no sockudo at $SOCKUDO_BIN (cargo install sockudo --locked)"; return 1; }
+    local p="$WORK/sockudo"
+    mkdir -p "$p"
+    printf 'host = "127.0.0.1"\nport = %s\n[delta_compression]\nenabled = false\n[metrics]\nenabled = false\n[rate_limiter]\nenabled = false\n' \
+        "$SOCKUDO_PORT" >"$p/sockudo.toml"
+    (cd "$p" && SOCKUDO_DEFAULT_APP_ID=$PUSHER_APP_ID SOCKUDO_DEFAULT_APP_KEY=$PUSHER_KEY \
+        SOCKUDO_DEFAULT_APP_SECRET=$PUSHER_SECRET SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=1000000 \
+        SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND=10000000 \
+        SOCKUDO_DEFAULT_APP_MAX_CLIENT_EVENTS_PER_SECOND=10000000 \
+        SOCKUDO_DEFAULT_APP_MAX_READ_REQUESTS_PER_SECOND=10000000 \
+        SOCKUDO_MAX_CONNECTIONS=1000000 METRICS_ENABLED=false RATE_LIMITER_ENABLED=false \
+        exec "$SOCKUDO_BIN" --config "$p/sockudo.toml") >"$p/out.log" 2>&1 &
+    MAIN_PID=$!
+    SERVER_PIDS+=("$MAIN_PID")
+    wait_port "$SOCKUDO_PORT" 30
+    pusher_args "$SOCKUDO_PORT"
+}
+
 start_nchan() {
+    SERVER_ARGS=()
     need_nchan
     local p="$WORK/nchan"
     mkdir -p "$p"
@@ -167,6 +227,7 @@ start_nchan() {
 }
 
 start_pushpin() {
+    SERVER_ARGS=()
     need_pushpin
     local p="$WORK/pushpin"
     mkdir -p "$p/run" "$p/log"
@@ -212,7 +273,8 @@ bench() { # server case n [herald-bench args...]
     if "$BENCH_BIN" --transport "$TRANSPORT" --sub-url "$sub" --pub-url "$PUB_URL" \
         --pub-body "$PUB_BODY" -n "$n" --procs "$procs" --server-pid "$MAIN_PID" \
         --label "$server" --timeout "$RUN_TIMEOUT" --output both \
-        --connect-concurrency "$CONNECT_CONC" --connect-retries "$CONNECT_RETRIES" "$@" \
+        --connect-concurrency "$CONNECT_CONC" --connect-retries "$CONNECT_RETRIES" \
+        "${SERVER_ARGS[@]}" "$@" \
         >"$out.out" 2>"$out.err"; then
         sed '$d' "$out.out" >&2
         printf '{"case":"%s","server":"%s","report":%s}\n' "$case" "$server" "$(tail -n 1 "$out.out")" >>"$JSONL"
@@ -228,7 +290,7 @@ bench() { # server case n [herald-bench args...]
 run_one() { # server scenario
     local server=$1 s=$2
     log "starting $server"
-    "start_$server"
+    "start_${server//-/_}"
     case $s in
     idle) bench "$server" idle "$IDLE_N" --scenario idle --duration "$IDLE_SECS" ;;
     fanout) bench "$server" fanout-paced "$FANOUT_N" --scenario fanout \

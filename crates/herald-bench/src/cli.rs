@@ -166,11 +166,22 @@ pub struct Args {
     /// session-ws: answer sent to a server ping push (a frame starting `{"ping"`); empty = none.
     #[arg(long, default_value = r#"{"pong":{}}"#)]
     pub session_pong: String,
+    /// session-ws: substring that marks a server ping push (answered with
+    /// --session-pong); empty = a frame starting `{"ping"` (Herald's). For
+    /// the Pusher dialect: `"event":"pusher:ping"`.
+    #[arg(long, default_value = "")]
+    pub session_ping: String,
     /// session-ws: command sent for every received message marked `"ack":true`
     /// ({id}: a fresh command id, {msgid}: the message's id), e.g.
     /// `{"id":{id},"ack":{"ids":["{msgid}"]}}`; empty = none.
     #[arg(long, default_value = "")]
     pub session_ack_each: String,
+    /// `KEY:SECRET` of a Pusher app: every publish is signed as Pusher's
+    /// server libraries sign it (`auth_key`, `auth_timestamp`,
+    /// `auth_version`, `body_md5`, `auth_signature` added to the URL), for
+    /// `POST /apps/{id}/events` of any Pusher-protocol server.
+    #[arg(long, default_value = "")]
+    pub pusher_app: String,
     /// HS256 secret: {token} in session commands becomes a token for the user
     /// named like the subscriber's channel (valid one hour).
     #[arg(long, default_value = "")]

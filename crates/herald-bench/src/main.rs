@@ -16,6 +16,7 @@
 mod cli;
 mod payload;
 mod publisher;
+mod pusher;
 mod report;
 mod run;
 mod server_stat;

@@ -136,6 +136,17 @@ async fn lane_loop(
             let p = payload::make(seq, payload::now_ns(), cfg.args.payload_size);
             cfg.pub_body.render(&name, &p)
         };
+        let path = match cfg.args.pusher_app.split_once(':') {
+            Some((key, secret)) => crate::pusher::signed_path(
+                "POST",
+                &path,
+                body.as_bytes(),
+                key,
+                secret,
+                payload::now_ns() / 1_000_000_000,
+            ),
+            None => path,
+        };
         let result = tokio::time::timeout(
             timeout,
             conn.request("POST", &path, &cfg.pub_headers, body.as_bytes()),

@@ -231,7 +231,7 @@ enum Open {
     /// and the command acknowledging a marked message.
     Ws(
         Box<WebSocketStream<TcpStream>>,
-        Option<String>,
+        Option<Pong>,
         Option<String>,
     ),
     Sse {
@@ -335,7 +335,10 @@ async fn open(
                     }
                 }
             }
-            let pong = (!a.session_pong.is_empty()).then(|| a.session_pong.clone());
+            let pong = (!a.session_pong.is_empty()).then(|| Pong {
+                reply: a.session_pong.clone(),
+                marker: a.session_ping.clone(),
+            });
             let ack = (!a.session_ack_each.is_empty()).then(|| a.session_ack_each.clone());
             Ok(Open::Ws(Box::new(ws), pong, ack))
         }
@@ -373,6 +376,23 @@ async fn open(
     }
 }
 
+/// The answer to a server's ping push, and what marks one (empty: Herald's
+/// `{"ping"`, [`is_ping_push`]).
+struct Pong {
+    reply: String,
+    marker: String,
+}
+
+impl Pong {
+    fn is_ping(&self, frame: &[u8]) -> bool {
+        if self.marker.is_empty() {
+            is_ping_push(frame)
+        } else {
+            contains(frame, self.marker.as_bytes())
+        }
+    }
+}
+
 /// True for a session ping push such as `{"ping":{}}` or `{"ping": {}}`.
 fn is_ping_push(frame: &[u8]) -> bool {
     let t = frame.trim_ascii_start();
@@ -393,8 +413,8 @@ async fn receive(conn: Open, rx: &mut Receiver<'_>) -> String {
                 match ws.next().await {
                     Some(Ok(Message::Text(t))) => {
                         if let Some(p) = &pong {
-                            if is_ping_push(t.as_bytes()) {
-                                if let Err(e) = ws.send(Message::text(p.clone())).await {
+                            if p.is_ping(t.as_bytes()) {
+                                if let Err(e) = ws.send(Message::text(p.reply.clone())).await {
                                     return ws_kind(&e);
                                 }
                                 continue;
