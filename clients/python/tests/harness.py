@@ -98,8 +98,11 @@ max_attempts = 3
             except queue.Empty:
                 line = None
             if line is None:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+                said = self.stderr()
                 self.stop()
-                raise RuntimeError(f"herald did not say where it listens within {START_WAIT}s: {self.stderr()}")
+                raise RuntimeError(f"herald did not say where it listens within {START_WAIT}s: {said}")
             if line.startswith("herald listening on "):
                 self.url = line[len("herald listening on ") :]
         host_port = self.url.split("//", 1)[1]
