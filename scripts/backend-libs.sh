@@ -4,9 +4,10 @@
 #
 # Python: the package is installed, from a copy of clients/python, into a
 # virtualenv under ${XDG_CACHE_HOME:-$HOME/.cache}/herald-backend-py (made
-# once, with the build backend pinned below: the library itself needs only
-# the standard library), and its unittest suite runs with that virtualenv's
-# Python, so what is tested is what `pip install` gives. Node: `npm ci` in
+# once, with the build backend and mypy pinned below: the library itself
+# needs only the standard library), and its unittest suite runs with that
+# virtualenv's Python, so what is tested is what `pip install` gives,
+# `mypy --strict` included. Node: `npm ci` in
 # clients/node (TypeScript, pinned, to check index.d.ts), then node --test.
 # The binary is HERALD_BIN, or found in CARGO_TARGET_DIR (or target/), built
 # if missing. Takes a few seconds; ends with one line
@@ -35,7 +36,10 @@ fi
 export HERALD_BIN
 
 # --- Python --------------------------------------------------------------------
-pins=(setuptools==84.2.1)
+# setuptools builds the package (pip install, no build isolation); mypy and
+# what it pulls in check its types (clients/python/tests/test_types.py).
+pins=(setuptools==84.2.1 mypy==2.4.1 mypy_extensions==1.2.0 pathspec==1.1.1 typing_extensions==4.16.0
+  librt==0.17.0 ast_serialize==0.13.1)
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/herald-backend-py
 venv=$cache/venv
 if [[ ! -x $venv/bin/python || "$(cat "$venv/.herald-pins" 2>/dev/null)" != "${pins[*]}" ]]; then

@@ -9,7 +9,7 @@ import { after, before, describe, test } from "node:test";
 
 import * as esm from "../index.mjs";
 import { Herald, HeraldError, WebhookError, SIGNATURE_HEADER, parseWebhook, signToken, verifyWebhook } from "../index.mjs";
-import { API_KEY, HMAC_SECRET, WEBHOOK_SECRET, eventually, get, startReceiver, startServer, stream } from "./harness.mjs";
+import { API_KEY, HMAC_SECRET, WEBHOOK_SECRET, eventually, get, outsideAddress, startReceiver, startServer, stream } from "./harness.mjs";
 
 const claims = (token) => JSON.parse(Buffer.from(token.split(".")[1], "base64url").toString("utf8"));
 
@@ -128,6 +128,27 @@ describe("herald-push against the real server", () => {
       await refused(401, "unauthorized", other.publish("js-x", 1));
       await refused(401, "unauthorized", other.createToken({ user: "alice" }));
       await refused(401, "unauthorized", other.presence("room:x"));
+    }
+  });
+
+  test("a payload over max_payload is 413", async () => {
+    const big = "x".repeat(70_000); // the default max_payload is 65,536 bytes
+    await refused(413, "payload_too_large", herald.publishRaw("js-big", big));
+    await refused(413, "payload_too_large", herald.publish("js-big", big));
+  });
+
+  test("a keyless server answers loopback only (403 from elsewhere)", async (t) => {
+    const outside = outsideAddress();
+    if (!outside) return t.skip("this machine has no non-loopback address");
+    const keyless = await startServer(null, { apiKey: null, listen: "0.0.0.0:0" });
+    try {
+      const local = new Herald(`http://127.0.0.1:${keyless.port}`);
+      assert.equal((await local.publish("js-keyless", 1)).channel, "js-keyless");
+      const remote = new Herald(`http://${outside}:${keyless.port}`);
+      await refused(403, "forbidden", remote.publish("js-keyless", 1));
+      await refused(403, "forbidden", remote.createToken({ user: "alice" }));
+    } finally {
+      await keyless.stop();
     }
   });
 

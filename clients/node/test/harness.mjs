@@ -6,7 +6,7 @@
 import { spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import http from "node:http";
-import { tmpdir } from "node:os";
+import { networkInterfaces, tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -23,18 +23,17 @@ function heraldBin() {
 }
 
 /** A herald process with the test configuration. */
-export async function startServer(webhookUrl) {
+export async function startServer(webhookUrl, { apiKey = API_KEY, listen = "127.0.0.1:0" } = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), "herald-node-"));
   const config = path.join(dir, "herald.toml");
-  writeFileSync(
-    config,
-    `listen = "127.0.0.1:0"
-api_key = "${API_KEY}"
+  let text = `listen = "${listen}"
 presence_grace = "1s"
 drain_delay = "0s"
 drain_window = "0s"
 shutdown_grace = "1s"
-
+`;
+  if (apiKey !== null) text += `api_key = "${apiKey}"\n`;
+  text += `
 [auth]
 hmac_secret = "${HMAC_SECRET}"
 
@@ -45,14 +44,17 @@ presence = true
 [[namespace]]
 prefix = "private:"
 private = true
-
+`;
+  if (webhookUrl) {
+    text += `
 [webhooks]
 url = "${webhookUrl}"
 secret = "${WEBHOOK_SECRET}"
 timeout = "1s"
 max_attempts = 3
-`,
-  );
+`;
+  }
+  writeFileSync(config, text);
   const proc = spawn(heraldBin(), ["serve", "--config", config], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, HERALD_LOG: "warn" },
@@ -95,6 +97,14 @@ max_attempts = 3
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** This machine's IPv4 address on a non-loopback interface, or null. */
+export function outsideAddress() {
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === "IPv4" && !a.internal) return a.address;
+  }
+  return null;
 }
 
 /** A plain client GET (no library): {status, body}. */

@@ -13,6 +13,7 @@ import http.server
 import json
 import os
 import queue
+import socket
 import subprocess
 import tempfile
 import threading
@@ -44,17 +45,24 @@ def herald_bin() -> str:
 class Server:
     """A herald process with the test configuration; ``stop()`` ends it."""
 
-    def __init__(self, webhook_url: str) -> None:
+    def __init__(
+        self,
+        webhook_url: Optional[str] = None,
+        *,
+        api_key: Optional[str] = API_KEY,
+        listen: str = "127.0.0.1:0",
+    ) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="herald-py-")
         config = Path(self._dir.name) / "herald.toml"
-        config.write_text(
-            f"""listen = "127.0.0.1:0"
-api_key = "{API_KEY}"
+        text = f"""listen = "{listen}"
 presence_grace = "1s"
 drain_delay = "0s"
 drain_window = "0s"
 shutdown_grace = "1s"
-
+"""
+        if api_key is not None:
+            text += f'api_key = "{api_key}"\n'
+        text += f"""
 [auth]
 hmac_secret = "{HMAC_SECRET}"
 
@@ -65,14 +73,16 @@ presence = true
 [[namespace]]
 prefix = "private:"
 private = true
-
+"""
+        if webhook_url is not None:
+            text += f"""
 [webhooks]
 url = "{webhook_url}"
 secret = "{WEBHOOK_SECRET}"
 timeout = "1s"
 max_attempts = 3
 """
-        )
+        config.write_text(text)
         self._log = open(Path(self._dir.name) / "stderr.log", "wb")
         self.proc = subprocess.Popen(
             [herald_bin(), "serve", "--config", str(config)],
@@ -135,6 +145,20 @@ max_attempts = 3
             return answer.status, json.loads(answer.read() or b"null")
         finally:
             conn.close()
+
+
+def outside_address() -> Optional[str]:
+    """This machine's address on a non-loopback interface, if it has one
+    (a UDP socket's connect only picks the route: nothing is sent)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("10.255.255.255", 9))
+        address = str(probe.getsockname()[0])
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
 
 
 class Stream:

@@ -12,7 +12,7 @@ import base64
 import json
 import unittest
 import urllib.parse
-from typing import Any, Dict
+from typing import Any, Dict, cast
 
 from harness import (
     API_KEY,
@@ -22,6 +22,7 @@ from harness import (
     Server,
     Stream,
     eventually,
+    outside_address,
 )
 
 from herald_push import (
@@ -37,7 +38,7 @@ from herald_push import (
 
 def claims(token: str) -> Dict[str, Any]:
     part = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    return cast(Dict[str, Any], json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))))
 
 
 class BackendTest(unittest.TestCase):
@@ -147,6 +148,27 @@ class BackendTest(unittest.TestCase):
             self.refused(401, "unauthorized", other.publish, "py-x", 1)
             self.refused(401, "unauthorized", other.create_token, "alice")
             self.refused(401, "unauthorized", other.presence, "room:x")
+
+    def test_payload_too_large_is_413(self) -> None:
+        big = "x" * 70_000  # over the default max_payload, 65,536 bytes
+        self.refused(413, "payload_too_large", self.herald.publish_raw, "py-big", big)
+        self.refused(413, "payload_too_large", self.herald.publish, "py-big", big)
+
+    def test_keyless_server_answers_loopback_only(self) -> None:
+        # No api_key: a direct loopback request is let in, one from another
+        # address is 403 forbidden (security.md, "API keys").
+        outside = outside_address()
+        if outside is None:
+            self.skipTest("this machine has no non-loopback address")
+        keyless = Server(api_key=None, listen="0.0.0.0:0")
+        try:
+            local = Herald(f"http://127.0.0.1:{keyless.port}")
+            self.assertEqual(local.publish("py-keyless", 1)["channel"], "py-keyless")
+            remote = Herald(f"http://{outside}:{keyless.port}")
+            self.refused(403, "forbidden", remote.publish, "py-keyless", 1)
+            self.refused(403, "forbidden", remote.create_token, "alice")
+        finally:
+            keyless.stop()
 
     def test_not_herald_error_body(self) -> None:
         # A server that is not Herald (here: the webhook receiver, which
