@@ -5,7 +5,8 @@
 # against a real Redis), the JavaScript client's unit and browser tests (and
 # the Pusher suites with pusher-js, Laravel Echo and the `pusher` server
 # library, one of them on two nodes of a Redis), Pusher's Python server
-# library against pusher-js (scripts/pusher-py.sh, in a pinned virtualenv), and
+# library against pusher-js (scripts/pusher-py.sh, in a pinned virtualenv),
+# the Python and Node backend libraries (scripts/backend-libs.sh), and
 # Herald's WebSocket framing against Autobahn|Testsuite (scripts/autobahn.sh,
 # which installs the suite in a Python 2.7 virtualenv on first use), and the
 # deployment files (scripts/deploy-check.sh: hadolint, systemd-analyze, the
@@ -20,7 +21,7 @@ say() { printf '\n==> %s\n' "$*"; }
 
 # Every suite's output also goes to one log; at the end (pass or fail) one
 # line totals them: cargo's "test result" lines, the JS runner's and
-# Autobahn's, deploy-check's, openapi's and pusher-py's "N passed, N failed" lines.
+# Autobahn's, deploy-check's, openapi's, pusher-py's and backend-libs' "N passed, N failed" lines.
 tally_log=$(mktemp)
 redis_pid=""
 redis_dir=""
@@ -30,7 +31,7 @@ finish() {
   if [[ -n "$redis_dir" ]]; then rm -rf "$redis_dir"; fi
   awk -v status="$status" '
     /^test result: / { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-    /^(js|autobahn|deploy|openapi|pusher-py): [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
+    /^(js|backend-libs|autobahn|deploy|openapi|pusher-py): [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
     END { if (status != 0 && f == 0) f = 1; printf "%d passed, %d failed\n", p, f }
   ' "$tally_log"
   rm -f "$tally_log"
@@ -82,6 +83,10 @@ if [[ -x clients/js/test/run.sh ]]; then
   say "JavaScript client tests"
   HERALD_BIN="$target_dir/debug/herald" counted clients/js/test/run.sh
 fi
+
+# --- the backend libraries (Python and Node) against the binary (seconds) -----
+say "backend libraries, Python and Node (scripts/backend-libs.sh)"
+HERALD_BIN="$target_dir/debug/herald" counted scripts/backend-libs.sh
 
 # --- Pusher's Python server library against pusher-js (a few seconds) -------
 say "Pusher's Python server library (scripts/pusher-py.sh)"
