@@ -38,6 +38,7 @@
 #   BENCH_BIN       herald-bench    (target/release/herald-bench, built if missing)
 #   BASELINE_BIN    a herald binary from before a change, run as "baseline"
 #   SOCKUDO_BIN     sockudo (cargo install sockudo --locked; needs protobuf-compiler)
+#   SOCKUDO_TOML    more lines for Sockudo's config, e.g. '[websocket]\nmax_messages = 100'
 #
 # Scenario by scenario, every server runs it back to back (a fresh server
 # each time), so a before/after pair sees the same machine state.
@@ -197,6 +198,7 @@ start_sockudo() {
     mkdir -p "$p"
     printf 'host = "127.0.0.1"\nport = %s\n[delta_compression]\nenabled = false\n[metrics]\nenabled = false\n[rate_limiter]\nenabled = false\n' \
         "$SOCKUDO_PORT" >"$p/sockudo.toml"
+    printf '%b\n' "${SOCKUDO_TOML:-}" >>"$p/sockudo.toml"
     (cd "$p" && SOCKUDO_DEFAULT_APP_ID=$PUSHER_APP_ID SOCKUDO_DEFAULT_APP_KEY=$PUSHER_KEY \
         SOCKUDO_DEFAULT_APP_SECRET=$PUSHER_SECRET SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=1000000 \
         SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND=10000000 \
