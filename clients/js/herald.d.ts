@@ -39,8 +39,15 @@ export interface Message<T = unknown> {
 }
 
 export interface HeraldOptions {
-  /** Sent in `connect`; a function is called on every (re)connect. */
+  /**
+   * Sent in `connect`. A function is called on every (re)connect and, when
+   * the session's token expires, again before it does: the new token goes
+   * up as `refresh` on the open connection (every transport), with no
+   * reconnect. It must be for the same user.
+   */
   token?: string | (() => string | Promise<string>);
+  /** How long before the token's `exp` to refresh it, ms (at most a third of the time left; jittered by up to half of it more). Default 30000. */
+  refreshAhead?: number;
   /** Transports to try, in order. Default ["websocket", "sse", "longpoll", "iframe"]. Those the environment lacks are skipped. */
   transports?: TransportName[];
   /** How long a transport may take to deliver the `connect` reply (its first frame) before the next one is tried, ms. Default 5000. */
@@ -96,6 +103,10 @@ export interface DisconnectInfo {
 
 export interface ConnectInfo {
   client: string | null;
+  /** The user the token names, or null (anonymous). */
+  user: string | null;
+  /** When the token expires (unix seconds), or null. */
+  expiresAt: number | null;
   version: string | null;
   /** The server's ping interval, seconds. */
   ping: number;
@@ -135,6 +146,36 @@ export interface HistoryReply<T = unknown> {
   last_id: MessageId | null;
 }
 
+export interface PresenceUser {
+  user: string;
+  /** How many of this user's connections are on the channel. */
+  connections: number;
+  /** The `info` claim of the user's token. */
+  info: unknown;
+}
+
+export interface PresenceReply {
+  channel: string;
+  /** Every connection on the channel, anonymous ones included. */
+  connections: number;
+  /** Connections without a user. */
+  anonymous: number;
+  users: PresenceUser[];
+}
+
+export interface RefreshReply {
+  /** When the new token expires (unix seconds), or null. */
+  expires_at: number | null;
+}
+
+export interface HistoryOptions {
+  /** An id (what came after it) or "earliest" (the default). */
+  since?: Since;
+  /** At most this many messages, applied by the client: with `since` the oldest after it, without the newest. */
+  limit?: number;
+  timeout?: number;
+}
+
 export class Emitter<Events extends Record<string, unknown[]>> {
   on<E extends keyof Events>(event: E, listener: (...args: Events[E]) => void): this;
   off<E extends keyof Events>(event: E, listener: (...args: Events[E]) => void): this;
@@ -168,6 +209,10 @@ export interface HeraldEvents {
   connect: [ConnectInfo];
   disconnect: [DisconnectInfo];
   error: [HeraldError];
+  /** The token was refreshed on the open connection. */
+  refresh: [{ expiresAt: number | null }];
+  /** A refresh failed; it is retried while the token has time left. */
+  refresherror: [HeraldError];
   [event: string]: unknown[];
 }
 
@@ -183,9 +228,19 @@ export class Herald extends Emitter<HeraldEvents> {
   /** Transports this client tries, in order. */
   readonly transports: TransportName[];
   readonly subscriptions: Map<string, Subscription>;
+  /** When the connection's token expires (unix seconds), or null. */
+  readonly expiresAt: number | null;
+  /** Resolves once connected (at once when connected); rejects when the client stops for good, or after `timeout` ms. */
+  ready(options?: { timeout?: number }): Promise<ConnectInfo>;
   subscribe<T = unknown>(channel: string, callback?: (message: Message<T>) => void, options?: { since?: Since }): Subscription<T>;
   publish(channel: string, data: unknown, options?: { timeout?: number }): Promise<PublishReply>;
-  history<T = unknown>(channel: string, options?: { since?: Since; timeout?: number }): Promise<HistoryReply<T>>;
+  history<T = unknown>(channel: string, options?: HistoryOptions): Promise<HistoryReply<T>>;
+  /** Who is on a channel whose namespace keeps presence (`not_available` elsewhere). */
+  presence(channel: string, options?: { timeout?: number }): Promise<PresenceReply>;
+  /** Calls the backend's `rpc` hook; resolves its `result`. */
+  rpc<R = unknown>(method: string, data?: unknown, options?: { timeout?: number }): Promise<R>;
+  /** Sends a new token on the open connection now (the `token` function's, or the one given). */
+  refresh(token?: string): Promise<RefreshReply>;
   /** Acknowledges mailbox messages by id, for every connection of this user. */
   ack(ids: MessageId | MessageId[]): Promise<{ removed: number; pending: number }>;
   /** Starts connecting again after close() or a final disconnect. */

@@ -1,6 +1,8 @@
 // herald.js: the JavaScript client for Herald's session protocol
-// (docs/session-protocol.md). One ES module, no dependencies, no build step;
-// runs in browsers and in Node 20+.
+// (docs/session-protocol.md). One ES module, no dependencies; runs in
+// browsers and in Node 20+. This file is the source: the CommonJS build
+// (dist/herald.cjs) and the minified one Herald serves (herald.min.js) are
+// made from it by scripts/build.mjs.
 //
 // Layout of this file, top to bottom:
 //   - ids, backoff, errors, a tiny event emitter (pure, unit-tested);
@@ -9,7 +11,8 @@
 //   - Herald: the client state machine. It owns at most one connection
 //     attempt at a time, chooses the transport (fallback order, probing
 //     back up from a fallback), speaks the session frames, resubscribes
-//     after every reconnect and keeps the bounded command queue;
+//     after every reconnect, keeps the bounded command queue and refreshes
+//     the token on the open session before it expires;
 //   - transports: thin adapters that only turn a connection into frames and
 //     back (WebSocket, SSE, NDJSON stream, long-poll, forever-iframe). They
 //     know nothing of subscriptions.
@@ -41,6 +44,7 @@ export const DEFAULT_OPTIONS = Object.freeze({
   withCredentials: false,
   autoConnect: true,
   manualAck: false,
+  refreshAhead: 30000,
   debug: false,
 });
 
@@ -453,6 +457,12 @@ export class Herald extends Emitter {
     this._reconnectTimer = null;
     this._onlineHandler = null;
     this._lastTransportEmitted = null;
+    // ready() callers waiting for the next connect (or a final stop).
+    this._readyWaiters = new Set();
+    // The connect reply of the current session (what ready() resolves with).
+    this._connectInfo = null;
+    /** When the connection's token expires (unix seconds, from connect or refresh), or null. */
+    this.expiresAt = null;
     if (this.options.autoConnect) {
       this._running = true;
       this._setState(CONNECTING);
@@ -483,7 +493,9 @@ export class Herald extends Emitter {
   close() {
     if (!this._running && !this._conn) return;
     this._running = false;
-    this._failCommands(new HeraldError("closed", "client closed"));
+    const closed = new HeraldError("closed", "client closed");
+    this._failCommands(closed);
+    this._settleReady(closed);
     this._teardown();
     for (const sub of this._subs.values()) this._resetSub(sub);
     this._setState(DISCONNECTED);
@@ -558,9 +570,150 @@ export class Herald extends Emitter {
     return { acknowledged: ids.length };
   }
 
-  /** Reads a channel's retained history. Resolves `{channel, messages, gap, last_id}`. */
-  history(channel, { since, timeout } = {}) {
-    return this._call("history", since === undefined ? { channel } : { channel, since }, { timeout });
+  /**
+   * Reads a channel's retained history. Resolves `{channel, messages, gap,
+   * last_id}`. `since`: an id (what came after it) or "earliest" (the
+   * default). `limit` is applied here, not by the server (whose `history`
+   * command has no limit): with `since`, the oldest `limit` messages after
+   * it (the next page starts after the last one); without, the newest.
+   */
+  async history(channel, { since, limit, timeout } = {}) {
+    if (limit !== undefined && !(Number.isInteger(limit) && limit > 0)) throw new TypeError("limit must be a positive integer");
+    const reply = await this._call("history", since === undefined ? { channel } : { channel, since }, { timeout });
+    if (limit !== undefined && Array.isArray(reply?.messages) && reply.messages.length > limit) {
+      reply.messages = since === undefined ? reply.messages.slice(-limit) : reply.messages.slice(0, limit);
+    }
+    return reply;
+  }
+
+  /**
+   * Who is on a channel whose namespace keeps presence. Resolves
+   * `{channel, connections, anonymous, users: [{user, connections, info}]}`.
+   */
+  presence(channel, { timeout } = {}) {
+    return this._call("presence", { channel }, { timeout });
+  }
+
+  /**
+   * Calls the backend through Herald's `rpc` hook (docs/security.md,
+   * "Backend hooks"). Resolves the backend's `result`; a backend error
+   * rejects with its code (`rpc_error` and the like). Not retried after a
+   * lost connection (the call may or may not have run): `connection_lost`.
+   */
+  async rpc(method, data, { timeout } = {}) {
+    if (typeof method !== "string" || method === "") throw new TypeError("method must be a non-empty string");
+    const body = data === undefined ? { method } : { method, params: data };
+    const reply = await this._call("rpc", body, { timeout });
+    return reply?.result;
+  }
+
+  /**
+   * Resolves (with the `connect` event's info) once the client is
+   * connected: at once when it is. Rejects when the client stops for good
+   * (a final error, `close()`), or after `timeout` ms when one is given.
+   */
+  ready({ timeout } = {}) {
+    if (this.state === CONNECTED && this._connectInfo) return Promise.resolve(this._connectInfo);
+    if (!this._running) return Promise.reject(new HeraldError("closed", "client is closed; call connect()"));
+    return new Promise((resolve, reject) => {
+      const waiter = { resolve, reject, timer: null };
+      if (timeout !== undefined) {
+        waiter.timer = setTimeout(() => {
+          this._readyWaiters.delete(waiter);
+          reject(new HeraldError("timeout", `not connected within ${timeout} ms`));
+        }, timeout);
+      }
+      this._readyWaiters.add(waiter);
+    });
+  }
+
+  _settleReady(error, info) {
+    const waiters = [...this._readyWaiters];
+    this._readyWaiters.clear();
+    for (const w of waiters) {
+      clearTimeout(w.timer);
+      if (error) w.reject(error);
+      else w.resolve(info);
+    }
+  }
+
+  /**
+   * Sends a new token now, on the open connection (`refresh`), without
+   * reconnecting: e.g. after the backend granted more channels. Calls the
+   * `token` option (a function) for it, or sends `token` when given.
+   * Resolves `{expires_at}`. The client also does this by itself before
+   * the token expires (see the `refreshAhead` option).
+   */
+  async refresh(token) {
+    const attempt = this._conn;
+    if (!attempt?.connected) throw new HeraldError("not_connected", "refresh needs an open connection");
+    return this._refresh(attempt, token);
+  }
+
+  async _refresh(attempt, given) {
+    let token = given;
+    if (token === undefined) {
+      if (typeof this.options.token !== "function") {
+        throw new HeraldError("token", "refresh needs a token, or a `token` option that is a function");
+      }
+      token = await this.options.token();
+    }
+    if (this._conn !== attempt || !attempt.connected) throw new HeraldError("connection_lost", "connection lost before the refresh");
+    if (typeof token !== "string" || token === "") throw new HeraldError("token", "the token function gave no token");
+    const reply = await this._direct(attempt, "refresh", { token });
+    if (this._conn === attempt) {
+      this.expiresAt = reply?.expires_at ?? null;
+      this._scheduleRefresh(attempt);
+      this._emit("refresh", { expiresAt: this.expiresAt });
+    }
+    return reply;
+  }
+
+  // Sends a command on this session only (never queued for the next one:
+  // a new session starts with `connect` and its own fresh token).
+  _direct(attempt, name, body) {
+    return new Promise((resolve, reject) => {
+      const id = this._nextId++;
+      const ms = this.options.timeout;
+      const cmd = { id, name, replyKey: name, frame: { id, [name]: body }, resolve, reject, timer: null };
+      cmd.timer = setTimeout(() => {
+        this._pending.delete(id);
+        reject(new HeraldError("timeout", `${name} got no reply within ${ms} ms`));
+      }, ms);
+      this._pending.set(id, cmd);
+      attempt.transport.send([cmd.frame]);
+    });
+  }
+
+  // Token refresh ahead of expiry: with a `token` function and a session
+  // that expires, the function is called again a little before `exp`
+  // (`refreshAhead` ms, at most a third of the time left, jittered so a
+  // crowd of clients with tokens minted together spreads out) and the new
+  // token goes up as `refresh` on the same session, whatever the transport.
+  // A failed refresh is retried while time is left; if none is, the server
+  // closes with 4007 and the reconnect asks the function for a new token.
+  _scheduleRefresh(attempt, retry = 0) {
+    clearTimeout(attempt.refreshTimer);
+    attempt.refreshTimer = null;
+    if (typeof this.options.token !== "function" || !Number.isFinite(this.expiresAt)) return;
+    const left = this.expiresAt * 1000 - Date.now();
+    if (left <= 0) return;
+    let delay;
+    if (retry > 0) {
+      delay = Math.min(left / 2, backoffDelay(retry - 1, this.options.minReconnectDelay, this.options.maxReconnectDelay));
+    } else {
+      const ahead = Math.min(this.options.refreshAhead, left / 3);
+      delay = left - ahead - Math.random() * (ahead / 2);
+    }
+    attempt.refreshTimer = setTimeout(() => {
+      if (this._conn !== attempt || !attempt.connected) return;
+      this._refresh(attempt).catch((error) => {
+        if (this._conn !== attempt) return;
+        this._log("token refresh failed:", error);
+        this._emit("refresherror", error instanceof HeraldError ? error : new HeraldError("token", errorText(error)));
+        this._scheduleRefresh(attempt, retry + 1);
+      });
+    }, Math.max(0, delay));
   }
 
   // --- connection attempts -------------------------------------------------
@@ -591,6 +744,7 @@ export class Herald extends Emitter {
       ping: 0,
       connectedAt: 0,
       liveTimer: null,
+      refreshTimer: null,
       handshakeTimer: null,
       upgradeTimer: null,
       upgradeDelay: 0,
@@ -653,6 +807,8 @@ export class Herald extends Emitter {
     this._tried = 0;
     this.clientId = reply?.client ?? null;
     this.transport = attempt.transport.name;
+    this.expiresAt = reply?.expires_at ?? null;
+    this._scheduleRefresh(attempt);
     this._log("connected over", this.transport, reply);
     this._touch(attempt);
     if (attempt.index > 0) this._scheduleUpgrade(attempt, this.options.upgradeAfter);
@@ -673,12 +829,17 @@ export class Herald extends Emitter {
     if (this._conn !== attempt) return; // a listener closed or reconnected
     this._setState(CONNECTED);
     if (this._conn !== attempt) return;
-    this._emit("connect", {
+    const info = {
       client: this.clientId,
+      user: reply?.user ?? null,
       version: reply?.version ?? null,
       ping: attempt.ping,
       transport: this.transport,
-    });
+      expiresAt: this.expiresAt,
+    };
+    this._connectInfo = info;
+    this._emit("connect", info);
+    if (this._conn === attempt) this._settleReady(null, info);
   }
 
   // Any frame (or heartbeat) from the server: the connection is alive.
@@ -832,9 +993,12 @@ export class Herald extends Emitter {
     this._conn = null;
     this.transport = null;
     this.clientId = null;
+    this.expiresAt = null;
+    this._connectInfo = null;
     if (!attempt) return;
     clearTimeout(attempt.handshakeTimer);
     clearTimeout(attempt.liveTimer);
+    clearTimeout(attempt.refreshTimer);
     clearTimeout(attempt.upgradeTimer);
     try {
       attempt.probe?.close();
@@ -847,7 +1011,7 @@ export class Herald extends Emitter {
     // publish may or may not have happened, so its caller decides.
     const requeue = [];
     for (const cmd of this._pending.values()) {
-      if (cmd.name === "history" || cmd.name === "ack") requeue.push(cmd);
+      if (cmd.name === "history" || cmd.name === "presence" || cmd.name === "ack") requeue.push(cmd);
       else if (cmd.name === "unsubscribe") this._settle(cmd, null, {});
       else this._settle(cmd, new HeraldError("connection_lost", "connection lost before the reply; the command may or may not have been applied"));
     }
@@ -866,6 +1030,7 @@ export class Herald extends Emitter {
   _stop(error) {
     this._running = false;
     this._failCommands(error);
+    this._settleReady(error);
     this._teardown();
     this._setState(DISCONNECTED);
     this._emit("error", error);

@@ -2,8 +2,14 @@
 # The JavaScript client's whole test suite, in one command:
 #   1. installs the dev dependencies (playwright-core, ws, pusher-js, pusher,
 #      laravel-echo) if node_modules is missing;
-#   2. unit tests: node --test test/unit/ (a fake in-process server);
-#   3. end-to-end tests: the real herald binary (HERALD_BIN, default
+#   2. the build (scripts/build.mjs: dist/herald.cjs for require, and a check
+#      that the committed herald.min.js is the build of herald.js) and the
+#      types (tsc --noEmit over herald.d.ts and the typed examples, resolved
+#      through package.json's exports);
+#   3. unit tests: node --test test/unit/ (a fake in-process server answering
+#      with the real server's frames from test/fixtures/session.json, and both
+#      package entries);
+#   4. end-to-end tests: the real herald binary (HERALD_BIN, default
 #      ../../target/debug/herald relative to clients/js), driven from Node 20
 #      with `ws` and from headless Chromium (/usr/bin/chromium, or CHROMIUM_BIN);
 #      the Pusher suite runs again on two nodes of a redis-server it starts
@@ -45,6 +51,15 @@ run() {
     --test-reporter=tap --test-reporter-destination="$tap/$name.tap" \
     "$@" || status=1
 }
+
+echo "== build"
+node scripts/build.mjs --check || status=1
+echo "== types"
+if npx --no-install tsc --noEmit -p tsconfig.json; then
+  echo "types: tsc --noEmit clean"
+else
+  status=1
+fi
 
 run unit test/unit/
 run e2e test/e2e/

@@ -37,10 +37,11 @@ function messageTexts(page) {
   return page.locator("#messages li.msg .text").allTextContents();
 }
 
-test("the binary serves this checkout's herald.js, herald.d.ts and demo", { skip: FROM_DISK && "HERALD_CLIENT_FROM_DISK=1" }, async () => {
+test("the binary serves this checkout's herald.js, herald.min.js, herald.d.ts and demo", { skip: FROM_DISK && "HERALD_CLIENT_FROM_DISK=1" }, async () => {
   // They are compiled into the binary: a mismatch means HERALD_BIN is stale.
   for (const [route, file, type] of [
     ["/herald.js", "herald.js", "javascript"],
+    ["/herald.min.js", "herald.min.js", "javascript"],
     ["/herald.d.ts", "herald.d.ts", "typescript"],
     ["/", "demo/index.html", "text/html"],
   ]) {

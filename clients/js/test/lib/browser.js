@@ -8,7 +8,7 @@ import path from "node:path";
 import { CLIENT_DIR } from "./server.js";
 
 /**
- * HERALD_CLIENT_FROM_DISK=1 serves /herald.js and the demo from this
+ * HERALD_CLIENT_FROM_DISK=1 serves /herald.js, /herald.min.js and the demo from this
  * checkout instead of the copies compiled into the binary: for iterating on
  * the client without rebuilding the server. CI leaves it unset.
  */
@@ -40,14 +40,15 @@ export async function launch() {
   });
   context.setDefaultTimeout(10000);
   if (FROM_DISK) {
+    const files = { "/herald.js": "herald.js", "/herald.min.js": "herald.min.js", "/": "demo/index.html" };
     await context.route(
-      (url) => url.pathname === "/herald.js" || url.pathname === "/",
+      (url) => Object.hasOwn(files, url.pathname),
       (route) => {
-        const isClient = new URL(route.request().url()).pathname === "/herald.js";
+        const file = files[new URL(route.request().url()).pathname];
         route.fulfill({
           status: 200,
-          contentType: isClient ? "application/javascript; charset=utf-8" : "text/html; charset=utf-8",
-          body: readFileSync(path.join(CLIENT_DIR, isClient ? "herald.js" : "demo/index.html"), "utf8"),
+          contentType: file.endsWith(".js") ? "application/javascript; charset=utf-8" : "text/html; charset=utf-8",
+          body: readFileSync(path.join(CLIENT_DIR, file), "utf8"),
         });
       },
     );

@@ -3,10 +3,14 @@
 // stream and long-poll, with knobs to misbehave (refuse a transport, buffer
 // a stream, go silent, drop every connection, send gap / disconnect /
 // unsubscribed pushes). End-to-end tests use the real binary instead.
+// Replies to connect, refresh, presence and rpc are the real server's, from
+// test/fixtures/session.json (checked against the binary by
+// crates/herald/tests/client_fixtures.rs); only their values are the fake's.
 
 import http from "node:http";
 import { randomBytes } from "node:crypto";
 import { WebSocketServer } from "ws";
+import { replyBody, errorBody } from "./fixture.js";
 
 export class FakeServer {
   constructor({ ping = 15 } = {}) {
@@ -24,6 +28,13 @@ export class FakeServer {
     this.pongs = 0;
     this.opened = []; // transport names, one per session opened
     this.sockets = new Set();
+    this.expiresIn = null; // seconds: tokens expire this long after connect / refresh
+    this.refuseRefresh = 0; // refuse the next N refreshes (forbidden)
+    this.tokens = []; // every token received (connect and refresh), in order
+  }
+
+  expiresAt() {
+    return this.expiresIn === null ? null : Math.floor(Date.now() / 1000) + this.expiresIn;
   }
 
   async start() {
@@ -234,7 +245,24 @@ class Session {
     srv.commands.push(f);
     const reply = (key, body) => this.send({ id: f.id, [key]: body });
     const error = (code) => this.send({ id: f.id, error: { code, message: code } });
-    if (f.connect) return reply("connect", { client: this.id, ping: srv.ping, version: "fake" });
+    if (f.connect) {
+      if (f.connect.token) srv.tokens.push(f.connect.token);
+      const user = f.connect.token ? "ann" : null;
+      return reply("connect", replyBody("connect", { client: this.id, ping: srv.ping, version: "fake", user, expires_at: srv.expiresAt() }));
+    }
+    if (f.refresh) {
+      srv.tokens.push(f.refresh.token);
+      if (srv.refuseRefresh > 0) {
+        srv.refuseRefresh--;
+        return this.send({ id: f.id, error: errorBody("refresh") });
+      }
+      return reply("refresh", replyBody("refresh", { expires_at: srv.expiresAt() }));
+    }
+    if (f.presence) return reply("presence", replyBody("presence", { channel: f.presence.channel }));
+    if (f.rpc) {
+      if (f.rpc.method === "fail") return this.send({ id: f.id, error: errorBody("rpc") });
+      return reply("rpc", replyBody("rpc", { result: { method: f.rpc.method, params: f.rpc.params, user: null } }));
+    }
     if (f.ping) return reply("pong", {});
     if (f.publish) {
       if (!f.publish.channel.startsWith("chat:")) return error("forbidden");

@@ -84,6 +84,7 @@ pub(crate) fn routes(state: AppState, sessions: Arc<Registry>, serves: Serves) -
             )
             .route("/", get(statics::demo))
             .route("/herald.js", get(statics::client))
+            .route("/herald.min.js", get(statics::client_min))
             .route("/pusher-resume.js", get(statics::pusher_resume))
             .route("/herald.d.ts", get(statics::types))
             .route_layer(axum::middleware::from_fn(serve::over_limit_guard));

@@ -6,6 +6,9 @@ use axum::response::IntoResponse;
 
 const DEMO: &str = include_str!("../../../../clients/js/demo/index.html");
 const CLIENT: &str = include_str!("../../../../clients/js/herald.js");
+/// The same client minified (clients/js/scripts/build.mjs; its test checks
+/// the committed file is the build of herald.js).
+const CLIENT_MIN: &str = include_str!("../../../../clients/js/herald.min.js");
 const TYPES: &str = include_str!("../../../../clients/js/herald.d.ts");
 const PUSHER_RESUME: &str = include_str!("../../../../clients/js/pusher-resume.js");
 
@@ -15,6 +18,11 @@ pub(crate) async fn demo() -> impl IntoResponse {
 
 pub(crate) async fn client() -> impl IntoResponse {
     script(CLIENT)
+}
+
+/// `/herald.min.js`: the client minified, the same module.
+pub(crate) async fn client_min() -> impl IntoResponse {
+    script(CLIENT_MIN)
 }
 
 /// `/pusher-resume.js`: the opt-in resume helper for unmodified pusher-js
