@@ -160,6 +160,16 @@ struct UserData {
     id: serde_json::Value,
 }
 
+/// A user id as the app's backend wrote it (in `user_data` or
+/// `channel_data`): a non-empty string, or a number as its text.
+fn user_id(value: serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 /// The event that tells a resuming client (the helper) that events may
 /// be missing before the next one of the channel.
 pub(crate) const GAP_EVENT: &str = "herald:gap";
@@ -407,15 +417,11 @@ impl Session {
                 "user_data must be a JSON object with an id".into(),
             );
         };
-        let id = match data.id {
-            serde_json::Value::String(s) if !s.is_empty() => s,
-            serde_json::Value::Number(n) => n.to_string(),
-            _ => {
-                return fail(
-                    UNAUTHORIZED,
-                    "user_data's id must be a non-empty string".into(),
-                )
-            }
+        let Some(id) = user_id(data.id) else {
+            return fail(
+                UNAUTHORIZED,
+                "user_data's id must be a non-empty string or a number".into(),
+            );
         };
         let user = name::herald_user(&app.prefix, &id);
         if herald_core::user::user_channel(&user).is_err() {
@@ -513,15 +519,11 @@ impl Session {
                         "channel_data must be JSON with a user_id".into(),
                     );
                 };
-                let user = match m.user_id {
-                    serde_json::Value::String(s) if !s.is_empty() => s,
-                    serde_json::Value::Number(n) => n.to_string(),
-                    _ => {
-                        return fail(
-                            UNAUTHORIZED,
-                            "channel_data's user_id must be a string or a number".into(),
-                        )
-                    }
+                let Some(user) = user_id(m.user_id) else {
+                    return fail(
+                        UNAUTHORIZED,
+                        "channel_data's user_id must be a non-empty string or a number".into(),
+                    );
                 };
                 member = Some((Arc::<str>::from(user), m.user_info));
             }
