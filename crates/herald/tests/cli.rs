@@ -6,6 +6,7 @@ mod common;
 mod support_security;
 
 use std::path::Path;
+use std::time::Duration;
 
 use std::process::Command;
 
@@ -285,6 +286,75 @@ async fn flags_win_over_the_environment() {
     // The environment's history size wins over the file's 100.
     s.publish_many(&ch, "m", 3).await;
     assert_eq!(s.info(&ch).await["messages"], 2);
+}
+
+/// A server started with a backend listener: a publish there answers 201
+/// and reaches a subscriber of the public listener, which itself refuses
+/// the publish (served on the API listener).
+async fn assert_the_backend_listener_publishes(s: &Server, what: &str) {
+    let api = s.process.wait_api_listening();
+    assert_ne!(api, s.addr, "{what}: one listener for both");
+    let ch = channel("api-listen");
+    let mut ws = s.ws(&format!("/sub/{ch}")).await;
+    let resp = request_at(
+        api,
+        "POST",
+        &format!("/pub/{ch}"),
+        &[],
+        b"on the backend",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{what}: publish on the API listener: {e}"));
+    assert_eq!(resp.status, 201, "{what}: {}", resp.text());
+    let id = resp.json()["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(ws.next_json().await["id"], id.as_str(), "{what}");
+    s.post(&format!("/pub/{ch}"))
+        .body("on the public side")
+        .send()
+        .await
+        .assert_error(404, "not_found");
+}
+
+#[tokio::test]
+async fn the_api_listen_flag_starts_the_backend_listener() {
+    let s = Server::builder()
+        .arg("--api-listen")
+        .arg("127.0.0.1:0")
+        .start()
+        .await;
+    assert_the_backend_listener_publishes(&s, "--api-listen").await;
+}
+
+#[tokio::test]
+async fn herald_api_listen_starts_the_backend_listener() {
+    let s = Server::builder()
+        .env("HERALD_API_LISTEN", "127.0.0.1:0")
+        .start()
+        .await;
+    assert_the_backend_listener_publishes(&s, "HERALD_API_LISTEN").await;
+}
+
+#[tokio::test]
+async fn herald_trusted_proxies_makes_the_forwarded_address_count() {
+    let s = Server::builder()
+        .env("HERALD_TRUSTED_PROXIES", "127.0.0.1/32")
+        .extra_config("\n[limits]\nmax_connections_per_ip = 1\n")
+        .start()
+        .await;
+    let path = format!("/sub/{}", channel("trusted-env"));
+    let a = [("X-Forwarded-For", "198.51.100.1")];
+    let b = [("X-Forwarded-For", "198.51.100.2")];
+    // Two clients behind the proxy (both loopback peers): each has its own
+    // per-IP count, so the second is admitted and a second from .1 is not.
+    let _first = s.ws_with(&path, &a).await;
+    let _second = s.ws_with(&path, &b).await;
+    support_security::assert_ws_refused(
+        s.try_ws(&path, &a).await,
+        429,
+        "too_many_connections_from_ip",
+        "a second connection from 198.51.100.1",
+    );
 }
 
 #[tokio::test]

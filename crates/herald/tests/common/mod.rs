@@ -149,6 +149,7 @@ pub struct ServerBuilder {
     listen_flag: bool,
     extra_config: String,
     stderr_closed: bool,
+    args: Vec<String>,
 }
 
 impl Default for ServerBuilder {
@@ -160,6 +161,7 @@ impl Default for ServerBuilder {
             listen_flag: true,
             extra_config: String::new(),
             stderr_closed: false,
+            args: Vec::new(),
         }
     }
 }
@@ -179,6 +181,12 @@ impl ServerBuilder {
 
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Extra command-line arguments after `serve` and the harness's own.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_string());
         self
     }
 
@@ -242,6 +250,7 @@ impl ServerBuilder {
         if let Some(engine) = test_engine() {
             cmd.args(["--engine", &engine]);
         }
+        cmd.args(&self.args);
         // The environment of the test run must not leak into the server:
         // every HERALD_ variable is a config key (docs/configuration.md)
         // but the log filter, kept for debugging a test.
