@@ -4,7 +4,8 @@
 //! (`support_webhook`) checks the signature of every request.
 //!
 //! Online/offline once, a quick reconnect within the grace sends nothing,
-//! channels occupied/vacated once (not personal ones), a failed request
+//! channels occupied/vacated once (not personal ones), a channel
+//! unsubscribed and subscribed again within the grace sends nothing, a failed request
 //! retried whole with the same ids in order, a batch given up counted in
 //! `/metrics` and delivery going on. The three-node cases are in
 //! `webhooks_cluster.rs` (they start their own Redis).
@@ -180,6 +181,43 @@ async fn a_channel_is_occupied_and_vacated_once_but_a_personal_channel_is_not() 
             .is_some_and(|c| c.starts_with("user:"))),
         "personal channels make no channel events: {events:?}"
     );
+}
+
+#[tokio::test]
+async fn a_channel_re_occupied_within_the_grace_sends_nothing() {
+    let rx = Receiver::start(|_| 200).await;
+    let s = server(&rx, "2s", 8, None).await;
+    let room = channel("reoccupied");
+    let dee = channel("dee");
+    let token = support_security::token(&dee, &[]);
+    let (mut sess, _) = support_security::Session::connected(
+        &s,
+        support_security::Via::Ws,
+        Some(&token),
+    )
+    .await;
+    sess.ok("subscribe", json!({"channel": room})).await;
+    rx.wait("room occupied", |e| {
+        names(e, "channel", &room) == ["channel.occupied"]
+    })
+    .await;
+    // The channel's only subscriber leaves it and comes back at once, on
+    // the same connection: the channel was empty for well under the grace.
+    sess.ok("unsubscribe", json!({"channel": room})).await;
+    sess.ok("subscribe", json!({"channel": room})).await;
+    // Absence: past the grace of the flap (2 s) and a sweep, nothing.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert_eq!(
+        names(&rx.events(), "channel", &room),
+        ["channel.occupied"],
+        "a channel re-occupied within the grace sends no vacated/occupied pair"
+    );
+    // Its real departure still counts, once.
+    drop(sess);
+    rx.wait("room vacated", |e| {
+        names(e, "channel", &room) == ["channel.occupied", "channel.vacated"]
+    })
+    .await;
 }
 
 #[tokio::test]
