@@ -3,7 +3,8 @@
 //! in the test checking every signature (`support_webhook`): 100 users
 //! flapping (disconnect and reconnect on another node within the grace)
 //! send nothing; 100 users leaving send exactly 100 `user.offline`,
-//! whichever node each was on, one node SIGKILLed with its users connected.
+//! whichever node each was on, one node SIGKILLed with its users connected;
+//! a channel followed only on a killed node is vacated exactly once.
 //!
 //! Short clocks keep them fast: `presence_grace` 1.5-3 s, `[redis]
 //! node_ttl` 4 s with a refresh every second.
@@ -134,4 +135,49 @@ async fn a_hundred_users_leaving_three_nodes_one_killed_send_exactly_a_hundred_o
     let ours: std::collections::HashSet<&str> = users.iter().map(|(u, _)| u.as_str()).collect();
     assert!(offline.keys().all(|u| ours.contains(u.as_str())));
     assert_eq!(events.len(), 200, "100 online, 100 offline");
+}
+
+#[tokio::test]
+async fn a_channel_only_on_a_killed_node_is_vacated_exactly_once() {
+    let rx = Receiver::start(|_| 200).await;
+    let cluster = Cluster::start_with_env(
+        &cluster_extra(&rx.url),
+        &[("HERALD_PRESENCE_GRACE", "1500ms")],
+    )
+    .await;
+    // `lone` has its subscribers on C only; `shared` on C and on A.
+    let lone = channel("lone");
+    let shared = channel("shared");
+    let on_c = vec![
+        cluster.c().ws(&format!("/sub/{lone}")).await,
+        cluster.c().ws(&format!("/sub/{lone}")).await,
+        cluster.c().ws(&format!("/sub/{shared}")).await,
+    ];
+    let _on_a = cluster.a().ws(&format!("/sub/{shared}")).await;
+    rx.wait("both channels occupied", |e| {
+        names(e, "channel", &lone) == ["channel.occupied"]
+            && names(e, "channel", &shared) == ["channel.occupied"]
+    })
+    .await;
+
+    cluster.c().process.signal("KILL");
+    drop(on_c);
+    rx.wait("lone vacated", |e| {
+        names(e, "channel", &lone) == ["channel.occupied", "channel.vacated"]
+    })
+    .await;
+    // Absence: more sweeps and cleanups later, still exactly once; the
+    // channel A still holds is not vacated.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let events = rx.events();
+    assert_eq!(
+        names(&events, "channel", &lone),
+        ["channel.occupied", "channel.vacated"],
+        "the dead node's channel vacated exactly once: {events:?}"
+    );
+    assert_eq!(
+        names(&events, "channel", &shared),
+        ["channel.occupied"],
+        "a channel still followed on a live node is not vacated: {events:?}"
+    );
 }
