@@ -145,16 +145,20 @@ pub async fn run_with_listeners(
             refusing: refusing.clone(),
         }
     });
-    let edge =
-        |limiter: &Arc<access::limits::ConnectionLimiter>, budget, refusing, name| serve::Edge {
-            header_timeout: state.config.header_timeout,
-            idle_timeout: state.config.idle_timeout,
-            trusted: state.config.trusted_proxies.clone(),
-            limiter: limiter.clone(),
-            budget,
-            refusing,
-            name,
-        };
+    let edge = |limiter: &Arc<access::limits::ConnectionLimiter>,
+                budget,
+                refusing,
+                shed,
+                name| serve::Edge {
+        header_timeout: state.config.header_timeout,
+        idle_timeout: state.config.idle_timeout,
+        trusted: state.config.trusted_proxies.clone(),
+        limiter: limiter.clone(),
+        budget,
+        refusing,
+        shed,
+        name,
+    };
     let public_serves = if api_listener.is_some() {
         Serves::Public
     } else {
@@ -170,6 +174,7 @@ pub async fn run_with_listeners(
                 &state.api_limiter,
                 None,
                 Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+                Arc::new(std::sync::atomic::AtomicU64::new(0)),
                 "api",
             ),
         ))
@@ -178,7 +183,13 @@ pub async fn run_with_listeners(
         listener,
         routes(state.clone(), sessions, public_serves),
         token.clone(),
-        edge(&state.limiter, budget, refusing, "public"),
+        edge(
+            &state.limiter,
+            budget,
+            refusing,
+            state.counters.tcp_shed.clone(),
+            "public",
+        ),
     ));
     let mut handles = vec![serving];
     handles.extend(api_serving);

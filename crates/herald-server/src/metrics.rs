@@ -29,6 +29,9 @@ pub(crate) struct Counters {
     /// message, and the codes are a short table.
     disconnects: Mutex<BTreeMap<Option<u16>, u64>>,
     pub(crate) slow_consumers: AtomicU64,
+    /// TCP connections the public listener accepted and closed unanswered
+    /// (shared with its accept loop, `http::serve`).
+    pub(crate) tcp_shed: std::sync::Arc<AtomicU64>,
     /// The webhook sender's (shared with its task).
     pub(crate) webhooks: std::sync::Arc<WebhookCounters>,
 }

@@ -3,8 +3,11 @@
 //! many loopback source addresses, more than the server's open-file limit
 //! of 20,000), established subscribers keep receiving, the backend's own
 //! listener answers publishes within a second, and the server closes the
-//! half-open connections on its header clock, so its open-file count comes
-//! back near its baseline while the flood still holds its end.
+//! half-open connections on its header clock (those past its open-file
+//! budget at once), so its open-file count comes back near its baseline
+//! within `header_timeout` plus a second of the flood's last connect, and
+//! each connection is closed within that of its own connect, while the
+//! flood still holds its end.
 //!
 //! The flood is `tests/tools/halfopen.py`, two processes of it, because one
 //! process may hold at most 20,000 files here. Loopback only.
@@ -26,7 +29,8 @@ const HOLD_SECS: u64 = 30;
 
 struct Flood {
     child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
+    /// The tool's output lines, each with when the test read it.
+    lines: std::sync::mpsc::Receiver<(Instant, String)>,
 }
 
 impl Flood {
@@ -47,23 +51,23 @@ impl Flood {
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
+                let _ = tx.send((Instant::now(), line));
             }
         });
         Flood { child, lines }
     }
 
-    /// The next JSON event line of the tool.
-    fn event(&self, name: &str, limit: Duration) -> Value {
+    /// The next JSON event line of the tool, and when it was printed.
+    fn event(&self, name: &str, limit: Duration) -> (Instant, Value) {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+            let (at, line) = self.lines.recv_timeout(left).unwrap_or_else(|_| {
                 panic!("the flood tool printed no {name:?} event within {limit:?}")
             });
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
                 if v["event"] == name {
-                    return v;
+                    return (at, v);
                 }
             }
         }
@@ -81,6 +85,54 @@ fn open_files(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(usize::MAX)
+}
+
+/// The process's soft open-file limit, from `/proc/{pid}/limits`.
+fn open_file_limit(pid: u32) -> Option<usize> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Samples the server's open-file count every 50 ms until dropped, so the
+/// moment it comes back is known to within 50 ms (the publish loop alone
+/// would see it to within a second).
+struct FileSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<(Instant, usize)>>>,
+}
+
+impl FileSampler {
+    fn start(pid: u32) -> FileSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.push((Instant::now(), open_files(pid)));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            samples
+        });
+        FileSampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Vec<(Instant, usize)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for FileSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 async fn publish_on_api(
@@ -140,7 +192,17 @@ async fn half_open_flood_leaves_subscribers_and_the_backend_served() {
     }
     assert_eq!(sse.next_event().await.id.as_deref(), Some(id.as_str()));
     let baseline = open_files(pid);
+    // The flood must be more than the server can hold: its 20,000
+    // connections plus the server's own files past its open-file limit
+    // (the server raises its soft limit to the hard one at start).
+    let limit = open_file_limit(pid).expect("the server's open-file limit in /proc");
+    assert!(
+        limit < 2 * PER_PROCESS + baseline,
+        "the server may open {limit} files: the flood of {} would not exceed it; run under `ulimit -Hn 20000`",
+        2 * PER_PROCESS
+    );
 
+    let sampler = FileSampler::start(pid);
     let floods = [
         Flood::start(server.addr, 101),
         Flood::start(server.addr, 102),
@@ -150,9 +212,7 @@ async fn half_open_flood_leaves_subscribers_and_the_backend_served() {
     // While the flood connects and holds: publish every 500 ms on the API
     // listener; each answers within 1 s and reaches every subscriber.
     let mut worst = Duration::ZERO;
-    let mut peak_files = 0;
     let mut published = 0;
-    let mut back_near_baseline = None;
     while flood_started.elapsed() < Duration::from_secs(3 * HEADER_TIMEOUT_SECS + 12) {
         let (took, id) = publish_on_api(api, &ch, &format!("during {published}")).await;
         published += 1;
@@ -173,26 +233,35 @@ async fn half_open_flood_leaves_subscribers_and_the_backend_served() {
             Some(id.as_str()),
             "the SSE subscriber missed a message"
         );
-        let files = open_files(pid);
-        peak_files = peak_files.max(files);
-        if back_near_baseline.is_none() && peak_files > baseline + 5_000 && files < baseline + 200 {
-            back_near_baseline = Some(flood_started.elapsed());
-        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let connected: Vec<Value> = floods
+    let samples = sampler.finish();
+    let (connected_at, connected): (Vec<Instant>, Vec<Value>) = floods
         .iter()
         .map(|f| f.event("connected", Duration::from_secs(30)))
-        .collect();
+        .unzip();
     let made: u64 = connected
         .iter()
         .map(|c| c["open"].as_u64().unwrap_or(0))
         .sum();
+    // When the flood finished connecting: the later of the two processes.
+    let all_connected = connected_at.into_iter().max().expect("two floods");
+    let peak_files = samples.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    // The first sample from which the count stays near the baseline.
+    let near = |n: usize| n < baseline + 200;
+    let back_at = samples
+        .iter()
+        .rposition(|(_, n)| !near(*n))
+        .and_then(|last_high| samples.get(last_high + 1))
+        .map(|(at, _)| *at);
     let files_now = open_files(pid);
+    let since_connected = back_at.map(|at| at.saturating_duration_since(all_connected));
     eprintln!(
-        "flood: {made} connections made and held; server files baseline {baseline}, peak {peak_files}, \
-         now {files_now}; back near baseline after {back_near_baseline:?}; {published} publishes, \
-         slowest {worst:?}"
+        "flood: {made} connections made and held; server open-file limit {limit}; files baseline {baseline}, \
+         peak {peak_files}, now {files_now}; flood connected after {:?}; back near baseline {since_connected:?} \
+         after that ({:?} after the flood began); {published} publishes, slowest {worst:?}",
+        all_connected.saturating_duration_since(flood_started),
+        back_at.map(|at| at.saturating_duration_since(flood_started)),
     );
     assert!(
         made >= (2 * PER_PROCESS - 100) as u64,
@@ -206,18 +275,32 @@ async fn half_open_flood_leaves_subscribers_and_the_backend_served() {
         files_now < baseline + 200,
         "the server still holds {files_now} files (baseline {baseline}) while the flood holds its end"
     );
+    let bound = Duration::from_secs(HEADER_TIMEOUT_SECS + 1);
+    let since_connected = since_connected.expect("the open-file count came back near its baseline");
+    assert!(
+        since_connected <= bound,
+        "the server's open files came back near the baseline {since_connected:?} after the flood \
+         finished connecting, more than header_timeout + 1 s"
+    );
 
     // The flood's own view: every connection it made was closed by the
     // server while it still held its end.
     let done: Vec<Value> = floods
         .iter()
-        .map(|f| f.event("done", Duration::from_secs(HOLD_SECS + 30)))
+        .map(|f| f.event("done", Duration::from_secs(HOLD_SECS + 30)).1)
         .collect();
     eprintln!("flood results: {done:?}");
     for d in &done {
         assert_eq!(
             d["still_open"], 0,
             "the server left half-open connections open: {d}"
+        );
+        // Each one closed within the header clock and a second of its
+        // connect (the ones past the open-file budget at once).
+        let slowest = d["closed_after_max"].as_f64().unwrap_or(f64::MAX);
+        assert!(
+            slowest <= bound.as_secs_f64(),
+            "a half-open connection was closed {slowest} s after it connected, more than header_timeout + 1 s: {d}"
         );
     }
     // And the server still serves new clients afterwards.

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use crate::error::Refused;
 use herald_core::Refusal;
@@ -23,9 +22,6 @@ pub struct ConnectionLimiter {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     max_total: usize,
     max_per_ip: usize,
-    /// Woken whenever a slot is given back (the accept loop waits on it
-    /// when the process is at its open-file budget).
-    released: Notify,
 }
 
 /// One counted connection; dropping it gives the slot back.
@@ -75,17 +71,11 @@ impl ConnectionLimiter {
             per_ip: Mutex::new(HashMap::new()),
             max_total,
             max_per_ip,
-            released: Notify::new(),
         })
     }
 
     pub fn total(&self) -> usize {
         self.total.load(Ordering::Relaxed)
-    }
-
-    /// Resolves the next time a slot is given back.
-    pub async fn released(&self) {
-        self.released.notified().await;
     }
 
     /// Takes a slot counted in the total and against `ip`.
@@ -151,7 +141,6 @@ impl Drop for ConnectionGuard {
         if self.counted {
             self.limiter.total.fetch_sub(1, Ordering::Relaxed);
         }
-        self.limiter.released.notify_waiters();
     }
 }
 

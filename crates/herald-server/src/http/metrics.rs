@@ -118,6 +118,12 @@ pub(crate) async fn metrics(
         state.limiter.total(),
     );
     out.single(
+        "herald_tcp_shed_total",
+        "counter",
+        "TCP connections the public listener accepted and closed unanswered: at its open-file budget, or past 256 over-limit connections being answered.",
+        c.tcp_shed.load(Ordering::Relaxed),
+    );
+    out.single(
         "herald_subscriptions",
         "gauge",
         "Subscriptions (connection and channel pairs) on this node.",

@@ -13,9 +13,10 @@
 //! Each connection runs the header and idle clocks of `crate::edge`.
 //!
 //! The public listener also keeps the process under its open-file limit:
-//! past [`FdBudget::limit`] sockets it stops accepting (the kernel's backlog
-//! holds the newcomers) until a connection closes, so the API listener,
-//! Redis and hooks always have descriptors left. An `accept` that fails for
+//! at [`FdBudget::limit`] sockets it accepts each newcomer and closes it at
+//! once, unanswered, until a connection closes, so the API listener, Redis
+//! and hooks always have descriptors left and no connection waits in the
+//! kernel's backlog for longer than the budget stays full. An `accept` that fails for
 //! lack of descriptors backs off and is logged once per [`LOG_INTERVAL`].
 //!
 //! Why not `axum::serve`: a WebSocket upgrade must give back the plain
@@ -24,7 +25,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,6 +102,9 @@ pub struct Edge {
     /// Set on the public listener only.
     pub budget: Option<FdBudget>,
     pub refusing: Arc<AtomicUsize>,
+    /// Connections accepted and closed unanswered (at the open-file budget,
+    /// or past [`MAX_REFUSING`]): `herald_tcp_shed_total`.
+    pub shed: Arc<AtomicU64>,
     /// For log lines: "public" or "api".
     pub name: &'static str,
 }
@@ -119,6 +123,7 @@ impl Edge {
             ),
             budget: None,
             refusing: Arc::new(AtomicUsize::new(0)),
+            shed: Arc::new(AtomicU64::new(0)),
             name,
         }
     }
@@ -164,25 +169,7 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
     let mut accept_errors = Throttle::new();
     let mut at_budget = Throttle::new();
     let mut backoff = Duration::from_millis(50);
-    'accepting: loop {
-        if let Some(budget) = &edge.budget {
-            while budget.open() >= budget.limit {
-                if let Some(held_back) = at_budget.ready() {
-                    tracing::warn!(
-                        listener = edge.name,
-                        open = budget.open(),
-                        budget = budget.limit,
-                        held_back,
-                        "at the open-file budget: not accepting until connections close"
-                    );
-                }
-                tokio::select! {
-                    () = shutdown.cancelled() => break 'accepting,
-                    () = edge.limiter.released() => {}
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                }
-            }
-        }
+    loop {
         // Biased: once shutdown began, a connection waiting in the backlog
         // is not taken (an unbiased select picks one of two ready branches
         // at random, and served a late request now and then).
@@ -217,6 +204,27 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
                 continue;
             }
         };
+        // At the open-file budget: close the newcomer at once, unanswered.
+        // The reserve below the process's limit leaves room for this one
+        // descriptor. Leaving it in the kernel's backlog instead would hold
+        // it unserved for as long as the budget stays full, then give it a
+        // whole header clock: a half-open flood's newest connections would
+        // outlive `header_timeout` (docs/security.md says why this is also
+        // the better answer for a legitimate client).
+        if edge.budget.as_ref().is_some_and(|b| b.open() >= b.limit) {
+            edge.shed.fetch_add(1, Ordering::Relaxed);
+            if let Some(held_back) = at_budget.ready() {
+                let budget = edge.budget.as_ref().map_or(0, |b| b.limit);
+                tracing::warn!(
+                    listener = edge.name,
+                    budget,
+                    held_back,
+                    "at the open-file budget: closing new connections unanswered"
+                );
+            }
+            drop(tcp);
+            continue;
+        }
         let peer = canonical_socket(peer);
         // Pushes are small and latency matters: no Nagle delay.
         let _ = tcp.set_nodelay(true);
@@ -249,6 +257,7 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
                     });
                 } else {
                     edge.refusing.fetch_sub(1, Ordering::Relaxed);
+                    edge.shed.fetch_add(1, Ordering::Relaxed);
                     drop(tcp);
                 }
             }
@@ -376,4 +385,32 @@ pub fn open_file_budget() -> Option<(usize, usize)> {
     let soft = usize::try_from(limit.current?).ok()?;
     let reserve = (soft / 20).clamp(64, 1024);
     Some((soft, soft.saturating_sub(reserve).max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn throttle_logs_once_per_interval_and_counts_what_it_held_back() {
+        let mut throttle = Throttle::new();
+        // The first occurrence is logged, with nothing held back.
+        assert_eq!(throttle.ready(), Some(0));
+        // Within the interval: held back, counted.
+        for _ in 0..5 {
+            assert_eq!(throttle.ready(), None);
+        }
+        tokio::time::advance(LOG_INTERVAL - Duration::from_millis(1)).await;
+        assert_eq!(throttle.ready(), None);
+        // Once the interval has passed: logged, with the six held back.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(throttle.ready(), Some(6));
+        // The count starts again, and so does the interval.
+        assert_eq!(throttle.ready(), None);
+        tokio::time::advance(LOG_INTERVAL).await;
+        assert_eq!(throttle.ready(), Some(1));
+        // A long quiet spell: the next one is logged at once.
+        tokio::time::advance(LOG_INTERVAL * 10).await;
+        assert_eq!(throttle.ready(), Some(0));
+    }
 }

@@ -41,6 +41,7 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     sel = selectors.DefaultSelector()
+    closed_after = []
     opened = {}  # fd -> (socket, connected_at or None)
     failed = 0
     start = time.monotonic()
@@ -62,7 +63,6 @@ def main():
         opened[s.fileno()] = [s, None]
         sel.register(s, selectors.EVENT_WRITE)
 
-    closed_after = []
     deadline = start + hold
     pending_connect = len(opened)
     reported = False
@@ -79,6 +79,15 @@ def main():
             if entry[1] is None:
                 pending_connect -= 1
                 err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err in (errno.ECONNRESET, errno.EPIPE):
+                    # Connected, then closed by the server before we looked
+                    # (a server at its open-file budget closes newcomers at
+                    # once): made, and closed by the server at once.
+                    entry[1] = time.monotonic()
+                    closed_after.append(0.0)
+                    sel.unregister(s)
+                    entry.append("closed")
+                    continue
                 if err:
                     sel.unregister(s)
                     del opened[s.fileno()]
