@@ -66,7 +66,8 @@ const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const SUB_PREFIX: &str = "/sub/";
 const PUB_PREFIX: &str = "/pub/";
 const PUB_OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-const NOT_FOUND: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+const NOT_FOUND: &[u8] =
+    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
 /// What the writes did, printed at exit.
 #[derive(Debug, Default)]
@@ -245,7 +246,11 @@ async fn serve(mut stream: TcpStream, registry: Rc<RefCell<Registry>>) -> io::Re
 
 /// Holds a subscriber socket: registered for `channel` until EOF; whatever
 /// the client sends is discarded.
-async fn subscriber(stream: TcpStream, channel: &str, registry: &RefCell<Registry>) -> io::Result<()> {
+async fn subscriber(
+    stream: TcpStream,
+    channel: &str,
+    registry: &RefCell<Registry>,
+) -> io::Result<()> {
     let stream = Rc::new(stream);
     let id = registry.borrow_mut().add(channel, stream.clone());
     let ended = loop {
@@ -270,7 +275,11 @@ fn listen_addr() -> Result<SocketAddr, String> {
     let addr = match (args.next().as_deref(), args.next()) {
         (None, _) => DEFAULT_LISTEN.to_string(),
         (Some("--listen"), Some(a)) => a,
-        _ => return Err(format!("usage: herald-floor [--listen ADDR] (default {DEFAULT_LISTEN})")),
+        _ => {
+            return Err(format!(
+                "usage: herald-floor [--listen ADDR] (default {DEFAULT_LISTEN})"
+            ))
+        }
     };
     addr.parse().map_err(|e| format!("--listen {addr:?}: {e}"))
 }
@@ -283,7 +292,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("herald-floor: runtime: {e}");
@@ -329,7 +341,10 @@ mod tests {
 
     #[test]
     fn accept_key_matches_rfc_6455() {
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]

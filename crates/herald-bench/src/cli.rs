@@ -471,7 +471,13 @@ mod tests {
         .expect("cfg");
         let ports: Vec<u16> = (0..4).map(|i| c.sub_url(i).addr.port()).collect();
         assert_eq!(ports, vec![7001, 7002, 7003, 7001]);
-        assert!(cfg(&["--sub-url", "ws://127.0.0.1:1/x", "--sub-url", "ws://10.0.0.1/x"]).is_err());
+        assert!(cfg(&[
+            "--sub-url",
+            "ws://127.0.0.1:1/x",
+            "--sub-url",
+            "ws://10.0.0.1/x"
+        ])
+        .is_err());
     }
 
     #[test]
