@@ -11,6 +11,8 @@
 #                                              # the Pusher protocol: Herald's dialect vs Sockudo
 #   BASELINE_BIN=/path/to/old/herald SERVERS="herald baseline" bash bench/compare.sh
 #                                              # a change, before and after
+#   SERVERS="floor herald nchan" SCENARIOS="fanout flat" bash bench/compare.sh
+#                                              # fan-out against the floor (bench/floor)
 #
 # Knobs (environment):
 #   SERVERS         servers to run, in order          (herald nchan pushpin)
@@ -18,7 +20,11 @@
 #                   "herald-pusher" is Herald's Pusher dialect and "sockudo"
 #                   Sockudo (SOCKUDO_BIN), both driven as pusher-js drives
 #                   them: /app/{key}, pusher:subscribe, pusher:ping answered,
-#                   triggers through the signed POST /apps/{id}/events
+#                   triggers through the signed POST /apps/{id}/events;
+#                   "floor" is bench/floor (herald-floor): one write per
+#                   subscriber per message and nothing else (WebSocket only).
+#                   With it in SERVERS, the fan-out cases get a row of each
+#                   server's deliveries per CPU-second as a ratio to the floor's
 #   TRANSPORT       ws or sse for every scenario       (ws)
 #   IDLE_N          idle connections held              (10000)
 #   IDLE_SECS       how long they are held             (5)
@@ -37,6 +43,7 @@
 #   HERALD_BIN      herald binary   (target/release/herald, built if missing)
 #   BENCH_BIN       herald-bench    (target/release/herald-bench, built if missing)
 #   BASELINE_BIN    a herald binary from before a change, run as "baseline"
+#   FLOOR_BIN       herald-floor    (target/release/herald-floor, built if missing and "floor" is in SERVERS)
 #   SOCKUDO_BIN     sockudo (cargo install sockudo --locked; needs protobuf-compiler)
 #   SOCKUDO_TOML    more lines for Sockudo's config, e.g. '[websocket]\nmax_messages = 100'
 #
@@ -55,6 +62,7 @@ ROOT=$(dirname "$HERE")
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 HERALD_BIN=${HERALD_BIN:-$TARGET/release/herald}
 BENCH_BIN=${BENCH_BIN:-$TARGET/release/herald-bench}
+FLOOR_BIN=${FLOOR_BIN:-$TARGET/release/herald-floor}
 
 SERVERS=${SERVERS:-"herald nchan pushpin"}
 TRANSPORT=${TRANSPORT:-ws}
@@ -74,6 +82,7 @@ CONNECT_CONC=${CONNECT_CONC:-256}
 CONNECT_RETRIES=${CONNECT_RETRIES:-3}
 
 HERALD_PORT=7070
+FLOOR_PORT=7072
 NCHAN_PORT=8081
 PUSHPIN_PORT=7999
 PUSHPIN_PUB_PORT=5561
@@ -105,6 +114,10 @@ need_pushpin() { { command -v pushpin >/dev/null && command -v zurl >/dev/null; 
 if [ ! -x "$HERALD_BIN" ] || [ ! -x "$BENCH_BIN" ]; then
     log "building herald and herald-bench (release)"
     (cd "$ROOT" && cargo build --release -p herald -p herald-bench)
+fi
+if [[ " $SERVERS " == *" floor "* ]] && [ ! -x "$FLOOR_BIN" ]; then
+    log "building herald-floor (release)"
+    (cd "$ROOT" && cargo build --release -p herald-floor)
 fi
 
 # --- server control ---------------------------------------------------------
@@ -154,6 +167,22 @@ start_herald() {
     SUB_WS="ws://127.0.0.1:$HERALD_PORT/sub/{channel}"
     SUB_HTTP="http://127.0.0.1:$HERALD_PORT/sub/{channel}"
     PUB_URL="http://127.0.0.1:$HERALD_PORT/pub/{channel}"
+    PUB_BODY='{payload}'
+}
+
+# The floor (bench/floor): WebSocket channel URLs and POST /pub/{channel}
+# only. Its counters (frames written, writes skipped on a full send buffer)
+# go to its log when it is stopped; compare.sh prints them after the run.
+start_floor() {
+    SERVER_ARGS=()
+    [ "$TRANSPORT" = ws ] || { log "floor speaks WebSocket only (TRANSPORT=$TRANSPORT)"; return 1; }
+    "$FLOOR_BIN" --listen "127.0.0.1:$FLOOR_PORT" >"$WORK/floor.log" 2>&1 &
+    MAIN_PID=$!
+    SERVER_PIDS+=("$MAIN_PID")
+    wait_port "$FLOOR_PORT" 20
+    SUB_WS="ws://127.0.0.1:$FLOOR_PORT/sub/{channel}"
+    SUB_HTTP=$SUB_WS
+    PUB_URL="http://127.0.0.1:$FLOOR_PORT/pub/{channel}"
     PUB_BODY='{payload}'
 }
 
@@ -302,6 +331,7 @@ run_one() { # server scenario
     *) log "unknown scenario $s" ;;
     esac
     cleanup
+    if [ "$server" = floor ]; then tail -n 1 "$WORK/floor.log" >&2 || true; fi
     sleep 1
 }
 
@@ -371,6 +401,17 @@ def fmt(v):
     return f"{v:,}"
 
 peers = [s for s in servers if s != "herald"]
+
+# With the floor in the run, the fan-out cases get each server's deliveries
+# per server CPU-second divided by the floor's in the same run.
+FLOOR_CASES = ("fanout-paced", "fanout-flat")
+def per_cpu(rep):
+    return rep["deliveries_per_server_cpu_sec"] if rep else None
+def floor_ratio(case, s):
+    f, v = per_cpu(by.get((case, "floor"))), per_cpu(by.get((case, s)))
+    if isinstance(f, (int, float)) and isinstance(v, (int, float)) and f:
+        return f"{v / f:.2f}"
+    return None
 head = ["case", "metric"] + servers + [f"herald/{p}" for p in peers]
 lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 for case in cases:
@@ -393,6 +434,10 @@ for case in cases:
         cells = [case, label + (f" ({better} is better)" if better else "")]
         cells += [fmt(vals[s]) for s in servers] + ratios
         lines.append("| " + " | ".join(cells) + " |")
+        if label == "deliveries per server CPU-s" and "floor" in servers and case in FLOOR_CASES:
+            cells = [case, "deliveries per server CPU-s / floor's (higher is better)"]
+            cells += [fmt(floor_ratio(case, s)) for s in servers] + ["-" for _ in peers]
+            lines.append("| " + " | ".join(cells) + " |")
 
 notes = [
     f"# Herald vs peers ({datetime.datetime.now().strftime('%Y-%m-%d %H:%M')})",
@@ -404,7 +449,10 @@ notes = [
     "workers; Pushpin: runner, condure, zurl, proxy, handler), RSS per connection is "
     "(RSS with connections - RSS before) / connections. Everything ran on one 2-core "
     "machine, load generator included, so absolute figures are pessimistic and "
-    "ratios are what to read.",
+    "ratios are what to read."
+    + (" `floor` is bench/floor: one write per subscriber per message and nothing else; "
+       "\"/ floor's\" rows divide each server's deliveries per server CPU-second by the floor's."
+       if "floor" in servers else ""),
     "",
 ]
 text = "\n".join(notes + lines) + "\n"

@@ -76,9 +76,11 @@ pub struct Args {
     /// How subscribers connect.
     #[arg(long, value_enum, default_value = "ws")]
     pub transport: Transport,
-    /// Subscriber URL template (ws:// or http://).
-    #[arg(long, default_value = "ws://127.0.0.1:7070/sub/{channel}")]
-    pub sub_url: String,
+    /// Subscriber URL template (ws:// or http://). Repeat it to spread the
+    /// subscribers over several servers, e.g. the nodes of a cluster:
+    /// subscriber i uses the (i % count)-th.
+    #[arg(long, default_value = "ws://127.0.0.1:7070/sub/{channel}", action = clap::ArgAction::Append)]
+    pub sub_url: Vec<String>,
     /// Publish URL template.
     #[arg(long, default_value = "http://127.0.0.1:7070/pub/{channel}")]
     pub pub_url: String,
@@ -207,7 +209,8 @@ pub struct Args {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub args: Args,
-    pub sub_url: UrlTemplate,
+    /// Subscriber URL templates; subscriber i uses `sub_urls[i % len]`.
+    pub sub_urls: Vec<UrlTemplate>,
     pub pub_url: UrlTemplate,
     pub pub_body: BodyTemplate,
     /// Publish headers including Content-Type.
@@ -230,7 +233,14 @@ pub fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
 
 impl Config {
     pub fn from_args(args: Args) -> anyhow::Result<Self> {
-        let sub_url = UrlTemplate::parse(&args.sub_url).context("--sub-url")?;
+        let sub_urls = args
+            .sub_url
+            .iter()
+            .map(|u| UrlTemplate::parse(u).with_context(|| format!("--sub-url {u}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if sub_urls.is_empty() {
+            bail!("--sub-url is required");
+        }
         let pub_url = UrlTemplate::parse(&args.pub_url).context("--pub-url")?;
         if pub_url.scheme != Scheme::Http {
             bail!("--pub-url must be an http:// URL");
@@ -330,7 +340,7 @@ impl Config {
         let config = Self {
             pub_body: BodyTemplate::parse(&args.pub_body),
             args,
-            sub_url,
+            sub_urls,
             pub_url,
             pub_headers,
             channels,
@@ -362,6 +372,12 @@ impl Config {
     pub fn indices(&self, index: u32, procs: u32) -> impl Iterator<Item = u64> {
         let step = u64::from(procs);
         (u64::from(index)..self.args.connections).step_by(usize::try_from(step).unwrap_or(1))
+    }
+
+    /// The subscriber URL template of subscriber `subscriber`.
+    pub fn sub_url(&self, subscriber: u64) -> &UrlTemplate {
+        let k = self.sub_urls.len() as u64;
+        &self.sub_urls[usize::try_from(subscriber % k).unwrap_or(0)]
     }
 
     pub fn channel_of(&self, subscriber: u64) -> u64 {
@@ -438,6 +454,30 @@ mod tests {
         for i in 0..3 {
             assert_eq!(c.indices(i, 3).count() as u64, c.share(i, 3));
         }
+    }
+
+    #[test]
+    fn sub_urls_repeat_and_rotate() {
+        let c = cfg(&[]).expect("cfg");
+        assert_eq!(c.sub_urls.len(), 1);
+        let c = cfg(&[
+            "--sub-url",
+            "ws://127.0.0.1:7001/sub/{channel}",
+            "--sub-url",
+            "ws://127.0.0.1:7002/sub/{channel}",
+            "--sub-url",
+            "ws://127.0.0.1:7003/sub/{channel}",
+        ])
+        .expect("cfg");
+        let ports: Vec<u16> = (0..4).map(|i| c.sub_url(i).addr.port()).collect();
+        assert_eq!(ports, vec![7001, 7002, 7003, 7001]);
+        assert!(cfg(&[
+            "--sub-url",
+            "ws://127.0.0.1:1/x",
+            "--sub-url",
+            "ws://10.0.0.1/x"
+        ])
+        .is_err());
     }
 
     #[test]

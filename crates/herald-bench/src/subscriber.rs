@@ -26,7 +26,7 @@ use crate::cli::{Config, Transport};
 use crate::http::{self, Body, Conn};
 use crate::payload::{self, Mark};
 use crate::tally::{Counts, Latency, SeqTracker};
-use crate::template::{acked_message_id, render_command, user_token};
+use crate::template::{acked_message_id, render_command, user_token, UrlTemplate};
 
 /// WebSocket read buffer per connection: frames here are small.
 const WS_READ_BUFFER: usize = 4 * 1024;
@@ -186,7 +186,7 @@ pub async fn run(spec: Spec, cfg: Arc<Config>, shared: Arc<Shared>) -> Counts {
                 return rx.tracker.counts;
             };
             tokio::select! {
-                r = tokio::time::timeout(timeout, open(&cfg, &channel, spec.source, &mut rx)) => match r {
+                r = tokio::time::timeout(timeout, open(&cfg, cfg.sub_url(spec.index), &channel, spec.source, &mut rx)) => match r {
                     Ok(Ok(c)) => Ok(c),
                     Ok(Err(e)) => Err(e),
                     Err(_) => Err("timeout".to_string()),
@@ -272,11 +272,11 @@ fn ws_kind(e: &tungstenite::Error) -> String {
 }
 
 async fn open_ws(
-    cfg: &Config,
+    addr: std::net::SocketAddr,
     url: String,
     source: Option<IpAddr>,
 ) -> Result<WebSocketStream<TcpStream>, String> {
-    let tcp = crate::net::connect(cfg.sub_url.addr, source)
+    let tcp = crate::net::connect(addr, source)
         .await
         .map_err(|e| io_kind(&e))?;
     let config = WebSocketConfig::default().read_buffer_size(WS_READ_BUFFER);
@@ -290,6 +290,7 @@ async fn open_ws(
 /// acknowledgement are accounted for.
 async fn open(
     cfg: &Config,
+    sub_url: &UrlTemplate,
     channel: &str,
     source: Option<IpAddr>,
     rx: &mut Receiver<'_>,
@@ -297,16 +298,16 @@ async fn open(
     let a = &cfg.args;
     match a.transport {
         Transport::Ws => {
-            let url = cfg.sub_url.ws_url_for(channel);
+            let url = sub_url.ws_url_for(channel);
             Ok(Open::Ws(
-                Box::new(open_ws(cfg, url, source).await?),
+                Box::new(open_ws(sub_url.addr, url, source).await?),
                 None,
                 None,
             ))
         }
         Transport::SessionWs => {
-            let url = cfg.sub_url.ws_url_for(channel);
-            let mut ws = open_ws(cfg, url, source).await?;
+            let url = sub_url.ws_url_for(channel);
+            let mut ws = open_ws(sub_url.addr, url, source).await?;
             if !a.session_connect.is_empty() {
                 let mut cmd = render_command(&a.session_connect, channel, 0);
                 if !a.hmac_secret.is_empty() {
@@ -348,10 +349,10 @@ async fn open(
                 ("Cache-Control".to_string(), "no-cache".to_string()),
             ];
             let (stream, head, body) = http::open_stream(
-                cfg.sub_url.addr,
+                sub_url.addr,
                 source,
-                &cfg.sub_url.host,
-                &cfg.sub_url.path_for(channel),
+                &sub_url.host,
+                &sub_url.path_for(channel),
                 &headers,
             )
             .await
@@ -362,11 +363,11 @@ async fn open(
             Ok(Open::Sse { stream, body })
         }
         Transport::LongPoll => {
-            let mut conn = Conn::new(cfg.sub_url.addr, cfg.sub_url.host.clone(), source);
+            let mut conn = Conn::new(sub_url.addr, sub_url.host.clone(), source);
             conn.connect().await.map_err(|e| io_kind(&e))?;
             Ok(Open::LongPoll(Box::new(LongPoll {
                 conn,
-                path: cfg.sub_url.path_for(channel),
+                path: sub_url.path_for(channel),
                 timeout: a.poll_timeout,
                 since: None,
                 last_modified: None,

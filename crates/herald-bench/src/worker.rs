@@ -126,7 +126,7 @@ pub async fn run(
                 let spec = Spec {
                     index: i,
                     channel: cfg.channel_of(i),
-                    source: cfg.sources.for_index(i, &cfg.sub_url.addr),
+                    source: cfg.sources.for_index(i, &cfg.sub_url(i).addr),
                 };
                 tasks.spawn(subscriber::run(spec, cfg.clone(), shared.clone()));
             }
