@@ -145,19 +145,17 @@ pub async fn run_with_listeners(
             refusing: refusing.clone(),
         }
     });
-    let edge = |limiter: &Arc<access::limits::ConnectionLimiter>,
-                budget,
-                refusing,
-                shed,
-                name| serve::Edge {
-        header_timeout: state.config.header_timeout,
-        idle_timeout: state.config.idle_timeout,
-        trusted: state.config.trusted_proxies.clone(),
-        limiter: limiter.clone(),
-        budget,
-        refusing,
-        shed,
-        name,
+    let edge = |limiter: &Arc<access::limits::ConnectionLimiter>, budget, refusing, shed, name| {
+        serve::Edge {
+            header_timeout: state.config.header_timeout,
+            idle_timeout: state.config.idle_timeout,
+            trusted: state.config.trusted_proxies.clone(),
+            limiter: limiter.clone(),
+            budget,
+            refusing,
+            shed,
+            name,
+        }
     };
     let public_serves = if api_listener.is_some() {
         Serves::Public

@@ -190,12 +190,8 @@ async fn a_channel_re_occupied_within_the_grace_sends_nothing() {
     let room = channel("reoccupied");
     let dee = channel("dee");
     let token = support_security::token(&dee, &[]);
-    let (mut sess, _) = support_security::Session::connected(
-        &s,
-        support_security::Via::Ws,
-        Some(&token),
-    )
-    .await;
+    let (mut sess, _) =
+        support_security::Session::connected(&s, support_security::Via::Ws, Some(&token)).await;
     sess.ok("subscribe", json!({"channel": room})).await;
     rx.wait("room occupied", |e| {
         names(e, "channel", &room) == ["channel.occupied"]
