@@ -51,12 +51,7 @@ RESULTS="$HERE/results"
 JSONL="$RESULTS/cluster.jsonl"
 CLK_TCK=$(getconf CLK_TCK)
 
-log() { printf '== %s\n' "$*" >&2; }
-apt_install() {
-    log "installing $*"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq "$@" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$@" >/dev/null; }
-}
+. "$HERE/lib.sh"
 command -v redis-server >/dev/null && command -v redis-cli >/dev/null || apt_install redis-server
 if [ ! -x "$HERALD_BIN" ] || [ ! -x "$BENCH_BIN" ]; then
     log "building herald and herald-bench (release)"

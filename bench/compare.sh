@@ -96,18 +96,13 @@ WORK=$(mktemp -d /tmp/herald-compare.XXXXXX)
 mkdir -p "$RESULTS"
 : >"$JSONL"
 
-log() { printf '== %s\n' "$*" >&2; }
+. "$HERE/lib.sh"
 
 # Open files: raise the soft limit to the hard one for us and the servers.
 ulimit -n "$(ulimit -Hn)"
 log "open files limit: $(ulimit -n)"
 
 # --- installs ---------------------------------------------------------------
-apt_install() {
-    log "installing $*"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq "$@" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$@" >/dev/null; }
-}
 need_nchan() { command -v nginx >/dev/null && [ -f /usr/lib/nginx/modules/ngx_nchan_module.so ] || apt_install nginx libnginx-mod-nchan; }
 need_pushpin() { { command -v pushpin >/dev/null && command -v zurl >/dev/null; } || apt_install pushpin; }
 

@@ -16,8 +16,9 @@
 //! at [`FdBudget::limit`] sockets it accepts each newcomer and closes it at
 //! once, unanswered, until a connection closes, so the API listener, Redis
 //! and hooks always have descriptors left and no connection waits in the
-//! kernel's backlog for longer than the budget stays full. An `accept` that fails for
-//! lack of descriptors backs off and is logged once per [`LOG_INTERVAL`].
+//! kernel's backlog for longer than the budget stays full. An `accept`
+//! that fails for lack of descriptors backs off and is logged once per
+//! [`LOG_INTERVAL`].
 //!
 //! Why not `axum::serve`: a WebSocket upgrade must give back the plain
 //! `TcpStream` (see [`crate::ws::handshake`]), and the clocks need to sit
