@@ -25,7 +25,7 @@
 #                   subscriber per message and nothing else (WebSocket only).
 #                   With it in SERVERS, the fan-out cases get a row of each
 #                   server's deliveries per CPU-second as a ratio to the floor's
-#   TRANSPORT       ws or sse for every scenario       (ws)
+#   TRANSPORT       ws, sse, ndjson, iframe or long-poll, for every scenario (ws)
 #   IDLE_N          idle connections held              (10000)
 #   IDLE_SECS       how long they are held             (5)
 #   FANOUT_N        fan-out subscribers (paced)        (10000)

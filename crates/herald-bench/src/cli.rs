@@ -47,6 +47,11 @@ pub enum Transport {
     SessionWs,
     /// Server-sent events (`Accept: text/event-stream`).
     Sse,
+    /// Newline-delimited JSON (`Accept: application/x-ndjson`).
+    Ndjson,
+    /// The forever-frame (`?transport=iframe&callback=cb`): script tags in
+    /// an HTML body that never ends.
+    Iframe,
     /// Repeated long-poll GETs carrying `since` / `If-Modified-Since`.
     LongPoll,
 }

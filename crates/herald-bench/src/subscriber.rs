@@ -343,20 +343,27 @@ async fn open(
             let ack = (!a.session_ack_each.is_empty()).then(|| a.session_ack_each.clone());
             Ok(Open::Ws(Box::new(ws), pong, ack))
         }
-        Transport::Sse => {
+        // The three streaming bodies are read alike: marks are scanned in
+        // whole lines, whatever wraps them.
+        Transport::Sse | Transport::Ndjson | Transport::Iframe => {
+            let accept = match a.transport {
+                Transport::Ndjson => "application/x-ndjson",
+                Transport::Iframe => "text/html",
+                _ => "text/event-stream",
+            };
             let headers = vec![
-                ("Accept".to_string(), "text/event-stream".to_string()),
+                ("Accept".to_string(), accept.to_string()),
                 ("Cache-Control".to_string(), "no-cache".to_string()),
             ];
-            let (stream, head, body) = http::open_stream(
-                sub_url.addr,
-                source,
-                &sub_url.host,
-                &sub_url.path_for(channel),
-                &headers,
-            )
-            .await
-            .map_err(|e| io_kind(&e))?;
+            let mut path = sub_url.path_for(channel);
+            if a.transport == Transport::Iframe {
+                path.push(if path.contains('?') { '&' } else { '?' });
+                path.push_str("transport=iframe&callback=cb");
+            }
+            let (stream, head, body) =
+                http::open_stream(sub_url.addr, source, &sub_url.host, &path, &headers)
+                    .await
+                    .map_err(|e| io_kind(&e))?;
             if head.status != 200 {
                 return Err(format!("http-{}", head.status));
             }

@@ -1,7 +1,10 @@
 //! The HTTP connection's clock and its last word: what every accepted TCP
 //! connection goes through before (and between) requests.
 //!
-//! [`EdgeIo`] wraps the socket that hyper reads and writes:
+//! [`EdgeIo`] wraps the socket that Herald's own HTTP/1 path
+//! (`crate::http`'s `h1`) reads request heads from and hyper, for what that
+//! path hands over, reads and writes (the bytes already read replayed
+//! first, [`EdgeIo::rewind`]):
 //! - A connection that has not sent a whole request head within
 //!   `header_timeout` of its first byte (or of being accepted) is answered
 //!   `408 request_timeout` and closed; one that sits idle between requests
@@ -94,7 +97,7 @@ impl Phase {
     }
 
     /// Bytes arrived: an idle connection starts a request head.
-    fn bytes_arrived(&self) {
+    pub(crate) fn bytes_arrived(&self) {
         let mut state = self.state.lock();
         if state.0 == Stage::Idle {
             *state = (Stage::Head, Instant::now() + self.header_timeout);
@@ -153,6 +156,9 @@ pub(crate) struct EdgeIo {
     timer: Pin<Box<Sleep>>,
     /// A replacement answer still to be written (before anything else).
     pending: Bytes,
+    /// Bytes already read from the socket (by [`crate::http`]'s own HTTP/1
+    /// path) that hyper is to read first.
+    prefix: Bytes,
 }
 
 impl EdgeIo {
@@ -163,12 +169,31 @@ impl EdgeIo {
             phase,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             pending: Bytes::new(),
+            prefix: Bytes::new(),
         }
     }
 
-    /// The plain socket, for an upgraded (WebSocket) connection.
-    pub(crate) fn into_inner(self) -> TcpStream {
-        self.tcp
+    /// The plain socket, for an upgraded (WebSocket) connection, with what
+    /// of [`Self::rewind`]'s bytes was not read yet.
+    pub(crate) fn into_inner(self) -> (TcpStream, Bytes) {
+        (self.tcp, self.prefix)
+    }
+
+    /// Makes `bytes`, read from the socket already, the next ones read.
+    pub(crate) fn rewind(&mut self, bytes: Bytes) {
+        debug_assert!(self.prefix.is_empty());
+        self.prefix = bytes;
+    }
+
+    /// The socket itself, for writes and readiness while a response is
+    /// served (no clock runs then).
+    pub(crate) fn tcp(&mut self) -> &mut TcpStream {
+        &mut self.tcp
+    }
+
+    /// The connection's stage, shared with whoever serves its requests.
+    pub(crate) fn phase(&self) -> &Arc<Phase> {
+        &self.phase
     }
 
     /// Whether `first` (the start of a write) is hyper's own answer to a
@@ -251,6 +276,12 @@ impl AsyncRead for EdgeIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            this.phase.bytes_arrived();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.tcp).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {

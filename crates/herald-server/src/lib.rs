@@ -149,6 +149,7 @@ pub async fn run_with_listeners(
         serve::Edge {
             header_timeout: state.config.header_timeout,
             idle_timeout: state.config.idle_timeout,
+            write_timeout: state.config.write_timeout,
             trusted: state.config.trusted_proxies.clone(),
             limiter: limiter.clone(),
             budget,

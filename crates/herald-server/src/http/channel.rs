@@ -15,6 +15,7 @@ use herald_core::{ChannelName, Refusal, Since};
 use serde::Deserialize;
 
 use super::api::channel_from_path;
+use super::response::deferred;
 use crate::access::limits::Conn;
 use crate::error::ApiError;
 use crate::protocol::admission::{self, Hold, Opening};
@@ -195,12 +196,13 @@ pub(crate) async fn subscribe(
         }
         (Transport::Sse, _) => transport::stream::serve(down, Sse { dialect }, None),
         (Transport::Stream, _) => transport::stream::serve(down, Ndjson { dialect }, None),
-        (_, callback) => {
+        // Deferred: the poll waits outside the router and its middlewares.
+        (_, callback) => deferred(async move {
             let body =
                 transport::poll::answer(down, &channel, subscribed, timeout, callback.as_deref())
                     .await;
             poll_response(body, callback.is_some())
-        }
+        }),
     })
 }
 

@@ -225,15 +225,18 @@ pub(crate) async fn longpoll_poll(
         .get(&id)
         .and_then(|h| h.mailbox)
         .ok_or_else(session_not_found)?;
-    let (frames, ended) = mailbox.take(wait, &state.shutdown).await;
-    if ended {
-        // This poll takes the last frames: the session is gone after it.
-        registry.remove(&id);
-        if frames.is_empty() {
-            return Err(session_not_found());
+    // Deferred: the poll waits outside the router and its middlewares.
+    Ok(super::response::deferred(async move {
+        let (frames, ended) = mailbox.take(wait, &state.shutdown).await;
+        if ended {
+            // This poll takes the last frames: the session is gone after it.
+            registry.remove(&id);
+            if frames.is_empty() {
+                return session_not_found().into_response();
+            }
         }
-    }
-    Ok(json_response(StatusCode::OK, poll::frames_body(&frames)))
+        json_response(StatusCode::OK, poll::frames_body(&frames))
+    }))
 }
 
 /// `POST /connection/{id}`: one command or an array of commands.

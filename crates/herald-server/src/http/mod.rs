@@ -20,6 +20,7 @@ pub(crate) mod admin;
 pub(crate) mod api;
 pub(crate) mod channel;
 pub(crate) mod connection;
+pub(crate) mod h1;
 pub(crate) mod health;
 pub(crate) mod metrics;
 pub(crate) mod openapi;

@@ -1,9 +1,16 @@
 //! Error answers of the HTTP surface that handlers did not write
-//! themselves: the middleware that gives every error answer the JSON body.
+//! themselves: the middleware that gives every error answer the JSON body;
+//! and answers given later ([`deferred`]), so that a waiting long-poll holds
+//! only its own future.
 
-use axum::http::header;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use herald_core::Refusal;
+use parking_lot::Mutex;
 
 use crate::error::{Answered, ApiError};
 
@@ -92,4 +99,77 @@ pub(crate) async fn log_refusals(
         );
     }
     response
+}
+
+/// The answer a handler gives later, once the router is done with the
+/// request: a long-poll waits on this alone, not inside every middleware's
+/// future (which held about 9 KB per waiting poll).
+type Later = Pin<Box<dyn Future<Output = Response> + Send>>;
+
+/// Marks a placeholder response whose real answer is still to come (see
+/// [`deferred`], [`settle`]). Shared so that it can be an extension.
+#[derive(Clone)]
+struct Deferred(Arc<Mutex<Option<Later>>>);
+
+/// A `200` placeholder that carries `answer`: the middlewares pass it (and
+/// may add headers), then the connection awaits the answer by itself
+/// ([`settle`]).
+pub(crate) fn deferred(answer: impl Future<Output = Response> + Send + 'static) -> Response {
+    let mut placeholder = Response::new(axum::body::Body::empty());
+    placeholder
+        .extensions_mut()
+        .insert(Deferred(Arc::new(Mutex::new(Some(Box::pin(answer))))));
+    placeholder
+}
+
+/// A deferred answer taken out of its placeholder: the answer's future
+/// and the headers the middlewares put on the placeholder.
+pub(crate) struct Pending {
+    answer: Later,
+    /// (None, value) is a further value of the name before it. Compact
+    /// while the answer waits: a HeaderMap holds room for many.
+    added: Vec<(Option<HeaderName>, HeaderValue)>,
+}
+
+/// `Ok(response)` when it is final, or what a [`deferred`] placeholder
+/// carries; the placeholder is freed either way.
+pub(crate) fn take_deferred(response: Response) -> Result<Response, Pending> {
+    let Some(Deferred(later)) = response.extensions().get::<Deferred>().cloned() else {
+        return Ok(response);
+    };
+    let Some(answer) = later.lock().take() else {
+        return Ok(response);
+    };
+    let (parts, _) = response.into_parts();
+    let mut added: Vec<_> = parts.headers.into_iter().collect();
+    added.shrink_to_fit();
+    Err(Pending { answer, added })
+}
+
+impl Pending {
+    /// The answer, with the placeholder's headers it does not set itself.
+    pub(crate) async fn settle(self) -> Response {
+        let Pending { answer, added } = self;
+        let mut answer = answer.await;
+        let headers = answer.headers_mut();
+        let mut current: Option<HeaderName> = None;
+        for (name, value) in added {
+            if let Some(name) = name {
+                current = (!headers.contains_key(&name)).then_some(name);
+            }
+            if let Some(name) = &current {
+                headers.append(name.clone(), value);
+            }
+        }
+        answer
+    }
+}
+
+/// The final response: `response` itself, or the answer a [`deferred`]
+/// placeholder carries (see [`Pending::settle`]).
+pub(crate) async fn settle(response: Response) -> Response {
+    match take_deferred(response) {
+        Ok(response) => response,
+        Err(pending) => pending.settle().await,
+    }
 }

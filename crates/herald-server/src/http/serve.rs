@@ -1,6 +1,7 @@
-//! The accept loop: hyper's HTTP/1 server on each TCP connection, with
-//! upgrades, the client address for handlers, connection limits from accept
-//! on, and graceful shutdown.
+//! The accept loop: Herald's own HTTP/1 path (`super::h1`) on each TCP
+//! connection, hyper's HTTP/1 server for what that path does not take
+//! (bodies, upgrades), the client address for handlers, connection limits
+//! from accept on, and graceful shutdown.
 //!
 //! Every accepted socket is counted against `max_connections` and
 //! `max_connections_per_ip` before hyper reads a byte of it. One over a
@@ -98,6 +99,9 @@ impl FdBudget {
 pub struct Edge {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A response write that makes no progress for this long ends the
+    /// connection (Herald's own HTTP/1 path; WebSockets have their own).
+    pub write_timeout: Duration,
     pub trusted: TrustedProxies,
     pub limiter: Arc<ConnectionLimiter>,
     /// Set on the public listener only.
@@ -117,6 +121,7 @@ impl Edge {
         Self {
             header_timeout: crate::config::DEFAULT_HEADER_TIMEOUT,
             idle_timeout: crate::config::DEFAULT_IDLE_TIMEOUT,
+            write_timeout: crate::config::DEFAULT_WRITE_TIMEOUT,
             trusted: TrustedProxies::default(),
             limiter: ConnectionLimiter::new(
                 crate::config::DEFAULT_MAX_CONNECTIONS,
@@ -236,15 +241,15 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
         };
         match guard {
             Ok(guard) => {
-                tracker.spawn(connection(
+                let (io, ctx) = prepared(
                     tcp,
                     peer,
                     app.clone(),
                     TcpSlot::new(Some(guard)),
                     None,
                     Arc::clone(&edge),
-                    shutdown.clone(),
-                ));
+                );
+                tracker.spawn(connection(io, ctx, shutdown.clone()));
             }
             Err(hit) => {
                 if edge.refusing.fetch_add(1, Ordering::Relaxed) < MAX_REFUSING {
@@ -252,8 +257,9 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
                     let (app, shutdown) = (app.clone(), shutdown.clone());
                     tracker.spawn(async move {
                         let slot = TcpSlot::new(None);
-                        connection(tcp, peer, app, slot, Some(hit), Arc::clone(&edge), shutdown)
-                            .await;
+                        let (io, ctx) =
+                            prepared(tcp, peer, app, slot, Some(hit), Arc::clone(&edge));
+                        connection(io, ctx, shutdown).await;
                         edge.refusing.fetch_sub(1, Ordering::Relaxed);
                     });
                 } else {
@@ -269,66 +275,147 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
     tracker.wait().await;
 }
 
-async fn connection(
+/// What serving one connection's requests needs, on either HTTP/1 path.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    peer: SocketAddr,
+    app: Router,
+    slot: TcpSlot,
+    over: Option<LimitHit>,
+    pub(crate) edge: Arc<Edge>,
+    phase: Arc<Phase>,
+}
+
+impl Ctx {
+    /// Marks the request's start and gives it what handlers read (client
+    /// address, connection slot, over-limit mark); the refusal to answer
+    /// instead when it is larger than Herald takes.
+    pub(crate) fn prepare<B>(
+        &self,
+        request: hyper::Request<B>,
+    ) -> (hyper::Request<B>, Option<ApiError>) {
+        self.phase.request_started();
+        let mut request = request;
+        let refusal = oversized(&request);
+        let (client, proxied) = self.edge.trusted.client(self.peer, request.headers());
+        request.extensions_mut().insert(ConnectInfo(client));
+        request.extensions_mut().insert(Conn {
+            slot: self.slot.clone(),
+            proxied,
+        });
+        if let Some(hit) = self.over {
+            request.extensions_mut().insert(OverLimit(hit));
+        }
+        (request, refusal)
+    }
+
+    /// The router's response (a deferred one not settled yet). Boxed: the
+    /// router's and middlewares' futures are large and live only as long as
+    /// the routing.
+    pub(crate) fn route(
+        &self,
+        request: axum::extract::Request,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = axum::response::Response> + Send>> {
+        // A Router is always ready: no poll_ready needed.
+        let routing = self.app.clone().call(request);
+        Box::pin(async move {
+            match routing.await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        })
+    }
+}
+
+/// The socket and context of a connection just accepted.
+fn prepared(
     tcp: TcpStream,
     peer: SocketAddr,
     app: Router,
     slot: TcpSlot,
     over: Option<LimitHit>,
     edge: Arc<Edge>,
-    shutdown: CancellationToken,
-) {
+) -> (EdgeIo, Ctx) {
     let phase = Phase::new(edge.header_timeout, edge.idle_timeout);
     let io = EdgeIo::new(tcp, Arc::clone(&phase));
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        phase.request_started();
-        let oversized = oversized(&request);
-        let oversized_or_over = oversized.is_some() || over.is_some();
-        let (client, proxied) = edge.trusted.client(peer, request.headers());
-        request.extensions_mut().insert(ConnectInfo(client));
-        request.extensions_mut().insert(Conn {
-            slot: slot.clone(),
-            proxied,
-        });
-        if let Some(hit) = over {
-            request.extensions_mut().insert(OverLimit(hit));
+    let ctx = Ctx {
+        peer,
+        app,
+        slot,
+        over,
+        edge,
+        phase,
+    };
+    (io, ctx)
+}
+
+/// Serves one connection. Its future is the connection's task for as long
+/// as the connection lives, so it holds the socket, the context and little
+/// else: each request's phases are allocations of their own.
+async fn connection(mut io: EdgeIo, ctx: Ctx, shutdown: CancellationToken) {
+    // A connection over a limit is answered once, by hyper; the others
+    // start on Herald's own path (`super::h1`), which hands over to hyper
+    // what it does not take.
+    if ctx.over.is_none() {
+        match super::h1::serve(&mut io, &ctx, &shutdown).await {
+            super::h1::Served::Closed => return,
+            super::h1::Served::Hyper => {}
         }
-        // A Router is always ready: no poll_ready needed.
-        let response = app.clone().call(request.map(axum::body::Body::new));
-        let phase = Arc::clone(&phase);
-        async move {
-            let mut response = match oversized {
-                Some(refusal) => refusal.into_response(),
-                None => response.await?,
-            };
-            if oversized_or_over {
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            Ok::<_, std::convert::Infallible>(
-                response.map(|body| axum::body::Body::new(PhaseBody::new(body, phase))),
-            )
-        }
-    });
-    let conn = http1::Builder::new()
-        // hyper's own timers work (it has one), but its header clock is
-        // off: ours (crate::edge) tells idle keep-alive time from header
-        // time, which hyper's single clock cannot.
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(None)
-        .max_buf_size(MAX_HEAD)
-        // One request on a connection over a limit.
-        .keep_alive(over.is_none())
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        () = shutdown.cancelled() => {}
     }
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
+    with_hyper(io, ctx, shutdown).await;
+}
+
+/// hyper serves the connection from here on. Boxed: its buffers and
+/// state are only for connections that need it.
+fn with_hyper(
+    io: EdgeIo,
+    ctx: Ctx,
+    shutdown: CancellationToken,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let over = ctx.over;
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let ctx = ctx.clone();
+            async move {
+                let (request, refusal) = ctx.prepare(request);
+                let close = refusal.is_some() || ctx.over.is_some();
+                let mut response = match refusal {
+                    Some(refusal) => refusal.into_response(),
+                    None => {
+                        let response = ctx.route(request.map(axum::body::Body::new)).await;
+                        super::response::settle(response).await
+                    }
+                };
+                if close {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                let phase = Arc::clone(&ctx.phase);
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| axum::body::Body::new(PhaseBody::new(body, phase))),
+                )
+            }
+        });
+        let conn = http1::Builder::new()
+            // hyper's own timers work (it has one), but its header clock is
+            // off: ours (crate::edge) tells idle keep-alive time from header
+            // time, which hyper's single clock cannot.
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(None)
+            .max_buf_size(MAX_HEAD)
+            // One request on a connection over a limit.
+            .keep_alive(over.is_none())
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = shutdown.cancelled() => {}
+        }
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    })
 }
 
 /// A request whose target or headers are larger than Herald takes (hyper's

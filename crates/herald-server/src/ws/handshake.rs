@@ -94,7 +94,14 @@ impl Accept {
 pub async fn upgraded(on_upgrade: OnUpgrade) -> Option<(TcpStream, Vec<u8>)> {
     let upgraded = on_upgrade.await.ok()?;
     match upgraded.downcast::<TokioIo<crate::edge::EdgeIo>>() {
-        Ok(parts) => Some((parts.io.into_inner().into_inner(), parts.read_buf.to_vec())),
+        Ok(parts) => {
+            // hyper read the rewound bytes first: what it holds comes
+            // before what it left of them.
+            let (tcp, unread) = parts.io.into_inner().into_inner();
+            let mut leftover = parts.read_buf.to_vec();
+            leftover.extend_from_slice(&unread);
+            Some((tcp, leftover))
+        }
         Err(_) => {
             // Only if the server loop stops handing hyper a plain TcpStream.
             tracing::error!("upgraded connection is not a TcpStream; closing it");

@@ -1,0 +1,572 @@
+//! Herald's own HTTP/1 path, for the requests that make held connections:
+//! a GET or HEAD without a body and without an upgrade (SSE, NDJSON,
+//! forever-frame, long-polls, and every short GET beside them). Anything
+//! else (a body, `Expect`, an upgrade, a head this path does not parse) is
+//! handed to hyper with the bytes read so far replayed
+//! ([`crate::edge::EdgeIo::rewind`]), so hyper stays the one answer to
+//! every request this path does not take.
+//!
+//! Why by hand: while a response streams, hyper keeps an 8 KiB read buffer
+//! and an 8 KiB write buffer per connection (its smallest), three times
+//! what an idle WebSocket costs here in all. This path reads a head into a
+//! buffer freed once the head is parsed (`httparse`), runs the same router
+//! as hyper does, writes the response head, and then writes each batch of
+//! ready body frames as it comes, holding no buffer while it waits. The
+//! framing follows RFC 9112: `Content-Length` when the body's size is
+//! known, chunked otherwise (HTTP/1.1), or delimited by the close
+//! (HTTP/1.0); a connection stays open unless either side says `close` (or
+//! an HTTP/1.0 client does not say `keep-alive`). While a response streams
+//! the socket is watched for the client's end (EOF), and bytes it pipelines
+//! meanwhile are kept (up to [`MAX_HEAD`]) for the next request.
+//!
+//! Clocks: the head is read through [`EdgeIo`], whose header and idle
+//! clocks run as they do under hyper; a write that makes no progress for
+//! `write_timeout` ends the connection.
+
+use std::io;
+use std::task::{ready, Poll};
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::response::take_deferred;
+use super::serve::{Ctx, MAX_HEAD};
+use crate::edge::EdgeIo;
+
+/// Most request headers this path parses; a head with more goes to hyper.
+const MAX_HEADERS: usize = 64;
+/// What one read of a request head asks for at first.
+const READ_CHUNK: usize = 1024;
+/// Most body bytes gathered into one write.
+const MAX_BATCH: usize = 64 * 1024;
+
+/// How a connection served here ends.
+pub(crate) enum Served {
+    /// Closed (by either side, a clock, or the end of a response).
+    Closed,
+    /// A request this path does not take: hyper serves the connection from
+    /// here on, the bytes read so far rewound into `EdgeIo`.
+    Hyper,
+}
+
+/// A parsed request head.
+enum Head {
+    /// Not complete yet: read more.
+    Partial,
+    /// Not for this path: hand the connection to hyper.
+    Hyper,
+    /// A request of `len` bytes of head.
+    Request(Box<Request<Body>>, usize),
+}
+
+/// How a response body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body at all (HEAD, 204, 304).
+    None,
+    Length,
+    Chunked,
+    /// Ends with the connection (an HTTP/1.0 client, unknown length).
+    Close,
+}
+
+/// Serves the connection's requests until it closes or a request needs
+/// hyper.
+pub(crate) async fn serve(io: &mut EdgeIo, ctx: &Ctx, shutdown: &CancellationToken) -> Served {
+    // Bytes read and not yet parsed: a head in the making, or what a client
+    // pipelined behind the last one. Empty (no allocation) while a
+    // response streams, unless the client pipelines.
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        if !buf.is_empty() {
+            io.phase().bytes_arrived();
+        }
+        let (request, len) = loop {
+            match parse(&buf) {
+                Head::Request(request, len) => break (request, len),
+                Head::Hyper => {
+                    io.rewind(Bytes::from(buf));
+                    return Served::Hyper;
+                }
+                Head::Partial if buf.len() >= MAX_HEAD => {
+                    // hyper answers a head past its buffer with 431.
+                    io.rewind(Bytes::from(buf));
+                    return Served::Hyper;
+                }
+                Head::Partial => {}
+            }
+            buf.reserve(READ_CHUNK.min(MAX_HEAD - buf.len()));
+            let read = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Served::Closed,
+                read = io.read_buf(&mut buf) => read,
+            };
+            match read {
+                // EOF, the idle clock, or the header clock (which answered).
+                Ok(0) | Err(_) => return Served::Closed,
+                Ok(_) => {}
+            }
+        };
+        // What follows the head stays for the next request; the head's
+        // buffer is freed now.
+        buf = buf.split_off(len);
+        // Each phase of a request is its own allocation, freed when it
+        // ends: the connection's task holds only the socket and a pointer,
+        // so what a stream or a long-poll keeps while it waits is its own.
+        let Some((out, rest, keep)) =
+            Box::pin(answer(io, &mut buf, unbox(request), ctx, shutdown)).await
+        else {
+            io.phase().response_done();
+            return Served::Closed;
+        };
+        let mut finished = write(io, &out, ctx).await.is_ok();
+        drop(out);
+        finished = finished
+            && match rest {
+                Rest::Done => true,
+                Rest::Failed => false,
+                Rest::Stream(body, framing) => {
+                    Box::pin(stream(io, &mut buf, body, framing, ctx)).await
+                }
+            };
+        io.phase().response_done();
+        if !finished || !keep || shutdown.is_cancelled() {
+            return Served::Closed;
+        }
+    }
+}
+
+/// Routes `request` and builds the start of its response (see [`start`]);
+/// `None` when the client left first.
+async fn answer(
+    io: &mut EdgeIo,
+    buf: &mut Vec<u8>,
+    request: Request<Body>,
+    ctx: &Ctx,
+    shutdown: &CancellationToken,
+) -> Option<(Vec<u8>, Rest, bool)> {
+    let head_only = request.method() == Method::HEAD;
+    let version = request.version();
+    let keep = keeps_alive(version, request.headers());
+    let (request, refusal) = ctx.prepare(request);
+    let refused = refusal.is_some();
+    let response = match refusal {
+        Some(refusal) => axum::response::IntoResponse::into_response(refusal),
+        None => match take_deferred(ctx.route(request).await) {
+            Ok(response) => response,
+            // A long-poll: it waits on its own future only. A client that
+            // leaves meanwhile ends it, as under hyper.
+            Err(later) => tokio::select! {
+                biased;
+                response = later.settle() => response,
+                () = client_gone(io, buf) => return None,
+            },
+        },
+    };
+    let keep = keep && !refused && leaves_open(&response) && !shutdown.is_cancelled();
+    Some(start(response, head_only, version, keep))
+}
+
+/// The value out of its box, the box freed at once (a `*boxed` move frees
+/// it only when the binding goes out of scope: here, after the response).
+fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
+}
+
+/// Whether the response leaves the connection open (a handler may say
+/// `Connection: close`).
+fn leaves_open(response: &Response) -> bool {
+    !response
+        .headers()
+        .get(header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+}
+
+/// Parses a head at the start of `buf` into a request for the router, if
+/// this path takes it.
+fn parse(buf: &[u8]) -> Head {
+    if buf.is_empty() {
+        return Head::Partial;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Hyper,
+    };
+    let method = match parsed.method {
+        Some("GET") => Method::GET,
+        Some("HEAD") => Method::HEAD,
+        _ => return Head::Hyper,
+    };
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        Some(1) => Version::HTTP_11,
+        _ => return Head::Hyper,
+    };
+    let Some(Ok(uri)) = parsed.path.map(Uri::try_from) else {
+        return Head::Hyper;
+    };
+    let mut map = HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            return Head::Hyper;
+        };
+        let body_or_upgrade = name == header::UPGRADE
+            || name == header::TRANSFER_ENCODING
+            || name == header::EXPECT
+            || (name == header::CONTENT_LENGTH && h.value.trim_ascii() != b"0");
+        if body_or_upgrade {
+            return Head::Hyper;
+        }
+        let Ok(value) = HeaderValue::from_bytes(h.value) else {
+            return Head::Hyper;
+        };
+        map.append(name, value);
+    }
+    let mut request = Request::new(Body::empty());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = map;
+    Head::Request(Box::new(request), len)
+}
+
+/// Whether the client lets the connection persist (RFC 9112 section 9.3).
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let says = |token: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    match version {
+        Version::HTTP_11 => !says("close"),
+        _ => says("keep-alive"),
+    }
+}
+
+/// What is left of a response once its head (and what of its body was
+/// ready) is built.
+enum Rest {
+    /// Nothing: the response is whole.
+    Done,
+    /// The body failed: the connection closes after what was built.
+    Failed,
+    /// The body goes on: [`stream`] writes the rest.
+    Stream(Body, Framing),
+}
+
+/// The head of `response`, with the body frames ready now behind it, to go
+/// out in one write; `keep` becomes false when the body's end is the
+/// connection's.
+fn start(
+    response: Response,
+    head_only: bool,
+    version: Version,
+    keep: bool,
+) -> (Vec<u8>, Rest, bool) {
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let no_body = head_only
+        || status.is_informational()
+        || status == axum::http::StatusCode::NO_CONTENT
+        || status == axum::http::StatusCode::NOT_MODIFIED;
+    let exact = http_body::Body::size_hint(&body).exact();
+    let framing = match (no_body, exact) {
+        (true, _) => Framing::None,
+        (false, Some(_)) => Framing::Length,
+        (false, None) if version == Version::HTTP_11 => Framing::Chunked,
+        (false, None) => Framing::Close,
+    };
+    let keep = keep && framing != Framing::Close;
+    let mut out = Vec::with_capacity(512);
+    write_head(&mut out, &parts, version, keep, framing, exact);
+    drop(parts);
+    if framing == Framing::None {
+        return (out, Rest::Done, keep);
+    }
+    let rest = match gather(&mut body, &mut out, framing, None) {
+        Some(true) => Rest::Done,
+        Some(false) => Rest::Failed,
+        None => Rest::Stream(body, framing),
+    };
+    (out, rest, keep)
+}
+
+/// Takes the body frames ready now into `out`, framed, after `first`
+/// (a frame already taken). `Some(true)` when the body ended (its end
+/// written), `Some(false)` when it failed, `None` when it continues.
+fn gather(
+    body: &mut Body,
+    out: &mut Vec<u8>,
+    framing: Framing,
+    first: Option<Bytes>,
+) -> Option<bool> {
+    let mut data: Vec<Bytes> = Vec::new();
+    let mut size = 0;
+    let mut take = |data: &mut Vec<Bytes>, chunk: Bytes| {
+        if !chunk.is_empty() {
+            size += chunk.len();
+            data.push(chunk);
+        }
+        size
+    };
+    let mut taken = first.map_or(0, |first| take(&mut data, first));
+    let ended = loop {
+        if taken >= MAX_BATCH {
+            break None;
+        }
+        match body.frame().now_or_never() {
+            None => break None,
+            Some(None) => break Some(true),
+            Some(Some(Err(_))) => break Some(false),
+            Some(Some(Ok(frame))) => {
+                if let Ok(chunk) = frame.into_data() {
+                    taken = take(&mut data, chunk);
+                }
+            }
+        }
+    };
+    frame(out, &data, taken, framing);
+    if ended == Some(true) && framing == Framing::Chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    ended
+}
+
+/// Appends `data` (of `size` bytes) to `out`, as one chunk when chunked.
+fn frame(out: &mut Vec<u8>, data: &[Bytes], size: usize, framing: Framing) {
+    if size == 0 || framing == Framing::None {
+        return;
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+    }
+    for chunk in data {
+        out.extend_from_slice(chunk);
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The status line and headers, with the framing's own header, `Date`
+/// and, when the connection ends with this response, `Connection: close`.
+fn write_head(
+    out: &mut Vec<u8>,
+    parts: &axum::http::response::Parts,
+    version: Version,
+    keep: bool,
+    framing: Framing,
+    exact: Option<u64>,
+) {
+    let status = parts.status;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        let ours = name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+            || name == header::DATE;
+        if ours {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match (framing, exact) {
+        (Framing::Chunked, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        // A HEAD answer tells the length a GET would have.
+        (Framing::Length | Framing::None, Some(n)) if n > 0 || framing == Framing::Length => {
+            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+        }
+        _ => {}
+    }
+    if !keep {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// The rest of a body that was not ready at once: each batch of ready
+/// frames as one write, until the body ends, the client leaves, or a write
+/// fails or stalls. `true` when the body was written whole.
+async fn stream(
+    io: &mut EdgeIo,
+    pipelined: &mut Vec<u8>,
+    mut body: Body,
+    framing: Framing,
+    ctx: &Ctx,
+) -> bool {
+    loop {
+        let first = tokio::select! {
+            biased;
+            frame = body.frame() => frame,
+            () = client_gone(io, pipelined) => return false,
+        };
+        let mut out = Vec::new();
+        let ended = match first {
+            None => {
+                if framing == Framing::Chunked {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+                Some(true)
+            }
+            Some(Err(_)) => return false,
+            Some(Ok(frame)) => gather(&mut body, &mut out, framing, frame.into_data().ok()),
+        };
+        if !out.is_empty() && write(io, &out, ctx).await.is_err() {
+            return false;
+        }
+        if let Some(done) = ended {
+            return done && framing != Framing::Close;
+        }
+    }
+}
+
+/// Resolves when the client has closed its end (or reset the
+/// connection), or pipelined more than [`MAX_HEAD`] behind a response
+/// that has not ended. Bytes it sends are kept in `pipelined`.
+async fn client_gone(io: &mut EdgeIo, pipelined: &mut Vec<u8>) {
+    let tcp = io.tcp();
+    std::future::poll_fn(|cx| loop {
+        if ready!(tcp.poll_read_ready(cx)).is_err() {
+            return Poll::Ready(());
+        }
+        let mut scratch = [0u8; 512];
+        match tcp.try_read(&mut scratch) {
+            Ok(0) => return Poll::Ready(()),
+            Ok(n) => {
+                if pipelined.len() + n > MAX_HEAD {
+                    return Poll::Ready(());
+                }
+                pipelined.extend_from_slice(&scratch[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return Poll::Ready(()),
+        }
+    })
+    .await;
+}
+
+/// Writes `bytes` whole: at once when the socket takes them, else within
+/// `write_timeout` of no progress.
+async fn write(io: &mut EdgeIo, bytes: &[u8], ctx: &Ctx) -> io::Result<()> {
+    let tcp = io.tcp();
+    // The common case, without a timer: the socket has room.
+    let rest = match tcp.try_write(bytes) {
+        Ok(n) => &bytes[n..],
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => bytes,
+        Err(e) => return Err(e),
+    };
+    if rest.is_empty() {
+        return Ok(());
+    }
+    // Boxed: the timer is room only while a write waits.
+    Box::pin(write_slowly(tcp, rest, ctx.edge.write_timeout)).await
+}
+
+async fn write_slowly(
+    tcp: &mut tokio::net::TcpStream,
+    mut rest: &[u8],
+    timeout: std::time::Duration,
+) -> io::Result<()> {
+    while !rest.is_empty() {
+        let n = tokio::time::timeout(timeout, tcp.write(rest))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        rest = &rest[n..];
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(head: &str) -> Option<(Request<Body>, usize)> {
+        match parse(head.as_bytes()) {
+            Head::Request(r, len) => Some((*r, len)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn body_less_gets_are_taken_the_rest_go_to_hyper() {
+        let (r, len) = request(
+            "GET /sub/a?since=3 HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\nGET",
+        )
+        .expect("taken");
+        assert_eq!(r.method(), Method::GET);
+        assert_eq!(r.uri().path(), "/sub/a");
+        assert_eq!(r.uri().query(), Some("since=3"));
+        assert_eq!(r.headers()["accept"], "text/event-stream");
+        assert_eq!(
+            len,
+            "GET /sub/a?since=3 HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".len()
+        );
+        assert!(request("HEAD / HTTP/1.0\r\n\r\n").is_some());
+        assert!(request("GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").is_some());
+        for hyper in [
+            "POST /pub/a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
+            "GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+            "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            "GET /sub/a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "OPTIONS / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/2.0\r\n\r\n",
+            "nonsense\r\n\r\n",
+        ] {
+            assert!(matches!(parse(hyper.as_bytes()), Head::Hyper), "{hyper:?}");
+        }
+        assert!(matches!(
+            parse(b"GET /sub/a HTTP/1.1\r\nHost"),
+            Head::Partial
+        ));
+    }
+
+    #[test]
+    fn keep_alive_follows_rfc_9112() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::CONNECTION, HeaderValue::from_str(v).expect("value"));
+            m
+        };
+        assert!(keeps_alive(Version::HTTP_11, &HeaderMap::new()));
+        assert!(!keeps_alive(Version::HTTP_11, &h("Close")));
+        assert!(!keeps_alive(Version::HTTP_10, &HeaderMap::new()));
+        assert!(keeps_alive(Version::HTTP_10, &h("keep-alive")));
+    }
+
+    #[test]
+    fn chunks_carry_their_size_in_hex() {
+        let mut out = Vec::new();
+        let data = [Bytes::from_static(b"hello "), Bytes::from_static(b"world!")];
+        frame(&mut out, &data, 12, Framing::Chunked);
+        assert_eq!(out, b"c\r\nhello world!\r\n");
+        out.clear();
+        frame(&mut out, &data, 12, Framing::Length);
+        assert_eq!(out, b"hello world!");
+    }
+}
