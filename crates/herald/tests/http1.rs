@@ -228,3 +228,44 @@ async fn a_websocket_upgrade_after_a_get_on_the_same_connection() {
     let v: serde_json::Value = serde_json::from_str(frame.to_text().expect("text")).expect("json");
     assert_text_envelope(&v, &ch, &id, "after a get");
 }
+
+#[tokio::test]
+async fn a_session_long_poll_after_a_post_on_the_same_connection_has_its_whole_body() {
+    // The POST goes to hyper, which then serves the connection: the poll's
+    // deferred answer is settled there too, with its own framing.
+    let s = Server::builder().api_key("k").start().await;
+    let mut tcp = connect(&s).await;
+    tcp.write_all(b"POST /connection/longpoll HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .expect("write");
+    let opened = read_until(&mut tcp, "}}").await;
+    let body = opened.split_once("\r\n\r\n").expect("head").1;
+    let v: serde_json::Value = serde_json::from_str(body).expect("json");
+    let id = v["session"]["id"]
+        .as_str()
+        .expect("a session id")
+        .to_string();
+    tcp.write_all(
+        format!("GET /connection/longpoll/{id}?timeout=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let answer = read_to_eof(&mut tcp).await;
+    let (head, body) = answer.split_once("\r\n\r\n").expect("head");
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_string)
+        })
+        .expect("a content-length");
+    assert_eq!(
+        length.parse::<usize>().expect("a number"),
+        body.len(),
+        "{answer}"
+    );
+    let v: serde_json::Value = serde_json::from_str(body).expect("json");
+    assert!(v["frames"].is_array(), "{v}");
+}

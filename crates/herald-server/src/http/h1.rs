@@ -89,7 +89,9 @@ pub(crate) async fn serve(io: &mut EdgeIo, ctx: &Ctx, shutdown: &CancellationTok
         }
         let (request, len) = loop {
             match parse(&buf) {
-                Head::Request(request, len) => break (request, len),
+                // Out of its box here: the box is freed as the arm ends,
+                // not with the response.
+                Head::Request(request, len) => break (*request, len),
                 Head::Hyper => {
                     io.rewind(Bytes::from(buf));
                     return Served::Hyper;
@@ -119,8 +121,7 @@ pub(crate) async fn serve(io: &mut EdgeIo, ctx: &Ctx, shutdown: &CancellationTok
         // Each phase of a request is its own allocation, freed when it
         // ends: the connection's task holds only the socket and a pointer,
         // so what a stream or a long-poll keeps while it waits is its own.
-        let Some((out, rest, keep)) =
-            Box::pin(answer(io, &mut buf, unbox(request), ctx, shutdown)).await
+        let Some((out, rest, keep)) = Box::pin(answer(io, &mut buf, request, ctx, shutdown)).await
         else {
             io.phase().response_done();
             return Served::Closed;
@@ -171,12 +172,6 @@ async fn answer(
     };
     let keep = keep && !refused && leaves_open(&response) && !shutdown.is_cancelled();
     Some(start(response, head_only, version, keep))
-}
-
-/// The value out of its box, the box freed at once (a `*boxed` move frees
-/// it only when the binding goes out of scope: here, after the response).
-fn unbox<T>(boxed: Box<T>) -> T {
-    *boxed
 }
 
 /// Whether the response leaves the connection open (a handler may say

@@ -155,7 +155,10 @@ impl Pending {
         let mut current: Option<HeaderName> = None;
         for (name, value) in added {
             if let Some(name) = name {
-                current = (!headers.contains_key(&name)).then_some(name);
+                // The placeholder's framing (axum gives its empty body a
+                // `content-length: 0`) is not the answer's.
+                let framing = name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING;
+                current = (!framing && !headers.contains_key(&name)).then_some(name);
             }
             if let Some(name) = &current {
                 headers.append(name.clone(), value);
@@ -171,5 +174,46 @@ pub(crate) async fn settle(response: Response) -> Response {
     match take_deferred(response) {
         Ok(response) => response,
         Err(pending) => pending.settle().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_deferred_answer_keeps_the_placeholders_headers_but_not_its_framing() {
+        let mut placeholder = deferred(async {
+            let mut answer = Response::new(axum::body::Body::from("{\"frames\":[]}"));
+            answer.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            answer
+        });
+        let h = placeholder.headers_mut();
+        // What axum and the middlewares put on the placeholder.
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+        h.append(header::VARY, HeaderValue::from_static("Accept"));
+        let answer = settle(placeholder).await;
+        let h = answer.headers();
+        assert!(h.get(header::CONTENT_LENGTH).is_none(), "{h:?}");
+        assert_eq!(h[header::CONTENT_TYPE], "application/json");
+        let vary: Vec<_> = h.get_all(header::VARY).iter().collect();
+        assert_eq!(vary, ["Origin", "Accept"]);
+        let body = http_body_util::BodyExt::collect(answer.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(&body[..], b"{\"frames\":[]}");
+    }
+
+    #[tokio::test]
+    async fn a_final_response_is_settled_as_it_is() {
+        let response = Response::new(axum::body::Body::from("ok"));
+        let settled = settle(response).await;
+        assert!(take_deferred(settled).is_ok());
     }
 }
