@@ -35,6 +35,7 @@
 #   FLAT_M          messages (flat out)                (200)
 #   UNICAST_N       subscribers, one channel each      (5000)
 #   UNICAST_M       messages per channel (flat out)    (10)
+#   PUB_CONC        publisher connections (unicast)    (4)
 #   SCENARIOS       subset of: idle fanout flat unicast (all)
 #   RUN_TIMEOUT     hard stop per bench run, seconds   (180)
 #   PER_PROC        subscribers per load process       (15000)
@@ -75,6 +76,7 @@ FLAT_N=${FLAT_N:-2000}
 FLAT_M=${FLAT_M:-200}
 UNICAST_N=${UNICAST_N:-5000}
 UNICAST_M=${UNICAST_M:-10}
+PUB_CONC=${PUB_CONC:-4}
 SCENARIOS=${SCENARIOS:-"idle fanout flat unicast"}
 RUN_TIMEOUT=${RUN_TIMEOUT:-180}
 PER_PROC=${PER_PROC:-15000}
@@ -322,7 +324,8 @@ run_one() { # server scenario
     fanout) bench "$server" fanout-paced "$FANOUT_N" --scenario fanout \
         -m $((FANOUT_RATE * FANOUT_SECS)) --rate "$FANOUT_RATE" ;;
     flat) bench "$server" fanout-flat "$FLAT_N" --scenario fanout -m "$FLAT_M" ;;
-    unicast) bench "$server" unicast "$UNICAST_N" --scenario unicast -m "$UNICAST_M" ;;
+    unicast) bench "$server" unicast "$UNICAST_N" --scenario unicast -m "$UNICAST_M" \
+        --pub-concurrency "$PUB_CONC" ;;
     *) log "unknown scenario $s" ;;
     esac
     cleanup
