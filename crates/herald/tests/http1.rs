@@ -100,6 +100,14 @@ async fn pipelined_requests_are_answered_in_order_and_a_body_goes_to_hyper() {
     let after_head = &all[head_answer..];
     let head_end = after_head.find("\r\n\r\n").expect("head end") + 4;
     assert!(after_head[head_end..].starts_with("HTTP/1.1 201"), "{all}");
+    // And it tells the length the GET had.
+    let get_length = r#"{"status":"ok"}"#.len();
+    assert!(
+        after_head[..head_end]
+            .to_ascii_lowercase()
+            .contains(&format!("content-length: {get_length}\r\n")),
+        "{all}"
+    );
     // The message was taken once.
     assert_eq!(s.info(&ch).await["messages"], 1);
 }
@@ -268,4 +276,34 @@ async fn a_session_long_poll_after_a_post_on_the_same_connection_has_its_whole_b
     );
     let v: serde_json::Value = serde_json::from_str(body).expect("json");
     assert!(v["frames"].is_array(), "{v}");
+}
+
+#[tokio::test]
+async fn a_request_pipelined_behind_a_long_poll_is_answered_after_it_even_if_the_client_half_closes(
+) {
+    let s = Server::builder().api_key("k").start().await;
+    let ch = channel("behind");
+    let mut tcp = connect(&s).await;
+    tcp.write_all(
+        format!(
+            "GET /sub/{ch}?timeout=1 HTTP/1.1\r\nHost: x\r\n\r\n\
+             GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    // Nothing more to send: the end of the requests, not of the client.
+    tcp.shutdown().await.expect("half-close");
+    let all = read_to_eof(&mut tcp).await;
+    let statuses: Vec<&str> = all
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &all[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "200"], "{all}");
+    let poll = all
+        .find(&format!(r#""channel":"{ch}""#))
+        .expect("the poll's answer");
+    let health = all.find(r#"{"status":"ok"}"#).expect("the health answer");
+    assert!(poll < health, "{all}");
 }

@@ -103,12 +103,16 @@ pub(crate) async fn serve(io: &mut EdgeIo, ctx: &Ctx, shutdown: &CancellationTok
                 }
                 Head::Partial => {}
             }
-            buf.reserve(READ_CHUNK.min(MAX_HEAD - buf.len()));
+            let room = MAX_HEAD - buf.len();
+            buf.reserve(READ_CHUNK.min(room));
+            // At most `room`: `read_buf` fills whatever capacity there is.
+            let mut limited = (&mut *io).take(room as u64);
             let read = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Served::Closed,
-                read = io.read_buf(&mut buf) => read,
+                read = limited.read_buf(&mut buf) => read,
             };
+            drop(limited);
             match read {
                 // EOF, the idle clock, or the header clock (which answered).
                 Ok(0) | Err(_) => return Served::Closed,
@@ -284,7 +288,7 @@ fn start(
     };
     let keep = keep && framing != Framing::Close;
     let mut out = Vec::with_capacity(512);
-    write_head(&mut out, &parts, version, keep, framing, exact);
+    write_head(&mut out, &parts, version, keep, framing, exact, head_only);
     drop(parts);
     if framing == Framing::None {
         return (out, Rest::Done, keep);
@@ -363,8 +367,15 @@ fn write_head(
     keep: bool,
     framing: Framing,
     exact: Option<u64>,
+    head_only: bool,
 ) {
     let status = parts.status;
+    // A HEAD answer tells the length a GET would have: axum sets it from
+    // the GET's body, then empties the body.
+    let head_length = head_only
+        .then(|| parts.headers.get(header::CONTENT_LENGTH))
+        .flatten()
+        .filter(|_| exact.unwrap_or(0) == 0);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -385,7 +396,11 @@ fn write_head(
     }
     match (framing, exact) {
         (Framing::Chunked, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        // A HEAD answer tells the length a GET would have.
+        _ if head_length.is_some() => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(head_length.map_or(&b"0"[..], HeaderValue::as_bytes));
+            out.extend_from_slice(b"\r\n");
+        }
         (Framing::Length | Framing::None, Some(n)) if n > 0 || framing == Framing::Length => {
             out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
         }
@@ -438,23 +453,24 @@ async fn stream(
 }
 
 /// Resolves when the client has closed its end (or reset the
-/// connection), or pipelined more than [`MAX_HEAD`] behind a response
-/// that has not ended. Bytes it sends are kept in `pipelined`.
+/// connection) while a response is open. Once the client has pipelined
+/// anything (kept in `pipelined` for the next request) it is not read
+/// further until that request: as hyper does, an end seen after a
+/// pipelined request is the end of the requests, not a client gone, and
+/// what it pipelines stays within one read.
 async fn client_gone(io: &mut EdgeIo, pipelined: &mut Vec<u8>) {
     let tcp = io.tcp();
     std::future::poll_fn(|cx| loop {
+        if !pipelined.is_empty() {
+            return Poll::Pending;
+        }
         if ready!(tcp.poll_read_ready(cx)).is_err() {
             return Poll::Ready(());
         }
         let mut scratch = [0u8; 512];
         match tcp.try_read(&mut scratch) {
             Ok(0) => return Poll::Ready(()),
-            Ok(n) => {
-                if pipelined.len() + n > MAX_HEAD {
-                    return Poll::Ready(());
-                }
-                pipelined.extend_from_slice(&scratch[..n]);
-            }
+            Ok(n) => pipelined.extend_from_slice(&scratch[..n]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(_) => return Poll::Ready(()),
         }
