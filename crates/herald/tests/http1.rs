@@ -49,6 +49,13 @@ async fn connect(server: &Server) -> TcpStream {
     TcpStream::connect(server.addr).await.expect("connect")
 }
 
+/// A new connection that has sent `requests` (raw bytes).
+async fn sent(server: &Server, requests: &str) -> TcpStream {
+    let mut tcp = connect(server).await;
+    tcp.write_all(requests.as_bytes()).await.expect("write");
+    tcp
+}
+
 async fn connections(server: &Server) -> Option<u64> {
     let text = server.get("/metrics").bearer("k").send().await.text();
     text.lines()
@@ -116,19 +123,16 @@ async fn pipelined_requests_are_answered_in_order_and_a_body_goes_to_hyper() {
 async fn http_1_0_streams_end_with_the_connection_and_1_1_streams_are_chunked() {
     let s = Server::builder().api_key("k").start().await;
     let ch = channel("h10");
-    let mut old = connect(&s).await;
-    old.write_all(
-        format!("GET /sub/{ch} HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n").as_bytes(),
+    let mut old = sent(
+        &s,
+        &format!("GET /sub/{ch} HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n"),
     )
-    .await
-    .expect("write");
-    let mut new = connect(&s).await;
-    new.write_all(
-        format!("GET /sub/{ch} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
-            .as_bytes(),
+    .await;
+    let mut new = sent(
+        &s,
+        &format!("GET /sub/{ch} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"),
     )
-    .await
-    .expect("write");
+    .await;
     s.wait_subscribers(&ch, 2, WAIT).await;
     let id = s.publish_text(&ch, "hello").await;
     let old_text = read_until(&mut old, "hello").await;
@@ -161,17 +165,16 @@ async fn a_client_that_leaves_frees_its_stream_and_its_long_poll() {
     let s = Server::builder().api_key("k").start().await;
     let ch = channel("gone");
     connections_become(&s, 0).await;
-    let mut sse = connect(&s).await;
-    sse.write_all(
-        format!("GET /sub/{ch} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
-            .as_bytes(),
+    let sse = sent(
+        &s,
+        &format!("GET /sub/{ch} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"),
     )
-    .await
-    .expect("write");
-    let mut poll = connect(&s).await;
-    poll.write_all(format!("GET /sub/{ch}?timeout=30 HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
+    .await;
+    let poll = sent(
+        &s,
+        &format!("GET /sub/{ch}?timeout=30 HTTP/1.1\r\nHost: x\r\n\r\n"),
+    )
+    .await;
     s.wait_subscribers(&ch, 2, WAIT).await;
     connections_become(&s, 2).await;
     drop(sse);
@@ -283,16 +286,14 @@ async fn a_request_pipelined_behind_a_long_poll_is_answered_after_it_even_if_the
 ) {
     let s = Server::builder().api_key("k").start().await;
     let ch = channel("behind");
-    let mut tcp = connect(&s).await;
-    tcp.write_all(
-        format!(
+    let mut tcp = sent(
+        &s,
+        &format!(
             "GET /sub/{ch}?timeout=1 HTTP/1.1\r\nHost: x\r\n\r\n\
              GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
-        )
-        .as_bytes(),
+        ),
     )
-    .await
-    .expect("write");
+    .await;
     // Nothing more to send: the end of the requests, not of the client.
     tcp.shutdown().await.expect("half-close");
     let all = read_to_eof(&mut tcp).await;

@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use super::response::take_deferred;
 use super::serve::{Ctx, MAX_HEAD};
 use crate::edge::EdgeIo;
+use crate::ws::handshake::has_token;
 
 /// Most request headers this path parses; a head with more goes to hyper.
 const MAX_HEADERS: usize = 64;
@@ -181,10 +182,7 @@ async fn answer(
 /// Whether the response leaves the connection open (a handler may say
 /// `Connection: close`).
 fn leaves_open(response: &Response) -> bool {
-    !response
-        .headers()
-        .get(header::CONNECTION)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+    !has_token(response.headers(), header::CONNECTION, "close")
 }
 
 /// Parses a head at the start of `buf` into a request for the router, if
@@ -240,16 +238,9 @@ fn parse(buf: &[u8]) -> Head {
 
 /// Whether the client lets the connection persist (RFC 9112 section 9.3).
 fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let says = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    };
     match version {
-        Version::HTTP_11 => !says("close"),
-        _ => says("keep-alive"),
+        Version::HTTP_11 => !has_token(headers, header::CONNECTION, "close"),
+        _ => has_token(headers, header::CONNECTION, "keep-alive"),
     }
 }
 
@@ -310,18 +301,10 @@ fn gather(
     framing: Framing,
     first: Option<Bytes>,
 ) -> Option<bool> {
-    let mut data: Vec<Bytes> = Vec::new();
-    let mut size = 0;
-    let mut take = |data: &mut Vec<Bytes>, chunk: Bytes| {
-        if !chunk.is_empty() {
-            size += chunk.len();
-            data.push(chunk);
-        }
-        size
-    };
-    let mut taken = first.map_or(0, |first| take(&mut data, first));
+    let mut data: Vec<Bytes> = first.into_iter().filter(|c| !c.is_empty()).collect();
+    let mut size: usize = data.iter().map(Bytes::len).sum();
     let ended = loop {
-        if taken >= MAX_BATCH {
+        if size >= MAX_BATCH {
             break None;
         }
         match body.frame().now_or_never() {
@@ -330,12 +313,15 @@ fn gather(
             Some(Some(Err(_))) => break Some(false),
             Some(Some(Ok(frame))) => {
                 if let Ok(chunk) = frame.into_data() {
-                    taken = take(&mut data, chunk);
+                    if !chunk.is_empty() {
+                        size += chunk.len();
+                        data.push(chunk);
+                    }
                 }
             }
         }
     };
-    frame(out, &data, taken, framing);
+    frame(out, &data, size, framing);
     if ended == Some(true) && framing == Framing::Chunked {
         out.extend_from_slice(b"0\r\n\r\n");
     }
