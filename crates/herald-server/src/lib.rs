@@ -145,7 +145,12 @@ pub async fn run_with_listeners(
             refusing: refusing.clone(),
         }
     });
-    let edge = |limiter: &Arc<access::limits::ConnectionLimiter>, budget, refusing, shed, name| {
+    let edge = |limiter: &Arc<access::limits::ConnectionLimiter>,
+                budget,
+                refusing,
+                shed,
+                name,
+                publishes: bool| {
         serve::Edge {
             header_timeout: state.config.header_timeout,
             idle_timeout: state.config.idle_timeout,
@@ -156,6 +161,7 @@ pub async fn run_with_listeners(
             refusing,
             shed,
             name,
+            publish: publishes.then(|| state.clone()),
         }
     };
     let public_serves = if api_listener.is_some() {
@@ -175,6 +181,7 @@ pub async fn run_with_listeners(
                 Arc::new(std::sync::atomic::AtomicUsize::new(0)),
                 Arc::new(std::sync::atomic::AtomicU64::new(0)),
                 "api",
+                true,
             ),
         ))
     });
@@ -188,6 +195,7 @@ pub async fn run_with_listeners(
             refusing,
             state.counters.tcp_shed.clone(),
             "public",
+            public_serves != Serves::Public,
         ),
     ));
     let mut handles = vec![serving];

@@ -1,7 +1,9 @@
 //! Herald's own HTTP/1 path (crates/herald-server/src/http/h1.rs), held to
-//! RFC 9112 with raw sockets: pipelined requests answered in order, the
-//! hand-over to hyper of a request with a body or an upgrade on a
-//! connection that began on this path, HTTP/1.0 streams delimited by the
+//! RFC 9112 with raw sockets: pipelined requests answered in order (a
+//! publish among them, its body taken on this path), the hand-over to hyper
+//! of a body still on its way, a chunked body or an upgrade on a connection
+//! that began on this path, the direct publish's refusals left to the
+//! router, HTTP/1.0 streams delimited by the
 //! close, HEAD without a body, a client that leaves freeing its
 //! connection, and a client that stops reading closed after
 //! `write_timeout`.
@@ -74,11 +76,11 @@ async fn connections_become(server: &Server, want: u64) {
 }
 
 #[tokio::test]
-async fn pipelined_requests_are_answered_in_order_and_a_body_goes_to_hyper() {
+async fn pipelined_requests_are_answered_in_order_with_a_publish_among_them() {
     let s = Server::builder().api_key("k").start().await;
     let ch = channel("pipe");
     let mut tcp = connect(&s).await;
-    // Two GETs for this path, then a POST with a body (hyper's), then a GET
+    // Two GETs, then a POST with its body (the direct publish), then a GET
     // that closes: one write, four answers, in order.
     let body = r#"{"n":1}"#;
     let requests = format!(
@@ -117,6 +119,85 @@ async fn pipelined_requests_are_answered_in_order_and_a_body_goes_to_hyper() {
     );
     // The message was taken once.
     assert_eq!(s.info(&ch).await["messages"], 1);
+}
+
+#[tokio::test]
+async fn a_body_still_on_its_way_and_a_chunked_body_are_published_once_each_through_hyper() {
+    let s = Server::builder().api_key("k").start().await;
+    let ch = channel("late-body");
+    // The head first, the body 300 ms later: this path does not wait for
+    // it, hyper reads it (under the handlers' body clock).
+    let mut tcp = sent(
+        &s,
+        &format!(
+            "POST /pub/{ch} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n\
+             Content-Length: 5\r\n\r\n"
+        ),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tcp.write_all(b"hello").await.expect("write");
+    let first = read_until(&mut tcp, "subscribers").await;
+    assert!(first.starts_with("HTTP/1.1 201"), "{first}");
+    // Then, on the same connection (hyper's now), a chunked body.
+    tcp.write_all(
+        format!(
+            "POST /pub/{ch} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nworld\r\n0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let second = read_to_eof(&mut tcp).await;
+    assert!(second.starts_with("HTTP/1.1 201"), "{second}");
+    assert_eq!(s.info(&ch).await["messages"], 2);
+    let history = s
+        .get(&format!("/api/history/{ch}"))
+        .bearer("k")
+        .send()
+        .await
+        .json();
+    let data: Vec<String> = history["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["data"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(data, ["hello", "world"], "{history}");
+}
+
+#[tokio::test]
+async fn the_direct_publish_leaves_every_refusal_to_the_router() {
+    let s = Server::builder().api_key("k").start().await;
+    let ch = channel("refused");
+    // Each of these has its whole body with its head, as a direct publish
+    // would, and is answered as the router answers it.
+    let cases = [
+        (format!("POST /pub/{ch} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n"), "401", "unauthorized"),
+        (format!("POST /pub/{ch} HTTP/1.1\r\nHost: x\r\n"), "401", "unauthorized"),
+        ("POST /pub/a%20b HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n".to_string(), "400", "invalid_channel"),
+        (format!("POST /pub/{ch} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\nContent-Type: application/json\r\n"), "400", "invalid_json"),
+        (format!("POST /pub/{ch} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\nOrigin: https://evil.example\r\n"), "403", "origin_not_allowed"),
+        (format!("POST /pub/{ch} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\nIdempotency-Key: \x7f\r\n"), "400", "invalid_request"),
+    ];
+    for (head, status, code) in cases {
+        let mut tcp = sent(
+            &s,
+            &format!("{head}Content-Length: 3\r\nConnection: close\r\n\r\n{{x}}"),
+        )
+        .await;
+        let answer = read_to_eof(&mut tcp).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{head}: {answer}"
+        );
+        assert!(
+            answer.contains(&format!(r#""code":"{code}""#)),
+            "{head}: {answer}"
+        );
+    }
+    assert_eq!(s.info(&ch).await["messages"], 0);
 }
 
 #[tokio::test]
@@ -242,13 +323,16 @@ async fn a_websocket_upgrade_after_a_get_on_the_same_connection() {
 
 #[tokio::test]
 async fn a_session_long_poll_after_a_post_on_the_same_connection_has_its_whole_body() {
-    // The POST goes to hyper, which then serves the connection: the poll's
-    // deferred answer is settled there too, with its own framing.
+    // The POST's chunked body goes to hyper, which then serves the
+    // connection: the poll's deferred answer is settled there too, with its
+    // own framing.
     let s = Server::builder().api_key("k").start().await;
     let mut tcp = connect(&s).await;
-    tcp.write_all(b"POST /connection/longpoll HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
-        .await
-        .expect("write");
+    tcp.write_all(
+        b"POST /connection/longpoll HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await
+    .expect("write");
     let opened = read_until(&mut tcp, "}}").await;
     let body = opened.split_once("\r\n\r\n").expect("head").1;
     let v: serde_json::Value = serde_json::from_str(body).expect("json");

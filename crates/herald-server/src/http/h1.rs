@@ -1,14 +1,18 @@
-//! Herald's own HTTP/1 path, for the requests that make held connections:
-//! a GET or HEAD without a body and without an upgrade (SSE, NDJSON,
-//! forever-frame, long-polls, and every short GET beside them). Anything
-//! else (a body, `Expect`, an upgrade, a head this path does not parse) is
-//! handed to hyper with the bytes read so far replayed
+//! Herald's own HTTP/1 path, for the requests that make held connections
+//! (SSE, NDJSON, forever-frame, long-polls) and the short ones beside them:
+//! GET and HEAD without a body, and POST, PUT, PATCH and DELETE with a
+//! `Content-Length` body of at most [`MAX_BODY`] bytes that has arrived with
+//! its head (a publish, an API call). Anything else (a larger or chunked
+//! body, one still on its way, `Expect`, an upgrade, a head this path does
+//! not parse) is handed to hyper with the bytes read so far replayed
 //! ([`crate::edge::EdgeIo::rewind`]), so hyper stays the one answer to
-//! every request this path does not take.
+//! every request this path does not take, and the body clock of a slow
+//! body is the handlers' as before.
 //!
 //! Why by hand: while a response streams, hyper keeps an 8 KiB read buffer
 //! and an 8 KiB write buffer per connection (its smallest), three times
-//! what an idle WebSocket costs here in all. This path reads a head into a
+//! what an idle WebSocket costs here in all; and a publish served here
+//! skips hyper's dispatcher and body channel (BENCHMARKS.md, unicast). This path reads a head into a
 //! buffer freed once the head is parsed (`httparse`), runs the same router
 //! as hyper does, writes the response head, and then writes each batch of
 //! ready body frames as it comes, holding no buffer while it waits. The
@@ -35,6 +39,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::api;
 use super::response::take_deferred;
 use super::serve::{Ctx, MAX_HEAD};
 use crate::edge::EdgeIo;
@@ -46,6 +51,10 @@ const MAX_HEADERS: usize = 64;
 const READ_CHUNK: usize = 1024;
 /// Most body bytes gathered into one write.
 const MAX_BATCH: usize = 64 * 1024;
+/// Largest request body this path takes (a publish, an API call); larger
+/// ones go to hyper. Bounded well under [`MAX_HEAD`], so that head and body
+/// fit in the read buffer together.
+const MAX_BODY: usize = 8 * 1024;
 
 /// How a connection served here ends.
 pub(crate) enum Served {
@@ -62,8 +71,8 @@ enum Head {
     Partial,
     /// Not for this path: hand the connection to hyper.
     Hyper,
-    /// A request of `len` bytes of head.
-    Request(Box<Request<Body>>, usize),
+    /// A request of `.1` bytes of head and `.2` bytes of body.
+    Request(Box<Request<Body>>, usize, usize),
 }
 
 /// How a response body is delimited on the wire.
@@ -88,11 +97,27 @@ pub(crate) async fn serve(io: &mut EdgeIo, ctx: &Ctx, shutdown: &CancellationTok
         if !buf.is_empty() {
             io.phase().bytes_arrived();
         }
-        let (request, len) = loop {
+        let (request, len, body) = loop {
             match parse(&buf) {
                 // Out of its box here: the box is freed as the arm ends,
                 // not with the response.
-                Head::Request(request, len) => break (*request, len),
+                Head::Request(request, len, body) if buf.len() >= len + body => {
+                    break (*request, len, body)
+                }
+                Head::Request(_, len, body) => {
+                    // The body has not all arrived. What the socket already
+                    // holds is taken without waiting; a body still on its
+                    // way is hyper's to read, under its body clock.
+                    buf.reserve(len + body - buf.len());
+                    let mut limited = (&mut *io).take((len + body - buf.len()) as u64);
+                    let read = limited.read_buf(&mut buf).now_or_never();
+                    drop(limited);
+                    if !matches!(read, Some(Ok(n)) if n > 0) {
+                        io.rewind(Bytes::from(buf));
+                        return Served::Hyper;
+                    }
+                    continue;
+                }
                 Head::Hyper => {
                     io.rewind(Bytes::from(buf));
                     return Served::Hyper;
@@ -120,13 +145,17 @@ pub(crate) async fn serve(io: &mut EdgeIo, ctx: &Ctx, shutdown: &CancellationTok
                 Ok(_) => {}
             }
         };
-        // What follows the head stays for the next request; the head's
-        // buffer is freed now.
-        buf = buf.split_off(len);
+        // What follows the head (and body) stays for the next request; the
+        // head's buffer is freed now.
+        // The body in an allocation of its own: a message kept in history
+        // must not keep a read buffer alive.
+        let body = Bytes::copy_from_slice(&buf[len..len + body]);
+        buf = buf.split_off(len + body.len());
         // Each phase of a request is its own allocation, freed when it
         // ends: the connection's task holds only the socket and a pointer,
         // so what a stream or a long-poll keeps while it waits is its own.
-        let Some((out, rest, keep)) = Box::pin(answer(io, &mut buf, request, ctx, shutdown)).await
+        let Some((out, rest, keep)) =
+            Box::pin(answer(io, &mut buf, request, body, ctx, shutdown)).await
         else {
             io.phase().response_done();
             return Served::Closed;
@@ -154,26 +183,39 @@ async fn answer(
     io: &mut EdgeIo,
     buf: &mut Vec<u8>,
     request: Request<Body>,
+    body: Bytes,
     ctx: &Ctx,
     shutdown: &CancellationToken,
 ) -> Option<(Vec<u8>, Rest, bool)> {
     let head_only = request.method() == Method::HEAD;
     let version = request.version();
     let keep = keeps_alive(version, request.headers());
-    let (request, refusal) = ctx.prepare(request);
+    let (mut request, refusal) = ctx.prepare(request);
     let refused = refusal.is_some();
-    let response = match refusal {
-        Some(refusal) => axum::response::IntoResponse::into_response(refusal),
-        None => match take_deferred(ctx.route(request).await) {
-            Ok(response) => response,
-            // A long-poll: it waits on its own future only. A client that
-            // leaves meanwhile ends it, as under hyper.
-            Err(later) => tokio::select! {
-                biased;
-                response = later.settle() => response,
-                () = client_gone(io, buf) => return None,
-            },
-        },
+    let direct = ctx
+        .edge
+        .publish
+        .as_ref()
+        .filter(|_| !refused)
+        .and_then(|state| Some((state, api::direct_publish(state, &request, &body)?)));
+    let response = match (refusal, direct) {
+        (Some(refusal), _) => axum::response::IntoResponse::into_response(refusal),
+        (None, Some((state, publish))) => api::publish_directly(state, publish).await,
+        (None, None) => {
+            if !body.is_empty() {
+                *request.body_mut() = Body::from(body);
+            }
+            match take_deferred(ctx.route(request).await) {
+                Ok(response) => response,
+                // A long-poll: it waits on its own future only. A client
+                // that leaves meanwhile ends it, as under hyper.
+                Err(later) => tokio::select! {
+                    biased;
+                    response = later.settle() => response,
+                    () = client_gone(io, buf) => return None,
+                },
+            }
+        }
     };
     let keep = keep && !refused && leaves_open(&response) && !shutdown.is_cancelled();
     Some(start(response, head_only, version, keep))
@@ -186,7 +228,10 @@ fn leaves_open(response: &Response) -> bool {
 }
 
 /// Parses a head at the start of `buf` into a request for the router, if
-/// this path takes it.
+/// this path takes it: any method but `CONNECT`, HTTP/1.0 or 1.1, no
+/// upgrade, no `Expect`, no `Transfer-Encoding`, at most one
+/// `Content-Length` (digits only) whose body fits in [`MAX_BODY`]. The body
+/// is not looked at here (see [`serve`]).
 fn parse(buf: &[u8]) -> Head {
     if buf.is_empty() {
         return Head::Partial;
@@ -201,6 +246,10 @@ fn parse(buf: &[u8]) -> Head {
     let method = match parsed.method {
         Some("GET") => Method::GET,
         Some("HEAD") => Method::HEAD,
+        Some("POST") => Method::POST,
+        Some("PUT") => Method::PUT,
+        Some("PATCH") => Method::PATCH,
+        Some("DELETE") => Method::DELETE,
         _ => return Head::Hyper,
     };
     let version = match parsed.version {
@@ -212,28 +261,51 @@ fn parse(buf: &[u8]) -> Head {
         return Head::Hyper;
     };
     let mut map = HeaderMap::with_capacity(parsed.headers.len());
+    let mut body = None;
     for h in parsed.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
             return Head::Hyper;
         };
-        let body_or_upgrade = name == header::UPGRADE
-            || name == header::TRANSFER_ENCODING
-            || name == header::EXPECT
-            || (name == header::CONTENT_LENGTH && h.value.trim_ascii() != b"0");
-        if body_or_upgrade {
+        if name == header::UPGRADE || name == header::TRANSFER_ENCODING || name == header::EXPECT {
             return Head::Hyper;
+        }
+        if name == header::CONTENT_LENGTH {
+            // One, and only digits: a list, a sign or a second header is
+            // hyper's to refuse (400), as it does.
+            let Some(n) = content_length(h.value) else {
+                return Head::Hyper;
+            };
+            if body.is_some() || n > MAX_BODY {
+                return Head::Hyper;
+            }
+            body = Some(n);
         }
         let Ok(value) = HeaderValue::from_bytes(h.value) else {
             return Head::Hyper;
         };
         map.append(name, value);
     }
+    let body = body.unwrap_or(0);
+    // A GET or HEAD with a body is rare and odd: hyper's.
+    if body > 0 && (method == Method::GET || method == Method::HEAD) {
+        return Head::Hyper;
+    }
     let mut request = Request::new(Body::empty());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
     *request.headers_mut() = map;
-    Head::Request(Box::new(request), len)
+    Head::Request(Box::new(request), len, body)
+}
+
+/// A `Content-Length` value: ASCII digits (optional surrounding blanks),
+/// not absurdly long.
+fn content_length(value: &[u8]) -> Option<usize> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 12 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// Whether the client lets the connection persist (RFC 9112 section 9.3).
@@ -504,7 +576,7 @@ mod tests {
 
     fn request(head: &str) -> Option<(Request<Body>, usize)> {
         match parse(head.as_bytes()) {
-            Head::Request(r, len) => Some((*r, len)),
+            Head::Request(r, len, 0) => Some((*r, len)),
             _ => None,
         }
     }
@@ -526,8 +598,11 @@ mod tests {
         assert!(request("HEAD / HTTP/1.0\r\n\r\n").is_some());
         assert!(request("GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").is_some());
         for hyper in [
-            "POST /pub/a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
             "GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+            "POST /pub/a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+            "POST /pub/a HTTP/1.1\r\nContent-Length: +1\r\n\r\nx",
+            "POST /pub/a HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\nx",
+            "POST /pub/a HTTP/1.1\r\nContent-Length: 99999\r\n\r\n",
             "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
             "GET /sub/a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
@@ -541,6 +616,22 @@ mod tests {
             parse(b"GET /sub/a HTTP/1.1\r\nHost"),
             Head::Partial
         ));
+    }
+
+    #[test]
+    fn small_bodies_are_taken_with_their_length() {
+        let head = "POST /pub/a HTTP/1.1\r\nHost: x\r\nContent-Length:  5 \r\n\r\n";
+        let Head::Request(r, len, body) = parse(format!("{head}hel").as_bytes()) else {
+            panic!("taken");
+        };
+        assert_eq!((r.method(), len, body), (&Method::POST, head.len(), 5));
+        assert!(matches!(
+            parse(b"DELETE /pub/a HTTP/1.1\r\n\r\n"),
+            Head::Request(_, _, 0)
+        ));
+        assert_eq!(content_length(b"0012"), Some(12));
+        assert_eq!(content_length(b""), None);
+        assert_eq!(content_length(b"1e3"), None);
     }
 
     #[test]

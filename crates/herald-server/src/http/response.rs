@@ -85,11 +85,23 @@ pub(crate) async fn log_refusals(
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0);
     let response = next.run(request).await;
+    log_refused(method.as_str(), &path, peer, &response);
+    response
+}
+
+/// The log line of a backend request refused (4xx or 5xx); nothing for
+/// any other answer.
+pub(crate) fn log_refused(
+    method: &str,
+    path: &str,
+    peer: Option<std::net::SocketAddr>,
+    response: &Response,
+) {
     let status = response.status();
     if status.is_client_error() || status.is_server_error() {
         let answered = response.extensions().get::<Answered>();
         tracing::info!(
-            method = %method,
+            method,
             path,
             status = status.as_u16(),
             code = answered.map(|a| a.code.code()),
@@ -98,7 +110,6 @@ pub(crate) async fn log_refusals(
             "backend request refused"
         );
     }
-    response
 }
 
 /// The answer a handler gives later, once the router is done with the

@@ -112,6 +112,9 @@ pub struct Edge {
     pub shed: Arc<AtomicU64>,
     /// For log lines: "public" or "api".
     pub name: &'static str,
+    /// On a listener that serves `POST /pub/{channel}`: the state its
+    /// direct path publishes with (`crate::http::api::direct_publish`).
+    pub(crate) publish: Option<crate::state::AppState>,
 }
 
 impl Edge {
@@ -131,6 +134,7 @@ impl Edge {
             refusing: Arc::new(AtomicUsize::new(0)),
             shed: Arc::new(AtomicU64::new(0)),
             name,
+            publish: None,
         }
     }
 }
