@@ -179,7 +179,7 @@ pub(crate) struct DirectPublish {
 
 /// `POST /pub/{channel}` on Herald's own HTTP/1 path, which has the whole
 /// body in hand: the checks of [`publish`], without the router and its
-/// middlewares (about a tenth of a publish's CPU time, BENCHMARKS.md).
+/// middlewares (a third of a publish's CPU time, BENCHMARKS.md).
 /// `None` whenever the router could answer anything but a plain publish (an
 /// `Origin` header, a key refused, a name to percent-decode or refuse, an
 /// idempotency key or a body refused): the request then goes through the

@@ -12,7 +12,8 @@
 //! Why by hand: while a response streams, hyper keeps an 8 KiB read buffer
 //! and an 8 KiB write buffer per connection (its smallest), three times
 //! what an idle WebSocket costs here in all; and a publish served here
-//! skips hyper's dispatcher and body channel (BENCHMARKS.md, unicast). This path reads a head into a
+//! skips hyper's dispatcher and body channel (BENCHMARKS.md, unicast).
+//! This path reads a head into a
 //! buffer freed once the head is parsed (`httparse`), runs the same router
 //! as hyper does, writes the response head, and then writes each batch of
 //! ready body frames as it comes, holding no buffer while it waits. The
@@ -145,10 +146,9 @@ pub(crate) async fn serve(io: &mut EdgeIo, ctx: &Ctx, shutdown: &CancellationTok
                 Ok(_) => {}
             }
         };
-        // What follows the head (and body) stays for the next request; the
-        // head's buffer is freed now.
-        // The body in an allocation of its own: a message kept in history
-        // must not keep a read buffer alive.
+        // What follows the head and body stays for the next request; the
+        // head's buffer is freed now, and the body gets an allocation of its
+        // own (a message kept in history must not keep a read buffer alive).
         let body = Bytes::copy_from_slice(&buf[len..len + body]);
         buf = buf.split_off(len + body.len());
         // Each phase of a request is its own allocation, freed when it
@@ -228,7 +228,7 @@ fn leaves_open(response: &Response) -> bool {
 }
 
 /// Parses a head at the start of `buf` into a request for the router, if
-/// this path takes it: any method but `CONNECT`, HTTP/1.0 or 1.1, no
+/// this path takes it: GET, HEAD, POST, PUT, PATCH or DELETE, HTTP/1.0 or 1.1, no
 /// upgrade, no `Expect`, no `Transfer-Encoding`, at most one
 /// `Content-Length` (digits only) whose body fits in [`MAX_BODY`]. The body
 /// is not looked at here (see [`serve`]).
