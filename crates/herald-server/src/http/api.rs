@@ -145,6 +145,34 @@ async fn publish_once(
 /// The request header naming a publish's idempotency key.
 pub(crate) const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
+/// What `POST /pub/{channel}` checks before its body, in this order, on both
+/// of its paths ([`publish`] and [`direct_publish`]): the backend's key, the
+/// channel's name, the idempotency key if one is named.
+fn publish_target<'h>(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &'h HeaderMap,
+    channel: Result<ChannelName, ApiError>,
+) -> Result<(ChannelName, Option<&'h str>), ApiError> {
+    check_backend(&state.config.api_keys, headers, peer)?;
+    let channel = channel?;
+    let header = headers
+        .get(IDEMPOTENCY_KEY_HEADER)
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    let key = idempotency_key(header, "the Idempotency-Key header")?;
+    Ok((channel, key))
+}
+
+/// A `POST /pub/{channel}` body as the message: JSON when the request says
+/// so (and then it must parse), else opaque bytes.
+fn publish_payload(headers: &HeaderMap, raw: Bytes) -> Result<Payload, ApiError> {
+    if is_json(headers) {
+        Payload::json(raw).map_err(|e| ApiError::new(Refusal::InvalidJson, e.to_string()))
+    } else {
+        Ok(Payload::from_bytes(raw))
+    }
+}
+
 /// `POST /pub/{channel}`: the body is the message.
 pub(crate) async fn publish(
     State(state): State<AppState>,
@@ -153,18 +181,9 @@ pub(crate) async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_backend(&state.config.api_keys, &headers, peer)?;
-    let channel = channel_from_path(path)?;
-    let header = headers
-        .get(IDEMPOTENCY_KEY_HEADER)
-        .map(|v| v.to_str().unwrap_or("\u{0}"));
-    let key = idempotency_key(header, "the Idempotency-Key header")?;
+    let (channel, key) = publish_target(&state, peer, &headers, channel_from_path(path))?;
     let raw = read_body(body, state.config.max_payload).await?;
-    let payload = if is_json(&headers) {
-        Payload::json(raw).map_err(|e| ApiError::new(Refusal::InvalidJson, e.to_string()))?
-    } else {
-        Payload::from_bytes(raw)
-    };
+    let payload = publish_payload(&headers, raw)?;
     let published = publish_once(&state, &channel, payload, key).await?;
     Ok((StatusCode::CREATED, Json(published_json(&published))).into_response())
 }
@@ -178,7 +197,8 @@ pub(crate) struct DirectPublish {
 }
 
 /// `POST /pub/{channel}` on Herald's own HTTP/1 path, which has the whole
-/// body in hand: the checks of [`publish`], without the router and its
+/// body in hand: the checks of [`publish`] ([`publish_target`],
+/// [`publish_payload`]), without the router and its
 /// middlewares (a third of a publish's CPU time, BENCHMARKS.md).
 /// `None` whenever the router could answer anything but a plain publish (an
 /// `Origin` header, a key refused, a name to percent-decode or refuse, an
@@ -198,29 +218,17 @@ pub(crate) fn direct_publish(
         return None;
     }
     let ConnectInfo(peer) = *request.extensions().get::<ConnectInfo<SocketAddr>>()?;
-    check_backend(&state.config.api_keys, headers, peer).ok()?;
-    let channel = ChannelName::new(name).ok()?;
-    let key = match headers.get(IDEMPOTENCY_KEY_HEADER) {
-        None => None,
-        Some(v) => Some(
-            idempotency_key(Some(v.to_str().ok()?), "")
-                .ok()??
-                .to_owned(),
-        ),
-    };
+    let channel = ChannelName::new(name).map_err(ApiError::from);
+    let (channel, key) = publish_target(state, peer, headers, channel).ok()?;
     if body.len() > state.config.max_payload {
         return None;
     }
-    let payload = if is_json(headers) {
-        Payload::json(body.clone()).ok()?
-    } else {
-        Payload::from_bytes(body.clone())
-    };
+    let payload = publish_payload(headers, body.clone()).ok()?;
     Some(DirectPublish {
         peer,
         channel,
         payload,
-        key,
+        key: key.map(str::to_owned),
     })
 }
 
