@@ -4,6 +4,8 @@
 //! receive it: the first transport that needs a form builds it, every other
 //! subscriber shares the same [`Bytes`].
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::sync::OnceLock;
 
 use base64::Engine as _;
@@ -272,11 +274,15 @@ impl Message {
     /// to acknowledge adds `"ack":true`.
     pub fn envelope(&self) -> &Bytes {
         self.envelope.get_or_init(|| {
-            let mut out = Vec::with_capacity(self.payload.len() + self.channel.as_str().len() + 48);
+            // Room for the keys, the quotes, an id of two u64s and the
+            // marks: one allocation, never grown (unless the channel or a
+            // text payload needs escapes).
+            let mut out = Vec::with_capacity(self.payload.len() + self.channel.as_str().len() + 96);
             out.extend_from_slice(b"{\"channel\":");
             write_json_string(&mut out, self.channel.as_str());
             out.extend_from_slice(b",\"id\":\"");
-            out.extend_from_slice(self.id.to_string().as_bytes());
+            // (Writing into a Vec cannot fail.)
+            let _ = write!(out, "{}", self.id);
             out.extend_from_slice(b"\",\"data\":");
             self.payload.write_json_value(&mut out);
             if self.payload.kind() == PayloadKind::Binary {
@@ -329,7 +335,7 @@ impl Message {
             let text = self.payload.text();
             let mut out = BytesMut::with_capacity(text.len() + 48);
             out.put_slice(b"id: ");
-            out.put_slice(self.id.to_string().as_bytes());
+            let _ = write!(out, "{}", self.id);
             out.put_u8(b'\n');
             write_sse_data(&mut out, &text);
             out.put_u8(b'\n');

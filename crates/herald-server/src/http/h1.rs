@@ -29,6 +29,7 @@
 //! `write_timeout` ends the connection.
 
 use std::io;
+use std::io::Write as _;
 use std::task::{ready, Poll};
 
 use axum::body::Body;
@@ -406,7 +407,7 @@ fn frame(out: &mut Vec<u8>, data: &[Bytes], size: usize, framing: Framing) {
         return;
     }
     if framing == Framing::Chunked {
-        out.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+        let _ = write!(out, "{size:x}\r\n");
     }
     for chunk in data {
         out.extend_from_slice(chunk);
@@ -460,7 +461,8 @@ fn write_head(
             out.extend_from_slice(b"\r\n");
         }
         (Framing::Length | Framing::None, Some(n)) if n > 0 || framing == Framing::Length => {
-            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+            // (`write!` into the Vec cannot fail.)
+            let _ = write!(out, "content-length: {n}\r\n");
         }
         _ => {}
     }
@@ -470,8 +472,29 @@ fn write_head(
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"date: ");
-    out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    http_date(out);
     out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// Appends the `Date` value of now, formatted once per second per worker
+/// thread (as hyper does), not once per response.
+fn http_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const {
+            std::cell::RefCell::new((u64::MAX, String::new()))
+        };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != second {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
 }
 
 /// The rest of a body that was not ready at once: each batch of ready

@@ -114,6 +114,13 @@ struct Shared<S> {
     pending: Mutex<Vec<u8>>,
 }
 
+/// Writes of at most this many bytes are gathered on the stack and go out
+/// in one `send` rather than one `writev`: `writev` takes the VFS path
+/// (`vfs_writev`, `fdget_pos`, `sock_write_iter`), which costs more in the
+/// kernel than copying a small frame (BENCHMARKS.md, "one send per small
+/// frame").
+const GATHER: usize = 2048;
+
 impl<S: RawSocket> Shared<S> {
     /// Writes `slices` (with `pending` empty) as far as the socket takes them
     /// now. Once part went out, the rest goes to `pending` (a frame begun
@@ -125,6 +132,16 @@ impl<S: RawSocket> Shared<S> {
         pending: &mut Vec<u8>,
         mut slices: &mut [IoSlice<'_>],
     ) -> io::Result<usize> {
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        if total <= GATHER {
+            let mut gathered = [0u8; GATHER];
+            let mut at = 0;
+            for s in slices.iter() {
+                gathered[at..at + s.len()].copy_from_slice(s);
+                at += s.len();
+            }
+            return self.write_contiguous_now(pending, &gathered[..total]);
+        }
         let mut written = 0;
         while !slices.is_empty() {
             // (sendmsg instead of writev measured the same: the fd lookup
@@ -149,10 +166,33 @@ impl<S: RawSocket> Shared<S> {
         }
         Ok(written)
     }
+
+    /// [`Shared::write_vectored_now`] for bytes in one piece.
+    fn write_contiguous_now(&self, pending: &mut Vec<u8>, mut bytes: &[u8]) -> io::Result<usize> {
+        let mut written = 0;
+        while !bytes.is_empty() {
+            match self.tcp.try_write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    written += n;
+                    bytes = &bytes[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if written > 0 {
+                        pending.extend_from_slice(bytes);
+                    }
+                    return Ok(written);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(written)
+    }
 }
 
 impl<S: RawSocket> DirectWriter for Shared<S> {
-    /// One text frame with the message's shared envelope, in one `writev`.
+    /// One text frame with the message's shared envelope, in one system call.
     fn try_write(&self, message: &Message) -> Written {
         // Held by the connection itself: it is busy writing, so queue.
         let Some(mut pending) = self.pending.try_lock() else {

@@ -31,6 +31,8 @@ struct Scripted {
     wire: Mutex<Vec<u8>>,
     incoming: Mutex<VecDeque<Vec<u8>>>,
     writes: Mutex<usize>,
+    /// Of `writes`, those offered as several slices.
+    vectored: Mutex<usize>,
 }
 
 impl Scripted {
@@ -68,6 +70,7 @@ impl RawSocket for Arc<Scripted> {
     }
 
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        *self.vectored.lock() += 1;
         let flat: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
         self.try_write(&flat)
     }
@@ -121,6 +124,8 @@ fn a_direct_write_that_fits_goes_out_whole_in_one_call() {
     assert!(matches!(ws.writer().try_write(&m), Written::All));
     assert_eq!(*raw.wire.lock(), text_frame(m.envelope()));
     assert_eq!(*raw.writes.lock(), 1);
+    // A small frame is gathered into one contiguous write.
+    assert_eq!(*raw.vectored.lock(), 0);
     assert!(ws.shared.pending.lock().is_empty());
 }
 
@@ -196,6 +201,25 @@ async fn a_batch_cut_short_is_kept_in_order_and_flushed() {
         ws.writer().try_write(&message(9, "after")),
         Written::All
     ));
+}
+
+#[tokio::test]
+async fn a_batch_too_big_to_gather_is_written_vectored_and_kept_in_order_when_cut_short() {
+    let (mut ws, raw) = socket(&[Take::Bytes(700), Take::Bytes(1), Take::WouldBlock]);
+    let bodies: Vec<Bytes> = (0..4u8)
+        .map(|i| Bytes::from(vec![b'a' + i; 1000]))
+        .collect();
+    let mut rest = bodies[1..].iter().cloned();
+    ws.write_batch(Out::Text(bodies[0].clone()), || rest.next().map(Out::Text))
+        .expect("write");
+    assert_eq!(
+        *raw.vectored.lock(),
+        3,
+        "past GATHER the slices go as they are"
+    );
+    ws.flush(T).await.expect("flush");
+    let want: Vec<u8> = bodies.iter().flat_map(|b| text_frame(b)).collect();
+    assert_eq!(*raw.wire.lock(), want);
 }
 
 #[tokio::test]
