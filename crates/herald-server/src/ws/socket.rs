@@ -6,8 +6,11 @@
 //!   buffer; a partly received header or control frame is kept on the heap,
 //!   and a data message's payload goes straight into the message;
 //! - a batch of messages goes out in one system call of header + shared
-//!   envelope pairs (`writev`), built on the stack: the envelope bytes (encoded once
-//!   per publish) are neither copied nor re-checked per subscriber;
+//!   envelope pairs, built on the stack: the envelope bytes (encoded once
+//!   per publish) are not re-encoded or re-checked per subscriber. Up to
+//!   2 KiB the pairs are copied into one stack buffer and sent with one
+//!   `send` (cheaper in the kernel than `writev`'s VFS path); past that they
+//!   go as they are, in one `writev`;
 //! - only what the socket does not take at once is copied, into `pending`,
 //!   which the caller flushes with a deadline;
 //! - while the connection waits, the hub may write a message to the socket
