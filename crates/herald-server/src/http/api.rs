@@ -246,8 +246,14 @@ pub(crate) fn direct_publish(
     })
 }
 
-/// Publishes what [`direct_publish`] took; the answer [`publish`] gives.
-pub(crate) async fn publish_directly(state: &AppState, publish: DirectPublish) -> Response {
+/// Publishes what [`direct_publish`] took. `Ok` is the JSON body of the
+/// `201 Created` that [`publish`] answers (the caller frames it, with
+/// `content-type: application/json`, as the router's answer is framed);
+/// `Err` is any other answer, already logged as the router would log it.
+pub(crate) async fn publish_directly(
+    state: &AppState,
+    publish: DirectPublish,
+) -> Result<Vec<u8>, Response> {
     let DirectPublish {
         peer,
         channel,
@@ -255,12 +261,17 @@ pub(crate) async fn publish_directly(state: &AppState, publish: DirectPublish) -
         key,
     } = publish;
     match publish_once(state, &channel, payload, key.as_deref()).await {
-        Ok(published) => (StatusCode::CREATED, Json(published_json(&published))).into_response(),
+        Ok(published) => match serde_json::to_vec(&published_json(&published)) {
+            Ok(body) => Ok(body),
+            // Strings and numbers always serialize; were it ever not so,
+            // axum's `Json` answers the failure.
+            Err(_) => Err((StatusCode::CREATED, Json(published_json(&published))).into_response()),
+        },
         Err(e) => {
             let response = e.into_response();
             let path = format!("/pub/{}", channel.as_str());
             crate::http::response::log_refused("POST", &path, Some(peer), &response);
-            response
+            Err(response)
         }
     }
 }

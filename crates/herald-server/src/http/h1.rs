@@ -201,7 +201,13 @@ async fn answer(
         .and_then(|state| Some((state, api::direct_publish(state, &request, &body)?)));
     let response = match (refusal, direct) {
         (Some(refusal), _) => axum::response::IntoResponse::into_response(refusal),
-        (None, Some((state, publish))) => api::publish_directly(state, publish).await,
+        (None, Some((state, publish))) => match api::publish_directly(state, publish).await {
+            Ok(json) => {
+                let keep = keep && !shutdown.is_cancelled();
+                return Some((created_json(&json, version, keep), Rest::Done, keep));
+            }
+            Err(response) => response,
+        },
         (None, None) => {
             if !body.is_empty() {
                 *request.body_mut() = Body::from(body);
@@ -466,6 +472,24 @@ fn write_head(
         }
         _ => {}
     }
+    end_head(out, version, keep);
+}
+
+/// `201 Created` with a JSON body, the bytes [`start`] makes of
+/// `(StatusCode::CREATED, Json(..))` (a direct publish's answer), without
+/// building a `Response` first.
+fn created_json(json: &[u8], version: Version, keep: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + json.len());
+    out.extend_from_slice(b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\n");
+    let _ = write!(out, "content-length: {}\r\n", json.len());
+    end_head(&mut out, version, keep);
+    out.extend_from_slice(json);
+    out
+}
+
+/// The end of every head: `Connection` when it differs from the version's
+/// default, `Date`, the blank line.
+fn end_head(out: &mut Vec<u8>, version: Version, keep: bool) {
     if !keep {
         out.extend_from_slice(b"connection: close\r\n");
     } else if version == Version::HTTP_10 {
@@ -596,6 +620,43 @@ async fn write_slowly(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A head and body with its `date` line taken out (the second may turn
+    /// between two builds).
+    fn undated(bytes: &[u8]) -> String {
+        String::from_utf8_lossy(bytes)
+            .split("\r\n")
+            .filter(|line| !line.starts_with("date: "))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    }
+
+    #[test]
+    fn a_direct_publish_answer_is_the_bytes_the_router_answer_becomes() {
+        let json = br#"{"channel":"c","id":"1-2","subscribers":3}"#;
+        for (version, keep) in [
+            (Version::HTTP_11, true),
+            (Version::HTTP_11, false),
+            (Version::HTTP_10, true),
+            (Version::HTTP_10, false),
+        ] {
+            let value: serde_json::Value = serde_json::from_slice(json).expect("json");
+            let response = axum::response::IntoResponse::into_response((
+                axum::http::StatusCode::CREATED,
+                axum::Json(value),
+            ));
+            let (routed, rest, routed_keep) = start(response, false, version, keep);
+            assert!(matches!(rest, Rest::Done));
+            assert_eq!(routed_keep, keep);
+            let direct = created_json(json, version, keep);
+            assert_eq!(
+                undated(&direct),
+                undated(&routed),
+                "{version:?} keep={keep}"
+            );
+            assert!(String::from_utf8_lossy(&direct).contains("\r\ndate: "));
+        }
+    }
 
     fn request(head: &str) -> Option<(Request<Body>, usize)> {
         match parse(head.as_bytes()) {
