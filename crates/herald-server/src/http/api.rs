@@ -249,7 +249,9 @@ pub(crate) fn direct_publish(
 /// Publishes what [`direct_publish`] took. `Ok` is the JSON body of the
 /// `201 Created` that [`publish`] answers (the caller frames it, with
 /// `content-type: application/json`, as the router's answer is framed);
-/// `Err` is any other answer, already logged as the router would log it.
+/// `Err` is any other answer: a refusal, logged as the router would log it,
+/// or (never seen: strings and numbers always serialize) axum's own answer
+/// to a failed serialization.
 pub(crate) async fn publish_directly(
     state: &AppState,
     publish: DirectPublish,
@@ -638,4 +640,41 @@ pub(crate) async fn presence(
         "users": summary.users,
     }))
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::{Message, MessageId};
+
+    /// The answer's bytes are those of the `serde_json::Value` it replaced
+    /// (keys sorted, `duplicate` only when true).
+    #[test]
+    fn the_publish_answer_has_the_bytes_of_the_sorted_map() {
+        for duplicate in [false, true] {
+            let channel = ChannelName::new("chat:1@x").expect("valid");
+            let published = Published {
+                message: std::sync::Arc::new(Message::new(
+                    channel.clone(),
+                    MessageId::new(17, 4),
+                    Payload::from_bytes(Bytes::from_static(b"x")),
+                    0,
+                )),
+                subscribers: 3,
+                duplicate,
+            };
+            let mut old = json!({
+                "channel": channel.as_str(),
+                "id": MessageId::new(17, 4).to_string(),
+                "subscribers": 3,
+            });
+            if duplicate {
+                old["duplicate"] = json!(true);
+            }
+            assert_eq!(
+                serde_json::to_vec(&published_json(&published)).expect("serializes"),
+                serde_json::to_vec(&old).expect("serializes"),
+            );
+        }
+    }
 }
