@@ -13,10 +13,7 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(dirname "$HERE")
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-HERALD_BIN=${HERALD_BIN:-$TARGET/release/herald}
-BENCH_BIN=${BENCH_BIN:-$TARGET/release/herald-bench}
+. "$HERE/lib.sh"
 NS=${NS:-"5000 19000"}
 PORT=${PORT:-7181}
 

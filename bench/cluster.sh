@@ -31,10 +31,7 @@
 # BASE_PORT (7281: nodes on 7281..), REDIS_PORT (7299), HERALD_BIN, BENCH_BIN.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(dirname "$HERE")
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-HERALD_BIN=${HERALD_BIN:-$TARGET/release/herald}
-BENCH_BIN=${BENCH_BIN:-$TARGET/release/herald-bench}
+. "$HERE/lib.sh"
 NODES=${NODES:-3}
 FANOUT_N=${FANOUT_N:-9000}
 FANOUT_RATE=${FANOUT_RATE:-5}
@@ -51,7 +48,6 @@ RESULTS="$HERE/results"
 JSONL="$RESULTS/cluster.jsonl"
 CLK_TCK=$(getconf CLK_TCK)
 
-. "$HERE/lib.sh"
 command -v redis-server >/dev/null && command -v redis-cli >/dev/null || apt_install redis-server
 if [ ! -x "$HERALD_BIN" ] || [ ! -x "$BENCH_BIN" ]; then
     log "building herald and herald-bench (release)"

@@ -59,10 +59,7 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(dirname "$HERE")
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-HERALD_BIN=${HERALD_BIN:-$TARGET/release/herald}
-BENCH_BIN=${BENCH_BIN:-$TARGET/release/herald-bench}
+. "$HERE/lib.sh"
 FLOOR_BIN=${FLOOR_BIN:-$TARGET/release/herald-floor}
 
 SERVERS=${SERVERS:-"herald nchan pushpin"}
@@ -98,7 +95,6 @@ WORK=$(mktemp -d /tmp/herald-compare.XXXXXX)
 mkdir -p "$RESULTS"
 : >"$JSONL"
 
-. "$HERE/lib.sh"
 
 # Open files: raise the soft limit to the hard one for us and the servers.
 ulimit -n "$(ulimit -Hn)"

@@ -21,10 +21,7 @@
 #   ENGINE=redis bash bench/mailbox.sh          # one node on Redis
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(dirname "$HERE")
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-HERALD_BIN=${HERALD_BIN:-$TARGET/release/herald}
-BENCH_BIN=${BENCH_BIN:-$TARGET/release/herald-bench}
+. "$HERE/lib.sh"
 NODES=${NODES:-1}
 USERS=${USERS:-10000}
 MESSAGES=${MESSAGES:-10}

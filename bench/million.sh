@@ -19,10 +19,7 @@ if [ "${1:-}" != "--yes" ] || [ -n "${CI:-}" ]; then
 fi
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(dirname "$HERE")
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-HERALD_BIN=${HERALD_BIN:-$TARGET/release/herald}
-BENCH_BIN=${BENCH_BIN:-$TARGET/release/herald-bench}
+. "$HERE/lib.sh"
 
 TOTAL=${TOTAL:-1000000}            # subscriber connections over all nodes
 HOLD_SECS=${HOLD_SECS:-300}        # how long each group holds after connecting (covers probe + pulses)

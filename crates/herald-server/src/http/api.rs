@@ -90,7 +90,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// A publish's answer: `{"channel", "duplicate" (only when true), "id",
 /// "subscribers"}`, serialized straight from the publish (no
-/// `serde_json::Value` map on the way: a publish's hottest allocation).
+/// `serde_json::Value` map on the way; BENCHMARKS.md, "2026-12-03, later").
 #[derive(serde::Serialize)]
 struct PublishedJson<'a> {
     channel: &'a str,

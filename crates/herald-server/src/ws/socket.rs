@@ -120,8 +120,7 @@ struct Shared<S> {
 /// Writes of at most this many bytes are gathered on the stack and go out
 /// in one `send` rather than one `writev`: `writev` takes the VFS path
 /// (`vfs_writev`, `fdget_pos`, `sock_write_iter`), which costs more in the
-/// kernel than copying a small frame (BENCHMARKS.md, "one send per small
-/// frame").
+/// kernel than copying a small frame (BENCHMARKS.md, "2026-12-03, later").
 const GATHER: usize = 2048;
 
 impl<S: RawSocket> Shared<S> {
@@ -133,23 +132,37 @@ impl<S: RawSocket> Shared<S> {
     fn write_vectored_now(
         &self,
         pending: &mut Vec<u8>,
-        mut slices: &mut [IoSlice<'_>],
+        slices: &mut [IoSlice<'_>],
     ) -> io::Result<usize> {
         let total: usize = slices.iter().map(|s| s.len()).sum();
-        if total <= GATHER {
-            let mut gathered = [0u8; GATHER];
-            let mut at = 0;
-            for s in slices.iter() {
-                gathered[at..at + s.len()].copy_from_slice(s);
-                at += s.len();
-            }
-            return self.write_contiguous_now(pending, &gathered[..total]);
+        if total > GATHER {
+            return self.write_slices_now(pending, slices);
         }
+        let mut gathered = [0u8; GATHER];
+        let mut at = 0;
+        for s in slices.iter() {
+            gathered[at..at + s.len()].copy_from_slice(s);
+            at += s.len();
+        }
+        self.write_slices_now(pending, &mut [IoSlice::new(&gathered[..total])])
+    }
+
+    /// The write loop of [`Shared::write_vectored_now`]: one `send` while a
+    /// single slice is left, one `writev` otherwise.
+    fn write_slices_now(
+        &self,
+        pending: &mut Vec<u8>,
+        mut slices: &mut [IoSlice<'_>],
+    ) -> io::Result<usize> {
         let mut written = 0;
         while !slices.is_empty() {
             // (sendmsg instead of writev measured the same: the fd lookup
             // and the TCP path dominate either way.)
-            match self.tcp.try_write_vectored(slices) {
+            let wrote = match slices {
+                [one] => self.tcp.try_write(one),
+                _ => self.tcp.try_write_vectored(slices),
+            };
+            match wrote {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     written += n;
@@ -160,29 +173,6 @@ impl<S: RawSocket> Shared<S> {
                         for s in slices.iter() {
                             pending.extend_from_slice(s);
                         }
-                    }
-                    return Ok(written);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(written)
-    }
-
-    /// [`Shared::write_vectored_now`] for bytes in one piece.
-    fn write_contiguous_now(&self, pending: &mut Vec<u8>, mut bytes: &[u8]) -> io::Result<usize> {
-        let mut written = 0;
-        while !bytes.is_empty() {
-            match self.tcp.try_write(bytes) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    written += n;
-                    bytes = &bytes[n..];
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if written > 0 {
-                        pending.extend_from_slice(bytes);
                     }
                     return Ok(written);
                 }
