@@ -135,6 +135,11 @@ impl<S: RawSocket> Shared<S> {
         slices: &mut [IoSlice<'_>],
     ) -> io::Result<usize> {
         let total: usize = slices.iter().map(|s| s.len()).sum();
+        if total == 0 {
+            // (A batch that is only its end: nothing to write, and an empty
+            // write would read as `WriteZero`.)
+            return Ok(0);
+        }
         if total > GATHER {
             return self.write_slices_now(pending, slices);
         }

@@ -235,6 +235,16 @@ async fn a_batch_refused_whole_waits_whole() {
 }
 
 #[tokio::test]
+async fn a_batch_that_is_only_its_end_writes_nothing_and_is_not_an_error() {
+    let (mut ws, raw) = socket(&[]);
+    let end = ws
+        .write_batch(Out::End(NORMAL, None), || None)
+        .expect("an empty write is not a broken connection");
+    assert_eq!(end.map(|(why, _)| why.code), Some(NORMAL.code));
+    assert_eq!(*raw.writes.lock(), 0);
+}
+
+#[tokio::test]
 async fn an_end_in_a_batch_stops_it_and_is_returned() {
     let (mut ws, raw) = socket(&[]);
     let mut items = vec![
